@@ -1,0 +1,190 @@
+"""The one place torchtally calls ``torch.distributed``.
+
+:func:`all_gather_states` sends every process's state, described by JSON-able
+metadata plus any number of tensors of any dtypes and shapes, to every
+process, in exactly two collective calls:
+
+1. an ``all_gather`` of a two-number header per rank (metadata bytes, tensor
+   bytes), so every rank knows every payload size;
+2. an ``all_gather`` of one byte buffer per rank (padded to the largest),
+   holding the metadata as UTF-8 JSON followed by the raw bytes of every
+   tensor.
+
+Each rank then unpacks every rank's payload and combines them itself, in rank
+order, so all ranks compute bit-identical results, and any disagreement
+(different names, kinds, shapes) is seen by every rank at the same moment:
+every rank raises the same error, none waits forever on a collective the
+others skipped. Raw bytes keep every dtype exact (float64 running sums,
+integer counts, bool masks) in one buffer.
+
+Everything here is a no-op when ``torch.distributed`` is unavailable or not
+initialised.
+
+Example:
+    >>> import torch
+    >>> from torchtally.distributed import all_gather_states
+    >>> all_gather_states({'count': 3}, [torch.tensor([1.0, 2.0])])  # one process: itself
+    [({'count': 3}, [tensor([1., 2.])])]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ProcessGroup",
+    "all_gather_states",
+    "collective_count",
+    "is_distributed",
+    "rank",
+    "world_size",
+]
+
+ProcessGroup = Any
+"""A ``torch.distributed`` process group (``None`` means the default group)."""
+
+_ALIGN = 8  # bytes; every segment starts aligned so it can be viewed as any dtype
+_collectives = 0
+
+
+def collective_count() -> int:
+    """How many collective calls this process has issued through torchtally so far.
+
+    Example:
+        >>> from torchtally.distributed import collective_count
+        >>> isinstance(collective_count(), int)
+        True
+    """
+    return _collectives
+
+
+def is_distributed(group: ProcessGroup = None) -> bool:
+    """Whether ``torch.distributed`` is initialised with more than one process in ``group``.
+
+    Example:
+        >>> from torchtally.distributed import is_distributed
+        >>> is_distributed()
+        False
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return torch.distributed.get_world_size(group) > 1
+
+
+def world_size(group: ProcessGroup = None) -> int:
+    """Number of processes in ``group``; 1 outside a distributed run.
+
+    Example:
+        >>> from torchtally.distributed import world_size
+        >>> world_size()
+        1
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    return torch.distributed.get_world_size(group)
+
+
+def rank(group: ProcessGroup = None) -> int:
+    """This process's rank in ``group``; 0 outside a distributed run.
+
+    Example:
+        >>> from torchtally.distributed import rank
+        >>> rank()
+        0
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    return torch.distributed.get_rank(group)
+
+
+def _buffer_device(group: ProcessGroup, tensors: Sequence[Tensor]) -> torch.device:
+    """Where the collective buffers must live for the group's backend."""
+    backend = str(torch.distributed.get_backend(group)).lower()
+    if "nccl" in backend:
+        for tensor in tensors:
+            if tensor.device.type == "cuda":
+                return tensor.device
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _padded(size: int) -> int:
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _pack(meta: Any, tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, int]:
+    """One uint8 buffer: aligned JSON metadata, then each tensor's raw bytes, aligned."""
+    layout = [[str(t.dtype).removeprefix("torch."), list(t.shape)] for t in tensors]
+    meta_bytes = json.dumps({"meta": meta, "layout": layout}, separators=(",", ":")).encode()
+    padded_meta = bytearray(meta_bytes.ljust(_padded(len(meta_bytes)), b" "))
+    parts = [torch.frombuffer(padded_meta, dtype=torch.uint8).to(device)]
+    for tensor in tensors:
+        raw = tensor.detach().to(device).contiguous().reshape(-1).view(torch.uint8)
+        pad = _padded(raw.numel()) - raw.numel()
+        parts.append(raw)
+        if pad:
+            parts.append(torch.zeros(pad, dtype=torch.uint8, device=device))
+    return torch.cat(parts), len(meta_bytes)
+
+
+def _unpack(buffer: Tensor, meta_size: int) -> tuple[Any, list[Tensor]]:
+    decoded = json.loads(bytes(buffer[:meta_size].cpu().numpy().tobytes()).decode())
+    offset = _padded(meta_size)
+    tensors = []
+    for dtype_name, shape in decoded["layout"]:
+        dtype = getattr(torch, dtype_name)
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        raw = buffer[offset : offset + nbytes]
+        tensors.append(raw.view(dtype).reshape(shape).clone())
+        offset += _padded(nbytes)
+    return decoded["meta"], tensors
+
+
+def all_gather_states(
+    meta: Any, tensors: Sequence[Tensor], group: ProcessGroup = None
+) -> list[tuple[Any, list[Tensor]]]:
+    """Every rank's ``(meta, tensors)``, in rank order, on every rank.
+
+    Two collective calls whatever the number and kinds of tensors. Outside a
+    distributed run (or with one process) returns ``[(meta, list(tensors))]``.
+    Tensors come back on the buffer device of the backend (CPU for gloo, the
+    current CUDA device for nccl); callers move them where they need them.
+
+    Args:
+        meta: JSON-serialisable description of the state (names, counts, ...).
+        tensors: the state tensors, any dtypes and shapes.
+        group: the process group; ``None`` for the default group.
+
+    Returns:
+        A list with one ``(meta, tensors)`` pair per rank.
+    """
+    global _collectives
+    if not is_distributed(group):
+        return [(meta, list(tensors))]
+    device = _buffer_device(group, tensors)
+    payload, meta_size = _pack(meta, tensors, device)
+    size = world_size(group)
+
+    header = torch.tensor([meta_size, payload.numel()], dtype=torch.int64, device=device)
+    headers = [torch.empty_like(header) for _ in range(size)]
+    torch.distributed.all_gather(headers, header, group=group)
+    _collectives += 1
+    sizes = torch.stack(headers).cpu().tolist()
+
+    longest = max(total for _, total in sizes)
+    if payload.numel() < longest:
+        payload = torch.cat(
+            [payload, torch.zeros(longest - payload.numel(), dtype=torch.uint8, device=device)]
+        )
+    buffers = [torch.empty_like(payload) for _ in range(size)]
+    torch.distributed.all_gather(buffers, payload, group=group)
+    _collectives += 1
+    return [_unpack(buffer, meta_len) for buffer, (meta_len, _) in zip(buffers, sizes, strict=True)]

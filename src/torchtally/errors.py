@@ -1,0 +1,106 @@
+"""Exception and warning classes raised by torchtally.
+
+Every error subclasses both :class:`TorchTallyError` and the builtin that matches
+its meaning (``ValueError``, ``TypeError``, ``RuntimeError``), so existing
+``except ValueError`` code keeps working while ``except TorchTallyError``
+catches everything the library raises on purpose.
+
+Messages always name the objective, the value's name and what was expected
+versus what was found.
+
+Example:
+    >>> import torch
+    >>> import torchtally as tt
+    >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+    >>> try:
+    ...     metric.update(torch.zeros(4), torch.zeros(3))
+    ... except tt.errors.TorchTallyError as error:
+    ...     print(type(error).__name__)
+    MetricCallError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchSizeError",
+    "ComputedBeforeUpdatedWarning",
+    "DeviceMismatchError",
+    "FormulaError",
+    "IncompatibleStateError",
+    "InvalidNameError",
+    "MetricCallError",
+    "NameConflictError",
+    "ResultShapeError",
+    "ResultTypeError",
+    "StateDictError",
+    "SyncError",
+    "TorchTallyError",
+    "TorchTallyWarning",
+    "UnsupportedObjectError",
+]
+
+
+class TorchTallyError(Exception):
+    """Base class of every exception torchtally raises on purpose."""
+
+
+class TorchTallyWarning(UserWarning):
+    """Base class of every warning torchtally emits."""
+
+
+class ComputedBeforeUpdatedWarning(TorchTallyWarning):
+    """``compute()`` was called on an objective that has seen no data; values are NaN."""
+
+
+class MetricCallError(TorchTallyError, RuntimeError):
+    """A user callable raised while an objective evaluated it.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+
+class ResultTypeError(TorchTallyError, TypeError):
+    """A callable returned something that is neither a tensor nor a Python number."""
+
+
+class ResultShapeError(TorchTallyError, ValueError):
+    """A callable returned a tensor that is neither a scalar nor a ``(B,)`` vector."""
+
+
+class BatchSizeError(TorchTallyError, ValueError):
+    """The batch size could not be read from the targets or the outputs."""
+
+
+class DeviceMismatchError(TorchTallyError, RuntimeError):
+    """Values for one name arrived on a device other than the one holding its state."""
+
+
+class NameConflictError(TorchTallyError, ValueError):
+    """Two different callables were given the same name, or a name is not a string."""
+
+
+class FormulaError(TorchTallyError, ValueError):
+    """A loss expression was refused (opposite directions, unsupported operand)."""
+
+
+class IncompatibleStateError(TorchTallyError, ValueError):
+    """Two states cannot be merged (different aggregation kinds or objective types)."""
+
+
+class InvalidNameError(TorchTallyError, TypeError):
+    """A value name is not a non-empty string."""
+
+
+class StateDictError(TorchTallyError, ValueError):
+    """A state dict does not match the objective it is loaded into."""
+
+
+class SyncError(TorchTallyError, RuntimeError):
+    """Processes disagree on the names or state layout of the objectives they sync.
+
+    Raised on every rank, with the same message, so that no rank hangs.
+    """
+
+
+class UnsupportedObjectError(TorchTallyError, TypeError):
+    """An object handed to :func:`torchtally.wrap` fits none of the accepted forms."""
