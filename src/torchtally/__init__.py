@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from torchtally import aggregation, distributed, errors, protocols
 from torchtally._version import __version__
+from torchtally.contrib.wrap import wrap
+from torchtally.losses import CompositionalLoss, DictLoss, Loss, LossBase
 from torchtally.objectives import (
     AverageObjective,
     Metric,
@@ -28,6 +30,10 @@ from torchtally.objectives import (
 
 __all__ = [
     "AverageObjective",
+    "CompositionalLoss",
+    "DictLoss",
+    "Loss",
+    "LossBase",
     "Metric",
     "MetricCollection",
     "Objective",
@@ -38,4 +44,5 @@ __all__ = [
     "errors",
     "protocols",
     "sync_all",
+    "wrap",
 ]

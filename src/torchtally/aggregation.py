@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -282,17 +281,38 @@ class Accumulator(ABC):
         self, meta: dict[str, Any], tensors: list[Tensor], device: torch.device | None
     ) -> None:
         """Replace the state with an exported one, on ``device`` (default: where it is)."""
-        if meta.get("kind") != self.kind:
+        found_kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        if found_kind != self.kind:
             raise StateDictError(
-                f"{self.label}: expected a {self.kind!r} state, found {meta.get('kind')!r}"
+                f"{self.label}: expected a {self.kind!r} state, found {found_kind!r}"
             )
+        try:
+            count = int(meta["count"])
+            dtype = None if meta["dtype"] is None else _dtype_from_name(meta["dtype"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateDictError(
+                f"{self.label}: expected 'count' and 'dtype' in the {self.kind!r} state's "
+                f"metadata, found {meta!r} ({error})"
+            ) from error
+        if not all(isinstance(tensor, Tensor) for tensor in tensors):
+            found = [type(tensor).__name__ for tensor in tensors]
+            raise StateDictError(f"{self.label}: expected state tensors, found {found}")
         self.reset()
-        self.count = int(meta["count"])
-        self._dtype = None if meta["dtype"] is None else _dtype_from_name(meta["dtype"])
+        self.count = count
+        self._dtype = dtype
         if tensors:
             target = device if device is not None else tensors[0].device
             self._device = target
-            self._load_tensors(meta, [t.to(target) for t in tensors])
+            try:
+                self._load_tensors(meta, [t.to(target) for t in tensors])
+            except (ValueError, RuntimeError) as error:
+                # A state of the right kind but the wrong layout (edited or from another kind).
+                self.reset()
+                shapes = [tuple(tensor.shape) for tensor in tensors]
+                raise StateDictError(
+                    f"{self.label}: the tensors of a {self.kind!r} state do not fit it, "
+                    f"found shapes {shapes}: {error}"
+                ) from error
 
     def copy_to(self, device: torch.device) -> Self:
         """A copy of this accumulator with its state on ``device``."""
@@ -367,7 +387,9 @@ class Sum(Accumulator):
             wide = _wide_dtype(stacked.device)
             stacked = stacked.to(wide)
             if self.scale_scalars:
-                weights = [size for value, size in zip(values, sizes, strict=True) if not value.ndim]
+                weights = [
+                    size for value, size in zip(values, sizes, strict=True) if not value.ndim
+                ]
                 stacked = stacked * torch.tensor(weights, dtype=wide, device=stacked.device)
             total = stacked.sum() if total is None else total + stacked.sum()
         assert total is not None
@@ -412,6 +434,8 @@ class Sum(Accumulator):
     @override
     def _load_tensors(self, meta: dict[str, Any], tensors: list[Tensor]) -> None:
         (pair,) = tensors
+        if pair.shape != (2,):
+            raise ValueError(f"expected one tensor of shape (2,), found {tuple(pair.shape)}")
         self._high, self._low = pair[0].clone(), pair[1].clone()
 
 
@@ -644,6 +668,8 @@ class Cat(Accumulator):
     @override
     def _load_tensors(self, meta: dict[str, Any], tensors: list[Tensor]) -> None:
         (values,) = tensors
+        if values.ndim == 0:
+            raise ValueError("expected one tensor with a leading (row) dimension, found a 0-d one")
         self._values = values.clone()
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchtally.errors import SyncError
+
 __all__ = [
     "ProcessGroup",
     "all_gather_states",
@@ -48,8 +50,9 @@ __all__ = [
 ProcessGroup = Any
 """A ``torch.distributed`` process group (``None`` means the default group)."""
 
-_ALIGN = 8  # bytes; every segment starts aligned so it can be viewed as any dtype
+_ALIGN = 16  # bytes; every segment starts aligned so it can be viewed as any dtype (complex128)
 _collectives = 0
+_CPU = torch.device("cpu")
 
 
 def collective_count() -> int:
@@ -103,24 +106,34 @@ def rank(group: ProcessGroup = None) -> int:
 
 
 def _buffer_device(group: ProcessGroup, tensors: Sequence[Tensor]) -> torch.device:
-    """Where the collective buffers must live for the group's backend."""
+    """Where the collective buffers must live for the group's backend.
+
+    The device *type* depends on the backend alone, so every rank picks the
+    same one whatever state it holds (a rank without data included): CUDA
+    for a group with nccl (the state's own device when it is on CUDA, else
+    the current device, as set by ``torch.cuda.set_device``), the CPU for
+    gloo and mpi.
+    """
     backend = str(torch.distributed.get_backend(group)).lower()
     if "nccl" in backend:
         for tensor in tensors:
             if tensor.device.type == "cuda":
                 return tensor.device
         return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return _CPU
 
 
 def _padded(size: int) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _pack(meta: Any, tensors: Sequence[Tensor], device: torch.device) -> tuple[Tensor, int]:
+def _pack(
+    meta: Any, tensors: Sequence[Tensor], device: torch.device, error: str | None = None
+) -> tuple[Tensor, int]:
     """One uint8 buffer: aligned JSON metadata, then each tensor's raw bytes, aligned."""
     layout = [[str(t.dtype).removeprefix("torch."), list(t.shape)] for t in tensors]
-    meta_bytes = json.dumps({"meta": meta, "layout": layout}, separators=(",", ":")).encode()
+    envelope = {"meta": meta, "layout": layout, "error": error}
+    meta_bytes = json.dumps(envelope, separators=(",", ":")).encode()
     padded_meta = bytearray(meta_bytes.ljust(_padded(len(meta_bytes)), b" "))
     parts = [torch.frombuffer(padded_meta, dtype=torch.uint8).to(device)]
     for tensor in tensors:
@@ -132,20 +145,33 @@ def _pack(meta: Any, tensors: Sequence[Tensor], device: torch.device) -> tuple[T
     return torch.cat(parts), len(meta_bytes)
 
 
-def _unpack(buffer: Tensor, meta_size: int) -> tuple[Any, list[Tensor]]:
-    decoded = json.loads(bytes(buffer[:meta_size].cpu().numpy().tobytes()).decode())
-    offset = _padded(meta_size)
+def _unpack(buffer: Tensor, meta: Any) -> list[Tensor]:
+    """The tensors of one rank's buffer, as described by its decoded metadata."""
+    offset = _padded(meta["bytes"])
     tensors = []
-    for dtype_name, shape in decoded["layout"]:
+    for dtype_name, shape in meta["layout"]:
         dtype = getattr(torch, dtype_name)
         numel = 1
         for dim in shape:
             numel *= dim
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        raw = buffer[offset : offset + nbytes]
-        tensors.append(raw.view(dtype).reshape(shape).clone())
+        nbytes = numel * dtype.itemsize
+        # Copies, not views: a view would keep the whole gathered buffer alive, and tensors
+        # that view one storage as several dtypes cannot be saved with torch.save.
+        tensors.append(buffer[offset : offset + nbytes].view(dtype).reshape(shape).clone())
         offset += _padded(nbytes)
-    return decoded["meta"], tensors
+    return tensors
+
+
+def _decode(buffers: list[Tensor], meta_sizes: list[int]) -> list[Any]:
+    """Every rank's metadata, read from the buffers' heads in one device-to-host copy."""
+    head = max(meta_sizes)
+    heads = torch.stack([buffer[:head] for buffer in buffers]).cpu().numpy()
+    decoded = []
+    for row, size in zip(heads, meta_sizes, strict=True):
+        meta = json.loads(row[:size].tobytes().decode())
+        meta["bytes"] = size
+        decoded.append(meta)
+    return decoded
 
 
 def all_gather_states(
@@ -156,7 +182,7 @@ def all_gather_states(
     Two collective calls whatever the number and kinds of tensors. Outside a
     distributed run (or with one process) returns ``[(meta, list(tensors))]``.
     Tensors come back on the buffer device of the backend (CPU for gloo, the
-    current CUDA device for nccl); callers move them where they need them.
+    state's CUDA device for nccl); callers move them where they need them.
 
     Args:
         meta: JSON-serialisable description of the state (names, counts, ...).
@@ -165,12 +191,22 @@ def all_gather_states(
 
     Returns:
         A list with one ``(meta, tensors)`` pair per rank.
+
+    Raises:
+        SyncError: a rank could not pack its state (metadata that is not
+            JSON-serialisable, for example). Every rank raises it, after the
+            exchange, so that none waits for the others.
     """
     global _collectives
     if not is_distributed(group):
         return [(meta, list(tensors))]
     device = _buffer_device(group, tensors)
-    payload, meta_size = _pack(meta, tensors, device)
+    failure: Exception | None = None
+    try:
+        payload, meta_size = _pack(meta, tensors, device)
+    except Exception as error:  # sent to the others rather than raised alone
+        failure = error
+        payload, meta_size = _pack(None, [], device, f"{type(error).__name__}: {error}")
     size = world_size(group)
 
     header = torch.tensor([meta_size, payload.numel()], dtype=torch.int64, device=device)
@@ -187,4 +223,13 @@ def all_gather_states(
     buffers = [torch.empty_like(payload) for _ in range(size)]
     torch.distributed.all_gather(buffers, payload, group=group)
     _collectives += 1
-    return [_unpack(buffer, meta_len) for buffer, (meta_len, _) in zip(buffers, sizes, strict=True)]
+    metas = _decode(buffers, [meta_size for meta_size, _ in sizes])
+    failed = [(index, meta["error"]) for index, meta in enumerate(metas) if meta["error"]]
+    if failed:
+        found = "; ".join(f"rank {index}: {message}" for index, message in failed)
+        raise SyncError(f"processes could not pack their state for the exchange ({found})") from (
+            failure
+        )
+    return [
+        (meta["meta"], _unpack(buffer, meta)) for buffer, meta in zip(buffers, metas, strict=True)
+    ]

@@ -235,8 +235,11 @@ def sync_all(*objectives: SyncParticipant, process_group: distributed.ProcessGro
 
     Raises:
         SyncError: ranks disagree on the objectives, their names or their
-            state layouts. Every rank raises the same error; none hangs.
-        TypeError: an argument cannot take part in a sync.
+            state layouts, or a rank could not export its state (an argument
+            that cannot take part, for example). Every rank raises the same
+            error, built from the exchanged data only; none hangs. Nothing
+            is changed when it is raised.
+        TypeError: outside a distributed run, an argument cannot take part in a sync.
 
     Example:
         >>> import torch
@@ -248,38 +251,63 @@ def sync_all(*objectives: SyncParticipant, process_group: distributed.ProcessGro
         >>> mae.compute()
         {'MAE': tensor(1.)}
     """
-    for item in objectives:
-        if not isinstance(item, SyncParticipant):
-            raise TypeError(
-                f"sync_all takes torchtally objectives and adapters, found "
-                f"{type(item).__name__}; wrap foreign metrics with torchtally.wrap, "
-                f"from_torchmetrics or from_torcheval"
-            )
     if not distributed.is_distributed(process_group):
+        for item in objectives:
+            _check_participant(item)
         return
-    metas: list[dict[str, Any]] = []
-    tensors: list[Tensor] = []
-    for item in objectives:
-        meta, state = item._sync_export()
-        metas.append({"type": type(item).__qualname__, "size": len(state), "state": meta})
-        tensors.extend(state)
-    gathered = distributed.all_gather_states(metas, tensors, process_group)
+    # A local failure is sent to the others instead of skipping the exchange: every rank
+    # then raises the same SyncError, and none waits forever for a collective.
+    failure: Exception | None = None
+    try:
+        metas, tensors = _export_all(objectives)
+        payload: dict[str, Any] = {"objectives": metas}
+    except Exception as error:
+        failure, tensors = error, []
+        payload = {"error": f"{type(error).__name__}: {error}"}
+    gathered = distributed.all_gather_states(payload, tensors, process_group)
 
-    per_objective: list[list[ExportedState]] = [[] for _ in objectives]
-    kinds = [[entry["type"] for entry in rank_metas] for rank_metas, _ in gathered]
+    failed = [(index, meta["error"]) for index, (meta, _) in enumerate(gathered) if "error" in meta]
+    if failed:
+        found = "; ".join(f"rank {index}: {message}" for index, message in failed)
+        raise SyncError(f"sync_all: processes could not export their state ({found})") from failure
+    kinds = [[entry["type"] for entry in meta["objectives"]] for meta, _ in gathered]
     if any(rank_kinds != kinds[0] for rank_kinds in kinds):
         found = "; ".join(f"rank {index}: {rank_kinds}" for index, rank_kinds in enumerate(kinds))
-        raise SyncError(f"processes sync different objectives ({found})")
-    for rank_metas, rank_tensors in gathered:
+        raise SyncError(f"sync_all: processes sync different objectives ({found})")
+    per_objective: list[list[ExportedState]] = [[] for _ in objectives]
+    for meta, rank_tensors in gathered:
         offset = 0
-        for index, entry in enumerate(rank_metas):
+        for index, entry in enumerate(meta["objectives"]):
             end = offset + entry["size"]
             per_objective[index].append((entry["state"], rank_tensors[offset:end]))
-            offset += entry["size"]
+            offset = end
+    # Every objective is prepared before any is installed: an error leaves all of them as they were.
     pairs = zip(objectives, per_objective, strict=True)
     prepared = [item._sync_prepare(states) for item, states in pairs]
     for item, result in zip(objectives, prepared, strict=True):
         item._sync_install(result)
+
+
+def _check_participant(item: object) -> None:
+    # isinstance on a runtime-checkable protocol is slow: objectives take the quick test.
+    if not isinstance(item, Objective) and not isinstance(item, SyncParticipant):
+        raise TypeError(
+            f"sync_all takes torchtally objectives and adapters, found "
+            f"{type(item).__name__}; wrap foreign metrics with torchtally.wrap, "
+            f"from_torchmetrics or from_torcheval"
+        )
+
+
+def _export_all(objectives: tuple[SyncParticipant, ...]) -> tuple[list[Any], list[Tensor]]:
+    """Every objective's exported state: one metadata entry each, and all their tensors."""
+    metas: list[dict[str, Any]] = []
+    tensors: list[Tensor] = []
+    for item in objectives:
+        _check_participant(item)
+        meta, state = item._sync_export()
+        metas.append({"type": type(item).__qualname__, "size": len(state), "state": meta})
+        tensors.extend(state)
+    return metas, tensors
 
 
 # -- objectives -------------------------------------------------------------------------------
@@ -312,7 +340,9 @@ class Objective(ABC, Generic[OutputT, TargetT]):
     def __init__(self) -> None:
         self._accumulators: dict[str, Accumulator] = {}
         self._queue: list[tuple[dict[str, Tensor], int]] = []
-        self._queue_limit = PENDING_LIMIT
+        # The first batch is folded at once: its size sets a limit that respects PENDING_ELEMENTS
+        # (starting at PENDING_LIMIT would queue 1024 batches of any size before the first fold).
+        self._queue_limit = 1
         self._synced: dict[str, Accumulator] | None = None
         self._computed: dict[str, Tensor] | None = None
         for name in self._declared_names():
@@ -389,10 +419,11 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             size = targets.shape[0]
         else:
             size = batch_size(targets, outputs, self._label())
+        if not size:  # an empty batch changes nothing (not even a synced view)
+            label = self._label()
+            return {name: as_value_tensor(value, label, name) for name, value in values.items()}
         self._computed = None
         self._synced = None
-        if not size:
-            return values
         queued = values
         if values.keys() != self._accumulators.keys():
             values, queued = self._prepare(values, size)
@@ -406,7 +437,8 @@ class Objective(ABC, Generic[OutputT, TargetT]):
                     values, queued = self._prepare(values, size)
                     break
         queue = self._queue
-        queue.append((queued, size))
+        # The caller owns the returned dict and may change it: queue a dict of our own.
+        queue.append((dict(queued) if queued is values else queued, size))
         if len(queue) >= self._queue_limit:
             self._flush()
         return values
@@ -599,10 +631,17 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             StateDictError: the state is malformed, names values this objective
                 does not declare, or aggregates a value differently.
         """
-        if not isinstance(state_dict, Mapping) or "accumulators" not in state_dict:
+        if not isinstance(state_dict, Mapping) or not isinstance(
+            state_dict.get("accumulators"), Mapping
+        ):
+            found = (
+                f"a mapping with keys {sorted(map(str, state_dict))}"
+                if isinstance(state_dict, Mapping)
+                else type(state_dict).__name__
+            )
             raise StateDictError(
-                f"{self._label()}: expected a dict from state_dict() with key 'accumulators', "
-                f"found {type(state_dict).__name__}"
+                f"{self._label()}: expected a dict from state_dict() whose 'accumulators' "
+                f"entry maps names to states, found {found}"
             )
         declared = set(self._declared_names())
         stored = dict(state_dict["accumulators"])

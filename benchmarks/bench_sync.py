@@ -1,0 +1,216 @@
+"""Time one distributed sync of many objectives: torchtally against torchmetrics.
+
+Usage::
+
+    python benchmarks/bench_sync.py                      # 2 and 4 gloo processes
+    python benchmarks/bench_sync.py --worlds 2 --repeats 5
+
+For each world size, gloo processes on 127.0.0.1 each hold N objectives of two
+batch-weighted means (N in 1, 8, 64), fed with an uneven batch per rank:
+
+- torchtally: N ``MetricCollection(MAE=..., MSE=...)``, synced with one
+  ``tt.sync_all(*collections)``;
+- torchmetrics: the same 2N means as ``MeanMetric`` (2N, since torchmetrics
+  syncs every metric of a collection by itself), each synced with its own
+  ``Metric.sync()`` (``unsync()`` runs outside the timed region).
+
+Each round times both, one after the other, between barriers; the table gives
+the median over rounds of rank 0's wall time and the number of
+``torch.distributed`` calls one sync made (counted by wrapping every
+communication function of ``torch.distributed``). Both sides' synced values
+are checked against each other before timing. With more processes than CPU
+cores the processes share cores, so absolute times grow with the world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+COMMUNICATION = (
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "all_reduce",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "broadcast",
+    "broadcast_object_list",
+    "gather",
+    "gather_object",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+)
+_calls = [0]
+
+
+def _count_communication() -> None:
+    def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _calls[0] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for name in COMMUNICATION:
+        if hasattr(dist, name):
+            setattr(dist, name, counted(getattr(dist, name)))
+
+
+def _mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs - targets).pow(2).mean(1)
+
+
+def _timed(action: Callable[[], object]) -> tuple[float, int]:
+    dist.barrier()
+    calls = _calls[0]
+    start = time.perf_counter()
+    action()
+    elapsed = time.perf_counter() - start
+    return elapsed, _calls[0] - calls
+
+
+def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, out: str) -> None:
+    import torchmetrics
+
+    import torchtally as tt
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    _count_communication()
+    generator = torch.Generator().manual_seed(rank)
+    outputs = torch.randn(32 + 5 * rank, 4, generator=generator)
+    targets = torch.randn(32 + 5 * rank, 4, generator=generator)
+    rows = []
+    for count in counts:
+        ours = [tt.MetricCollection(MAE=_mae, MSE=_mse) for _ in range(count)]
+        # Explicit sync only (as torchtally's): no implicit sync inside compute().
+        theirs = [torchmetrics.MeanMetric(sync_on_compute=False) for _ in range(2 * count)]
+        for collection in ours:
+            collection.update(outputs, targets)
+        for index, metric in enumerate(theirs):
+            metric.update(_mae(outputs, targets) if index % 2 == 0 else _mse(outputs, targets))
+
+        # Same values on both sides, and the same on every rank.
+        tt.sync_all(*ours)
+        for metric in theirs:
+            metric.sync()
+        for collection, mae, mse in zip(ours, theirs[::2], theirs[1::2], strict=True):
+            values = collection.compute()
+            torch.testing.assert_close(values["MAE"], mae.compute(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(values["MSE"], mse.compute(), rtol=1e-5, atol=1e-6)
+        # (torchmetrics' compute() un-syncs the metric afterwards: local state again.)
+
+        def sync_theirs(metrics: list[Any] = theirs) -> None:
+            for metric in metrics:
+                metric.sync()
+
+        ours_times, theirs_times = [], []
+        ours_calls = theirs_calls = 0
+        for _ in range(repeats):
+            elapsed, ours_calls = _timed(lambda objectives=ours: tt.sync_all(*objectives))
+            ours_times.append(elapsed)
+            elapsed, theirs_calls = _timed(sync_theirs)
+            theirs_times.append(elapsed)
+            for metric in theirs:
+                metric.unsync()
+        rows.append(
+            {
+                "world": world,
+                "objectives": count,
+                "names": 2 * count,
+                "torchtally_ms": 1e3 * statistics.median(ours_times),
+                "torchtally_calls": ours_calls,
+                "torchmetrics_ms": 1e3 * statistics.median(theirs_times),
+                "torchmetrics_calls": theirs_calls,
+            }
+        )
+    if rank == 0:
+        Path(out).write_text(json.dumps(rows))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(world: int, counts: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Every row of the table for one world size."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "rows.json")
+        mp.start_processes(  # type: ignore[no-untyped-call]
+            _worker,
+            args=(world, _free_port(), counts, repeats, out),
+            nprocs=world,
+            start_method="spawn",
+        )
+        rows: list[dict[str, Any]] = json.loads(Path(out).read_text())
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| processes | objectives (names) | torchtally `sync_all` | calls | "
+        "torchmetrics `sync()` | calls | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['world']} | {row['objectives']} ({row['names']}) "
+            f"| {row['torchtally_ms']:.2f} ms | {row['torchtally_calls']} "
+            f"| {row['torchmetrics_ms']:.2f} ms | {row['torchmetrics_calls']} "
+            f"| {row['torchmetrics_ms'] / row['torchtally_ms']:.0f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    rows = [row for world in args.worlds for row in run(world, args.counts, args.repeats)]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, gloo on 127.0.0.1")
+    print(f"median of {args.repeats} rounds, rank 0's wall time per sync\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""torcheval metrics as torchtally objectives: :func:`from_torcheval`.
+
+torcheval's own sync (``torcheval.metrics.toolkit.sync_and_compute``) gives
+the global value to one recipient rank. The adapter's :meth:`~TorchEvalAdapter.sync`
+gives it to every rank, takes part in :func:`torchtally.sync_all` (two
+collective calls for any number of objectives of any library), and relies on
+torcheval's own state merging: every rank sends its metric's
+``state_dict()`` (after torcheval's ``_prepare_for_merge_state``), and each
+rank rebuilds one copy of the metric per rank from them and merges them in
+rank order with the metric's ``merge_state``, so every rank computes the same
+value. The merged copy is what ``compute()`` reads until the next ``update``
+or ``reset``; the local state is kept as it was, so syncing twice equals
+syncing once and later updates are counted once. Outside a distributed run
+``sync()`` does nothing, quietly.
+
+Importing this module imports torcheval; without it, an ``ImportError`` says
+which extra to install.
+
+Example:
+    >>> import torch
+    >>> from torcheval.metrics import MeanSquaredError
+    >>> from torchtally.contrib.torcheval import from_torcheval
+    >>> metric = from_torcheval(MeanSquaredError())
+    >>> metric.update(torch.ones(1, 1), 3 * torch.ones(1, 1))
+    >>> metric.sync()   # quiet: not a distributed run
+    >>> metric.compute()
+    {'MeanSquaredError': tensor(4.)}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from typing_extensions import Self
+
+try:
+    from torcheval.metrics import Metric as TorchEvalMetric
+except ImportError as error:  # pragma: no cover - exercised with the library hidden
+    raise ImportError(
+        'torchtally.contrib.torcheval needs torcheval: pip install "torchtally[torcheval]"'
+    ) from error
+
+from torchtally import distributed
+from torchtally.aggregation import ExportedState
+from torchtally.contrib.wrap import _merge_results, normalize_result
+from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
+from torchtally.objectives import sync_all
+
+__all__ = ["TorchEvalAdapter", "from_torcheval"]
+
+_STATE_VERSION = 1
+_JSON_KEYS = (str, int, float, bool)
+
+AnyMetric = TorchEvalMetric[Any]
+
+
+def _json_key(key: Any, where: str) -> Any:
+    # bool is an int: both round-trip through JSON unchanged, as do str and float.
+    if key is None or isinstance(key, _JSON_KEYS):
+        return key
+    raise SyncError(
+        f"{where}: a dict state has the key {key!r} of type {type(key).__name__}; only str, "
+        f"int, float, bool and None keys can be sent between processes"
+    )
+
+
+class TorchEvalAdapter:
+    """A torcheval ``Metric`` (or a dict of them) for torchtally.
+
+    Build it with :func:`from_torcheval`.
+
+    Example:
+        >>> import torch
+        >>> from torcheval.metrics import BinaryAccuracy, MeanSquaredError
+        >>> from torchtally.contrib.torcheval import from_torcheval
+        >>> metrics = from_torcheval({'MSE': MeanSquaredError(), 'Accuracy': BinaryAccuracy()})
+        >>> metrics.update(torch.tensor([0.2, 0.9]), torch.tensor([0.0, 0.0]))
+        >>> metrics.compute()
+        {'MSE': tensor(0.4250), 'Accuracy': tensor(0.5000)}
+    """
+
+    def __init__(
+        self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidNameError(
+                f"from_torcheval: a name must be a non-empty string, found "
+                f"{type(name).__name__} {name!r}"
+            )
+        if isinstance(metric, TorchEvalMetric):
+            label = type(metric).__name__
+            self._metrics: dict[str, AnyMetric] = {name or label: metric}
+        elif isinstance(metric, Mapping) and metric:
+            label = "dict"
+            self._metrics = {}
+            for key, value in metric.items():
+                if not isinstance(key, str) or not key:
+                    raise InvalidNameError(
+                        f"from_torcheval: the keys of a dict of metrics must be non-empty "
+                        f"strings, found {type(key).__name__} {key!r}"
+                    )
+                if not isinstance(value, TorchEvalMetric):
+                    raise UnsupportedObjectError(
+                        f"from_torcheval: the value for {key!r} must be a torcheval Metric, "
+                        f"found {type(value).__name__}"
+                    )
+                self._metrics[key] = value
+        else:
+            raise UnsupportedObjectError(
+                f"from_torcheval: expected a torcheval Metric or a non-empty dict of them, "
+                f"found {type(metric).__name__}; use torchtally.wrap for other metric forms"
+            )
+        self._single = isinstance(metric, TorchEvalMetric)
+        if self._single:
+            self._name = next(iter(self._metrics))
+        else:
+            self._name = name or "dict"
+        self._owner = f"from_torcheval({label}, name={self._name!r})"
+        self._synced: dict[str, AnyMetric] | None = None
+
+    # -- description --------------------------------------------------------------------------
+
+    @property
+    def metric(self) -> AnyMetric | dict[str, AnyMetric]:
+        """The wrapped metric (or dict of metrics), holding this process's state."""
+        return next(iter(self._metrics.values())) if self._single else dict(self._metrics)
+
+    @property
+    def name(self) -> str:
+        """The value's name (for a dict of metrics, a label; its keys name the values)."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return self._owner
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
+        """Update every metric with one batch (extra arguments go to each ``update``)."""
+        self._synced = None
+        for metric in self._metrics.values():
+            metric.update(outputs, targets, *args, **kwargs)
+
+    # -- values -------------------------------------------------------------------------------
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{name: value}`` (one metric) or ``{key: value}`` (a dict), over all ranks after sync.
+
+        A tuple result becomes ``name_0``, ``name_1``, ...; a dict result keeps its keys.
+        """
+        metrics = self._metrics if self._synced is None else self._synced
+        result: dict[str, Tensor] = {}
+        for key, metric in metrics.items():
+            _merge_results(
+                result, normalize_result(metric.compute(), key, self._owner), self._owner
+            )
+        return result
+
+    def reset(self) -> None:
+        """Reset every metric and drop the synced view."""
+        self._synced = None
+        for metric in self._metrics.values():
+            metric.reset()
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    def sync(self, process_group: distributed.ProcessGroup = None) -> None:
+        """Make :meth:`compute` report the value over all processes, on every rank.
+
+        Idempotent; a quiet no-op outside a distributed run. See
+        :func:`torchtally.sync_all` to sync it together with other objectives.
+        """
+        sync_all(self, process_group=process_group)
+
+    def _sync_export(self) -> ExportedState:
+        entries: list[dict[str, Any]] = []
+        tensors: list[Tensor] = []
+        for key, metric in self._metrics.items():
+            where = f"{self._owner}: metric {key!r}"
+            metric._prepare_for_merge_state()  # torcheval's own pre-sync step (lists to one tensor)
+            states: list[list[Any]] = []
+            for state_name, value in metric.state_dict().items():
+                if isinstance(value, Tensor):
+                    states.append([state_name, "tensor", None])
+                    tensors.append(value)
+                elif isinstance(value, list):
+                    states.append([state_name, "list", len(value)])
+                    tensors.extend(value)
+                elif isinstance(value, dict):
+                    keys = [_json_key(dict_key, where) for dict_key in value]
+                    states.append([state_name, "dict", keys])
+                    tensors.extend(value.values())
+                else:  # int or float
+                    states.append([state_name, "number", value])
+            entries.append({"key": key, "class": type(metric).__name__, "states": states})
+        return {"metrics": entries}, tensors
+
+    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, AnyMetric]:
+        layouts = [
+            [
+                (entry["key"], entry["class"], [[name, kind] for name, kind, _ in entry["states"]])
+                for entry in meta["metrics"]
+            ]
+            for meta, _ in states
+        ]
+        if any(layout != layouts[0] for layout in layouts):
+            found = "; ".join(
+                f"rank {index}: "
+                + ", ".join(f"{key}={cls}{[n for n, _ in entries]}" for key, cls, entries in layout)
+                for index, layout in enumerate(layouts)
+            )
+            raise SyncError(f"from_torcheval: processes hold different metrics or states ({found})")
+        # Every rank's state dict of every metric.
+        per_rank: list[dict[str, dict[str, Any]]] = []
+        for meta, tensors in states:
+            offset = 0
+            rank_states: dict[str, dict[str, Any]] = {}
+            for entry in meta["metrics"]:
+                state: dict[str, Any] = {}
+                for state_name, kind, info in entry["states"]:
+                    if kind == "tensor":
+                        state[state_name] = tensors[offset]
+                        offset += 1
+                    elif kind == "list":
+                        state[state_name] = list(tensors[offset : offset + info])
+                        offset += info
+                    elif kind == "dict":
+                        values = tensors[offset : offset + len(info)]
+                        state[state_name] = dict(zip(info, values, strict=True))
+                        offset += len(info)
+                    else:
+                        state[state_name] = info
+                rank_states[entry["key"]] = state
+            per_rank.append(rank_states)
+
+        merged: dict[str, AnyMetric] = {}
+        for key, local in self._metrics.items():
+            where = f"from_torcheval: metric {key!r} ({type(local).__name__})"
+            try:
+                copies = [_with_state(local, rank_states[key]) for rank_states in per_rank]
+                merged[key] = copies[0].merge_state(copies[1:])
+            except Exception as error:
+                raise SyncError(
+                    f"{where}: merging the processes' states failed: {type(error).__name__}: "
+                    f"{error}"
+                ) from error
+        return merged
+
+    def _sync_install(self, prepared: dict[str, AnyMetric]) -> None:
+        self._synced = prepared
+
+    # -- persistence and devices --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every metric's torcheval ``state_dict()``, ``torch.save``-able.
+
+        Example:
+            >>> import torch
+            >>> from torcheval.metrics import MeanSquaredError
+            >>> from torchtally.contrib.torcheval import from_torcheval
+            >>> mse = from_torcheval(MeanSquaredError())
+            >>> mse.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
+            >>> restored = from_torcheval(MeanSquaredError())
+            >>> restored.load_state_dict(mse.state_dict())
+            >>> restored.compute()
+            {'MeanSquaredError': tensor(2.5000)}
+        """
+        return {
+            "version": _STATE_VERSION,
+            "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the states saved by :meth:`state_dict`.
+
+        Raises:
+            StateDictError: the state holds other metrics or states.
+        """
+        stored = state_dict.get("metrics") if isinstance(state_dict, Mapping) else None
+        if not isinstance(stored, Mapping) or sorted(stored) != sorted(self._metrics):
+            found = sorted(stored) if isinstance(stored, Mapping) else type(state_dict).__name__
+            raise StateDictError(
+                f"{self._owner}: expected the states of the metrics {sorted(self._metrics)}, "
+                f"found {found}"
+            )
+        for key, metric in self._metrics.items():
+            try:
+                metric.load_state_dict(dict(stored[key]), strict=True)
+            except (RuntimeError, TypeError) as error:
+                raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
+            metric.to(metric.device)
+        self._synced = None
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move every metric (and a synced view) to ``device``; returns ``self``."""
+        for metric in self._metrics.values():
+            metric.to(device)
+        if self._synced is not None:
+            for metric in self._synced.values():
+                metric.to(device)
+        return self
+
+    def copy(self) -> Self:
+        """An independent deep copy, the metrics and their state included."""
+        return copy.deepcopy(self)
+
+
+def _with_state(metric: AnyMetric, state: dict[str, Any]) -> AnyMetric:
+    """A copy of ``metric`` holding ``state``; the metric's own state tensors are not copied."""
+    memo: dict[int, Any] = {}
+    for state_name in metric._state_name_to_default:
+        value = getattr(metric, state_name)
+        memo[id(value)] = value
+    clone = copy.deepcopy(metric, memo)
+    clone.load_state_dict(state, strict=True)  # replaces (never writes into) every state
+    return clone.to(metric.device)
+
+
+def from_torcheval(
+    metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
+) -> TorchEvalAdapter:
+    """Use a torcheval ``Metric`` (or a dict of them) in torchtally, with a sync on every rank.
+
+    ``compute()`` returns ``{name: value}`` (``name`` defaults to the class
+    name) or, for a dict, ``{key: value}``. After ``sync()`` (or
+    :func:`torchtally.sync_all`) every rank's ``compute()`` returns the value
+    over all ranks; syncing is idempotent and later updates count once.
+    Outside a distributed run ``sync()`` is a quiet no-op.
+
+    Args:
+        metric: a torcheval metric or a non-empty dict of string keys to metrics.
+        name: the value's name for a single metric (a label for a dict).
+
+    Returns:
+        The adapter (a :class:`TorchEvalAdapter`).
+
+    Raises:
+        UnsupportedObjectError: ``metric`` is not a torcheval metric or a dict of them.
+
+    Example:
+        >>> import torch
+        >>> from torcheval.metrics import BinaryAUROC
+        >>> from torchtally.contrib.torcheval import from_torcheval
+        >>> auroc = from_torcheval(BinaryAUROC(), 'AUROC')
+        >>> auroc.update(torch.tensor([0.1, 0.9, 0.4]), torch.tensor([0, 1, 1]))
+        >>> auroc.sync()
+        >>> auroc.compute()
+        {'AUROC': tensor(1., dtype=torch.float64)}
+    """
+    return TorchEvalAdapter(metric, name)

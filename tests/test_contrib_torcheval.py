@@ -1,0 +1,251 @@
+"""from_torcheval: values, state, and the sync built on torcheval's own state merging.
+
+The sync's combination step (``_sync_prepare``) is pure, so it is checked here in one
+process by feeding it the exported states of several adapters as if they were ranks;
+tests/test_contrib_distributed.py runs it across real processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import pickle
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torcheval import metrics as eval_metrics
+from torcheval.metrics import Metric
+
+import torchtally as tt
+from torchtally import errors
+from torchtally import protocols as p
+from torchtally.contrib.torcheval import TorchEvalAdapter, from_torcheval
+from torchtally.objectives import SyncParticipant
+
+tensor_a = torch.ones(1, 1, dtype=torch.float)
+tensor_b = 3 * torch.ones(1, 1, dtype=torch.float)
+
+
+def test_drytorch_sync_example_is_quiet_outside_ddp(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eval_metric = eval_metrics.MeanSquaredError()
+    eval_metric.update(tensor_a, tensor_b)
+    eval_metric_with_sync = from_torcheval(eval_metric)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.DEBUG):
+            eval_metric_with_sync.sync()
+            tt.sync_all(eval_metric_with_sync)
+    assert caplog.records == []
+    assert capsys.readouterr() == ("", "")
+    assert eval_metric_with_sync.compute() == {"MeanSquaredError": torch.tensor(4.0)}
+    assert isinstance(eval_metric_with_sync, p.ObjectiveProtocol)
+    assert isinstance(eval_metric_with_sync, SyncParticipant)
+
+
+def binary_batches(sizes: list[int], seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.rand(n, generator=generator), torch.randint(0, 2, (n,), generator=generator))
+        for n in sizes
+    ]
+
+
+def cat(batches: list[Any]) -> tuple[Tensor, Tensor]:
+    return torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])
+
+
+def test_single_metric_and_dict_values_match_the_concatenated_data() -> None:
+    batches = binary_batches([6, 1, 4])
+    single = from_torcheval(eval_metrics.BinaryAUROC(), "AUROC")
+    several = from_torcheval(
+        {"AUROC": eval_metrics.BinaryAUROC(), "Accuracy": eval_metrics.BinaryAccuracy()}
+    )
+    for batch in batches:
+        single.update(*batch)
+        several.update(*batch)
+    outputs, targets = cat(batches)
+    auroc = eval_metrics.BinaryAUROC().update(outputs, targets).compute()
+    accuracy = eval_metrics.BinaryAccuracy().update(outputs, targets).compute()
+    assert single.compute() == {"AUROC": auroc}
+    assert several.compute() == {"AUROC": auroc, "Accuracy": accuracy}
+    assert from_torcheval(eval_metrics.BinaryAccuracy()).name == "BinaryAccuracy"
+
+
+def test_state_dict_copy_pickle_to_and_reset() -> None:
+    batches = binary_batches([3, 5, 2], seed=1)
+    metric = from_torcheval(
+        {"AUROC": eval_metrics.BinaryAUROC(), "Accuracy": eval_metrics.BinaryAccuracy()}
+    )
+    metric.update(*batches[0])
+    restored = from_torcheval(
+        {"AUROC": eval_metrics.BinaryAUROC(), "Accuracy": eval_metrics.BinaryAccuracy()}
+    )
+    restored.load_state_dict(metric.state_dict())
+    others = [restored, pickle.loads(pickle.dumps(metric)), copy.deepcopy(metric), metric.copy()]
+    for adapter in [metric, *others]:
+        for batch in batches[1:]:
+            adapter.update(*batch)
+    for other in others:
+        assert other.compute() == metric.compute()
+    assert metric.to("cpu") is metric
+    with pytest.raises(errors.StateDictError, match="Accuracy"):
+        from_torcheval({"AUROC": eval_metrics.BinaryAUROC()}).load_state_dict(metric.state_dict())
+    metric.reset()
+    metric.update(*batches[0])
+    assert (
+        metric.compute()
+        == from_torcheval(
+            {
+                "AUROC": eval_metrics.BinaryAUROC().update(*batches[0]),
+                "Accuracy": eval_metrics.BinaryAccuracy().update(*batches[0]),
+            }
+        ).compute()
+    )
+
+
+# -- the sync's combination step, ranks simulated in one process ----------------------------------
+
+
+def simulated_sync(adapters: list[TorchEvalAdapter]) -> None:
+    states = [adapter._sync_export() for adapter in adapters]
+    for adapter in adapters:
+        adapter._sync_install(adapter._sync_prepare(states))
+
+
+class LabelCounts(Metric[Tensor]):
+    """A metric with a dict state (int keys) and an int state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._add_state("counts", {})
+        self._add_state("batches", 0)
+
+    @torch.inference_mode()
+    def update(self, outputs: Tensor, targets: Tensor) -> LabelCounts:
+        for label in targets.tolist():
+            self.counts[label] = self.counts.get(label, torch.tensor(0)) + 1
+        self.batches += 1
+        return self
+
+    @torch.inference_mode()
+    def compute(self) -> Tensor:
+        return torch.tensor(
+            [float(self.counts.get(label, 0)) for label in (0, 1)] + [float(self.batches)]
+        )
+
+    @torch.inference_mode()
+    def merge_state(self, metrics: Iterable[LabelCounts]) -> LabelCounts:
+        for metric in metrics:
+            for label, count in metric.counts.items():
+                self.counts[label] = self.counts.get(label, torch.tensor(0)) + count
+            self.batches += metric.batches
+        return self
+
+
+FACTORIES = {
+    "mse": lambda: eval_metrics.MeanSquaredError(),
+    "auroc (list states)": lambda: eval_metrics.BinaryAUROC(),
+    "binary accuracy": lambda: eval_metrics.BinaryAccuracy(),
+    "dict state and int state": lambda: LabelCounts(),
+    "dict of metrics": lambda: {
+        "mse": eval_metrics.MeanSquaredError(),
+        "auroc": eval_metrics.BinaryAUROC(),
+    },
+}
+
+
+def reference_value(factory: Any, batches: list[Any]) -> dict[str, Tensor]:
+    adapter = from_torcheval(factory())
+    for batch in batches:
+        adapter.update(*batch)
+    return adapter.compute()
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_simulated_sync_equals_the_metric_on_the_concatenated_data(kind: str) -> None:
+    factory = FACTORIES[kind]
+    shards = [binary_batches([4, 3], seed=2), binary_batches([5], seed=3), []]
+    adapters = [from_torcheval(factory()) for _ in shards]
+    for adapter, batches in zip(adapters, shards, strict=True):
+        for batch in batches:
+            adapter.update(*batch)
+    everything = [batch for batches in shards for batch in batches]
+    expected = reference_value(factory, everything)
+
+    simulated_sync(adapters)
+    for adapter in adapters:
+        synced = adapter.compute()
+        assert synced.keys() == expected.keys()
+        for name in expected:
+            assert torch.allclose(synced[name], expected[name], atol=1e-6), (kind, name)
+    simulated_sync(adapters)  # twice == once
+    for name in expected:
+        assert torch.allclose(adapters[2].compute()[name], expected[name], atol=1e-6)
+
+    # an update drops the synced view (local again) and counts once at the next sync
+    extra = binary_batches([6], seed=4)[0]
+    adapters[1].update(*extra)
+    local = reference_value(factory, [*shards[1], extra])
+    for name in local:
+        assert torch.allclose(adapters[1].compute()[name], local[name], atol=1e-6)
+    simulated_sync(adapters)
+    expected = reference_value(factory, [*everything, extra])
+    for adapter in adapters:
+        for name in expected:
+            assert torch.allclose(adapter.compute()[name], expected[name], atol=1e-6), (kind, name)
+
+
+def test_float_states_merge_with_the_metric_s_own_rule() -> None:
+    # Throughput merges item counts by sum and elapsed times by max: its rule, not ours.
+    adapters = [from_torcheval(eval_metrics.Throughput()) for _ in range(2)]
+    adapters[0].update(100, 2.0)
+    adapters[1].update(60, 4.0)
+    simulated_sync(adapters)
+    assert adapters[0].compute() == adapters[1].compute() == {"Throughput": torch.tensor(40.0)}
+
+
+def test_sync_errors_name_every_rank() -> None:
+    mse, auroc = (
+        from_torcheval(eval_metrics.MeanSquaredError()),
+        from_torcheval(eval_metrics.BinaryAUROC()),
+    )
+    with pytest.raises(
+        errors.SyncError, match=r"rank 0: MeanSquaredError=MeanSquaredError.*rank 1: BinaryAUROC"
+    ):
+        mse._sync_prepare([mse._sync_export(), auroc._sync_export()])
+
+    class Tuples(LabelCounts):
+        pass
+
+    bad = from_torcheval(Tuples())
+    bad.metric.counts[(1, 2)] = torch.tensor(1)  # type: ignore[union-attr]
+    with pytest.raises(errors.SyncError, match=r"key \(1, 2\)"):
+        bad._sync_export()
+
+
+def test_rejects_other_objects() -> None:
+    import torchmetrics
+
+    with pytest.raises(errors.UnsupportedObjectError):
+        from_torcheval(torchmetrics.MeanSquaredError())  # type: ignore[arg-type]
+    with pytest.raises(errors.UnsupportedObjectError):
+        from_torcheval({})
+    with pytest.raises(errors.UnsupportedObjectError, match="'b'"):
+        from_torcheval({"a": eval_metrics.MeanSquaredError(), "b": 3})  # type: ignore[dict-item]
+    with pytest.raises(errors.InvalidNameError):
+        from_torcheval({1: eval_metrics.MeanSquaredError()})  # type: ignore[dict-item]
+
+
+def test_missing_torcheval_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torcheval.metrics", None)
+    monkeypatch.delitem(sys.modules, "torchtally.contrib.torcheval")
+    with pytest.raises(ImportError, match=r'pip install "torchtally\[torcheval\]"'):
+        importlib.import_module("torchtally.contrib.torcheval")

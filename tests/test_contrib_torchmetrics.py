@@ -1,0 +1,492 @@
+"""from_torchmetrics: names, forward, state, and the sync built on torchmetrics' own reductions.
+
+The sync's combination step (``_sync_prepare``) is pure, so it is checked here in one
+process by feeding it the exported states of several adapters as if they were ranks;
+tests/test_contrib_distributed.py runs it across real processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import pickle
+import sys
+from typing import Any
+
+import pytest
+import torch
+import torchmetrics
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+from torcheval import metrics as eval_metrics
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
+
+import torchtally as tt
+from torchtally import errors
+from torchtally import protocols as p
+from torchtally.contrib.torchmetrics import TorchMetricsAdapter, from_torchmetrics
+from torchtally.objectives import SyncParticipant
+
+tensor_a = torch.ones(1, 1, dtype=torch.float)
+tensor_b = 3 * torch.ones(1, 1, dtype=torch.float)
+
+
+# -- the DRYTorch reference examples ------------------------------------------------------------
+
+
+def is_valid_objective(metric: p.ObjectiveProtocol[Tensor, Tensor]) -> bool:
+    return isinstance(metric, p.ObjectiveProtocol)
+
+
+def is_valid_loss(metric: p.LossProtocol[Tensor, Tensor]) -> bool:
+    return isinstance(metric, p.LossProtocol)
+
+
+def test_drytorch_protocol_examples() -> None:
+    torch_metric = torchmetrics.MeanSquaredError()
+    eval_metric = eval_metrics.MeanSquaredError()
+    torch_metric.update(tensor_a, tensor_b)
+    eval_metric.update(tensor_a, tensor_b)
+    assert torch.isclose(torch_metric.compute(), eval_metric.compute())
+    assert is_valid_objective(eval_metric) and is_valid_objective(torch_metric)
+    assert is_valid_loss(torch_metric)
+    assert not is_valid_loss(eval_metric)
+
+
+def test_drytorch_from_torchmetrics_example() -> None:
+    torch_metric = torchmetrics.MeanSquaredError()
+    new_metric = 1 + torch_metric
+    imported_metric = from_torchmetrics(new_metric)
+    imported_metric.update(tensor_a, tensor_b)
+    expected_metrics_from_torchmetrics = {
+        "Combined Loss": torch.tensor(5.0),
+        "MeanSquaredError": torch.tensor(4.0),
+    }
+    assert imported_metric.compute() == expected_metrics_from_torchmetrics
+    assert is_valid_loss(imported_metric) and is_valid_objective(imported_metric)
+    assert isinstance(imported_metric, SyncParticipant)
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+def regression_batches(sizes: list[int], seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(n, generator=generator), torch.randn(n, generator=generator)) for n in sizes
+    ]
+
+
+def cat(batches: list[Any]) -> tuple[Tensor, Tensor]:
+    return torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])
+
+
+def test_plain_metric_names() -> None:
+    metric = from_torchmetrics(torchmetrics.MeanAbsoluteError())
+    named = from_torchmetrics(torchmetrics.MeanAbsoluteError(), "MAE")
+    for adapter in (metric, named):
+        adapter.update(torch.zeros(3), torch.tensor([1.0, 2.0, 3.0]))
+    assert metric.compute() == {"MeanAbsoluteError": torch.tensor(2.0)}
+    assert named.compute() == {"MAE": torch.tensor(2.0)}
+    assert named.name == "MAE"
+    assert named.higher_is_better_for("MAE") is False
+
+
+def test_compositions_with_repeated_leaf_classes() -> None:
+    squared = torchmetrics.MeanSquaredError()
+    root = torchmetrics.MeanSquaredError(squared=False)
+    absolute = torchmetrics.MeanAbsoluteError()
+    third = torchmetrics.MeanSquaredError()
+    composed = from_torchmetrics((squared + 2 * root) * absolute - third)
+    assert composed.leaf_names == (
+        "MeanSquaredError",
+        "MeanSquaredError_2",
+        "MeanAbsoluteError",
+        "MeanSquaredError_3",
+    )
+    batches = regression_batches([5, 2, 6])
+    for batch in batches:
+        composed.update(*batch)
+    outputs, targets = (x.double() for x in cat(batches))
+    mse = ((outputs - targets) ** 2).mean()
+    mae = (outputs - targets).abs().mean()
+    expected = {
+        "Combined Loss": (mse + 2 * mse.sqrt()) * mae - mse,
+        "MeanSquaredError": mse,
+        "MeanSquaredError_2": mse.sqrt(),
+        "MeanAbsoluteError": mae,
+        "MeanSquaredError_3": mse,
+    }
+    values = composed.compute()
+    assert list(values) == list(expected)
+    for name, value in expected.items():
+        assert torch.allclose(values[name].double(), value, atol=1e-5), name
+    assert composed.higher_is_better_for("MeanAbsoluteError") is False
+    assert composed.higher_is_better_for("Combined Loss") is None
+
+
+def test_a_leaf_used_twice_is_reported_once() -> None:
+    mse = torchmetrics.MeanSquaredError()
+    adapter = from_torchmetrics(mse * mse + abs(-mse))
+    adapter.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    assert adapter.leaf_names == ("MeanSquaredError",)
+    assert adapter.compute() == {
+        "Combined Loss": torch.tensor(30.0),
+        "MeanSquaredError": torch.tensor(5.0),
+    }
+
+
+def test_composition_name_and_conflicts() -> None:
+    composed = from_torchmetrics(torchmetrics.MeanSquaredError() + 1, name="Total")
+    composed.update(torch.zeros(1), torch.ones(1))
+    assert composed.compute() == {"Total": torch.tensor(2.0), "MeanSquaredError": torch.tensor(1.0)}
+    with pytest.raises(errors.NameConflictError, match="'MeanSquaredError'"):
+        from_torchmetrics(torchmetrics.MeanSquaredError() + 1, name="MeanSquaredError")
+
+
+def test_collection_results_keep_their_keys() -> None:
+    collection = torchmetrics.MetricCollection(
+        [torchmetrics.MeanSquaredError(), torchmetrics.MeanAbsoluteError()], prefix="val/"
+    )
+    adapter = from_torchmetrics(collection)
+    adapter.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    assert adapter.compute() == {
+        "val/MeanSquaredError": torch.tensor(5.0),
+        "val/MeanAbsoluteError": torch.tensor(2.0),
+    }
+    assert adapter.higher_is_better_for("val/MeanSquaredError") is False
+
+
+class PairMetric(torchmetrics.Metric):
+    """A metric whose compute returns a tuple (sum of outputs, sum of targets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("outputs", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("targets", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.outputs += outputs.sum()
+        self.targets += targets.sum()
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.outputs, self.targets
+
+
+def test_tuple_results_are_numbered() -> None:
+    adapter = from_torchmetrics(PairMetric(), "sums")
+    adapter.update(torch.ones(3), torch.zeros(3))
+    assert adapter.compute() == {"sums_0": torch.tensor(3.0), "sums_1": torch.tensor(0.0)}
+
+
+def test_implicit_sync_is_switched_off_everywhere() -> None:
+    leaf = torchmetrics.MeanSquaredError(dist_sync_on_step=True)
+    collection = torchmetrics.MetricCollection(
+        {"a": leaf + 1, "b": torchmetrics.MeanAbsoluteError()}
+    )
+    from_torchmetrics(collection)
+    nodes = [leaf, collection["a"], collection["b"]]
+    assert all(not (n.sync_on_compute or n.dist_sync_on_step or n._to_sync) for n in nodes)
+
+
+# -- forward -------------------------------------------------------------------------------------
+
+
+def test_forward_returns_the_differentiable_batch_value_and_accumulates() -> None:
+    loss = from_torchmetrics(torchmetrics.MeanSquaredError() + torchmetrics.MeanAbsoluteError())
+    outputs = torch.tensor([0.0, 2.0], requires_grad=True)
+    targets = torch.tensor([1.0, 1.0])
+    value = loss(outputs, targets)
+    assert value.item() == pytest.approx(2.0)
+    value.backward()
+    # d/do [mean((o-t)^2) + mean(|o-t|)] = (2(o-t) + sign(o-t)) / 2
+    assert torch.allclose(outputs.grad, torch.tensor([-1.5, 1.5]))
+    loss.forward(torch.tensor([4.0]), torch.tensor([1.0]))
+    values = loss.compute()
+    assert values["MeanSquaredError"].item() == pytest.approx((1 + 1 + 9) / 3)
+    assert values["MeanAbsoluteError"].item() == pytest.approx(5 / 3)
+
+
+def test_cco_example_2_multiclass_accuracy_subclass() -> None:
+    class Accuracy(MulticlassAccuracy):
+        def update(self, model_output: Tensor, target: Tensor) -> None:
+            super().update(model_output, target)
+
+        def compute(self) -> Tensor:
+            result = super().compute()
+            return result * 100
+
+    generator = torch.Generator().manual_seed(5)
+    batches = [
+        (torch.randn(n, 4, generator=generator), torch.randint(0, 4, (n,), generator=generator))
+        for n in (6, 1, 9)
+    ]
+    metric = tt.wrap(Accuracy(num_classes=4))
+    assert isinstance(metric, TorchMetricsAdapter)
+    for batch in batches:
+        metric.update(*batch)
+    reference = MulticlassAccuracy(num_classes=4)
+    reference.update(*cat(batches))
+    assert torch.allclose(metric.compute()["Accuracy"], 100 * reference.compute())
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip_includes_non_persistent_and_list_states() -> None:
+    batches = [(torch.rand(n), torch.randint(0, 2, (n,))) for n in (4, 3, 5)]
+    metric = from_torchmetrics(BinaryAUROC() + torchmetrics.MeanSquaredError())
+    metric.update(*batches[0])
+    state = metric.state_dict()
+    restored = from_torchmetrics(BinaryAUROC() + torchmetrics.MeanSquaredError())
+    restored.load_state_dict(state)
+    for adapter in (metric, restored):
+        for batch in batches[1:]:
+            adapter.update(*batch)
+    assert restored.compute() == metric.compute()
+    with pytest.raises(errors.StateDictError, match="BinaryAUROC"):
+        from_torchmetrics(torchmetrics.MeanSquaredError()).load_state_dict(state)
+    with pytest.raises(errors.StateDictError):
+        metric.load_state_dict({"version": 1})
+
+
+def test_copy_pickle_and_to() -> None:
+    metric = from_torchmetrics(torchmetrics.MeanSquaredError() * 2)
+    metric.update(torch.zeros(2), torch.ones(2))
+    for other in (pickle.loads(pickle.dumps(metric)), copy.deepcopy(metric), metric.copy()):
+        other.update(torch.zeros(1), 4 * torch.ones(1))
+        assert other.compute()["MeanSquaredError"].item() == pytest.approx(6.0)
+    assert metric.compute()["MeanSquaredError"].item() == pytest.approx(1.0)
+    assert metric.to("cpu") is metric
+
+
+def test_reset() -> None:
+    metric = from_torchmetrics(torchmetrics.MeanAbsoluteError())
+    metric.update(torch.ones(3), torch.zeros(3))
+    metric.reset()
+    metric.update(torch.ones(2), 3 * torch.ones(2))
+    assert metric.compute() == {"MeanAbsoluteError": torch.tensor(2.0)}
+
+
+# -- the sync's combination step, ranks simulated in one process -----------------------------------
+
+
+def simulated_sync(adapters: list[TorchMetricsAdapter]) -> None:
+    """What sync_all does on every rank, with ``adapters[r]`` as rank r's adapter."""
+    states = [adapter._sync_export() for adapter in adapters]
+    for adapter in adapters:
+        adapter._sync_install(adapter._sync_prepare(states))
+
+
+class ProductMetric(torchmetrics.Metric):
+    """A state with a custom reduction callable (the product over ranks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("product", default=torch.tensor(1.0), dist_reduce_fx=lambda x: x.prod(0))
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.product *= outputs.prod()
+
+    def compute(self) -> Tensor:
+        return self.product
+
+
+class ListMetric(torchmetrics.Metric):
+    """A list state without reduction (kept as a list of every rank's tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("values", default=[], dist_reduce_fx=None)
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.values.append(outputs)
+
+    def compute(self) -> Tensor:
+        return torch.cat(self.values).sum() if self.values else torch.tensor(0.0)
+
+
+FACTORIES = {
+    "mse": lambda: torchmetrics.MeanSquaredError(),
+    "auroc (cat lists)": lambda: BinaryAUROC(),
+    "max": lambda: torchmetrics.MaxMetric(),
+    "min": lambda: torchmetrics.MinMetric(),
+    "mean (weighted)": lambda: torchmetrics.MeanMetric(),
+    "product (custom callable)": lambda: ProductMetric(),
+    "list without reduction": lambda: ListMetric(),
+    "composition": lambda: (
+        torchmetrics.MeanSquaredError() + torchmetrics.MeanSquaredError(squared=False)
+    ),
+    "collection": lambda: torchmetrics.MetricCollection(
+        {
+            "p": torchmetrics.classification.BinaryPrecision(),
+            "r": torchmetrics.classification.BinaryRecall(),
+        }
+    ),
+}
+
+
+def update(metric: Any, outputs: Tensor, targets: Tensor) -> None:
+    if isinstance(
+        metric, (torchmetrics.MaxMetric, torchmetrics.MinMetric, torchmetrics.MeanMetric)
+    ):
+        metric.update(outputs)
+    else:
+        metric.update(outputs, targets)
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+def test_simulated_sync_equals_the_metric_on_the_concatenated_data(kind: str) -> None:
+    factory = FACTORIES[kind]
+    generator = torch.Generator().manual_seed(11)
+    shards = [[5, 2], [3], []]  # uneven, and a rank without data
+    data = [
+        [
+            (
+                torch.rand(n, generator=generator) + 0.5,
+                torch.randint(0, 2, (n,), generator=generator),
+            )
+            for n in sizes
+        ]
+        for sizes in shards
+    ]
+    adapters = [from_torchmetrics(factory()) for _ in shards]
+    for adapter, batches in zip(adapters, data, strict=True):
+        for batch in batches:
+            update(adapter.metric, *batch)
+    local = adapters[0].compute()
+
+    simulated_sync(adapters)
+    reference = factory()
+    update(reference, *cat([batch for batches in data for batch in batches]))
+    expected = from_torchmetrics(reference).compute()
+    for adapter in adapters:
+        synced = adapter.compute()
+        assert list(synced) == list(expected)
+        for name in expected:
+            assert torch.allclose(synced[name].float(), expected[name].float(), atol=1e-6), (
+                kind,
+                name,
+            )
+
+    # twice == once, the local state untouched
+    simulated_sync(adapters)
+    assert adapters[1].compute() == synced
+    # later updates drop the synced view and count once at the next sync
+    extra = (
+        torch.rand(4, generator=generator) + 0.5,
+        torch.randint(0, 2, (4,), generator=generator),
+    )
+    update(adapters[2].metric, *extra)
+    adapters[2]._synced = None  # what adapter.update does (the metric was updated directly)
+    simulated_sync(adapters)
+    update(reference, *extra)
+    expected = from_torchmetrics(reference).compute()
+    for name in expected:
+        assert torch.allclose(
+            adapters[0].compute()[name].float(), expected[name].float(), atol=1e-6
+        )
+    # reset drops the synced view: back to this rank's (empty) state
+    adapters[0].reset()
+    update(adapters[0].metric, *data[0][0])
+    first = factory()
+    update(first, *data[0][0])
+    assert adapters[0].compute().keys() == local.keys()
+    for name, value in from_torchmetrics(first).compute().items():
+        assert torch.allclose(adapters[0].compute()[name].float(), value.float())
+
+
+def test_sync_copy_does_not_copy_or_touch_the_local_state() -> None:
+    adapters = [from_torchmetrics(BinaryAUROC()) for _ in range(2)]
+    adapters[0].update(torch.tensor([0.2, 0.8]), torch.tensor([0, 1]))
+    adapters[1].update(torch.tensor([0.9]), torch.tensor([0]))
+    preds = adapters[0].metric.preds
+    before = [t.clone() for t in preds]
+    simulated_sync(adapters)
+    assert adapters[0].metric.preds is preds
+    assert all(torch.equal(a, b) for a, b in zip(preds, before, strict=True))
+    assert adapters[0]._synced is not None
+    assert adapters[0]._synced[0].preds.shape == (3,)
+
+
+def test_sync_errors_name_every_rank() -> None:
+    mse, mae = (
+        from_torchmetrics(torchmetrics.MeanSquaredError()),
+        from_torchmetrics(torchmetrics.MeanAbsoluteError()),
+    )
+    states = [mse._sync_export(), mae._sync_export()]
+    with pytest.raises(
+        errors.SyncError, match=r"rank 0: MeanSquaredError.*rank 1: MeanAbsoluteError"
+    ):
+        mse._sync_prepare(states)
+
+    wide, narrow = from_torchmetrics(PairMetric()), from_torchmetrics(PairMetric())
+    narrow.metric.outputs = torch.zeros(3)
+    with pytest.raises(
+        errors.SyncError, match=r"'outputs'.*rank 0: shape \(\).*rank 1: shape \(3,\)"
+    ):
+        wide._sync_prepare([wide._sync_export(), narrow._sync_export()])
+
+
+def test_a_metric_with_its_own_sync_is_refused_at_export() -> None:
+    class OwnSync(torchmetrics.MeanSquaredError):
+        def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+            pass
+
+    with pytest.raises(errors.UnsupportedObjectError, match="OwnSync"):
+        from_torchmetrics(OwnSync())._sync_export()
+
+
+def test_sync_outside_a_distributed_run_is_a_no_op() -> None:
+    metric = from_torchmetrics(torchmetrics.MeanSquaredError())
+    metric.update(tensor_a, tensor_b)
+    metric.sync()
+    tt.sync_all(metric)
+    assert metric.compute() == {"MeanSquaredError": torch.tensor(4.0)}
+
+
+def test_rejects_other_objects() -> None:
+    with pytest.raises(errors.UnsupportedObjectError, match=r"torchtally\.wrap"):
+        from_torchmetrics(eval_metrics.MeanSquaredError())  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidNameError):
+        from_torchmetrics(torchmetrics.MeanSquaredError(), "")
+
+
+def test_missing_torchmetrics_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    monkeypatch.delitem(sys.modules, "torchtally.contrib.torchmetrics")
+    with pytest.raises(ImportError, match=r'pip install "torchtally\[torchmetrics\]"'):
+        importlib.import_module("torchtally.contrib.torchmetrics")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shards=st.lists(st.lists(st.integers(0, 6), max_size=3), min_size=1, max_size=3).filter(
+        lambda shards: sum(map(sum, shards)) > 0
+    ),
+    seed=st.integers(0, 10_000),
+)
+def test_any_sharding_syncs_to_the_value_on_the_concatenated_data(
+    shards: list[list[int]], seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    data = [
+        [
+            (torch.rand(n, generator=generator), torch.randint(0, 2, (n,), generator=generator))
+            for n in sizes
+        ]
+        for sizes in shards
+    ]
+    factory = FACTORIES["composition"]
+    adapters = [from_torchmetrics(factory()) for _ in shards]
+    for adapter, batches in zip(adapters, data, strict=True):
+        for batch in batches:
+            adapter.update(*batch)
+    simulated_sync(adapters)
+    reference = factory()
+    reference.update(*cat([batch for batches in data for batch in batches]))
+    expected = from_torchmetrics(reference).compute()
+    for adapter in adapters:
+        for name, value in adapter.compute().items():
+            assert torch.allclose(value, expected[name], atol=1e-6)

@@ -1,0 +1,844 @@
+"""Losses: composition, formulas, forward, epoch values, refusals, DictLoss, persistence.
+
+References are computed independently: the loss on the concatenated data, the
+same expression written by hand in torch, and the formula string evaluated in
+Python with the component values substituted.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+from torch.nn.functional import l1_loss, mse_loss
+
+import torchtally as tt
+from torchtally import protocols as p
+from torchtally.errors import (
+    ComputedBeforeUpdatedWarning,
+    FormulaError,
+    IncompatibleStateError,
+    InvalidNameError,
+    MetricCallError,
+    NameConflictError,
+    ResultShapeError,
+    ResultTypeError,
+)
+from torchtally.formula import Constant
+from torchtally.losses import COMBINED_NAME, CompositionalLoss, DictLoss, Loss, LossBase
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # so that spawned children can import this module and _dist
+    sys.path.insert(0, str(TESTS))
+
+import _dist  # noqa: E402
+
+
+def mae_fn(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample mean absolute error (as in the DRYTorch reference)."""
+    return torch.abs(outputs - targets).flatten(1).mean(1)
+
+
+def accuracy_fn(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.round() == targets).float().flatten(1).mean(1)
+
+
+def batches(sizes: list[int], seed: int = 0, dtype: torch.dtype = torch.float32) -> list[Any]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(size, 3, generator=generator, dtype=dtype),
+            torch.randn(size, 3, generator=generator, dtype=dtype),
+        )
+        for size in sizes
+    ]
+
+
+def concatenated(data: list[Any]) -> tuple[Tensor, Tensor]:
+    return torch.cat([o for o, _ in data]), torch.cat([t for _, t in data])
+
+
+class Counting:
+    """A callable counting its calls (compared by identity, like a function)."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        self.calls += 1
+        return self.fn(outputs, targets)
+
+
+# -- the DRYTorch reference example, with torchtally names --------------------------------------
+
+
+def test_reference_loss_example() -> None:
+    tensor_a = torch.ones(1, 1, dtype=torch.float)
+    tensor_b = 3 * torch.ones(1, 1, dtype=torch.float)
+    mse_loss_ = Loss(mse_loss, name="MSE")
+    mae_loss = Loss(mae_fn, "MAE")
+    composed_loss = mse_loss_**2 + 0.5 * mae_loss
+    composed_loss.update(tensor_a, tensor_b)
+    expected = {
+        "Combined Loss": torch.tensor(17.0),
+        "MSE": torch.tensor(4.0),
+        "MAE": torch.tensor(2.0),
+    }
+    assert composed_loss.compute() == expected
+    assert list(composed_loss.compute()) == list(expected)
+    assert composed_loss.formula == "[MSE]^2 + 0.5 x [MAE]"
+    assert repr(composed_loss) == "CompositionalLoss([MSE]^2 + 0.5 x [MAE])"
+    assert isinstance(composed_loss, CompositionalLoss)
+    assert isinstance(composed_loss, p.LossProtocol) and isinstance(mse_loss_, p.LossProtocol)
+    assert isinstance(composed_loss, p.ObjectiveProtocol)
+    assert not isinstance(tt.Metric(mae_fn, "MAE"), p.LossProtocol)
+
+
+def test_loss_is_an_objective_and_a_metric() -> None:
+    loss = Loss(mse_loss, "MSE")
+    assert isinstance(loss, tt.Objective) and isinstance(loss, LossBase)
+    assert loss.formula == "[MSE]" and loss.name == "MSE" and loss.fn is mse_loss
+    assert loss.higher_is_better is False and loss.higher_is_better_for("MSE") is False
+    data = batches([4, 1, 6])
+    for outputs, targets in data:
+        loss.update(outputs, targets)
+    outputs, targets = concatenated(data)
+    torch.testing.assert_close(loss.compute()["MSE"], mse_loss(outputs, targets))
+    assert list(loss.compute()) == ["MSE"]
+    assert Loss(mae_fn).name == "mae_fn"  # the callable's name by default
+    with pytest.raises(TypeError):
+        LossBase(None, ())  # type: ignore[abstract, arg-type]
+
+
+def test_required_formulas_from_the_algebra() -> None:
+    def make(name: str, higher: bool = False) -> Loss[Tensor, Tensor]:
+        return Loss(mae_fn, name, higher_is_better=higher) if name != "B" else Loss(mse_loss, "B")
+
+    a, b, c = make("A"), make("B"), make("C")
+    high_a, high_c = make("A", True), make("C", True)
+    assert (a + b).formula == "[A] + [B]"
+    assert ((a + b) * c).formula == "([A] + [B]) x [C]"
+    assert (high_a - (b - high_c)).formula == "[A] - ([B] - [C])"
+    assert (-(a + b)).formula == "-([A] + [B])"
+    assert (a + (b + c)).formula == "[A] + [B] + [C]"
+    assert (a * (b * c)).formula == "[A] x [B] x [C]"
+    assert ((-a) ** 2).formula == "(-[A])^2"
+    assert (-(a**2)).formula == "-[A]^2"
+    assert (a ** (b**c)).formula == "[A]^[B]^[C]"
+    assert ((a**b) ** c).formula == "([A]^[B])^[C]"
+    assert (0.5 * a).formula == "0.5 x [A]" and (a * 0.5).formula == "[A] x 0.5"
+    assert (2 - high_a).formula == "2 - [A]" and (a - 2).formula == "[A] - 2"
+    assert (1 / high_a).formula == "1 / [A]" and (a / 4).formula == "[A] / 4"
+    assert (2**a).formula == "2^[A]" and (a**-1).formula == "[A]^-1"
+    assert (-0.5 * high_a).formula == "-0.5 x [A]"
+    assert (a - -2).formula == "[A] - -2"
+    assert sum([a, b, c]).formula == "[A] + [B] + [C]"  # type: ignore[union-attr]
+    assert (0 + a).formula == "[A]" and type(0 + a) is Loss
+    assert (a + 0.0).formula == "[A]"
+    assert (a / high_c * b).formula == "[A] / [C] x [B]"
+
+
+# -- forward -----------------------------------------------------------------------------------
+
+
+def test_forward_returns_the_batch_mean_of_the_criterion_with_its_gradient() -> None:
+    loss = Loss(mse_loss, "MSE") ** 2 + 0.5 * Loss(mae_fn, "MAE")
+    outputs, targets = batches([5])[0]
+    outputs.requires_grad_(True)
+    value = loss(outputs, targets)
+    assert value.ndim == 0 and value.requires_grad
+    value.backward()
+    reference_outputs = outputs.detach().clone().requires_grad_(True)
+    reference = (
+        mse_loss(reference_outputs, targets) ** 2 + 0.5 * mae_fn(reference_outputs, targets)
+    ).mean()
+    reference.backward()
+    torch.testing.assert_close(value, reference, rtol=0, atol=0)
+    torch.testing.assert_close(outputs.grad, reference_outputs.grad, rtol=0, atol=0)
+
+
+def test_per_sample_vectors_combine_elementwise() -> None:
+    # product of two per-sample vectors: the mean of the products, not the product of the means
+    loss = Loss(mae_fn, "MAE") * Loss(lambda o, t: (o - t).pow(2).flatten(1).mean(1), "SE")
+    outputs, targets = batches([6])[0]
+    expected = (mae_fn(outputs, targets) * (outputs - targets).pow(2).mean(1)).mean()
+    torch.testing.assert_close(loss.forward(outputs, targets), expected)
+
+
+def test_every_component_is_evaluated_once_per_call() -> None:
+    first, second, tracked = Counting(mae_fn), Counting(mse_loss), Counting(accuracy_fn)
+    a, b = Loss(first, "A"), Loss(second, "B")
+    loss = (a + a * a + 2 * b * a**2) | tt.Metric(tracked, "Acc", higher_is_better=True)
+    # the same callable under the same name again, as a tracked metric: still once
+    loss = loss | tt.Metric(first, "A")
+    assert [entry.name for entry in loss.components] == ["A", "B"]
+    assert [entry.name for entry in loss.tracked] == ["Acc"]
+    outputs, targets = batches([3])[0]
+    loss(outputs, targets)
+    assert (first.calls, second.calls, tracked.calls) == (1, 1, 1)
+    loss.update(outputs, targets)
+    assert (first.calls, second.calls, tracked.calls) == (2, 2, 2)
+    loss.compute()
+    assert (first.calls, second.calls, tracked.calls) == (2, 2, 2)
+
+
+def test_state_holds_detached_values() -> None:
+    loss = Loss(mse_loss, "MSE") + Loss(mae_fn, "MAE")
+    values = []
+    for outputs, targets in batches([4, 2, 3]):
+        outputs.requires_grad_(True)
+        value = loss(outputs, targets)
+        assert value.requires_grad
+        values.append((outputs, value))
+    # queued batches and folded state alike: nothing holds on to the autograd graph
+    held = [tensor for batch, _ in loss._queue for tensor in batch.values()]
+    held += [t for accumulator in loss._accumulators.values() for t in accumulator.export()[1]]
+    assert held and all(not t.requires_grad and t.grad_fn is None for t in held)
+    for outputs, value in values:
+        value.backward()  # the graphs are intact after the updates
+        assert outputs.grad is not None
+    for tensor in loss.compute().values():
+        assert not tensor.requires_grad
+    for state in loss.state_dict()["accumulators"].values():
+        assert all(not t.requires_grad for t in state["tensors"])
+
+
+def test_update_accumulates_without_grad_and_returns_the_batch_values() -> None:
+    loss = Loss(mse_loss, "MSE") + Loss(mae_fn, "MAE")
+    outputs, targets = batches([4])[0]
+    with torch.no_grad():
+        values = loss.update(outputs, targets)
+    assert set(values) == {"MSE", "MAE"}
+    torch.testing.assert_close(values["MAE"], mae_fn(outputs, targets))
+    forward = Loss(mse_loss, "MSE") + Loss(mae_fn, "MAE")
+    forward(outputs, targets)
+    assert forward.compute() == loss.compute()
+
+
+def test_python_number_results_are_accepted() -> None:
+    loss = Loss(lambda o, t: 2.0, "Two") + Loss(mae_fn, "MAE")
+    outputs, targets = batches([3])[0]
+    value = loss(outputs, targets)
+    torch.testing.assert_close(value, 2.0 + mae_fn(outputs, targets).mean())
+    assert loss.compute()["Two"] == 2.0
+
+
+# -- epoch values ------------------------------------------------------------------------------
+
+
+def test_sum_of_mean_reduced_losses_is_the_loss_on_the_concatenated_data() -> None:
+    loss = Loss(mse_loss, "MSE") + Loss(mae_fn, "MAE")
+    data = batches([3, 7, 1, 5, 2], dtype=torch.float64)
+    for outputs, targets in data:
+        loss(outputs, targets)
+    outputs, targets = concatenated(data)
+    expected = mse_loss(outputs, targets) + mae_fn(outputs, targets).mean()
+    computed = loss.compute()
+    assert list(computed) == ["Combined Loss", "MSE", "MAE"]
+    torch.testing.assert_close(computed["Combined Loss"], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(computed["MSE"], mse_loss(outputs, targets), rtol=1e-12, atol=0)
+
+
+def test_combined_value_is_the_formula_on_the_component_epoch_values() -> None:
+    loss = Loss(mse_loss, "MSE") ** 2 + 0.5 * Loss(mae_fn, "MAE")
+    data = batches([2, 9, 4], dtype=torch.float64)
+    for outputs, targets in data:
+        loss(outputs, targets)
+    values = loss.compute()
+    assert values["Combined Loss"] == values["MSE"] ** 2 + 0.5 * values["MAE"]
+    assert loss.higher_is_better_for("Combined Loss") is False
+
+
+def test_compute_before_update_warns_and_gives_nan() -> None:
+    loss = Loss(mse_loss, "MSE") - Loss(accuracy_fn, "Accuracy", higher_is_better=True)
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        values = loss.compute()
+    assert list(values) == ["Combined Loss", "MSE", "Accuracy"]
+    assert all(math.isnan(v) for v in values.values())
+
+
+def test_reset_and_merge_state() -> None:
+    loss = Loss(mse_loss, "MSE") + Loss(mae_fn, "MAE")
+    other = loss.copy()
+    data = batches([3, 5, 2], dtype=torch.float64)
+    loss(*data[0])
+    other(*data[1])
+    other(*data[2])
+    loss.merge_state(other)
+    outputs, targets = concatenated(data)
+    expected = mse_loss(outputs, targets) + mae_fn(outputs, targets).mean()
+    torch.testing.assert_close(loss.compute()["Combined Loss"], expected, rtol=1e-12, atol=0)
+    different = Loss(mse_loss, "MSE") + 2 * Loss(mae_fn, "MAE")
+    with pytest.raises(IncompatibleStateError, match=r"another formula \(\[MSE\] \+ 2 x \[MAE\]\)"):
+        loss.merge_state(different)
+    loss.reset()
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert math.isnan(loss.compute()["Combined Loss"])
+
+
+# -- the property: formula, compute and forward agree with independent references -------------
+
+NAMES = ["A", "B", "C", "H"]
+FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "A": lambda o, t: (o - t).pow(2).mean(1) + 0.5,  # per-sample
+    "B": lambda o, t: l1_loss(o, t) + 0.5,  # a scalar batch mean
+    "C": lambda o, t: (o - t).abs().amax(1) + 0.25,  # per-sample
+    "H": lambda o, t: torch.exp(-(o - t).abs()).mean(1) + 0.5,  # per-sample, higher is better
+}
+LOSSES = {name: Loss(fn, name, higher_is_better=name == "H") for name, fn in FUNCTIONS.items()}
+OPERATIONS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": lambda x, y: x + y,
+    "-": lambda x, y: x - y,
+    "*": lambda x, y: x * y,
+    "/": lambda x, y: x / y,
+    "**": lambda x, y: x**y,
+}
+CONSTANTS = st.sampled_from([0.5, 2, 3, -1.5, 0.25, 1, -2, 1.5])
+
+# A recipe is ('leaf', name) | ('neg', recipe) | (op, recipe|number, recipe|number).
+recipes = st.recursive(
+    st.tuples(st.just("leaf"), st.sampled_from(NAMES)),
+    lambda inner: (
+        st.tuples(st.just("neg"), inner)
+        | st.tuples(st.sampled_from(list(OPERATIONS)), inner, inner)
+        | st.tuples(st.sampled_from(list(OPERATIONS)), inner, CONSTANTS)
+        | st.tuples(st.sampled_from(list(OPERATIONS)), CONSTANTS, inner)
+    ),
+    max_leaves=5,
+)
+
+
+def build(recipe: Any) -> tuple[Any, Callable[[dict[str, Tensor]], Any]]:
+    """The loss built with the library's operators, and the same expression in plain torch."""
+    if not isinstance(recipe, tuple):
+        return recipe, lambda values: recipe
+    if recipe[0] == "leaf":
+        name = recipe[1]
+        return 0 + LOSSES[name], lambda values: values[name]  # 0 + loss: the loss, fresh state
+    if recipe[0] == "neg":
+        loss, hand = build(recipe[1])
+        return -loss, lambda values: -hand(values)
+    operation = OPERATIONS[recipe[0]]
+    left, left_hand = build(recipe[1])
+    right, right_hand = build(recipe[2])
+    return operation(left, right), lambda values: operation(left_hand(values), right_hand(values))
+
+
+def substituted(formula: str, values: dict[str, Tensor]) -> str:
+    for name, value in values.items():
+        formula = formula.replace(f"[{name}]", f"({float(value)!r})")
+    return formula.replace(" x ", " * ").replace("^", "**")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(recipes)
+def test_random_expressions_agree_with_formula_and_hand_written_torch(recipe: Any) -> None:
+    try:
+        loss, hand = build(recipe)
+    except FormulaError:
+        assume(False)  # refused for its directions (checked elsewhere)
+        return
+    assert isinstance(loss, LossBase)
+    # (1) the formula, evaluated with the component epoch values, gives the combined value
+    data = batches([2, 5, 3], seed=7, dtype=torch.float64)
+    for outputs, targets in data:
+        loss.update(outputs, targets)
+    computed = loss.compute()
+    components = {entry.name: computed[entry.name] for entry in loss.components}
+    combined = float(computed[loss.name])
+    try:
+        from_formula = eval(substituted(loss.formula, components))
+    except (ZeroDivisionError, OverflowError):
+        assume(False)
+        return
+    assume(not isinstance(from_formula, complex) and math.isfinite(combined))
+    assert from_formula == pytest.approx(combined, rel=1e-9, abs=1e-9)
+    # (2) forward's value and gradient equal those of the expression written by hand
+    outputs, targets = data[1]
+    outputs = outputs.clone().requires_grad_(True)
+    value = loss(outputs, targets)
+    reference_outputs = outputs.detach().clone().requires_grad_(True)
+    expected = hand({name: fn(reference_outputs, targets) for name, fn in FUNCTIONS.items()})
+    if isinstance(expected, Tensor) and expected.ndim:
+        expected = expected.mean()
+    assume(bool(torch.isfinite(value)))
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    assert outputs.grad is not None and reference_outputs.grad is not None
+    torch.testing.assert_close(outputs.grad, reference_outputs.grad, rtol=1e-9, atol=1e-12)
+
+
+# -- directions and refusals -------------------------------------------------------------------
+
+
+def test_direction_rules_through_the_operators() -> None:
+    ce = Loss(mse_loss, "CE")
+    accuracy = Loss(accuracy_fn, "Accuracy", higher_is_better=True)
+    assert (ce - accuracy).higher_is_better is False
+    assert (accuracy - ce).higher_is_better is True
+    assert (-ce).higher_is_better is True
+    assert (ce / accuracy).higher_is_better is False
+    assert (1 / ce).higher_is_better is True
+    assert (ce**-2).higher_is_better is True
+    assert (-3 * ce).higher_is_better is True  # a negative factor flips
+    assert (ce / -3).higher_is_better is True
+    assert (0.5**ce).higher_is_better is True and (2**ce).higher_is_better is False
+    assert (ce + 5).higher_is_better is False  # constants have no direction
+    assert (ce + -accuracy * 2).formula == "[CE] + -[Accuracy] x 2"
+
+
+@pytest.mark.parametrize(
+    ("build_it", "fragments"),
+    [
+        (
+            lambda ce, acc: ce + acc,
+            [
+                "[CE] + [Accuracy]: cannot add [CE] (lower is better) and "
+                "[Accuracy] (higher is better)",
+                "write [CE] - [Accuracy]",
+            ],
+        ),
+        (lambda ce, acc: acc + ce, ["cannot add [Accuracy] (higher is better) and [CE]"]),
+        (lambda ce, acc: ce * acc, ["cannot multiply [CE] (lower is better) by [Accuracy]"]),
+        (lambda ce, acc: ce - ce * 2, ["cannot subtract [CE] x 2 (lower is better) from [CE]"]),
+        (lambda ce, acc: ce / ce, ["cannot divide [CE] (lower is better) by [CE]"]),
+        (lambda ce, acc: ce**acc, ["cannot raise [CE] (lower is better) to the power [Accuracy]"]),
+        (lambda ce, acc: ce + -1 * ce, ["-1 x [CE] (higher is better)"]),
+        (lambda ce, acc: ce + ce**-1, ["[CE]^-1 (higher is better)"]),
+        (lambda ce, acc: ce + 1 / ce, ["1 / [CE] (higher is better)"]),
+        (lambda ce, acc: (-2) ** ce, ["must be a positive constant", "found -2"]),
+        (lambda ce, acc: ce / 0, ["division by the constant 0"]),
+    ],
+)
+def test_refusals_name_both_operands(build_it: Any, fragments: list[str]) -> None:
+    ce = Loss(mse_loss, "CE")
+    accuracy = Loss(accuracy_fn, "Accuracy", higher_is_better=True)
+    with pytest.raises(FormulaError) as caught:
+        build_it(ce, accuracy)
+    assert isinstance(caught.value, ValueError)
+    message = str(caught.value)
+    assert message.startswith("CompositionalLoss ")
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("operand", "fragment"),
+    [
+        ("x", "str 'x'"),
+        (torch.tensor(1.0), "Tensor tensor(1.)"),
+        (True, "bool True"),
+        (None, "NoneType None"),
+        (1j, "complex 1j"),
+        (float("inf"), "finite constants, found inf"),
+        (float("nan"), "finite constants, found nan"),
+    ],
+)
+def test_operands_other_than_numbers_and_losses_are_refused(operand: Any, fragment: str) -> None:
+    loss = Loss(mse_loss, "MSE")
+    for combine in (
+        lambda: loss + operand,
+        lambda: operand + loss,
+        lambda: loss * operand,
+        lambda: operand**loss,
+        lambda: loss / operand,
+        lambda: operand - loss,
+    ):
+        with pytest.raises(FormulaError) as caught:
+            combine()
+        assert str(caught.value).startswith("Loss [MSE]: ")
+        assert fragment in str(caught.value)
+
+
+def test_numpy_like_numbers_become_python_constants() -> None:
+    class Half(float):
+        pass
+
+    loss = Half(0.5) * Loss(mse_loss, "MSE")
+    assert loss.formula == "0.5 x [MSE]"
+    assert type(loss.expression.left.value) is float  # type: ignore[union-attr]
+
+
+def test_a_metric_in_arithmetic_points_to_the_pipe() -> None:
+    with pytest.raises(FormulaError, match=r"use loss \| metric"):
+        Loss(mse_loss, "MSE") + tt.Metric(mae_fn, "MAE")
+
+
+def test_names_are_keyed_to_one_callable() -> None:
+    with pytest.raises(NameConflictError, match="'MSE' is given to two different callables"):
+        Loss(mse_loss, "MSE") + Loss(mae_fn, "MSE")
+    with pytest.raises(NameConflictError, match="'MAE' is given to two different callables"):
+        Loss(mse_loss, "MSE") | tt.Metric(accuracy_fn, "MAE") | tt.Metric(mae_fn, "MAE")
+    with pytest.raises(NameConflictError, match="'MSE' is given"):
+        Loss(mse_loss, "MSE") | tt.Metric(mae_fn, "MSE")
+    a = Loss(mae_fn, "A")
+    assert (a + a).components == a.components  # one callable under one name: fine
+    with pytest.raises(NameConflictError, match="'A' is given both higher_is_better=False and"):
+        a - Loss(mae_fn, "A", higher_is_better=True)
+
+
+def test_combined_loss_is_reserved() -> None:
+    with pytest.raises(NameConflictError, match="'Combined Loss' is reserved"):
+        Loss(mse_loss, COMBINED_NAME)
+    with pytest.raises(NameConflictError, match="'Combined Loss' is reserved"):
+        Loss(mse_loss, "MSE") | tt.Metric(mae_fn, "Combined Loss")
+    with pytest.raises(NameConflictError, match="'Combined Loss' is reserved"):
+        DictLoss(lambda o, t: {"Combined Loss": mae_fn(o, t)}, "Combined Loss")
+    bad = DictLoss(lambda o, t: {"Loss": mae_fn(o, t), COMBINED_NAME: mae_fn(o, t)}, "Loss")
+    with pytest.raises(NameConflictError, match="'Combined Loss' is reserved"):
+        bad(*batches([2])[0])
+
+
+def test_construction_errors() -> None:
+    with pytest.raises(TypeError, match="expected a callable"):
+        Loss("mse", "MSE")  # type: ignore[arg-type]
+    with pytest.raises(InvalidNameError, match="lambda"):
+        Loss(lambda o, t: o)
+    with pytest.raises(FormulaError, match="higher_is_better True or False"):
+        Loss(mse_loss, "MSE", higher_is_better=None)  # type: ignore[arg-type]
+    with pytest.raises(FormulaError, match="at least one component"):
+        CompositionalLoss(Constant(2), ())
+
+
+def test_loss_pipe_loss_is_refused_and_pipe_with_other_objects_is_a_type_error() -> None:
+    mse, mae = Loss(mse_loss, "MSE"), Loss(mae_fn, "MAE")
+    with pytest.raises(
+        FormulaError, match=r"combine losses with arithmetic \(for example \[MSE\] \+ \[MAE\]\)"
+    ):
+        mse | mae
+    with pytest.raises(TypeError):
+        mse | 3  # type: ignore[operator]
+
+
+# -- loss | metric -----------------------------------------------------------------------------
+
+
+def test_pipe_tracks_metrics_outside_the_formula() -> None:
+    loss = Loss(mse_loss, "MSE") + 0.5 * Loss(mae_fn, "MAE")
+    accuracy = tt.Metric(accuracy_fn, "Accuracy", higher_is_better=True)
+    worst = tt.Metric(lambda o, t: (o - t).abs().amax(1), "Worst", aggregation="max")
+    for tracked in (loss | accuracy | worst, accuracy | (worst | loss), (accuracy | worst) | loss):
+        assert isinstance(tracked, CompositionalLoss)
+        assert tracked.formula == loss.formula
+        assert (
+            repr(tracked)
+            == "CompositionalLoss([MSE] + 0.5 x [MAE], tracking ['Accuracy', 'Worst'])"
+        )
+        data = batches([3, 6])
+        for outputs, targets in data:
+            value = tracked(outputs, targets)
+        computed = tracked.compute()
+        assert list(computed) == ["Combined Loss", "MSE", "MAE", "Accuracy", "Worst"]
+        outputs, targets = concatenated(data)
+        torch.testing.assert_close(computed["Worst"], (outputs - targets).abs().max())
+        torch.testing.assert_close(computed["Accuracy"], accuracy_fn(outputs, targets).mean())
+        assert tracked.higher_is_better_for("Accuracy") is True
+        # the tracked metric does not enter the value
+        torch.testing.assert_close(value, loss.forward(*data[-1]))
+    single = Loss(mse_loss, "MSE") | accuracy
+    assert type(single) is Loss and single.name == "MSE"
+    single(*batches([2])[0])
+    assert list(single.compute()) == ["MSE", "Accuracy"]
+    # tracked metrics survive further algebra
+    assert (single * 2).tracked == single.tracked
+
+
+# -- DictLoss ----------------------------------------------------------------------------------
+
+
+def detection_dict(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    error = (outputs - targets).abs()
+    return {"Loss": error.mean(1), "Worst": error.amax(1), "Bias": (outputs - targets).mean()}
+
+
+def test_dict_loss_entry_is_the_loss_and_the_others_are_tracked() -> None:
+    loss = DictLoss(detection_dict, "Loss")
+    assert loss.formula == "[Loss]" and loss.fn is detection_dict
+    data = batches([4, 2, 5], dtype=torch.float64)
+    for outputs, targets in data:
+        value = loss(outputs, targets)
+    torch.testing.assert_close(value, detection_dict(*data[-1])["Loss"].mean())
+    computed = loss.compute()
+    assert list(computed) == ["Loss", "Worst", "Bias"]
+    outputs, targets = concatenated(data)
+    torch.testing.assert_close(
+        computed["Loss"], (outputs - targets).abs().mean(), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        computed["Worst"], (outputs - targets).abs().amax(1).mean(), rtol=1e-12, atol=0
+    )
+
+
+def test_dict_loss_in_compositions_keeps_its_entries() -> None:
+    reweighted = 0.3 * DictLoss(detection_dict, "Loss") + Loss(mse_loss, "MSE")
+    assert reweighted.formula == "0.3 x [Loss] + [MSE]"
+    data = batches([4, 3], dtype=torch.float64)
+    for outputs, targets in data:
+        value = reweighted(outputs, targets)
+    outputs, targets = data[-1]
+    torch.testing.assert_close(
+        value, 0.3 * (outputs - targets).abs().mean() + mse_loss(outputs, targets)
+    )
+    computed = reweighted.compute()
+    assert list(computed) == ["Combined Loss", "Loss", "MSE", "Worst", "Bias"]
+    assert computed["Combined Loss"] == 0.3 * computed["Loss"] + computed["MSE"]
+
+
+def neutrino_style(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    return {"loss": mse_loss(outputs, targets)}
+
+
+def cco_tuple(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    diff = outputs - targets
+    return diff.pow(2).mean(), diff.abs().mean(), diff.abs().amax(1)
+
+
+def cco_list(outputs: Tensor, targets: Tensor) -> list[Tensor]:
+    return list(cco_tuple(outputs, targets))
+
+
+def cco_dict(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    first, second, third = cco_tuple(outputs, targets)
+    return {"cls_loss": first, "box_loss": second, "obj_loss": third}
+
+
+def cco_tensor(outputs: Tensor, targets: Tensor) -> Tensor:
+    return sum(cco_tuple(outputs, targets))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("fn", "names"),
+    [
+        (neutrino_style, ["loss"]),
+        (cco_tuple, ["Total_0", "Total_1", "Total_2"]),
+        (cco_list, ["Total_0", "Total_1", "Total_2"]),
+        (cco_dict, ["cls_loss", "box_loss", "obj_loss"]),
+        (cco_tensor, []),
+    ],
+)
+def test_summed_dict_loss(fn: Callable[[Tensor, Tensor], Any], names: list[str]) -> None:
+    loss = DictLoss.summed(fn, "Total")
+    data = batches([3, 5, 1], dtype=torch.float64)
+    for outputs, targets in data:
+        value = loss(outputs, targets)
+    outputs, targets = data[-1]
+    result = fn(outputs, targets)
+    parts = list(result.values()) if isinstance(result, dict) else result
+    expected = sum(parts) if isinstance(parts, (list, tuple)) else parts
+    torch.testing.assert_close(value, expected.mean())
+    computed = loss.compute()
+    assert list(computed) == ["Total", *names]
+    # every summand is tracked, and the sum's epoch value is the sum of theirs
+    outputs, targets = concatenated(data)
+    result = fn(outputs, targets)
+    parts = list(result.values()) if isinstance(result, dict) else result
+    if names:
+        assert len(parts) == len(names)
+    torch.testing.assert_close(
+        computed["Total"], sum(computed[name] for name in names) if names else computed["Total"]
+    )
+    per_sample = cco_tuple(outputs, targets)[2].mean()  # the per-sample summand, over all data
+    if fn in (cco_tuple, cco_list):
+        torch.testing.assert_close(computed["Total_2"], per_sample, rtol=1e-12, atol=0)
+
+
+def test_summed_default_name_and_errors() -> None:
+    assert DictLoss.summed(cco_dict).name == "cco_dict"
+    outputs, targets = batches([2])[0]
+    with pytest.raises(ResultTypeError, match="has no entry 'Loss'"):
+        DictLoss(lambda o, t: {"loss": o.sum()}, "Loss")(outputs, targets)
+    with pytest.raises(ResultTypeError, match="must return a dict"):
+        DictLoss(lambda o, t: o.sum(), "Loss")(outputs, targets)
+    with pytest.raises(ResultTypeError, match="empty tuple"):
+        DictLoss.summed(lambda o, t: (), "Loss")(outputs, targets)
+    with pytest.raises(NameConflictError, match="entry named 'Loss'"):
+        DictLoss.summed(lambda o, t: {"Loss": o.sum()}, "Loss")(outputs, targets)
+    with pytest.raises(MetricCallError, match="ZeroDivisionError"):
+        DictLoss(lambda o, t: {"Loss": 1 / 0}, "Loss")(outputs, targets)
+    clash = DictLoss(detection_dict, "Loss") + Loss(mae_fn, "Worst")
+    with pytest.raises(NameConflictError, match=r"\['Worst'\]"):
+        clash(outputs, targets)
+    with pytest.raises(InvalidNameError):
+        DictLoss.summed(lambda o, t: {3: o.sum()}, "Loss")(outputs, targets)
+
+
+def test_errors_name_the_loss_and_the_value() -> None:
+    loss = Loss(mse_loss, "MSE") + Loss(lambda o, t: o.sum(0), "Bad")
+    outputs, targets = batches([4])[0]
+    with pytest.raises(ResultShapeError, match=r"'Bad'.*\(4,\).*\(3,\)"):
+        loss(outputs, targets)
+    failing = 2 * Loss(lambda o, t: 1 / 0, "Broken")
+    with pytest.raises(MetricCallError) as caught:
+        failing(outputs, targets)
+    assert str(caught.value) == (
+        "CompositionalLoss 2 x [Broken]: the callable for 'Broken' raised ZeroDivisionError: "
+        "division by zero"
+    )
+
+
+# -- persistence -------------------------------------------------------------------------------
+
+
+def composed() -> LossBase[Tensor, Tensor]:
+    return (
+        (
+            Loss(mse_loss, "MSE") ** 2
+            + 0.5 * Loss(mae_fn, "MAE")
+            - 0.1 * Loss(accuracy_fn, "Acc", higher_is_better=True)
+        )
+        | tt.Metric(mae_fn, "MAE")
+        | tt.Metric(l1_loss, "L1")
+    )
+
+
+def round_trips() -> dict[str, Callable[[LossBase[Tensor, Tensor]], LossBase[Tensor, Tensor]]]:
+    def by_pickle(loss: LossBase[Tensor, Tensor]) -> LossBase[Tensor, Tensor]:
+        return pickle.loads(pickle.dumps(loss))  # type: ignore[no-any-return]
+
+    def by_torch_save(loss: LossBase[Tensor, Tensor]) -> LossBase[Tensor, Tensor]:
+        buffer = io.BytesIO()
+        torch.save(loss, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
+
+    def by_state_dict(loss: LossBase[Tensor, Tensor]) -> LossBase[Tensor, Tensor]:
+        buffer = io.BytesIO()
+        torch.save(loss.state_dict(), buffer)
+        buffer.seek(0)
+        fresh = composed()
+        fresh.load_state_dict(torch.load(buffer, weights_only=True))
+        return fresh
+
+    return {
+        "pickle": by_pickle,
+        "deepcopy": copy.deepcopy,
+        "copy": lambda loss: loss.copy(),
+        "torch.save": by_torch_save,
+        "state_dict": by_state_dict,
+    }
+
+
+@pytest.mark.parametrize("how", list(round_trips()))
+def test_round_trip_mid_epoch_behaves_like_an_uninterrupted_run(how: str) -> None:
+    data = batches([3, 5, 2, 4, 1], dtype=torch.float64)
+    uninterrupted = composed()
+    for outputs, targets in data:
+        uninterrupted(outputs, targets)
+    interrupted = composed()
+    for outputs, targets in data[:2]:
+        interrupted(outputs, targets)
+    restored = round_trips()[how](interrupted)
+    assert restored is not interrupted
+    assert restored.formula == uninterrupted.formula and repr(restored) == repr(uninterrupted)
+    assert restored.expression == uninterrupted.expression
+    values = []
+    for outputs, targets in data[2:]:
+        grad_outputs = outputs.clone().requires_grad_(True)
+        value = restored(grad_outputs, targets)
+        value.backward()  # forward still works and is differentiable
+        values.append(value)
+    expected = uninterrupted.compute()
+    found = restored.compute()
+    assert list(found) == list(expected) == ["Combined Loss", "MSE", "MAE", "Acc", "L1"]
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-12, atol=0)
+    # the original keeps its own state
+    assert interrupted.compute()["MSE"] != expected["MSE"]
+
+
+def test_dict_loss_round_trips_into_a_fresh_instance() -> None:
+    loss = 0.3 * DictLoss(detection_dict, "Loss")
+    data = batches([3, 4], dtype=torch.float64)
+    loss(*data[0])
+    fresh = 0.3 * DictLoss(detection_dict, "Loss")
+    fresh.load_state_dict(loss.state_dict())
+    loss(*data[1])
+    fresh(*data[1])
+    assert fresh.compute() == loss.compute()
+    assert list(fresh.compute()) == ["Combined Loss", "Loss", "Worst", "Bias"]
+    restored = pickle.loads(pickle.dumps(DictLoss.summed(cco_dict, "Total")))
+    restored(*data[0])
+    assert list(restored.compute()) == ["Total", "cls_loss", "box_loss", "obj_loss"]
+
+
+def test_reweighting_is_multiplication() -> None:
+    # t3w's loss_reweight: the weight is part of the formula and of the gradient
+    loss = 0.3 * Loss(mse_loss, "MSE")
+    outputs, targets = batches([4])[0]
+    torch.testing.assert_close(loss(outputs, targets), 0.3 * mse_loss(outputs, targets))
+    assert loss.compute() == {
+        "Combined Loss": 0.3 * loss.compute()["MSE"],
+        "MSE": loss.compute()["MSE"],
+    }
+
+
+# -- sync on real processes ------------------------------------------------------------------
+
+SYNC_SIZES = {0: [4, 1, 3], 1: []}  # rank 1 sees no data at all
+
+
+def sync_scenario(rank: int, world: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(rank)
+    dict_loss = DictLoss(detection_dict, "Loss")
+    loss = (Loss(mse_loss, "MSE") + 0.5 * Loss(mae_fn, "MAE")) | tt.Metric(accuracy_fn, "Acc")
+    for size in SYNC_SIZES[rank] + ([2, 5] if rank == 1 else []):
+        outputs = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+        targets = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+        loss(outputs, targets)
+        if size in SYNC_SIZES[rank]:
+            dict_loss(outputs, targets)
+    tt.sync_all(loss, dict_loss)
+    tt.sync_all(loss, dict_loss)  # idempotent
+    return {"loss": loss.compute(), "dict": dict_loss.compute()}
+
+
+@pytest.mark.timeout(120)
+def test_sync_gives_the_formula_on_the_synced_components(tmp_path: Path) -> None:
+    records = _dist.launch(2, "test_losses:sync_scenario", tmp_path, timeout=90.0)
+    every: list[Any] = []
+    dict_data: list[Any] = []
+    for rank in range(2):
+        generator = torch.Generator().manual_seed(rank)
+        for size in SYNC_SIZES[rank] + ([2, 5] if rank == 1 else []):
+            pair = (
+                torch.randn(size, 3, generator=generator, dtype=torch.float64),
+                torch.randn(size, 3, generator=generator, dtype=torch.float64),
+            )
+            every.append(pair)
+            if size in SYNC_SIZES[rank]:
+                dict_data.append(pair)
+    outputs, targets = concatenated(every)
+    expected_loss = {
+        "MSE": mse_loss(outputs, targets),
+        "MAE": mae_fn(outputs, targets).mean(),
+        "Acc": accuracy_fn(outputs, targets).mean(),
+    }
+    dict_outputs, dict_targets = concatenated(dict_data)
+    for record in records:
+        found = record["loss"]
+        assert list(found) == ["Combined Loss", "MSE", "MAE", "Acc"]
+        for name, value in expected_loss.items():
+            torch.testing.assert_close(found[name], value, rtol=1e-12, atol=0)
+        assert found["Combined Loss"] == found["MSE"] + 0.5 * found["MAE"]
+        found_dict = record["dict"]
+        assert list(found_dict) == ["Loss", "Worst", "Bias"]
+        torch.testing.assert_close(
+            found_dict["Worst"],
+            (dict_outputs - dict_targets).abs().amax(1).mean(),
+            rtol=1e-12,
+            atol=0,
+        )
+    assert torch.equal(records[0]["loss"]["Combined Loss"], records[1]["loss"]["Combined Loss"])

@@ -1,0 +1,697 @@
+"""Tests of torchtally.objectives: Objective, AverageObjective, Metric, MetricCollection."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import io
+import pickle
+import warnings
+import weakref
+from typing import Any
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+from typing_extensions import override
+
+import torchtally as tt
+from torchtally.aggregation import Accumulator, Cat, Max, Mean
+from torchtally.errors import (
+    ComputedBeforeUpdatedWarning,
+    IncompatibleStateError,
+    NameConflictError,
+    ResultShapeError,
+    StateDictError,
+)
+from torchtally.objectives import PENDING_ELEMENTS, PENDING_LIMIT, batch_size
+
+
+def mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().flatten(1).mean(1)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).flatten(1).mean(1)
+
+
+def bias(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).flatten(1).mean(1)
+
+
+def hits(outputs: Tensor, targets: Tensor) -> Tensor:
+    # a bool per sample: every entry of the sample rounds to its target
+    return (outputs.round() == targets).reshape(len(outputs), -1).all(1)
+
+
+class MyMetrics(tt.AverageObjective[Tensor, Tensor]):
+    """MSE and MAE in one pass (the DRYTorch documentation's example)."""
+
+    @override
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        diff = outputs - targets
+        return {"MSE": diff.pow(2).flatten(1).mean(1), "MAE": diff.abs().flatten(1).mean(1)}
+
+
+class ScoreSummary(tt.Objective[Tensor, Tensor]):
+    """Worst error (Max), median error from every value (Cat) and a mean."""
+
+    @override
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        errors = (outputs - targets).abs().reshape(len(outputs), -1).mean(1)
+        return {"worst": errors, "errors": errors, "mean": errors}
+
+    @override
+    def _get_aggregator(self, name: str) -> Accumulator:
+        return {"worst": Max, "errors": Cat}.get(name, Mean)()
+
+    @override
+    def _compute(self, reduced: dict[str, Tensor]) -> dict[str, Tensor]:
+        errors = reduced.pop("errors")
+        return {**reduced, "median": errors.median()}
+
+
+def batches_of(sizes: list[int], seed: int = 0, width: int = 3) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(size, width, generator=generator),
+            torch.randn(size, width, generator=generator),
+        )
+        for size in sizes
+    ]
+
+
+def concat(batches: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    return torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])
+
+
+def computed(objective: Any) -> dict[str, Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComputedBeforeUpdatedWarning expected here
+        result: dict[str, Tensor] = objective.compute()
+    return result
+
+
+def assert_same(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, equal_nan=True)
+
+
+# -- batch size -------------------------------------------------------------------------------
+
+
+def test_batch_size_comes_from_targets_then_outputs_through_containers() -> None:
+    assert batch_size(torch.zeros(5, 2), torch.zeros(7)) == 5
+    assert batch_size({"label": torch.zeros(4)}, torch.zeros(9)) == 4
+    assert batch_size([None, ("text", torch.zeros(3, 8))], torch.zeros(9)) == 3
+    assert batch_size(None, (torch.zeros(6),)) == 6
+    assert batch_size({"meta": "x"}, {"logits": [torch.zeros(2, 5)]}) == 2
+    assert batch_size([], torch.zeros(0, 4)) == 0
+
+
+def test_update_uses_the_batch_size_from_containers() -> None:
+    metric = tt.Metric(lambda o, t: o["pred"].sum(), "Total")  # a scalar batch mean
+    metric.update({"pred": torch.ones(4)}, {"label": torch.zeros(4), "id": [1, 2, 3, 4]})
+    metric.update({"pred": torch.ones(1)}, {"label": torch.zeros(1), "id": [5]})
+    # The first batch adds 4 * 4 with weight 4, the second 1 * 1 with weight 1.
+    assert computed(metric)["Total"].item() == pytest.approx((16 + 1) / 5)
+
+
+# -- batch weighting --------------------------------------------------------------------------
+
+
+def test_scalar_results_are_weighted_exactly_over_uneven_batches() -> None:
+    data = batches_of([1, 7, 3, 64, 2])
+    metric = tt.Metric(F.mse_loss, "MSE")  # reduction='mean': a scalar per batch
+    for outputs, targets in data:
+        metric.update(outputs, targets)
+    expected = F.mse_loss(*[x.double() for x in concat(data)])
+    assert computed(metric)["MSE"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # The unweighted mean of batch means is different: the weighting matters here.
+    naive = torch.stack([F.mse_loss(o, t) for o, t in data]).mean()
+    assert abs(naive.item() - expected.item()) > 1e-3
+
+
+def test_vector_results_give_the_dataset_mean() -> None:
+    data = batches_of([5, 1, 33])
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    for outputs, targets in data:
+        metrics.update(outputs, targets)
+    outputs, targets = concat(data)
+    result = computed(metrics)
+    assert result["MSE"].item() == pytest.approx(mse(outputs, targets).mean().item(), rel=1e-6)
+    assert result["MAE"].item() == pytest.approx(mae(outputs, targets).mean().item(), rel=1e-6)
+
+
+split_sizes = st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=8).filter(
+    lambda sizes: sum(sizes) > 0
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=split_sizes, seed=st.integers(0, 2**16))
+def test_streamed_mean_equals_mean_of_concatenation_for_any_split(
+    sizes: list[int], seed: int
+) -> None:
+    data = batches_of(sizes, seed)
+    metrics = tt.MetricCollection(MSE=mse, Scalar=F.mse_loss, MAE=F.l1_loss)
+    for outputs, targets in data:
+        metrics.update(outputs, targets)
+    outputs, targets = (x.double() for x in concat(data))
+    result = computed(metrics)
+    assert result["MSE"].item() == pytest.approx(mse(outputs, targets).mean().item(), rel=1e-5)
+    assert result["Scalar"].item() == pytest.approx(F.mse_loss(outputs, targets).item(), rel=1e-5)
+    assert result["MAE"].item() == pytest.approx(F.l1_loss(outputs, targets).item(), rel=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=split_sizes, cut=st.integers(0, 8), seed=st.integers(0, 2**16))
+def test_merged_states_split_any_way_equal_one_stream(
+    sizes: list[int], cut: int, seed: int
+) -> None:
+    data = batches_of(sizes, seed)
+    first, second, stream = (tt.MetricCollection(MSE=mse, Scalar=F.mse_loss) for _ in range(3))
+    for index, (outputs, targets) in enumerate(data):
+        (first if index < cut else second).update(outputs, targets)
+        stream.update(outputs, targets)
+    first.merge_state(second)
+    expected = computed(stream)
+    for name, value in computed(first).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_wrong_length_vector_names_the_metric_and_both_sizes() -> None:
+    metric = tt.Metric(lambda o, t: (o - t)[:3], "Truncated")
+    with pytest.raises(
+        ResultShapeError, match=r"Truncated.*\(5,\).*batch of 5.*found shape \(3,\)"
+    ):
+        metric.update(torch.zeros(5), torch.zeros(5))
+    assert isinstance(ResultShapeError(), ValueError)
+
+
+def test_matrix_result_is_refused() -> None:
+    metric = tt.Metric(lambda o, t: o - t, "Elementwise")
+    with pytest.raises(ResultShapeError, match=r"Elementwise.*found shape \(4, 2\)"):
+        metric.update(torch.zeros(4, 2), torch.zeros(4, 2))
+
+
+def test_empty_batch_changes_nothing() -> None:
+    metric = tt.MetricCollection(MSE=F.mse_loss, MAE=mae)
+    outputs, targets = batches_of([4])[0]
+    metric.update(outputs, targets)
+    before = computed(metric)
+    values = metric.update(torch.zeros(0, 3), torch.zeros(0, 3))  # mse_loss of nothing is NaN
+    assert set(values) == {"MSE", "MAE"}
+    assert_same(computed(metric), before)
+    assert metric.compute()["MSE"] is before["MSE"]  # not even the cache was dropped
+
+
+def test_empty_batch_returns_tensors_for_python_numbers() -> None:
+    metric = tt.Metric(lambda o, t: 0.5, "Half")
+    values = metric.update(torch.zeros(0), torch.zeros(0))
+    assert isinstance(values["Half"], Tensor) and values["Half"].item() == 0.5
+
+
+def test_integer_and_bool_results_are_accepted_and_reported_as_floats() -> None:
+    metrics = tt.MetricCollection(Hits=hits, Count=lambda o, t: 3)
+    metrics.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 0.0]))
+    metrics.update(torch.tensor([0.2]), torch.tensor([0.0]))
+    result = computed(metrics)
+    assert result["Hits"].dtype == torch.float32 and result["Hits"].item() == pytest.approx(3 / 4)
+    assert result["Count"].dtype == torch.float32 and result["Count"].item() == 3.0
+
+
+def test_python_number_results_are_weighted_and_returned_as_tensors() -> None:
+    metric = tt.Metric(lambda o, t: float(o.shape[0]), "Size")
+    values = metric.update(torch.zeros(2), torch.zeros(2))
+    assert isinstance(values["Size"], Tensor) and values["Size"].item() == 2.0
+    metric.update(torch.zeros(6), torch.zeros(6))
+    assert computed(metric)["Size"].item() == pytest.approx((2 * 2 + 6 * 6) / 8)
+
+
+def test_half_precision_results_come_back_in_half_precision() -> None:
+    metric = tt.Metric(mae, "MAE")
+    for outputs, targets in batches_of([3, 5]):
+        metric.update(outputs.half(), targets.half())
+    assert computed(metric)["MAE"].dtype == torch.float16
+
+
+# -- compute, caching, reset ------------------------------------------------------------------
+
+
+def test_compute_before_update_warns_and_gives_nan_for_every_known_name() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    with pytest.warns(ComputedBeforeUpdatedWarning, match=r"MSE.*MAE.*before any update"):
+        result = metrics.compute()
+    assert list(result) == ["MSE", "MAE"]
+    assert all(value.ndim == 0 and torch.isnan(value) for value in result.values())
+
+
+def test_compute_before_update_of_an_objective_without_declared_names() -> None:
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert MyMetrics().compute() == {}
+
+
+def test_compute_returns_zero_dim_tensors_in_a_fresh_dict_and_caches() -> None:
+    metric = tt.Metric(mae, "MAE")
+    metric.update(*batches_of([4])[0])
+    first = computed(metric)
+    assert type(first) is dict and first["MAE"].ndim == 0
+    first["MAE"] = torch.tensor(123.0)
+    first["other"] = torch.tensor(0.0)
+    second = computed(metric)
+    assert list(second) == ["MAE"] and second["MAE"].item() != 123.0
+    assert computed(metric)["MAE"] is second["MAE"]  # cached: reduced once
+
+
+def test_compute_cache_is_dropped_by_update_and_reset() -> None:
+    metric = tt.Metric(mae, "MAE")
+    metric.update(torch.ones(1, 1), torch.zeros(1, 1))
+    assert computed(metric)["MAE"].item() == 1.0
+    metric.update(torch.full((1, 1), 3.0), torch.zeros(1, 1))
+    assert computed(metric)["MAE"].item() == 2.0
+    metric.reset()
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert torch.isnan(metric.compute()["MAE"])
+
+
+def test_sync_outside_a_distributed_run_keeps_the_local_values() -> None:
+    metric = tt.Metric(mae, "MAE")
+    metric.update(torch.ones(2, 1), torch.zeros(2, 1))
+    metric.sync()
+    assert computed(metric)["MAE"].item() == 1.0
+
+
+def test_reset_clears_state_and_keeps_names() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    metrics.update(*batches_of([3])[0])
+    metrics.reset()
+    assert metrics.names == ("MSE", "MAE")
+    metrics.update(torch.ones(2, 1), torch.zeros(2, 1))
+    assert computed(metrics) == {"MSE": torch.tensor(1.0), "MAE": torch.tensor(1.0)}
+
+
+# -- the values returned by update and their autograd graph ------------------------------------
+
+
+def test_update_returns_the_batch_values_as_the_callables_gave_them() -> None:
+    scalar = torch.tensor(0.25)
+    metrics = tt.MetricCollection(MAE=mae, Scalar=lambda o, t: scalar)
+    outputs, targets = batches_of([4])[0]
+    values = metrics.update(outputs, targets)
+    assert list(values) == ["MAE", "Scalar"]
+    torch.testing.assert_close(values["MAE"], mae(outputs, targets))
+    assert values["Scalar"] is scalar
+
+
+def test_changing_the_returned_dict_does_not_change_the_state() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    reference = tt.MetricCollection(MSE=mse, MAE=mae)
+    for outputs, targets in batches_of([3, 4, 5, 6]):
+        logs = metrics.update(outputs, targets)
+        reference.update(outputs, targets)
+        del logs["MSE"]  # a training loop trimming or rewriting what it logs
+        logs["MAE"] = 0.0
+        logs["loss"] = torch.tensor(1.0)
+    assert_same(computed(metrics), computed(reference))
+
+
+def test_stored_values_are_detached_and_do_not_keep_the_graph() -> None:
+    weight = torch.ones(3, requires_grad=True)
+    metric = tt.Metric(lambda o, t: (o * weight).pow(2).sum(1), "Energy")
+    outputs = torch.randn(5, 3, requires_grad=True)
+    alive = weakref.ref(outputs)
+    values = metric.update(outputs, torch.zeros(5))
+    assert values["Energy"].requires_grad  # the caller gets the differentiable value
+    del outputs, values
+    gc.collect()
+    assert alive() is None  # the queued value holds no graph that would keep the input alive
+    state = metric.state_dict()["accumulators"]["Energy"]["tensors"]
+    assert not any(tensor.requires_grad for tensor in state)
+    assert not computed(metric)["Energy"].requires_grad
+
+
+def test_update_never_synchronises_with_the_host() -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("update synchronised with the host")
+
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=F.mse_loss, Hits=hits)
+    data = batches_of([64, 64, 17])
+    steps = 3 * PENDING_LIMIT  # several folds; every batch used equally often
+    patched = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+    with mock.patch.multiple(torch.Tensor, **dict.fromkeys(patched, refuse)):
+        with pytest.raises(AssertionError):  # the patch is effective
+            bool(torch.ones(()))
+        for step in range(steps):
+            metrics.update(*data[step % 3])
+    assert not metrics._queue or len(metrics._queue) < PENDING_LIMIT
+    reference = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=F.mse_loss, Hits=hits)
+    for step in range(steps):
+        reference.update(*data[step % 3])
+    assert_same(computed(metrics), computed(reference))
+    outputs, targets = concat(data)
+    assert computed(metrics)["MSE"].item() == pytest.approx(mse(outputs, targets).mean().item())
+
+
+def test_state_dict_size_does_not_grow_with_updates() -> None:
+    def tensor_bytes(objective: tt.MetricCollection[Tensor, Tensor]) -> int:
+        accumulators = objective.state_dict()["accumulators"].values()
+        return sum(t.numel() * t.element_size() for a in accumulators for t in a["tensors"])
+
+    few, many = tt.MetricCollection(MSE=mse, MAE=mae), tt.MetricCollection(MSE=mse, MAE=mae)
+    batch = batches_of([8])[0]
+    for objective, updates in ((few, 10), (many, 10_000)):
+        for _ in range(updates):
+            objective.update(*batch)
+    assert tensor_bytes(many) == tensor_bytes(few) == 2 * 2 * 8  # two float64 words per name
+    assert many.state_dict()["accumulators"]["MSE"]["meta"]["count"] == 80_000
+
+
+def test_the_pending_queue_is_bounded_by_elements() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    big = PENDING_ELEMENTS // 2  # two names of this size fill the element budget alone
+    for _ in range(3):
+        metrics.update(torch.zeros(big, 1), torch.zeros(big, 1))
+        queued = sum(v.numel() for values, _ in metrics._queue for v in values.values())
+        assert queued <= PENDING_ELEMENTS
+    small = tt.MetricCollection(MSE=mse, MAE=mae)
+    for _ in range(3 * PENDING_LIMIT):
+        small.update(torch.zeros(2, 1), torch.zeros(2, 1))
+        assert len(small._queue) < PENDING_LIMIT
+
+
+# -- combining and copying --------------------------------------------------------------------
+
+
+def test_merge_state_adds_the_other_updates() -> None:
+    data = batches_of([3, 4, 5])
+    first, second = tt.Metric(mae, "MAE"), tt.Metric(mae, "MAE")
+    first.update(*data[0])
+    second.update(*data[1])
+    second.update(*data[2])
+    before = computed(second)
+    first.merge_state(second)
+    outputs, targets = concat(data)
+    assert computed(first)["MAE"].item() == pytest.approx(mae(outputs, targets).mean().item())
+    assert_same(computed(second), before)
+
+
+def test_merge_state_refuses_another_objective_type() -> None:
+    with pytest.raises(IncompatibleStateError, match=r"Metric 'MAE'.*MetricCollection"):
+        tt.Metric(mae, "MAE").merge_state(tt.MetricCollection(MAE=mae))  # type: ignore[arg-type]
+
+
+def test_merge_state_refuses_a_different_aggregation() -> None:
+    mean, maximum = tt.Metric(mae, "MAE"), tt.Metric(mae, "MAE", aggregation="max")
+    maximum.update(*batches_of([2])[0])
+    with pytest.raises(IncompatibleStateError, match=r"'MAE'.*'max'.*'mean'"):
+        mean.merge_state(maximum)
+
+
+def roundtrips(objective: Any) -> list[Any]:
+    buffer = io.BytesIO()
+    torch.save(objective, buffer)
+    buffer.seek(0)
+    return [
+        objective.copy(),
+        copy.deepcopy(objective),
+        pickle.loads(pickle.dumps(objective)),
+        torch.load(buffer, weights_only=False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tt.Metric(mae, "MAE", higher_is_better=False),
+        lambda: tt.MetricCollection(MSE=mse, Scalar=F.mse_loss, Bias=bias),
+        lambda: tt.Metric(mae, "MAE") | tt.Metric(mse, "MSE"),
+        MyMetrics,
+        ScoreSummary,
+    ],
+    ids=["metric", "collection", "or", "average", "custom"],
+)
+def test_copies_are_independent_and_report_the_same(make: Any) -> None:
+    data = batches_of([5, 2, 7])
+    original = make()
+    original.update(*data[0])
+    for duplicate in roundtrips(original):
+        assert type(duplicate) is type(original)
+        assert_same(computed(duplicate), computed(original))
+        duplicate.update(*data[1])  # the copy moves on, the original does not
+        reference = make()
+        reference.update(*data[0])
+        reference.update(*data[1])
+        assert_same(computed(duplicate), computed(reference))
+    fresh = make()
+    fresh.update(*data[0])
+    assert_same(computed(original), computed(fresh))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tt.MetricCollection(MSE=mse, Scalar=F.mse_loss, Hits=hits),
+        MyMetrics,
+        ScoreSummary,
+        lambda: tt.Metric(mae, "Worst", aggregation="max"),
+    ],
+    ids=["collection", "average", "custom", "max"],
+)
+def test_mid_epoch_checkpoint_restores_exactly(make: Any) -> None:
+    data = batches_of([8, 3, 8, 8, 1, 8, 5])
+    uninterrupted = make()
+    for batch in data:
+        uninterrupted.update(*batch)
+
+    before = make()
+    for batch in data[:4]:
+        before.update(*batch)
+    buffer = io.BytesIO()
+    torch.save(before.state_dict(), buffer)
+    buffer.seek(0)
+    after = make()  # a new process: a fresh objective, the state from disk
+    after.load_state_dict(torch.load(buffer, weights_only=True))
+    for batch in data[4:]:
+        after.update(*batch)
+    assert_same(computed(after), computed(uninterrupted))
+
+
+def test_state_dict_includes_pending_values_and_load_replaces_state() -> None:
+    metric = tt.Metric(mae, "MAE")
+    metric.update(torch.ones(2, 1), torch.zeros(2, 1))
+    state = metric.state_dict()
+    assert state["accumulators"]["MAE"]["meta"]["count"] == 2
+    other = tt.Metric(mae, "MAE")
+    other.update(torch.full((5, 1), 9.0), torch.zeros(5, 1))
+    other.load_state_dict(state)
+    assert computed(other)["MAE"].item() == 1.0
+
+
+def test_load_state_dict_refuses_foreign_states() -> None:
+    metric = tt.Metric(mae, "MAE")
+    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*'accumulators'.*found list"):
+        metric.load_state_dict([])  # type: ignore[arg-type]
+    other = tt.Metric(mse, "MSE")
+    other.update(*batches_of([2])[0])
+    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*\['MSE'\].*reports \['MAE'\]"):
+        metric.load_state_dict(other.state_dict())
+    worst = tt.Metric(mae, "MAE", aggregation="max")
+    worst.update(*batches_of([2])[0])
+    with pytest.raises(StateDictError, match=r"'MAE'.*expected a 'mean' state, found 'max'"):
+        metric.load_state_dict(worst.state_dict())
+    metric.update(*batches_of([2])[0])
+    before = computed(metric)
+    broken = {"accumulators": {"MAE": {"meta": {"kind": "mean"}, "tensors": []}}}
+    with pytest.raises(StateDictError):
+        metric.load_state_dict(broken)
+    assert_same(computed(metric), before)  # a failed load leaves the state as it was
+
+
+def test_to_moves_state_and_returns_self() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    metrics.update(*batches_of([4])[0])
+    expected = computed(metrics)
+    assert metrics.to("cpu") is metrics
+    assert_same(computed(metrics), expected)
+    metrics.to(torch.device("meta"))
+    assert all(value.device.type == "meta" for value in metrics.compute().values())
+
+
+# -- Metric, MetricCollection and composition -------------------------------------------------
+
+
+def test_metric_name_direction_and_defaults() -> None:
+    positional = tt.Metric(mae, "Mean Abs")
+    assert positional.name == "Mean Abs" and positional.fn is mae
+    assert positional.higher_is_better is None
+    assert tt.Metric(mae).name == "mae"  # default: the callable's __name__
+    accuracy = tt.Metric(hits, name="Accuracy", higher_is_better=True)
+    assert accuracy.higher_is_better is True
+    assert accuracy.higher_is_better_for("Accuracy") is True
+    assert accuracy.higher_is_better_for("other") is None
+    assert accuracy.names == ("Accuracy",)
+    assert repr(accuracy) == "Metric 'Accuracy'"
+
+
+def test_metric_collection_from_keywords_and_from_dict() -> None:
+    keywords = tt.MetricCollection(MSE=mse, MAE=mae)
+    mapping = tt.MetricCollection.from_dict({"Mean Squared": mse, "MAE": mae})
+    assert keywords.names == ("MSE", "MAE")
+    assert mapping.names == ("Mean Squared", "MAE")
+    assert isinstance(mapping, tt.MetricCollection)
+    assert keywords.higher_is_better == {"MSE": None, "MAE": None}
+    outputs, targets = batches_of([3])[0]
+    keywords.update(outputs, targets)
+    mapping.update(outputs, targets)
+    assert computed(mapping)["Mean Squared"].item() == computed(keywords)["MSE"].item()
+
+
+def test_or_builds_a_new_collection_without_state() -> None:
+    mse_metric = tt.Metric(F.mse_loss, name="MSE", higher_is_better=False)
+    mae_metric = tt.Metric(mae, "MAE", higher_is_better=False)
+    hit_metric = tt.Metric(hits, "Hits", higher_is_better=True)
+    mse_metric.update(torch.ones(1, 1), 3 * torch.ones(1, 1))
+    both = mse_metric | mae_metric
+    assert isinstance(both, tt.MetricCollection) and both is not mse_metric
+    assert both.names == ("MSE", "MAE")
+    with pytest.warns(ComputedBeforeUpdatedWarning):  # state is not carried over
+        both.compute()
+    three = both | hit_metric
+    assert three.names == ("MSE", "MAE", "Hits")
+    assert three.higher_is_better == {"MSE": False, "MAE": False, "Hits": True}
+    assert both.names == ("MSE", "MAE")  # the operands are unchanged
+    three.update(torch.ones(1, 1), 3 * torch.ones(1, 1))
+    assert computed(three) == {
+        "MSE": torch.tensor(4.0),
+        "MAE": torch.tensor(2.0),
+        "Hits": torch.tensor(0.0),
+    }
+
+
+def test_or_keeps_one_entry_for_the_same_callable_under_one_name() -> None:
+    collection = tt.Metric(mae, "MAE") | tt.MetricCollection(MAE=mae, MSE=mse)
+    assert collection.names == ("MAE", "MSE")
+
+
+def test_one_name_for_two_callables_is_a_value_error() -> None:
+    with pytest.raises(NameConflictError, match=r"'MAE'.*two different callables") as info:
+        tt.Metric(mae, "MAE") | tt.Metric(mse, "MAE")
+    assert isinstance(info.value, ValueError)
+
+
+def test_or_with_something_else_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        tt.Metric(mae, "MAE") | 3  # type: ignore[operator]
+    with pytest.raises(TypeError):
+        tt.Metric(mae, "MAE") | MyMetrics()  # type: ignore[operator]
+
+
+def test_metric_aggregations() -> None:
+    data = batches_of([4, 6])
+    results = {}
+    for aggregation in ("mean", "sum", "min", "max"):
+        metric = tt.Metric(bias, "Bias", aggregation=aggregation)
+        for batch in data:
+            metric.update(*batch)
+        results[aggregation] = computed(metric)["Bias"].item()
+    per_sample = bias(*concat(data)).double()
+    assert results["mean"] == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert results["sum"] == pytest.approx(per_sample.sum().item(), rel=1e-6)
+    assert results["min"] == pytest.approx(per_sample.min().item())
+    assert results["max"] == pytest.approx(per_sample.max().item())
+
+
+def test_metric_refuses_unknown_aggregations_and_non_callables() -> None:
+    with pytest.raises(ValueError, match=r"'MAE'.*'median'"):
+        tt.Metric(mae, "MAE", aggregation="median")
+    with pytest.raises(TypeError, match="callable"):
+        tt.Metric(3, "Three")  # type: ignore[arg-type]
+
+
+# -- hand-written objectives ------------------------------------------------------------------
+
+
+def test_average_objective_from_the_drytorch_documentation() -> None:
+    my_metrics = MyMetrics()
+    my_metrics.update(torch.ones(1, 1), 3 * torch.ones(1, 1))
+    assert computed(my_metrics) == {"MSE": torch.tensor(4.0), "MAE": torch.tensor(2.0)}
+    data = batches_of([2, 9, 4])
+    reference = tt.MetricCollection(MSE=mse, MAE=mae)
+    my_metrics.reset()
+    for batch in data:
+        my_metrics.update(*batch)
+        reference.update(*batch)
+    for name, value in computed(reference).items():
+        torch.testing.assert_close(computed(my_metrics)[name], value)
+
+
+def test_custom_objective_with_max_cat_and_compute() -> None:
+    summary = ScoreSummary()
+    summary.update(torch.tensor([1.0, 5.0, 2.0]), torch.zeros(3))
+    summary.update(torch.tensor([-4.0]), torch.zeros(1))
+    assert computed(summary) == {
+        "worst": torch.tensor(5.0),
+        "mean": torch.tensor(3.0),
+        "median": torch.tensor(2.0),
+    }
+
+
+def test_objective_whose_names_vary_between_batches() -> None:
+    class Sometimes(tt.AverageObjective[Tensor, Tensor]):
+        @override
+        def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            values = {"always": outputs}
+            if outputs.shape[0] > 1:
+                values["big"] = outputs
+            return values
+
+    objective = Sometimes()
+    objective.update(torch.tensor([1.0, 3.0]), torch.zeros(2))
+    objective.update(torch.tensor([10.0]), torch.zeros(1))
+    objective.update(torch.tensor([5.0, 7.0]), torch.zeros(2))
+    assert computed(objective) == {"always": torch.tensor(26 / 5), "big": torch.tensor(4.0)}
+
+
+def test_objective_reports_new_names_as_they_appear() -> None:
+    objective = MyMetrics()
+    assert objective.names == ()
+    objective.update(torch.ones(1, 1), torch.zeros(1, 1))
+    assert objective.names == ("MSE", "MAE")
+
+
+# -- compute_metrics --------------------------------------------------------------------------
+
+
+def test_compute_metrics_gives_plain_floats() -> None:
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+    metrics.update(torch.ones(2, 1), 3 * torch.ones(2, 1))
+    assert tt.compute_metrics(metrics) == {"MSE": 4.0, "MAE": 2.0}
+    assert all(type(value) is float for value in tt.compute_metrics(metrics).values())
+
+
+def test_compute_metrics_accepts_foreign_objectives() -> None:
+    import torchmetrics
+
+    foreign = torchmetrics.MeanSquaredError()
+    foreign.update(torch.ones(2), 3 * torch.ones(2))
+    assert tt.compute_metrics(foreign) == {"MeanSquaredError": 4.0}
+
+    class Named:
+        name = "Score"
+
+        def compute(self) -> float:
+            return 0.5
+
+    class Mapping:
+        def compute(self) -> dict[str, Tensor]:
+            return {"a": torch.tensor(1), "b": torch.tensor(2.5)}
+
+    assert tt.compute_metrics(Named()) == {"Score": 0.5}
+    assert tt.compute_metrics(Mapping()) == {"a": 1.0, "b": 2.5}
