@@ -272,6 +272,11 @@ def _mismatches(rank: int, world: int) -> dict[str, Any]:
     attempt("objectives", lambda: tt.sync_all(named, kept) if rank == 0 else tt.sync_all(kept))
     values["kept_after_objectives"] = kept.compute()
 
+    first, second = tt.Loss(mae, "L1"), tt.Loss(worst, "Worst")
+    formula = first + (2 if last else 0.5) * second  # same components, another formula
+    formula.update(ones, zeros)
+    attempt("formulas", formula.sync)
+
     stranger: Any = object()
     attempt("export", lambda: tt.sync_all(kept, stranger if last else kind))
 
@@ -442,6 +447,9 @@ def test_disagreements_raise_the_same_sync_error_on_every_rank(world: int, runs:
     assert "'E'" in found["kinds"] and f"rank {last}: 'max'" in found["kinds"]
     assert "rank 0: 'mean'" in found["kinds"]
     assert "trailing shapes" in found["trailing"] and f"rank {last}: [3]" in found["trailing"]
+    assert "different formulas" in found["formulas"]
+    assert "rank 0: [L1] + 0.5 x [Worst]" in found["formulas"]
+    assert f"rank {last}: [L1] + 2 x [Worst]" in found["formulas"]
     assert "different objectives" in found["objectives"]
     assert "rank 0: ['Metric', 'MetricCollection']" in found["objectives"]
     assert "rank 1: ['MetricCollection']" in found["objectives"]

@@ -48,6 +48,7 @@ from torchtally.errors import (
     MetricCallError,
     NameConflictError,
     ResultTypeError,
+    SyncError,
 )
 from torchtally.formula import (
     Component,
@@ -516,8 +517,18 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         meta, tensors = super()._sync_export()
         if self._multi_calls and not tensors:
             # Without data, a DictLoss may not know its entries yet: take part as knowing none.
-            return {"names": {}}, []
-        return meta, tensors
+            meta, tensors = {"names": {}}, []
+        return {**meta, "formula": self._formula}, tensors
+
+    @override
+    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, Accumulator]:
+        # Same components under another formula would sync silently into different
+        # combined values on each rank: refuse, naming every rank's formula.
+        formulas = [meta.get("formula") for meta, _ in states]
+        if len(set(formulas)) > 1:
+            found = "; ".join(f"rank {index}: {formula}" for index, formula in enumerate(formulas))
+            raise SyncError(f"{type(self).__name__}: processes sync different formulas ({found})")
+        return super()._sync_prepare(states)
 
     # -- algebra ------------------------------------------------------------------------------
 
