@@ -203,7 +203,7 @@ def test_state_holds_detached_values() -> None:
         assert value.requires_grad
         values.append((outputs, value))
     # queued batches and folded state alike: nothing holds on to the autograd graph
-    held = [tensor for batch, _ in loss._queue for tensor in batch.values()]
+    held = [tensor for batch in loss._queue for tensor in batch if tensor is not None]
     held += [t for accumulator in loss._accumulators.values() for t in accumulator.export()[1]]
     assert held and all(not t.requires_grad and t.grad_fn is None for t in held)
     for outputs, value in values:

@@ -84,7 +84,7 @@ MetricFn = Callable[[Any, Any], Any]
 
 _STATE_VERSION = 1
 
-PENDING_LIMIT = 1024
+PENDING_LIMIT = 64
 """Batches an objective queues before folding them into its accumulators.
 
 At small batch sizes an update's cost is the fixed overhead of each tensor
@@ -339,7 +339,12 @@ class Objective(ABC, Generic[OutputT, TargetT]):
 
     def __init__(self) -> None:
         self._accumulators: dict[str, Accumulator] = {}
-        self._queue: list[tuple[dict[str, Tensor], int]] = []
+        # Queued batches: one tuple of values per batch, aligned with _names (None where a
+        # batch lacks a name), and the batch sizes. Columns are taken with zip(*queue).
+        self._names: tuple[str, ...] = ()
+        self._queue: list[tuple[Tensor | None, ...]] = []
+        self._queue_sizes: list[int] = []
+        self._queue_has_gaps = False
         # The first batch is folded at once: its size sets a limit that respects PENDING_ELEMENTS
         # (starting at PENDING_LIMIT would queue 1024 batches of any size before the first fold).
         self._queue_limit = 1
@@ -424,8 +429,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             return {name: as_value_tensor(value, label, name) for name, value in values.items()}
         self._computed = None
         self._synced = None
-        queued = values
-        if values.keys() != self._accumulators.keys():
+        if tuple(values) != self._names:
             values, queued = self._prepare(values, size)
         else:
             for value in values.values():
@@ -436,37 +440,45 @@ class Objective(ABC, Generic[OutputT, TargetT]):
                 if ndim and (ndim != 1 or value.shape[0] != size):
                     values, queued = self._prepare(values, size)
                     break
+            else:
+                queued = tuple(values.values())
         queue = self._queue
-        # The caller owns the returned dict and may change it: queue a dict of our own.
-        queue.append((dict(queued) if queued is values else queued, size))
+        queue.append(queued)
+        self._queue_sizes.append(size)
         if len(queue) >= self._queue_limit:
             self._flush()
         return values
 
     def _prepare(
         self, values: Mapping[str, Any], size: int
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    ) -> tuple[dict[str, Tensor], tuple[Tensor | None, ...]]:
         """The slow path: (values to return, values to queue) for one batch.
 
         Returned values are the callables' own, with Python numbers turned
-        into tensors; queued values are also detached and shaped for folding.
+        into tensors. Queued values are also detached and shaped for folding,
+        in the order of ``_names``, with ``None`` for names the batch lacks.
         """
         returned: dict[str, Tensor] = {}
-        queued: dict[str, Tensor] = {}
+        prepared: dict[str, Tensor] = {}
         for name, value in values.items():
             accumulator = self._accumulators.get(name)
             if accumulator is None:
                 accumulator = self._new_accumulator(name)
             tensor = as_value_tensor(value, self._label(), name)
             returned[name] = tensor
-            queued[name] = accumulator.prepare(tensor, size)
+            prepared[name] = accumulator.prepare(tensor, size)
+        queued = tuple(prepared.get(name) for name in self._names)
+        if len(prepared) < len(self._names):
+            self._queue_has_gaps = True
         return returned, queued
 
     def _new_accumulator(self, name: str) -> Accumulator:
         _check_name(name, self._label())
+        self._flush()  # queued batches are aligned with the names known so far
         accumulator = self._get_aggregator(name)
         accumulator.label = f"{type(self).__name__} value {name!r}"
         self._accumulators[name] = accumulator
+        self._names = (*self._names, name)
         return accumulator
 
     def _flush(self) -> None:
@@ -474,18 +486,18 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         queue = self._queue
         if not queue:
             return
-        self._queue = []
-        sizes = [size for _, size in queue]
-        complete = len(self._accumulators)
-        if all(len(values) == complete for values, _ in queue):
-            for name, accumulator in self._accumulators.items():
-                accumulator.fold([values[name] for values, _ in queue], sizes)
-        else:  # some batches lack some names (a custom calculate() may do that)
-            for name, accumulator in self._accumulators.items():
-                pairs = [(values[name], n) for values, n in queue if name in values]
-                accumulator.fold([v for v, _ in pairs], [n for _, n in pairs])
+        sizes = self._queue_sizes
+        self._queue, self._queue_sizes = [], []
+        gaps, self._queue_has_gaps = self._queue_has_gaps, False
+        columns = zip(*queue, strict=True)  # every queued tuple has one entry per name
+        for accumulator, column in zip(self._accumulators.values(), columns, strict=True):
+            if gaps:  # some batches lack this name (a custom calculate() may do that)
+                kept = [(v, n) for v, n in zip(column, sizes, strict=True) if v is not None]
+                accumulator.fold([v for v, _ in kept], [n for _, n in kept])
+            else:
+                accumulator.fold(list(column), sizes)
         # Bound the queue's memory: about PENDING_ELEMENTS queued elements at most.
-        elements = max(1, queue[-1][1] * len(self._accumulators))
+        elements = max(1, sizes[-1] * len(self._accumulators))
         self._queue_limit = max(1, min(PENDING_LIMIT, PENDING_ELEMENTS // elements))
 
     # -- epoch values -------------------------------------------------------------------------
@@ -514,7 +526,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
 
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""
-        self._queue = []
+        self._queue, self._queue_sizes, self._queue_has_gaps = [], [], False
         for accumulator in self._accumulators.values():
             accumulator.reset()
         self._synced = None
@@ -658,7 +670,10 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             accumulator.load_state_dict(state)
             restored[name] = accumulator
         self.reset()
-        self._accumulators.update(restored)
+        for name, accumulator in restored.items():
+            if name not in self._accumulators:
+                self._new_accumulator(name)
+            self._accumulators[name] = accumulator
 
     def to(self, device: torch.device | str) -> Self:
         """Move the accumulated state to ``device`` (in place) and return ``self``.
