@@ -65,8 +65,8 @@ from torchtally.objectives import (
     CallableObjective,
     MetricFn,
     NamedCallable,
-    _default_name,
     as_value_tensor,
+    default_name,
     merge_named_callables,
 )
 
@@ -638,7 +638,7 @@ class Loss(LossBase[OutputT, TargetT]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Loss: expected a callable of (outputs, targets), found {fn!r}")
-        name = _default_name(fn, "Loss") if name is None else name
+        name = default_name(fn, "Loss") if name is None else name
         super().__init__(Component(name), (NamedCallable(name, fn, higher_is_better),))
 
     @property
@@ -748,7 +748,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
         """
         if not callable(fn):
             raise TypeError(f"DictLoss: expected a callable of (outputs, targets), found {fn!r}")
-        name = _default_name(fn, "DictLoss") if name is None else name
+        name = default_name(fn, "DictLoss") if name is None else name
         loss: DictLoss[Any, Any] = cls.__new__(cls)
         call = DictCall(fn, name, summed=True)
         LossBase.__init__(loss, Component(name), (NamedCallable(name, call, higher_is_better),))

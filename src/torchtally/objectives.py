@@ -73,6 +73,7 @@ __all__ = [
     "as_value_tensor",
     "batch_size",
     "compute_metrics",
+    "default_name",
     "sync_all",
 ]
 
@@ -158,7 +159,10 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
     )
 
 
-def as_value_tensor(value: Any, owner: str, name: str) -> Tensor:
+_FORMS_HINT = "callables returning tuples, lists or dicts can be wrapped with torchtally.wrap"
+
+
+def as_value_tensor(value: Any, owner: str, name: str, hint: str = _FORMS_HINT) -> Tensor:
     """A callable's result as a tensor: tensors pass, Python numbers become 0-d CPU tensors.
 
     Integers and booleans are accepted (counts, hits) and reported as floats
@@ -179,8 +183,7 @@ def as_value_tensor(value: Any, owner: str, name: str) -> Tensor:
         return torch.tensor(value)
     raise ResultTypeError(
         f"{owner}: {name!r} must be a tensor or a Python number, found "
-        f"{type(value).__name__} ({value!r:.80}); callables returning tuples, lists or dicts "
-        f"can be wrapped with torchtally.wrap"
+        f"{type(value).__name__} ({value!r:.80}); {hint}"
     )
 
 
@@ -765,7 +768,18 @@ class NamedCallable:
         return value
 
 
-def _default_name(fn: MetricFn, owner: str) -> str:
+def default_name(fn: MetricFn, owner: str) -> str:
+    """The name of a callable's value when none is given: its ``__name__`` (or class name).
+
+    Raises:
+        InvalidNameError: the callable is a lambda, whose name says nothing.
+
+    Example:
+        >>> from torch.nn.functional import mse_loss
+        >>> from torchtally.objectives import default_name
+        >>> default_name(mse_loss, 'Metric')
+        'mse_loss'
+    """
     name = getattr(fn, "__name__", None) or type(fn).__name__
     if name == "<lambda>":
         raise InvalidNameError(f"{owner}: a lambda has no usable name; pass name='...'")
@@ -925,7 +939,7 @@ class Metric(CallableObjective[OutputT, TargetT]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Metric: expected a callable of (outputs, targets), found {fn!r}")
-        name = _default_name(fn, "Metric") if name is None else _check_name(name, "Metric")
+        name = default_name(fn, "Metric") if name is None else _check_name(name, "Metric")
         super().__init__((NamedCallable(name, fn, higher_is_better, aggregation),))
 
     @property

@@ -44,7 +44,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import numbers
 import sys
 import types
 from collections.abc import Mapping
@@ -61,12 +60,11 @@ from torchtally.errors import (
     MetricCallError,
     NameConflictError,
     ResultShapeError,
-    ResultTypeError,
     StateDictError,
     SyncError,
     UnsupportedObjectError,
 )
-from torchtally.objectives import Objective, SyncParticipant, sync_all
+from torchtally.objectives import Objective, SyncParticipant, as_value_tensor, sync_all
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -94,16 +92,9 @@ _AGGREGATIONS = ("mean", "sum", "min", "max")
 # -- results ----------------------------------------------------------------------------------
 
 
-def _value_tensor(value: Any, owner: str, name: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, numbers.Real):
-        return torch.tensor(value)
-    raise ResultTypeError(
-        f"{owner}: the value {name!r} must be a tensor or a Python number, found "
-        f"{type(value).__name__} ({value!r:.80}); a result may be a number, a tensor, a tuple "
-        f"or list of them, or a dict of string keys to them"
-    )
+_RESULT_FORMS = (
+    "a result may be a number, a tensor, a tuple or list of them, or a dict of string keys to them"
+)
 
 
 def _scalar(value: Tensor, owner: str, name: str) -> Tensor:
@@ -154,7 +145,7 @@ def normalize_result(
         items = [(name, result)]
     normalized: dict[str, Tensor] = {}
     for key, value in items:
-        tensor = _value_tensor(value, owner, key)
+        tensor = as_value_tensor(value, owner, key, _RESULT_FORMS)
         normalized[key] = _scalar(tensor, owner, key) if scalars else tensor
     return normalized
 

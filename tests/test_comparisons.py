@@ -1,0 +1,120 @@
+"""The facts behind the README's comparison table, checked against the installed libraries.
+
+Each test pins one claim the README makes about torchtally next to
+torchmetrics or torcheval, so that the table cannot drift from what the code
+(ours and theirs) does. Speed claims live in ``benchmarks/`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+import torchmetrics
+from drytorch.lib import objectives as drytorch_objectives
+from torch.nn.functional import mse_loss
+from torcheval import metrics as torcheval_metrics
+
+import torchtally as tt
+
+
+def mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def uneven_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    sizes = [32, 32, 32, 5]
+    return [
+        (torch.randn(n, 3, generator=generator), torch.randn(n, 3, generator=generator))
+        for n in sizes
+    ]
+
+
+def test_batch_mean_callables_are_exact_without_passing_weights() -> None:
+    batches = uneven_batches()
+    exact = mse_loss(torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches]))
+
+    ours = tt.Metric(mse_loss, "MSE")
+    drytorch = drytorch_objectives.Metric(mse_loss, name="MSE")
+    unweighted = torchmetrics.MeanMetric()
+    weighted = torchmetrics.MeanMetric()
+    torcheval_unweighted = torcheval_metrics.Mean()
+    for outputs, targets in batches:
+        ours.update(outputs, targets)
+        drytorch.update(outputs, targets)
+        unweighted.update(mse_loss(outputs, targets))
+        weighted.update(mse_loss(outputs, targets), weight=len(outputs))
+        torcheval_unweighted.update(mse_loss(outputs, targets))
+
+    assert torch.isclose(ours.compute()["MSE"], exact, rtol=1e-6)
+    # Averaging batch means needs the batch size passed by hand; without it the small last
+    # batch counts as much as a full one.
+    assert torch.isclose(weighted.compute(), exact, rtol=1e-6)
+    assert not torch.isclose(unweighted.compute(), exact, rtol=1e-3)
+    assert not torch.isclose(torcheval_unweighted.compute().float(), exact, rtol=1e-3)
+    # DRYTorch averages a scalar result per batch (its docs recommend per-sample vectors).
+    assert not torch.isclose(drytorch.compute()["MSE"], exact, rtol=1e-3)
+
+
+def test_compensated_float64_state_versus_other_running_sums() -> None:
+    generator = torch.Generator().manual_seed(1)
+    values = 1e4 + torch.rand(1_000_000, generator=generator, dtype=torch.float32)
+    reference = math.fsum(values.double().tolist()) / len(values)
+
+    def error(value: float) -> float:
+        return abs(value - reference) / reference
+
+    ours = tt.Metric(lambda o, t: o, "Value")
+    drytorch = drytorch_objectives.Metric(lambda o, t: o, name="Value")
+    torchmetrics_mean = torchmetrics.MeanMetric()
+    torcheval_mean = torcheval_metrics.Mean()
+    for chunk in values.split(1000):
+        ours.update(chunk, chunk)
+        drytorch.update(chunk, chunk)
+        torchmetrics_mean.update(chunk)
+        torcheval_mean.update(chunk)
+    (state,) = ours.state_dict()["accumulators"]["Value"]["tensors"]  # [high, low] words
+
+    assert state.dtype == torch.float64
+    assert error((state[0] + state[1]).item() / len(values)) < 1e-12
+    assert ours.compute()["Value"].item() == torch.tensor(reference, dtype=torch.float32).item()
+    assert torchmetrics_mean.mean_value.dtype == torch.float32
+    assert error(torchmetrics_mean.compute().item()) > 1e-6  # float32 running sums drift
+    assert error(drytorch.compute()["Value"].item()) > 1e-6
+    assert error(torcheval_mean.compute().item()) > 1e-10  # float64, not compensated
+
+
+def test_composed_losses_carry_a_readable_formula() -> None:
+    ours = tt.Loss(mse_loss, "MSE") ** 2 + 0.5 * tt.Loss(mae, "MAE")
+    theirs = torchmetrics.MeanSquaredError() ** 2 + 0.5 * torchmetrics.MeanAbsoluteError()
+    assert ours.formula == "[MSE]^2 + 0.5 x [MAE]"
+    assert repr(ours) == "CompositionalLoss([MSE]^2 + 0.5 x [MAE])"
+    assert not hasattr(theirs, "formula")
+    drytorch = drytorch_objectives.Loss(mse_loss, name="MSE") ** 2 + 0.5 * drytorch_objectives.Loss(
+        mae, "MAE"
+    )
+    assert drytorch.formula == ours.formula  # the notation torchtally keeps from DRYTorch
+
+
+def test_a_composed_loss_pickles_mid_epoch_and_resumes_exactly() -> None:
+    loss = tt.Loss(mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+    batches = uneven_batches()
+    for outputs, targets in batches[:2]:
+        loss(outputs, targets)
+    restored = pickle.loads(pickle.dumps(loss))
+    for outputs, targets in batches[2:]:
+        loss(outputs, targets)
+        restored(outputs, targets)
+    assert restored.formula == loss.formula
+    assert restored.compute() == loss.compute()
+
+
+def test_drytorch_composed_losses_do_not_pickle() -> None:
+    loss = drytorch_objectives.Loss(mse_loss, name="MSE") + 0.5 * drytorch_objectives.Loss(
+        mae, "MAE"
+    )
+    with pytest.raises((AttributeError, pickle.PicklingError)):
+        pickle.dumps(loss)
