@@ -126,6 +126,16 @@ class Accumulator(ABC):
         kind: short name of the aggregation (``'mean'``, ``'sum'``, ...).
         label: how error messages name the value (set by the owning objective).
         count: number of samples (rows) seen.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Mean
+        >>> left, right = Mean(), Mean()
+        >>> left.add(torch.tensor([1.0, 2.0]), 2)
+        >>> right.add(torch.tensor(6.0), 1)
+        >>> left.merge(right)
+        >>> left.reduce(), left.count
+        (tensor(3.), 3)
     """
 
     kind: ClassVar[str]
@@ -725,6 +735,14 @@ def accumulator_from_state(
 
     Raises:
         StateDictError: the metadata names no known kind.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Max, accumulator_from_state
+        >>> original = Max()
+        >>> original.add(torch.tensor([1.0, 7.0]), 2)
+        >>> accumulator_from_state(*original.export()).reduce()
+        tensor(7.)
     """
     cls = ACCUMULATORS.get(meta.get("kind", ""))
     if cls is None:
@@ -749,6 +767,15 @@ def merge_exported(
         SyncError: the states disagree on the aggregation kind or, for
             concatenation, on the trailing shape. The message is built from the
             states alone, so every rank raises the same one.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Mean, merge_exported
+        >>> ranks = [Mean(), Mean()]
+        >>> ranks[0].add(torch.tensor([1.0, 2.0]), 2)
+        >>> ranks[1].add(torch.tensor([6.0]), 1)
+        >>> merge_exported([acc.export() for acc in ranks], None, 'example').reduce()
+        tensor(3.)
     """
     kinds = [meta.get("kind") for meta, _ in states]
     if len(set(kinds)) > 1:

@@ -52,6 +52,11 @@ class DemoConfig:
         learning_rate: Adam learning rate.
         seed: seed of the data and the model.
         progress: draw a progress bar on standard error while an epoch runs.
+
+    Example:
+        >>> from torchtally.demo import DemoConfig
+        >>> DemoConfig(epochs=1).processes
+        1
     """
 
     epochs: int = 3
@@ -65,7 +70,13 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class EpochRow:
-    """One epoch's synced values: training loss components and validation metrics."""
+    """One epoch's synced values: training loss components and validation metrics.
+
+    Example:
+        >>> from torchtally.demo import EpochRow
+        >>> EpochRow(1, {'Combined Loss': 0.5}, {'R2': 0.9}).train
+        {'Combined Loss': 0.5}
+    """
 
     epoch: int
     train: dict[str, float]

@@ -196,6 +196,13 @@ def all_gather_states(
         SyncError: a rank could not pack its state (metadata that is not
             JSON-serialisable, for example). Every rank raises it, after the
             exchange, so that none waits for the others.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.distributed import all_gather_states
+        >>> [(meta, tensors)] = all_gather_states({'names': ['MAE']}, [torch.ones(2)])
+        >>> meta, tensors
+        ({'names': ['MAE']}, [tensor([1., 1.])])
     """
     global _collectives
     if not is_distributed(group):

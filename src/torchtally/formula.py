@@ -363,6 +363,14 @@ class Program:
         names: the components, in the registers after the constants.
         steps: ``(function, first register, second register)`` per operation.
         result: the register holding the value of the whole expression.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> loss = 2 * tt.Loss(lambda o, t: (o - t).abs(), 'MAE')
+        >>> program = loss._program
+        >>> program.run({'MAE': torch.tensor(1.5)})
+        tensor(3.)
     """
 
     constants: tuple[int | float, ...]

@@ -205,6 +205,12 @@ class SyncParticipant(Protocol):
     Every :class:`Objective` implements it; the torchmetrics and torcheval
     adapters do too, so that one ``sync_all`` moves everything in two
     collectives.
+
+    Example:
+        >>> import torchtally as tt
+        >>> from torchtally.objectives import SyncParticipant
+        >>> isinstance(tt.Metric(lambda o, t: o - t, 'Bias'), SyncParticipant)
+        True
     """
 
     def _sync_export(self) -> ExportedState:
@@ -740,6 +746,13 @@ class NamedCallable:
         fn: the callable.
         higher_is_better: direction of the value (``None``: no direction).
         aggregation: accumulator kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``).
+
+    Example:
+        >>> import torch
+        >>> from torchtally.objectives import NamedCallable
+        >>> entry = NamedCallable('MAE', lambda o, t: (o - t).abs(), higher_is_better=False)
+        >>> entry.evaluate(torch.ones(2), torch.zeros(2), 'example')
+        tensor([1., 1.])
     """
 
     name: str
@@ -808,7 +821,20 @@ def merge_named_callables(
 
 
 class CallableObjective(Objective[OutputT, TargetT]):
-    """An objective evaluating a fixed set of named callables (shared by metrics and losses)."""
+    """An objective evaluating a fixed set of named callables (shared by metrics and losses).
+
+    Args:
+        entries: the named callables; one name per callable.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.objectives import CallableObjective, NamedCallable
+        >>> both = CallableObjective([NamedCallable('Bias', lambda o, t: o - t)])
+        >>> both.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
+        {'Bias': tensor([1., 2.])}
+        >>> both.compute()
+        {'Bias': tensor(1.5000)}
+    """
 
     _entries: dict[str, NamedCallable]
 

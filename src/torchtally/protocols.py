@@ -34,6 +34,13 @@ class ObjectiveProtocol(Protocol[OutputT, TargetT]):
         update: add one batch of model outputs and targets.
         compute: the value (or values) over everything seen since ``reset``.
         reset: forget everything seen.
+
+    Example:
+        >>> import torch
+        >>> import torchmetrics
+        >>> from torchtally.protocols import ObjectiveProtocol
+        >>> isinstance(torchmetrics.MeanSquaredError(), ObjectiveProtocol)
+        True
     """
 
     def update(self, outputs: OutputT, targets: TargetT, /) -> Any:
@@ -48,7 +55,17 @@ class ObjectiveProtocol(Protocol[OutputT, TargetT]):
 
 @runtime_checkable
 class LossProtocol(ObjectiveProtocol[OutputT, TargetT], Protocol[OutputT, TargetT]):
-    """An objective that can also be optimised: ``forward`` returns a differentiable value."""
+    """An objective that can also be optimised: ``forward`` returns a differentiable value.
+
+    Example:
+        >>> import torchmetrics
+        >>> import torchtally as tt
+        >>> from torchtally.protocols import LossProtocol
+        >>> isinstance(torchmetrics.MeanSquaredError(), LossProtocol)
+        True
+        >>> isinstance(tt.Loss(lambda o, t: (o - t).abs(), 'MAE'), LossProtocol)
+        True
+    """
 
     def forward(self, outputs: OutputT, targets: TargetT, /) -> Any:
         """Return the differentiable criterion for one batch and accumulate it."""
