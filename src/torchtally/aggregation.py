@@ -55,9 +55,6 @@ __all__ = [
     "merge_exported",
 ]
 
-_PARTIALS = 64
-"""Fold totals a sum keeps before adding them to its compensated state in one step."""
-
 ExportedState = tuple[dict[str, Any], list[Tensor]]
 """An accumulator's state as JSON-able metadata plus a list of tensors."""
 
@@ -90,27 +87,6 @@ def _float_dtype(dtype: torch.dtype) -> torch.dtype:
 def _wide_dtype(device: torch.device) -> torch.dtype:
     """Widest float dtype the device supports for running sums."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _two_sum_pairwise(values: Tensor) -> tuple[Tensor, Tensor]:
-    """A 1-d tensor's sum as ``high + low``, the rounding errors of a pairwise sum recovered.
-
-    Each level adds neighbours and keeps Knuth's TwoSum error of every
-    addition, so ``high + low`` is exact to the rounding of the (tiny) error
-    sum: a cascade of about 8 vector operations per halving, instead of 7
-    scalar operations per value for a sequentially compensated sum.
-    """
-    errors: list[Tensor] = []
-    while values.numel() > 1:
-        if values.numel() % 2:
-            values = torch.cat([values, values.new_zeros(1)])
-        first, second = values[0::2], values[1::2]
-        total = first + second
-        virtual = total - first
-        errors.append((first - (total - virtual)) + (second - virtual))
-        values = total
-    low = torch.cat(errors).sum() if errors else torch.zeros_like(values[0])
-    return values[0], low
 
 
 class Accumulator(ABC):
@@ -408,7 +384,6 @@ class Sum(Accumulator):
         # high and low words of a compensated sum: value == high + low, |low| << |high|
         self._high: Tensor | None = None
         self._low: Tensor | None = None
-        self._partials: list[Tensor] = []
 
     @override
     def _fold(self, values: list[Tensor], sizes: list[int]) -> None:
@@ -428,19 +403,7 @@ class Sum(Accumulator):
                 stacked = stacked * torch.tensor(weights, dtype=wide, device=stacked.device)
             total = stacked.sum() if total is None else total + stacked.sum()
         assert total is not None
-        # Fold totals wait in a short list and enter the compensated state together (summed
-        # pairwise in float64): one list append per fold instead of the seven tensor
-        # operations of a compensated addition.
-        self._partials.append(total)
-        if len(self._partials) >= _PARTIALS:
-            self._collapse()
-
-    def _collapse(self) -> None:
-        """Add the waiting fold totals to the compensated state."""
-        if self._partials:
-            high, low = _two_sum_pairwise(torch.stack(self._partials))
-            self._partials = []
-            self._add_compensated(high, low)
+        self._add_compensated(total, torch.zeros_like(total))
 
     def _add_compensated(self, high: Tensor, low: Tensor) -> None:
         if self._high is None or self._low is None:
@@ -455,30 +418,26 @@ class Sum(Accumulator):
 
     @override
     def _merge_state(self, other: Self) -> None:
-        self._collapse()
-        other._collapse()
         if other._high is None or other._low is None:
             return
         self._add_compensated(other._high, other._low)
 
     @override
     def _has_state(self) -> bool:
-        return self._high is not None or bool(self._partials)
+        return self._high is not None
 
     def _total(self) -> Tensor:
-        self._collapse()
         assert self._high is not None and self._low is not None
         return self._high + self._low
 
     @override
     def reduce(self) -> Tensor:
-        if not self._has_state():
+        if self._high is None:
             return self._nan()
         return self._total().to(self._result_dtype())
 
     @override
     def _state_tensors(self) -> list[Tensor]:
-        self._collapse()
         assert self._high is not None and self._low is not None
         return [torch.stack([self._high, self._low])]
 
@@ -512,7 +471,7 @@ class Mean(Sum):
 
     @override
     def reduce(self) -> Tensor:
-        if not self._has_state() or self.count == 0:
+        if self._high is None or self.count == 0:
             return self._nan()
         return (self._total() / self.count).to(self._result_dtype())
 
