@@ -355,7 +355,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         self._queue_sizes: list[int] = []
         self._queue_has_gaps = False
         # The first batch is folded at once: its size sets a limit that respects PENDING_ELEMENTS
-        # (starting at PENDING_LIMIT would queue 1024 batches of any size before the first fold).
+        # (starting at PENDING_LIMIT would queue that many batches of any size before a fold).
         self._queue_limit = 1
         self._synced: dict[str, Accumulator] | None = None
         self._computed: dict[str, Tensor] | None = None
