@@ -93,6 +93,8 @@ def test_composed_losses_carry_a_readable_formula() -> None:
     assert ours.formula == "[MSE]^2 + 0.5 x [MAE]"
     assert repr(ours) == "CompositionalLoss([MSE]^2 + 0.5 x [MAE])"
     assert not hasattr(theirs, "formula")
+    with pytest.raises(TypeError):  # torcheval metrics have no algebra
+        torcheval_metrics.MeanSquaredError() + 1
     drytorch = drytorch_objectives.Loss(mse_loss, name="MSE") ** 2 + 0.5 * drytorch_objectives.Loss(
         mae, "MAE"
     )
