@@ -252,3 +252,12 @@ def test_loading_a_wrong_state_raises_state_dict_error(state: Any, found: str) -
     message = str(info.value)
     assert "'Score'" in message and found in message
     assert "expected" in message or "reports ['Score']" in message
+
+
+def test_a_calculate_that_returns_no_dict_is_a_result_type_error() -> None:
+    class Bare(tt.AverageObjective[torch.Tensor, torch.Tensor]):
+        def calculate(self, outputs: torch.Tensor, targets: torch.Tensor) -> Any:
+            return outputs - targets
+
+    with pytest.raises(ResultTypeError, match=r"Bare: calculate\(\) must return a dict .* Tensor"):
+        Bare().update(torch.ones(3), torch.zeros(3))

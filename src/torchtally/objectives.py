@@ -424,8 +424,9 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         """Queue one batch's values; fold the queue when it is full. Returns ``values``.
 
         The fast path reads a few attributes per value and appends to a list:
-        the values go into the queue as they are when every name is known and
-        every value is a tensor that needs no detaching, 0-d or ``(B,)``.
+        the values go into the queue as they are when the batch has the known
+        names, in order, and every value is a tensor that needs no detaching,
+        0-d or ``(B,)``.
         Anything else takes :meth:`_prepare`, which checks, detaches and
         converts (and raises the library's errors).
         """
@@ -467,6 +468,11 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         into tensors. Queued values are also detached and shaped for folding,
         in the order of ``_names``, with ``None`` for names the batch lacks.
         """
+        if not isinstance(values, Mapping):
+            raise ResultTypeError(
+                f"{self._label()}: calculate() must return a dict of values by name, found "
+                f"{type(values).__name__}"
+            )
         returned: dict[str, Tensor] = {}
         prepared: dict[str, Tensor] = {}
         for name, value in values.items():
