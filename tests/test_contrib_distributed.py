@@ -1,25 +1,23 @@
 """The adapters across real processes: 2 ranks, gloo on 127.0.0.1, uneven shards.
 
-Every scenario runs in two forked processes; each rank checks that after ``sync()`` its
-``compute()`` equals the metric computed on the concatenation of every rank's data
-(computed independently, in the same process), twice in a row, and again after further
-updates. A hang fails: the process group has a timeout, each test has one, and the
-parent kills a process that does not finish.
+One launch (``tests/_dist.py``) runs every scenario below on both ranks and returns what
+each rank computed; the tests check those records in the parent against the metric
+computed on the concatenation of every rank's data (computed independently, here): after
+``sync()``, twice in a row, and again after further updates. Errors are caught in the
+children and their class and message checked here. A hang fails: the process group has a
+timeout, the launch a deadline and each test a pytest timeout.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import traceback
+import re
+import sys
 from collections.abc import Callable
-from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torchmetrics
 from torch import Tensor
 from torcheval import metrics as eval_metrics
@@ -36,64 +34,16 @@ from torchtally import distributed, errors
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics
 
-pytestmark = pytest.mark.timeout(120)
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # so that spawned children can import this module and _dist
+    sys.path.insert(0, str(TESTS))
+
+import _dist  # noqa: E402
 
 WORLD = 2
-Scenario = Callable[[int], None]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _worker(rank: int, port: int, scenario: Scenario, results: Any) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=WORLD,
-            timeout=timedelta(seconds=60),
-        )
-        scenario(rank)
-        results.put((rank, None))
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run(scenario: Scenario, timeout: float = 90.0) -> None:
-    context = mp.get_context("fork")
-    results = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_worker, args=(rank, port, scenario, results))
-        for rank in range(WORLD)
-    ]
-    for process in processes:
-        process.start()
-    failures: dict[int, str] = {}
-    try:
-        for _ in processes:
-            rank, failure = results.get(timeout=timeout)
-            if failure is not None:
-                failures[rank] = failure
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    assert not failures, "\n".join(
-        f"rank {rank}:\n{text}" for rank, text in sorted(failures.items())
-    )
-
+LAUNCH_TIMEOUT = 90.0
+pytestmark = pytest.mark.timeout(LAUNCH_TIMEOUT + 30)
+Record = dict[str, Any]
 
 # -- data: one global dataset, split unevenly ------------------------------------------------------
 
@@ -135,7 +85,11 @@ def assert_values(found: dict[str, Tensor], expected: dict[str, Tensor], what: s
         )
 
 
-# -- torchmetrics ----------------------------------------------------------------------------------
+def snapshot(objective: Any) -> dict[str, Tensor]:
+    return {name: value.clone() for name, value in objective.compute().items()}
+
+
+# -- the adapters, stage by stage: local, synced, synced twice, synced after further updates ------
 
 
 class HundredTimesAccuracy(MulticlassAccuracy):
@@ -161,88 +115,72 @@ TM_FACTORIES: dict[str, tuple[Callable[[], Any], int | None]] = {
     "cco #2": (lambda: HundredTimesAccuracy(num_classes=3), 3),
 }
 
+TE_FACTORIES: dict[str, tuple[Callable[[], Any], int | None]] = {
+    "mse": (lambda: eval_metrics.MeanSquaredError(), None),
+    "auroc": (lambda: eval_metrics.BinaryAUROC(), None),
+    "dict": (
+        lambda: {
+            "MSE": eval_metrics.MeanSquaredError(),
+            "Accuracy": eval_metrics.BinaryAccuracy(),
+        },
+        None,
+    ),
+}
 
-def tm_reference(factory: Callable[[], Any], data: list[Any]) -> dict[str, Tensor]:
-    adapter = from_torchmetrics(factory())
-    for batch in data:
-        adapter.update(*batch)
-    return adapter.compute()
-
-
-def scenario_torchmetrics(rank: int) -> None:
-    for index, (what, (factory, classes)) in enumerate(TM_FACTORIES.items()):
-        first, later = (
-            batches(FIRST, seed=index, classes=classes),
-            batches(LATER, seed=50 + index, classes=classes),
-        )
-        adapter = tt.wrap(factory())
-        for batch in first[rank]:
-            adapter.update(*batch)
-        assert_values(adapter.compute(), tm_reference(factory, first[rank]), f"{what}: local")
-        adapter.sync()
-        assert_values(
-            adapter.compute(), tm_reference(factory, everything(first)), f"{what}: synced"
-        )
-        adapter.sync()
-        assert_values(
-            adapter.compute(), tm_reference(factory, everything(first)), f"{what}: synced twice"
-        )
-        for batch in later[rank]:
-            adapter.update(*batch)
-        adapter.sync()
-        assert_values(
-            adapter.compute(), tm_reference(factory, everything(first, later)), f"{what}: later"
-        )
-
-
-def test_from_torchmetrics_gives_the_global_value_on_every_rank() -> None:
-    run(scenario_torchmetrics)
-
-
-# -- torcheval -------------------------------------------------------------------------------------
-
-TE_FACTORIES: dict[str, Callable[[], Any]] = {
-    "mse": lambda: eval_metrics.MeanSquaredError(),
-    "auroc": lambda: eval_metrics.BinaryAUROC(),
-    "dict": lambda: {
-        "MSE": eval_metrics.MeanSquaredError(),
-        "Accuracy": eval_metrics.BinaryAccuracy(),
-    },
+# library: (its factories, how a rank wraps one, how the reference wraps one)
+ADAPTERS: dict[str, tuple[dict[str, tuple[Callable[[], Any], int | None]], Any, Any]] = {
+    "torchmetrics": (TM_FACTORIES, tt.wrap, from_torchmetrics),
+    "torcheval": (TE_FACTORIES, from_torcheval, from_torcheval),
 }
 
 
-def te_reference(factory: Callable[[], Any], data: list[Any]) -> dict[str, Tensor]:
-    adapter = from_torcheval(factory())
-    for batch in data:
-        adapter.update(*batch)
-    return adapter.compute()
+def stage_data(
+    index: int, classes: int | None
+) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+    first = batches(FIRST, seed=index, classes=classes)
+    return first, batches(LATER, seed=50 + index, classes=classes)
 
 
-def scenario_torcheval(rank: int) -> None:
-    for index, (what, factory) in enumerate(TE_FACTORIES.items()):
-        first, later = batches(FIRST, seed=index), batches(LATER, seed=50 + index)
-        adapter = from_torcheval(factory())
+def run_stages(library: str, rank: int) -> dict[str, dict[str, dict[str, Tensor]]]:
+    factories, wrap, _ = ADAPTERS[library]
+    found: dict[str, dict[str, dict[str, Tensor]]] = {}
+    for index, (what, (factory, classes)) in enumerate(factories.items()):
+        first, later = stage_data(index, classes)
+        adapter = wrap(factory())
         for batch in first[rank]:
             adapter.update(*batch)
-        assert_values(adapter.compute(), te_reference(factory, first[rank]), f"{what}: local")
+        stages = found[what] = {"local": snapshot(adapter)}
         adapter.sync()
-        assert_values(
-            adapter.compute(), te_reference(factory, everything(first)), f"{what}: synced"
-        )
+        stages["synced"] = snapshot(adapter)
         adapter.sync()
-        assert_values(
-            adapter.compute(), te_reference(factory, everything(first)), f"{what}: synced twice"
-        )
+        stages["synced twice"] = snapshot(adapter)
         for batch in later[rank]:
             adapter.update(*batch)
         adapter.sync()
-        assert_values(
-            adapter.compute(), te_reference(factory, everything(first, later)), f"{what}: later"
-        )
+        stages["later"] = snapshot(adapter)
+    return found
 
 
-def test_from_torcheval_gives_the_global_value_on_every_rank() -> None:
-    run(scenario_torcheval)
+def reference(wrap: Any, factory: Callable[[], Any], data: list[Any]) -> dict[str, Tensor]:
+    adapter = wrap(factory())
+    for batch in data:
+        adapter.update(*batch)
+    return adapter.compute()  # type: ignore[no-any-return]
+
+
+def check_stages(records: list[Record], library: str) -> None:
+    factories, _, wrap = ADAPTERS[library]
+    for index, (what, (factory, classes)) in enumerate(factories.items()):
+        first, later = stage_data(index, classes)
+        synced = reference(wrap, factory, everything(first))
+        for rank, record in enumerate(records):
+            found = record[library][what]
+            local = reference(wrap, factory, first[rank])
+            assert_values(found["local"], local, f"{what}: local, rank {rank}")
+            assert_values(found["synced"], synced, f"{what}: synced, rank {rank}")
+            assert_values(found["synced twice"], synced, f"{what}: synced twice, rank {rank}")
+            expected = reference(wrap, factory, everything(first, later))
+            assert_values(found["later"], expected, f"{what}: later, rank {rank}")
 
 
 # -- everything in one exchange --------------------------------------------------------------------
@@ -252,10 +190,21 @@ def mae(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).abs()
 
 
-def scenario_sync_all(rank: int) -> None:
+def pair(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.nn.functional.mse_loss(outputs, targets.float()), outputs.mean()
+
+
+def counted_sync_all(*objectives: Any) -> tuple[int, int]:
+    """``sync_all``; the collectives torchtally counted and those torch.distributed saw."""
+    before = distributed.collective_count(), _dist.real_collectives()
+    tt.sync_all(*objectives)
+    return distributed.collective_count() - before[0], _dist.real_collectives() - before[1]
+
+
+def run_sync_all(rank: int) -> Record:
     first = batches(FIRST, seed=7)
     native = tt.Metric(mae, "MAE")
-    wrapped = tt.wrap(lambda o, t: (torch.nn.functional.mse_loss(o, t.float()), o.mean()), "pair")
+    wrapped = tt.wrap(pair, "pair")
     tm = from_torchmetrics(torchmetrics.MeanSquaredError() + BinaryAUROC())
     te = from_torcheval(
         {"AUROC": eval_metrics.BinaryAUROC(), "MSE": eval_metrics.MeanSquaredError()}
@@ -263,53 +212,28 @@ def scenario_sync_all(rank: int) -> None:
     # updated on rank 0 only: the other rank takes part with no data at all
     tm_rank0 = from_torchmetrics(BinaryAUROC(), "AUROC")
     te_rank0 = from_torcheval(eval_metrics.BinaryAUROC(), "AUROC")
-    objectives = (native, wrapped, tm, te, tm_rank0, te_rank0)
+    named = {
+        "native": native,
+        "wrapped": wrapped,
+        "tm": tm,
+        "te": te,
+        "tm_rank0": tm_rank0,
+        "te_rank0": te_rank0,
+    }
+    objectives = tuple(named.values())
     for batch in first[rank]:
         for objective in objectives[:4]:
             objective.update(*batch)
         if rank == 0:
             tm_rank0.update(*batch)
             te_rank0.update(*batch)
-
-    before = distributed.collective_count()
-    tt.sync_all(*objectives)
-    assert distributed.collective_count() - before == 2
-
-    data = everything(first)
-    outputs, targets = torch.cat([o for o, _ in data]), torch.cat([t for _, t in data])
-    reference_native, reference_wrapped = tt.Metric(mae, "MAE"), tt.wrap(wrapped.wrapped, "pair")
-    for batch in data:
-        reference_native.update(*batch)
-        reference_wrapped.update(*batch)
-    assert_values(native.compute(), {"MAE": (outputs - targets).abs().double().mean()}, "native")
-    assert_values(wrapped.compute(), reference_wrapped.compute(), "wrapped function")
-    assert_values(
-        tm.compute(),
-        tm_reference(lambda: torchmetrics.MeanSquaredError() + BinaryAUROC(), data),
-        "torchmetrics",
-    )
-    expected_te = {
-        "AUROC": eval_metrics.BinaryAUROC().update(outputs, targets).compute(),
-        "MSE": eval_metrics.MeanSquaredError().update(outputs, targets).compute(),
-    }
-    assert_values(te.compute(), expected_te, "torcheval")
-    rank0_outputs, rank0_targets = (
-        torch.cat([o for o, _ in first[0]]),
-        torch.cat([t for _, t in first[0]]),
-    )
-    rank0_auroc = BinaryAUROC()(rank0_outputs, rank0_targets)
-    assert_values(tm_rank0.compute(), {"AUROC": rank0_auroc}, "torchmetrics, data on rank 0 only")
-    assert_values(te_rank0.compute(), {"AUROC": rank0_auroc}, "torcheval, data on rank 0 only")
-
+    record: Record = {"calls": counted_sync_all(*objectives)}
+    for name, objective in named.items():
+        record[name] = snapshot(objective)
     # again: same values, still two collectives
-    before = distributed.collective_count()
-    tt.sync_all(*objectives)
-    assert distributed.collective_count() - before == 2
-    assert_values(te.compute(), expected_te, "torcheval twice")
-
-
-def test_sync_all_moves_native_and_both_adapters_in_two_collectives() -> None:
-    run(scenario_sync_all)
+    record["calls twice"] = counted_sync_all(*objectives)
+    record["te twice"] = snapshot(te)
+    return record
 
 
 # -- errors never hang -----------------------------------------------------------------------------
@@ -331,32 +255,121 @@ class BatchMeans:
         self.avgs = []
 
 
-def scenario_errors(rank: int) -> None:
+def raised(action: Callable[[], object]) -> tuple[type[BaseException], str] | None:
+    """The class and message of what ``action`` raised, for the parent to check."""
+    try:
+        action()
+    except Exception as error:
+        return type(error), str(error)
+    return None
+
+
+def run_errors(rank: int) -> Record:
     mismatched = from_torchmetrics(
         torchmetrics.MeanSquaredError() if rank == 0 else torchmetrics.MeanAbsoluteError()
     )
-    with pytest.raises(
-        errors.SyncError, match=r"rank 0.*MeanSquaredError.*rank 1.*MeanAbsoluteError"
-    ):
-        mismatched.sync()
     te_mismatched = from_torcheval(
         eval_metrics.MeanSquaredError() if rank == 0 else eval_metrics.BinaryAUROC()
     )
-    with pytest.raises(errors.SyncError, match=r"rank 0.*MeanSquaredError.*rank 1.*BinaryAUROC"):
-        te_mismatched.sync()
+    record: Record = {
+        "tm mismatch": raised(mismatched.sync),
+        "te mismatch": raised(te_mismatched.sync),
+    }
     stateful = tt.wrap(BatchMeans())
     stateful.update(torch.ones(2), torch.ones(2))
-    with pytest.raises(errors.SyncError, match="cannot combine"):
-        stateful.sync()
+    record["stateful"] = raised(stateful.sync)
     native = tt.Metric(mae, "MAE")
     native.update(torch.full((rank + 1,), float(rank)), torch.zeros(rank + 1))
-    with pytest.raises(errors.SyncError, match="cannot combine"):
-        tt.sync_all(native, stateful)
-    assert native.compute() == {"MAE": torch.tensor(float(rank))}  # nothing installed
+    record["sync_all stateful"] = raised(lambda: tt.sync_all(native, stateful))
+    record["after failure"] = snapshot(native)
     # the processes are still in step: a good sync works afterwards
     tt.sync_all(native)
-    assert torch.allclose(native.compute()["MAE"], torch.tensor(2 / 3))
+    record["after good sync"] = snapshot(native)
+    return record
 
 
-def test_errors_are_raised_on_every_rank_without_hanging() -> None:
-    run(scenario_errors)
+def assert_raised(found: tuple[type[BaseException], str] | None, pattern: str, what: str) -> None:
+    assert found is not None, f"{what}: nothing raised"
+    kind, message = found
+    assert issubclass(kind, errors.SyncError), (what, kind, message)
+    assert re.search(pattern, message), (what, pattern, message)
+
+
+# -- the children: every scenario on every rank, one launch ----------------------------------------
+
+
+def scenario(rank: int, world: int) -> Record:
+    assert world == WORLD
+    return {
+        "torchmetrics": run_stages("torchmetrics", rank),
+        "torcheval": run_stages("torcheval", rank),
+        "sync_all": run_sync_all(rank),
+        "errors": run_errors(rank),
+    }
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    out = tmp_path_factory.mktemp("contrib")
+    return _dist.launch(WORLD, "test_contrib_distributed:scenario", out, LAUNCH_TIMEOUT)
+
+
+# -- the parent: check the records -----------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:No positive samples:UserWarning")  # a local shard
+def test_from_torchmetrics_gives_the_global_value_on_every_rank(records: list[Record]) -> None:
+    check_stages(records, "torchmetrics")
+
+
+def test_from_torcheval_gives_the_global_value_on_every_rank(records: list[Record]) -> None:
+    check_stages(records, "torcheval")
+
+
+def test_sync_all_moves_native_and_both_adapters_in_two_collectives(
+    records: list[Record],
+) -> None:
+    first = batches(FIRST, seed=7)
+    data = everything(first)
+    outputs, targets = torch.cat([o for o, _ in data]), torch.cat([t for _, t in data])
+    reference_wrapped = tt.wrap(pair, "pair")
+    for batch in data:
+        reference_wrapped.update(*batch)
+    expected_tm = reference(
+        from_torchmetrics, lambda: torchmetrics.MeanSquaredError() + BinaryAUROC(), data
+    )
+    expected_te = {
+        "AUROC": eval_metrics.BinaryAUROC().update(outputs, targets).compute(),
+        "MSE": eval_metrics.MeanSquaredError().update(outputs, targets).compute(),
+    }
+    rank0_outputs, rank0_targets = (
+        torch.cat([o for o, _ in first[0]]),
+        torch.cat([t for _, t in first[0]]),
+    )
+    rank0_auroc = BinaryAUROC()(rank0_outputs, rank0_targets)
+    for rank, all_records in enumerate(records):
+        record = all_records["sync_all"]
+        assert record["calls"] == (2, 2), (rank, record["calls"])
+        expected_native = {"MAE": (outputs - targets).abs().double().mean()}
+        assert_values(record["native"], expected_native, "native")
+        assert_values(record["wrapped"], reference_wrapped.compute(), "wrapped function")
+        assert_values(record["tm"], expected_tm, "torchmetrics")
+        assert_values(record["te"], expected_te, "torcheval")
+        only0 = {"AUROC": rank0_auroc}
+        assert_values(record["tm_rank0"], only0, "torchmetrics, data on rank 0 only")
+        assert_values(record["te_rank0"], only0, "torcheval, data on rank 0 only")
+        assert record["calls twice"] == (2, 2), (rank, record["calls twice"])
+        assert_values(record["te twice"], expected_te, "torcheval twice")
+
+
+def test_errors_are_raised_on_every_rank_without_hanging(records: list[Record]) -> None:
+    for rank, all_records in enumerate(records):
+        record = all_records["errors"]
+        assert_raised(
+            record["tm mismatch"], r"rank 0.*MeanSquaredError.*rank 1.*MeanAbsoluteError", "tm"
+        )
+        assert_raised(record["te mismatch"], r"rank 0.*MeanSquaredError.*rank 1.*BinaryAUROC", "te")
+        assert_raised(record["stateful"], "cannot combine", "stateful")
+        assert_raised(record["sync_all stateful"], "cannot combine", "sync_all")
+        assert record["after failure"] == {"MAE": torch.tensor(float(rank))}  # nothing installed
+        assert torch.allclose(record["after good sync"]["MAE"], torch.tensor(2 / 3))
