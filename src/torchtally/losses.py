@@ -45,7 +45,6 @@ from torchtally.aggregation import Accumulator, ExportedState
 from torchtally.errors import (
     FormulaError,
     IncompatibleStateError,
-    MetricCallError,
     NameConflictError,
     ResultTypeError,
     SyncError,
@@ -66,6 +65,7 @@ from torchtally.objectives import (
     MetricFn,
     NamedCallable,
     as_value_tensor,
+    callable_error,
     default_name,
     merge_named_callables,
 )
@@ -128,9 +128,7 @@ class DictCall:
         try:
             result = self.fn(outputs, targets)
         except Exception as error:
-            raise MetricCallError(
-                f"{owner}: the callable for {self.name!r} raised {type(error).__name__}: {error}"
-            ) from error
+            raise callable_error(owner, self.name, error) from error
         if self.summed:
             return self._summed(result, owner)
         if not isinstance(result, Mapping):

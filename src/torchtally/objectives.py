@@ -72,6 +72,7 @@ __all__ = [
     "SyncParticipant",
     "as_value_tensor",
     "batch_size",
+    "callable_error",
     "compute_metrics",
     "default_name",
     "sync_all",
@@ -757,7 +758,7 @@ class NamedCallable:
         >>> import torch
         >>> from torchtally.objectives import NamedCallable
         >>> entry = NamedCallable('MAE', lambda o, t: (o - t).abs(), higher_is_better=False)
-        >>> entry.evaluate(torch.ones(2), torch.zeros(2), 'example')
+        >>> entry.fn(torch.ones(2), torch.zeros(2))
         tensor([1., 1.])
     """
 
@@ -772,19 +773,22 @@ class NamedCallable:
 
     def call_error(self, error: Exception, owner: str) -> MetricCallError:
         """The error raised when the callable raised ``error``."""
-        return MetricCallError(
-            f"{owner}: the callable for {self.name!r} raised {type(error).__name__}: {error}"
-        )
+        return callable_error(owner, self.name, error)
 
-    def evaluate(self, outputs: Any, targets: Any, owner: str) -> Tensor:
-        """Call the callable; errors name the objective and the value."""
-        try:
-            value = self.fn(outputs, targets)
-        except Exception as error:
-            raise self.call_error(error, owner) from error
-        if type(value) is not Tensor:
-            value = as_value_tensor(value, owner, self.name)
-        return value
+
+def callable_error(owner: str, name: str, error: Exception) -> MetricCallError:
+    """The library's error for a user callable that raised: names the objective and the value.
+
+    Raise it ``from error`` so the original stays chained as ``__cause__``.
+
+    Example:
+        >>> from torchtally.objectives import callable_error
+        >>> print(callable_error('Metric', 'MAE', ZeroDivisionError('division by zero')))
+        Metric: the callable for 'MAE' raised ZeroDivisionError: division by zero
+    """
+    return MetricCallError(
+        f"{owner}: the callable for {name!r} raised {type(error).__name__}: {error}"
+    )
 
 
 def default_name(fn: MetricFn, owner: str) -> str:

@@ -64,7 +64,13 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
-from torchtally.objectives import Objective, SyncParticipant, as_value_tensor, sync_all
+from torchtally.objectives import (
+    Objective,
+    SyncParticipant,
+    as_value_tensor,
+    callable_error,
+    sync_all,
+)
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -230,9 +236,7 @@ class WrappedFunction(Objective[Any, Any]):
         try:
             result = self._fn(outputs, targets)
         except Exception as error:
-            raise MetricCallError(
-                f"{self._owner}: the wrapped callable raised {type(error).__name__}: {error}"
-            ) from error
+            raise callable_error(self._owner, self._name, error) from error
         if type(result) is Tensor:  # the common case: one value, no checks needed here
             return {self._name: result}
         if type(result) is dict and result.keys() == self._accumulators.keys():
