@@ -11,9 +11,7 @@ timeout, the launch a deadline and each test a pytest timeout.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,16 +27,11 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
 )
 
+import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from torchtally import distributed, errors
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics
-
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # so that spawned children can import this module and _dist
-    sys.path.insert(0, str(TESTS))
-
-import _dist  # noqa: E402
 
 WORLD = 2
 LAUNCH_TIMEOUT = 90.0

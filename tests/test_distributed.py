@@ -29,17 +29,13 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.nn import functional
 
+import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from torchtally import distributed
 from torchtally.aggregation import Accumulator, Cat, Max, Mean, Min
 from torchtally.errors import ComputedBeforeUpdatedWarning, SyncError
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-if str(TESTS) not in sys.path:  # so that spawned children can import this module and _dist
-    sys.path.insert(0, str(TESTS))
-
-import _dist  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODULE = "test_distributed"
 WORLDS = [2, 3]

@@ -11,7 +11,6 @@ import copy
 import io
 import math
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.nn.functional import l1_loss, mse_loss
 
+import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from torchtally import protocols as p
 from torchtally.errors import (
@@ -37,12 +37,6 @@ from torchtally.errors import (
 )
 from torchtally.formula import Constant
 from torchtally.losses import COMBINED_NAME, CompositionalLoss, DictLoss, Loss, LossBase
-
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # so that spawned children can import this module and _dist
-    sys.path.insert(0, str(TESTS))
-
-import _dist  # noqa: E402
 
 
 def mae_fn(outputs: Tensor, targets: Tensor) -> Tensor:
