@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,43 +41,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-COMMUNICATION = (
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_object",
-    "all_reduce",
-    "all_to_all",
-    "all_to_all_single",
-    "barrier",
-    "broadcast",
-    "broadcast_object_list",
-    "gather",
-    "gather_object",
-    "reduce",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "scatter",
-    "scatter_object_list",
-    "send",
-    "recv",
-    "isend",
-    "irecv",
-)
-_calls = [0]
-
-
-def _count_communication() -> None:
-    def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            _calls[0] += 1
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    for name in COMMUNICATION:
-        if hasattr(dist, name):
-            setattr(dist, name, counted(getattr(dist, name)))
+# One counter of torch.distributed calls for the tests and this benchmark: tests/_dist.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _dist import count_collectives, real_collectives
 
 
 def _mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,11 +56,11 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _timed(action: Callable[[], object]) -> tuple[float, int]:
     dist.barrier()
-    calls = _calls[0]
+    calls = real_collectives()
     start = time.perf_counter()
     action()
     elapsed = time.perf_counter() - start
-    return elapsed, _calls[0] - calls
+    return elapsed, real_collectives() - calls
 
 
 def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, out: str) -> None:
@@ -110,7 +76,7 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
         world_size=world,
         timeout=datetime.timedelta(seconds=120),
     )
-    _count_communication()
+    count_collectives()
     generator = torch.Generator().manual_seed(rank)
     outputs = torch.randn(32 + 5 * rank, 4, generator=generator)
     targets = torch.randn(32 + 5 * rank, 4, generator=generator)

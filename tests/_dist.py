@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["COLLECTIVES", "launch", "real_collectives"]
+__all__ = ["COLLECTIVES", "count_collectives", "launch", "real_collectives"]
 
 COLLECTIVES = (
     "all_gather",
@@ -61,7 +61,7 @@ def real_collectives() -> int:
     return sum(_calls.values())
 
 
-def _count_collectives() -> None:
+def count_collectives() -> None:
     """Wrap every communication function of ``torch.distributed`` with a counter."""
 
     def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +97,7 @@ def _child(rank: int, world: int, port: int, target: str, out: str, kwargs: dict
             # the parent's deadline kills it anyway).
             timeout=datetime.timedelta(seconds=30),
         )
-        _count_collectives()
+        count_collectives()
         module_name, function_name = target.split(":")
         function = getattr(importlib.import_module(module_name), function_name)
         result = function(rank, world, **kwargs)
