@@ -1,12 +1,17 @@
-"""Tests of torchtally.aggregation: folding, merging, reducing and exporting accumulator state."""
+"""Tests of torchtally.aggregation: accumulators, their precision policy, merging and export.
+
+References are computed independently: ``math.fsum`` over the values, float64 sums of the
+concatenated data, Python integers.
+"""
 
 from __future__ import annotations
 
+import copy
 import io
-import itertools
 import math
 import pickle
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -21,562 +26,484 @@ from torchtally.aggregation import (
     Max,
     Mean,
     Min,
+    StateSpec,
     Sum,
-    accumulator_from_state,
-    merge_exported,
+    accumulator_class,
 )
 from torchtally.errors import (
     DeviceMismatchError,
     IncompatibleStateError,
     ResultShapeError,
     StateDictError,
-    SyncError,
+    WeightError,
 )
 
-BOUNDED = (Mean, Sum, Min, Max)
-ALL = (Mean, Sum, Min, Max, Cat)
-
-# Multiples of 1/16 in a small range: every sum of them is exact in float64 (and the
-# means we compare are single roundings of exact values), so streamed and concatenated
-# results can be compared bit for bit.
-dyadic = st.integers(min_value=-4096, max_value=4096).map(lambda k: k / 16)
-batches = st.lists(st.lists(dyadic, min_size=1, max_size=12), min_size=1, max_size=12)
+BANKED = [Mean, Sum, Min, Max]
+ALL = [*BANKED, Cat]
 
 
-def fed(cls: type[Accumulator], data: list[list[float]], dtype: torch.dtype) -> Accumulator:
-    accumulator = cls()
-    for batch in data:
-        accumulator.add(torch.tensor(batch, dtype=dtype), len(batch))
-    return accumulator
+def value_of(accumulator: Accumulator) -> Tensor:
+    (value,) = accumulator.reduce()
+    return value
 
 
-def state_bytes(accumulator: Accumulator) -> int:
-    _, tensors = accumulator.export()
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+# -- what each kind computes --------------------------------------------------------------------
 
 
-# -- folding and reducing ---------------------------------------------------------------------
+def test_mean_weights_entries() -> None:
+    acc = Mean()
+    acc.add(torch.tensor([1.0, 2.0, 3.0]))  # three samples of weight 1
+    acc.add(torch.tensor([10.0]), torch.tensor([2.0]), samples=2)  # a mean over two samples
+    assert value_of(acc).item() == pytest.approx((1 + 2 + 3 + 20) / 5)
+    assert acc.samples() == [5]
 
 
-def test_mean_weights_vectors_by_length_and_scalars_by_batch_size() -> None:
-    mean = Mean()
-    mean.add(torch.tensor([1.0, 2.0, 3.0]), 3)  # sum 6 over 3 samples
-    mean.add(torch.tensor(10.0), 2)  # batch mean 10 over 2 samples: adds 20
-    mean.add(torch.tensor([[4.0]]), 1)  # one-element tensor: a scalar batch mean
-    assert mean.count == 6
-    assert mean.reduce().item() == pytest.approx((6 + 20 + 4) / 6)
-
-
-def test_sum_adds_vector_entries_and_scalars_as_they_are() -> None:
+def test_sum_adds_weighted_entries_and_min_max_exclude_zero_weights() -> None:
     total = Sum()
-    total.add(torch.tensor([1.0, 2.0]), 2)
-    total.add(torch.tensor(5.0), 100)  # a batch total: not multiplied by the batch size
-    assert total.reduce().item() == 8.0
-    assert total.count == 102
+    total.add(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.5]))
+    assert value_of(total).item() == 4.0
+    highest, lowest = Max(), Min()
+    for acc in (highest, lowest):
+        acc.add(torch.tensor([1.0, 9.0, -4.0]), torch.tensor([1.0, 0.0, 0.0]))
+    assert value_of(highest).item() == 1.0 and value_of(lowest).item() == 1.0
 
 
-def test_min_and_max_look_at_every_sample_and_every_scalar() -> None:
-    low, high = Min(), Max()
-    for accumulator in (low, high):
-        accumulator.add(torch.tensor([3.0, -2.0, 7.0]), 3)
-        accumulator.add(torch.tensor(-5.0), 4)
-        accumulator.add(torch.tensor([8.5]), 1)
-    assert low.reduce().item() == -5.0
-    assert high.reduce().item() == 8.5
+def test_rows_of_one_accumulator_are_independent() -> None:
+    acc = Mean(rows=3)
+    acc.add(torch.tensor([[1.0, 3.0], [10.0, 20.0]]), rows=[2, 0])
+    acc.add(torch.tensor([[5.0]]), rows=[1])
+    assert [value.item() for value in acc.reduce()] == [15.0, 5.0, 2.0]
+    assert acc.samples() == [2, 1, 2]
+
+
+def test_entries_may_have_several_dimensions() -> None:
+    acc = Mean(rows=2)
+    acc.add(torch.arange(12.0).reshape(2, 2, 3))  # (rows, batches, samples)
+    assert [value.item() for value in acc.reduce()] == [2.5, 8.5]
+    extremes = Max(rows=2)
+    extremes.add(torch.arange(12).reshape(2, 2, 3))
+    assert [value.item() for value in extremes.reduce()] == [5, 11]
 
 
 def test_cat_keeps_rows_in_order_with_trailing_dimensions() -> None:
-    cat = Cat()
-    cat.add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), 2)
-    cat.add(torch.tensor([[5.0, 6.0]]), 1)
-    torch.testing.assert_close(cat.reduce(), torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
-    assert cat.count == 3
+    acc = Cat()
+    acc.add(torch.tensor([[[0.1, 0.9], [0.3, 0.7]]]))
+    acc.add(torch.tensor([[[0.5, 0.5]]]))
+    torch.testing.assert_close(
+        value_of(acc), torch.tensor([[0.1, 0.9], [0.3, 0.7], [0.5, 0.5]]), rtol=0, atol=0
+    )
 
 
-def test_cat_keeps_a_scalar_as_one_row() -> None:
-    cat = Cat()
-    cat.add(torch.tensor([0.5, 0.25]), 2)
-    cat.add(torch.tensor(0.75), 10)
-    torch.testing.assert_close(cat.reduce(), torch.tensor([0.5, 0.25, 0.75]))
-    assert cat.count == 3
+def test_cat_refuses_another_trailing_shape_and_weights() -> None:
+    acc = Cat()
+    acc.add(torch.zeros(1, 2, 3))
+    with pytest.raises(ResultShapeError, match=r"trailing shape.*\(3,\).*\(4,\)"):
+        acc.add(torch.zeros(1, 2, 4))
+    with pytest.raises(WeightError, match="cannot weight"):
+        acc.add(torch.zeros(1, 2, 3), torch.ones(2))
+    assert value_of(acc).shape == (2, 3)  # the refused values were not kept
 
 
-def test_cat_refuses_values_with_another_trailing_shape() -> None:
-    cat = Cat()
-    cat.label = "Scores"
-    cat.add(torch.zeros(2, 3), 2)
-    with pytest.raises(ResultShapeError, match=r"Scores.*trailing shape.*\(3,\).*\(4,\)"):
-        cat.add(torch.zeros(2, 4), 2)
-
-
-def test_cat_refuses_a_wrong_leading_dimension() -> None:
-    cat = Cat()
-    cat.label = "Scores"
-    with pytest.raises(
-        ResultShapeError, match=r"Scores.*leading dimension 4.*found shape \(3, 2\)"
-    ):
-        cat.add(torch.zeros(3, 2), 4)
-
-
-def test_fold_takes_many_batches_at_once() -> None:
-    mean = Mean()
-    mean.fold([torch.tensor([1.0, 2.0]), torch.tensor(4.0), torch.tensor([7.0])], [2, 3, 1])
-    assert mean.count == 6
-    assert mean.reduce().item() == pytest.approx((1 + 2 + 12 + 7) / 6)
-    mean.fold([], [])  # nothing to fold changes nothing
-    assert mean.count == 6
-
-
-@pytest.mark.parametrize("cls", BOUNDED)
+@pytest.mark.parametrize("cls", BANKED)
 def test_reduce_before_any_value_is_nan(cls: type[Accumulator]) -> None:
-    value = cls().reduce()
-    assert value.ndim == 0 and torch.isnan(value)
-    assert value.dtype == torch.get_default_dtype()
+    acc = cls(rows=2)
+    assert all(math.isnan(value.item()) for value in acc.reduce())
+    acc.add(torch.tensor([1.0]), rows=[0])
+    first, second = acc.reduce()
+    assert first.item() == 1.0 and math.isnan(second.item())
 
 
 def test_cat_before_any_value_is_empty() -> None:
-    assert Cat().reduce().shape == (0,)
+    assert value_of(Cat()).shape == (0,)
 
 
-def test_prepare_detaches_and_accepts_scalars_and_vectors_only() -> None:
-    mean = Mean()
-    mean.label = "MSE"
-    weight = torch.ones(3, requires_grad=True)
-    prepared = mean.prepare(weight * 2, 3)
-    assert not prepared.requires_grad and prepared.shape == (3,)
-    assert mean.prepare(torch.ones(1, 1), 3).shape == ()
-    assert mean.prepare(torch.tensor(2.0), 3).shape == ()
-    with pytest.raises(ResultShapeError, match=r"MSE.*\(3,\).*batch of 3.*found shape \(2,\)"):
-        mean.prepare(torch.ones(2), 3)
-    with pytest.raises(ResultShapeError, match=r"MSE.*found shape \(3, 2\)"):
-        mean.prepare(torch.ones(3, 2), 3)
+def test_wrong_shapes_and_weights_are_refused() -> None:
+    acc = Mean(rows=2)
+    with pytest.raises(ResultShapeError, match=r"\(2, T\).*\(3, 4\)"):
+        acc.add(torch.zeros(3, 4))
+    with pytest.raises(WeightError, match=r"\(4,\).*\(3,\)"):
+        acc.add(torch.zeros(2, 4), torch.ones(3))
+    assert all(math.isnan(value.item()) for value in acc.reduce())
 
 
-def test_reset_forgets_values_and_keeps_the_label() -> None:
-    mean = Mean()
-    mean.label = "MAE"
-    mean.add(torch.tensor([1.0, 2.0]), 2)
-    mean.reset()
-    assert mean.count == 0 and mean.label == "MAE"
-    assert torch.isnan(mean.reduce())
-    mean.add(torch.tensor([4.0]), 1)
-    assert mean.reduce().item() == 4.0
+def test_add_keeps_no_reference_to_its_arguments() -> None:
+    for cls in ALL:
+        acc = cls()
+        values = torch.tensor([1.0, 2.0])
+        acc.add(values)
+        before = value_of(acc).clone()
+        values.mul_(100)
+        torch.testing.assert_close(value_of(acc), before, rtol=0, atol=0)
+        value_of(acc).mul_(7)  # nor does reduce return the state
+        torch.testing.assert_close(value_of(acc), before, rtol=0, atol=0)
 
 
-def test_repr_names_kind_label_and_count() -> None:
-    mean = Mean()
-    mean.label = "MAE"
-    mean.add(torch.ones(3), 3)
-    assert repr(mean) == "Mean(label='MAE', count=3)"
+# -- the precision policy -----------------------------------------------------------------------
+
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+EXACT = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+# (kind, input dtype) -> reported dtype: the table of docs/aggregation.md.
+POLICY: dict[tuple[type[Accumulator], torch.dtype], torch.dtype] = {}
+for _dtype in FLOATS:
+    _report = torch.float64 if _dtype == torch.float64 else torch.float32
+    for _cls in BANKED:
+        POLICY[(_cls, _dtype)] = _report
+for _dtype in EXACT:
+    POLICY[(Mean, _dtype)] = torch.float64
+    for _cls in (Sum, Min, Max):
+        POLICY[(_cls, _dtype)] = torch.int64
 
 
-# -- dtypes -----------------------------------------------------------------------------------
-
-FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-NON_FLOATS = (torch.int32, torch.int64, torch.uint8, torch.bool)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("cls", BOUNDED)
-def test_floating_inputs_reduce_in_their_own_dtype(
-    cls: type[Accumulator], dtype: torch.dtype
-) -> None:
-    accumulator = cls()
-    accumulator.add(torch.tensor([1.0, 0.0, 1.0], dtype=dtype), 3)
-    accumulator.add(torch.tensor(1.0, dtype=dtype), 2)
-    expected = {Mean: 4 / 5, Sum: 3.0, Min: 0.0, Max: 1.0}[cls]
-    result = accumulator.reduce()
-    assert result.dtype == dtype
-    assert result.item() == torch.tensor(expected, dtype=dtype).item()
+@pytest.mark.parametrize(
+    ("cls", "dtype"), sorted(POLICY, key=str), ids=lambda item: getattr(item, "kind", str(item))
+)
+def test_reported_dtype_follows_the_policy(cls: type[Accumulator], dtype: torch.dtype) -> None:
+    acc = cls()
+    acc.add(torch.tensor([1, 0, 1]).to(dtype))
+    assert value_of(acc).dtype == POLICY[(cls, dtype)]
+    assert acc.report_dtype(dtype) == POLICY[(cls, dtype)]
 
 
-@pytest.mark.parametrize("dtype", NON_FLOATS)
-@pytest.mark.parametrize("cls", BOUNDED)
-def test_integer_and_bool_inputs_reduce_to_the_default_float(
-    cls: type[Accumulator], dtype: torch.dtype
-) -> None:
-    accumulator = cls()
-    accumulator.add(torch.tensor([1, 0, 1]).to(dtype), 3)
-    accumulator.add(torch.tensor(1).to(dtype), 2)
-    expected = {Mean: 4 / 5, Sum: 3.0, Min: 0.0, Max: 1.0}[cls]
-    result = accumulator.reduce()
-    assert result.dtype == torch.float32
-    assert result.item() == pytest.approx(expected)
-
-
-def test_integer_inputs_follow_the_default_dtype() -> None:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        mean = Mean()
-        mean.add(torch.tensor([1, 2]), 2)
-        assert mean.reduce().dtype == torch.float64
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@pytest.mark.parametrize("dtype", (*FLOATS, *NON_FLOATS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.int64])
 def test_cat_keeps_the_values_dtype(dtype: torch.dtype) -> None:
-    cat = Cat()
-    cat.add(torch.tensor([1, 0]).to(dtype), 2)
-    assert cat.reduce().dtype == dtype
+    acc = Cat()
+    acc.add(torch.tensor([1, 2]).to(dtype))
+    assert value_of(acc).dtype == dtype
 
 
-def test_mixed_float_dtypes_promote() -> None:
-    mean = Mean()
-    mean.add(torch.tensor([1.0], dtype=torch.float16), 1)
-    mean.add(torch.tensor([2.0], dtype=torch.float32), 1)
-    result = mean.reduce()
-    assert result.dtype == torch.float32 and result.item() == 1.5
+def test_half_precision_sums_do_not_overflow() -> None:
+    # float16 cannot hold 100,000 (its largest value is 65,504): the state is float64.
+    acc = Sum()
+    for _ in range(100):
+        acc.add(torch.ones(1000, dtype=torch.float16))
+    assert value_of(acc).item() == 100_000.0 and value_of(acc).dtype == torch.float32
 
 
-def test_half_precision_values_are_summed_in_float64() -> None:
-    # 4096 + 1 is not representable in float16: a float16 running sum would stall at 2048.
-    mean = Sum()
-    for _ in range(4):
-        mean.add(torch.ones(1024, dtype=torch.float16), 1024)
-    mean.add(torch.ones(1, dtype=torch.float16), 1)
-    _, (pair,) = mean.export()
-    assert pair.dtype == torch.float64
-    assert (pair[0] + pair[1]).item() == 4097.0
+def test_integer_sums_minima_and_maxima_are_exact() -> None:
+    beyond_float32 = 16_777_217  # 2**24 + 1: float32 rounds it to 16,777,216
+    total, highest, lowest = Sum(), Max(), Min()
+    for acc in (total, highest, lowest):
+        acc.add(torch.tensor([beyond_float32, 3]))
+    assert value_of(total).item() == beyond_float32 + 3 and value_of(total).dtype == torch.int64
+    assert value_of(highest).item() == beyond_float32
+    assert value_of(lowest).item() == 3
+    huge = Max()
+    huge.add(torch.tensor([2**62 + 1, 5]))  # beyond float64's integers too
+    assert value_of(huge).item() == 2**62 + 1
+    many = Sum()
+    for _ in range(1000):
+        many.add(torch.full((1000,), 2**40 + 1, dtype=torch.int64))
+    assert value_of(many).item() == 1000 * 1000 * (2**40 + 1)  # > 2**53: still exact
 
 
-# -- precision and memory ---------------------------------------------------------------------
+def test_bfloat16_mean_is_reported_from_its_exact_float64_mean() -> None:
+    values = torch.rand(997, generator=torch.Generator().manual_seed(3)).bfloat16()
+    acc = Mean()
+    for chunk in values.split(100):
+        acc.add(chunk)
+    expected = math.fsum(values.double().tolist()) / len(values)
+    assert value_of(acc).item() == torch.tensor(expected, dtype=torch.float32).item()
+
+
+def test_infinities_propagate_as_in_torch() -> None:
+    for cls in (Mean, Sum):
+        positive = cls()
+        positive.add(torch.tensor([1.0, 2.0]))
+        positive.add(torch.tensor([math.inf]))
+        positive.add(torch.tensor([3.0]))
+        assert value_of(positive).item() == math.inf
+        negative = cls()
+        negative.add(torch.tensor([-math.inf, 1.0]))
+        assert value_of(negative).item() == -math.inf
+        both = cls()
+        both.add(torch.tensor([math.inf]))
+        both.add(torch.tensor([-math.inf]))
+        assert math.isnan(value_of(both).item())
+        assert math.isnan(torch.tensor([math.inf, -math.inf]).mean().item())  # as torch does
+    highest = Max()
+    highest.add(torch.tensor([math.inf, 1.0]))
+    assert value_of(highest).item() == math.inf
+
+
+def test_nan_propagates() -> None:
+    acc = Mean()
+    acc.add(torch.tensor([1.0, math.nan]))
+    acc.add(torch.tensor([2.0]))
+    assert math.isnan(value_of(acc).item())
 
 
 def test_compensated_sum_recovers_what_plain_float64_loses() -> None:
-    total = Sum()
-    big = torch.tensor([1e16], dtype=torch.float64)
-    total.add(big, 1)
-    for _ in range(1000):  # each 1.0 is below half an ulp of 1e16 in float64
-        total.add(torch.tensor([1.0], dtype=torch.float64), 1)
-    total.add(-big, 1)
-    assert total.reduce().item() == 1000.0
+    acc = Sum()
+    plain = 0.0
+    for value in (1e16, 1.0, -1e16, 1.0):
+        acc.add(torch.tensor([value], dtype=torch.float64))
+        plain += value
+    assert plain == 1.0  # float64 lost the first 1
+    assert value_of(acc).item() == 2.0
 
 
 def test_mean_of_ten_million_float32_samples_matches_an_exact_reference() -> None:
-    generator = torch.Generator().manual_seed(1234)
-    # A large offset makes a float32 running sum lose about 7 digits.
-    data = torch.rand(10**7, generator=generator) * 1000 + 10_000
-    reference = math.fsum(data.double().tolist()) / data.numel()
-
-    mean = Mean()
-    chunks = list(data.split(4096))
-    for start in range(0, len(chunks), 256):  # folded in bulk as objectives do
-        block = chunks[start : start + 256]
-        mean.fold(block, [len(chunk) for chunk in block])
-    meta, (pair,) = mean.export()
-    state = (pair[0] + pair[1]).item() / meta["count"]
-    assert meta["count"] == 10**7
-    assert abs(state - reference) <= 1e-12 * abs(reference)
-    result = mean.reduce()
-    assert result.dtype == torch.float32
-    assert result.item() == torch.tensor(reference, dtype=torch.float32).item()
-
-    # The data is hard enough: a float32 running sum misses the tolerance by far.
-    naive = torch.zeros((), dtype=torch.float32)
-    for chunk in chunks:
-        naive += chunk.sum()
-    assert abs(naive.item() / data.numel() - reference) > 1e-9 * reference
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(10_000_000, generator=generator) * 1000 + 1e4
+    acc = Mean()
+    for chunk in values.split(65_536):
+        acc.add(chunk)
+    reference = math.fsum(values.double().tolist()) / len(values)
+    _, tensors = acc.export()
+    state = dict(zip([spec.name for spec in Mean.states], tensors, strict=True))
+    from_state = (state["total"][0, 0] + state["total"][0, 1]).item() / state["weight"][0, 0].item()
+    assert abs(from_state - reference) / reference < 1e-12
+    assert value_of(acc).item() == torch.tensor(reference, dtype=torch.float32).item()
 
 
-@pytest.mark.parametrize("cls", BOUNDED)
+@pytest.mark.parametrize("cls", BANKED)
 def test_state_size_does_not_grow_with_updates(cls: type[Accumulator]) -> None:
-    few, many = cls(), cls()
-    for accumulator, updates in ((few, 10), (many, 10_000)):
-        for step in range(updates):
-            accumulator.add(torch.full((4,), float(step)), 4)
-    assert many.count == 1000 * few.count
-    assert state_bytes(many) == state_bytes(few) > 0
-    assert [t.shape for t in many.export()[1]] == [t.shape for t in few.export()[1]]
+    acc = cls()
+    acc.add(torch.ones(10))
+    first = sum(tensor.numel() for tensor in acc.export()[1])
+    for _ in range(100):
+        acc.add(torch.ones(10))
+    assert sum(tensor.numel() for tensor in acc.export()[1]) == first
 
 
-# -- merging ----------------------------------------------------------------------------------
+# -- merging ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_merge_adds_the_other_state_and_leaves_it_unchanged(cls: type[Accumulator]) -> None:
-    first = fed(cls, [[1.0, 2.0], [3.0]], torch.float32)
-    second = fed(cls, [[-4.0], [5.0, 6.0]], torch.float32)
-    before = second.reduce().clone()
-    first.merge(second)
-    stream = fed(cls, [[1.0, 2.0], [3.0], [-4.0], [5.0, 6.0]], torch.float32)
-    torch.testing.assert_close(first.reduce(), stream.reduce(), rtol=0, atol=0)
-    assert first.count == stream.count == 6
-    torch.testing.assert_close(second.reduce(), before, rtol=0, atol=0)
+    left, right, both = cls(), cls(), cls()
+    left.add(torch.tensor([1.0, 5.0]))
+    right.add(torch.tensor([3.0, -2.0, 8.0]))
+    both.add(torch.tensor([1.0, 5.0]))
+    both.add(torch.tensor([3.0, -2.0, 8.0]))
+    before = value_of(right).clone()
+    left.merge(right)
+    torch.testing.assert_close(value_of(left), value_of(both), rtol=0, atol=0)
+    torch.testing.assert_close(value_of(right), before, rtol=0, atol=0)
+    assert left.samples() == [5]
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_merge_with_empty_states(cls: type[Accumulator]) -> None:
-    empty = cls()
-    empty.merge(cls())
-    assert empty.count == 0 and not empty.export()[1]
-    filled = fed(cls, [[1.0, 2.0]], torch.float32)
-    empty.merge(filled)
-    torch.testing.assert_close(empty.reduce(), filled.reduce())
-    filled.merge(cls())
-    assert filled.count == 2
+    full, empty = cls(), cls()
+    full.add(torch.tensor([2.0, 4.0]))
+    expected = value_of(full).clone()
+    full.merge(empty)
+    torch.testing.assert_close(value_of(full), expected, rtol=0, atol=0)
+    empty.merge(full)
+    torch.testing.assert_close(value_of(empty), expected, rtol=0, atol=0)
 
 
-def test_merge_refuses_another_kind() -> None:
-    mean = Mean()
-    mean.label = "MAE"
-    with pytest.raises(IncompatibleStateError, match=r"MAE.*'max'.*'mean'"):
-        mean.merge(Max())
+def test_merge_maps_rows() -> None:
+    mine, theirs = Mean(rows=3), Mean(rows=2)
+    mine.add(torch.tensor([[1.0], [2.0], [3.0]]))
+    theirs.add(torch.tensor([[10.0], [20.0]]))
+    mine.merge(theirs, rows=[2, 0])
+    assert [value.item() for value in mine.reduce()] == [10.5, 2.0, 6.5]
+
+
+def test_merge_refuses_another_kind_or_row_count() -> None:
+    with pytest.raises(IncompatibleStateError, match=r"'max'.*'mean'"):
+        Mean().merge(Max())
+    with pytest.raises(IncompatibleStateError, match="2 rows"):
+        Mean().merge(Mean(rows=2))
 
 
 def test_merge_moves_the_other_state_to_this_device() -> None:
-    here = fed(Mean, [[1.0]], torch.float32)
-    merged = fed(Mean, [[1.0]], torch.float32)
-    merged.to("meta")
-    merged.merge(here)  # a CPU state merged into a meta state lands on meta
-    assert merged.reduce().device.type == "meta"
-    assert here.reduce().device.type == "cpu"
+    mine, theirs = Mean(), Mean()
+    mine.add(torch.ones(2, device="meta"))
+    theirs.add(torch.ones(3))
+    mine.merge(theirs)
+    assert value_of(mine).device.type == "meta"
 
 
-# -- hypothesis properties --------------------------------------------------------------------
+finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+exact = st.integers(-(2**20), 2**20).map(float)  # exactly representable, sums too
 
 
-@settings(max_examples=40, deadline=None)
-@given(data=batches)
-def test_streamed_mean_of_vectors_equals_the_mean_of_the_concatenation(
-    data: list[list[float]],
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(exact, min_size=1, max_size=8), min_size=1, max_size=8))
+def test_streamed_sums_and_means_equal_the_concatenation(batches: list[list[float]]) -> None:
+    total, mean = Sum(), Mean()
+    for batch in batches:
+        total.add(torch.tensor(batch, dtype=torch.float64))
+        mean.add(torch.tensor(batch, dtype=torch.float64))
+    every = [value for batch in batches for value in batch]
+    assert value_of(total).item() == sum(every)
+    assert value_of(mean).item() == pytest.approx(sum(every) / len(every), rel=1e-15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(finite, st.floats(0, 10, allow_nan=False)), min_size=1, max_size=40),
+    st.lists(st.integers(1, 5), min_size=1, max_size=10),
+)
+def test_weighted_streaming_equals_the_weighted_mean_of_the_concatenation(
+    pairs: list[tuple[float, float]], splits: list[int]
 ) -> None:
-    mean = fed(Mean, data, torch.float32)
-    flat = torch.tensor([x for batch in data for x in batch], dtype=torch.float64)
-    assert mean.reduce().item() == flat.mean().float().item()
+    values = torch.tensor([value for value, _ in pairs], dtype=torch.float64)
+    weights = torch.tensor([weight for _, weight in pairs], dtype=torch.float64)
+    acc = Mean()
+    start = 0
+    for size in splits * len(pairs):
+        if start >= len(pairs):
+            break
+        acc.add(values[start : start + size], weights[start : start + size])
+        start += size
+    if start < len(pairs):
+        acc.add(values[start:], weights[start:])
+    total_weight = math.fsum(weights.tolist())
+    if total_weight == 0:
+        assert math.isnan(value_of(acc).item())  # 0 / 0: all samples excluded
+    else:
+        expected = math.fsum((values * weights).tolist()) / total_weight
+        assert value_of(acc).item() == pytest.approx(expected, rel=1e-12, abs=1e-9)
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=batches)
-def test_streamed_mean_of_scalar_batch_means_equals_the_mean_of_the_concatenation(
-    data: list[list[float]],
-) -> None:
-    mean = Mean()
-    for batch in data:
-        values = torch.tensor(batch, dtype=torch.float64)
-        mean.add(values.mean(), len(batch))  # what a reduction='mean' callable returns
-    flat = torch.tensor([x for batch in data for x in batch], dtype=torch.float64)
-    assert mean.reduce().item() == pytest.approx(flat.mean().item(), rel=1e-12, abs=1e-12)
-
-
-@settings(max_examples=40, deadline=None)
-@given(data=batches, cls=st.sampled_from(ALL), cuts=st.lists(st.integers(0, 12), max_size=4))
+@given(st.lists(st.lists(finite, min_size=1, max_size=5), min_size=2, max_size=6), st.data())
 def test_merging_states_split_any_way_equals_one_stream(
-    data: list[list[float]], cls: type[Accumulator], cuts: list[int]
+    batches: list[list[float]], data: st.DataObject
 ) -> None:
-    bounds = sorted({0, len(data), *(min(cut, len(data)) for cut in cuts)})
-    parts = [fed(cls, data[a:b], torch.float32) for a, b in itertools.pairwise(bounds)]
-    merged = cls()
-    for part in parts:
-        merged.merge(part)
-    stream = fed(cls, data, torch.float32)
-    torch.testing.assert_close(merged.reduce(), stream.reduce(), rtol=0, atol=0)
-    assert merged.count == stream.count
+    cut = data.draw(st.integers(1, len(batches) - 1))
+    for cls in (Mean, Min, Max, Cat):
+        stream, left, right = cls(), cls(), cls()
+        for index, batch in enumerate(batches):
+            values = torch.tensor(batch)
+            stream.add(values)
+            (left if index < cut else right).add(values)
+        left.merge(right)
+        torch.testing.assert_close(value_of(left), value_of(stream), rtol=1e-12, atol=1e-9)
 
 
-@settings(max_examples=40, deadline=None)
-@given(a=batches, b=batches, c=batches, cls=st.sampled_from(ALL))
-def test_merge_is_associative(
-    a: list[list[float]], b: list[list[float]], c: list[list[float]], cls: type[Accumulator]
-) -> None:
-    left = fed(cls, a, torch.float32)  # (a + b) + c
-    left.merge(fed(cls, b, torch.float32))
-    left.merge(fed(cls, c, torch.float32))
-    inner = fed(cls, b, torch.float32)  # a + (b + c)
-    inner.merge(fed(cls, c, torch.float32))
-    right = fed(cls, a, torch.float32)
-    right.merge(inner)
-    torch.testing.assert_close(left.reduce(), right.reduce(), rtol=0, atol=0)
+# -- export, load, devices ----------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
-@given(a=batches, b=batches, cls=st.sampled_from(BOUNDED))
-def test_merge_order_does_not_change_bounded_results(
-    a: list[list[float]], b: list[list[float]], cls: type[Accumulator]
-) -> None:
-    ab = fed(cls, a, torch.float32)
-    ab.merge(fed(cls, b, torch.float32))
-    ba = fed(cls, b, torch.float32)
-    ba.merge(fed(cls, a, torch.float32))
-    torch.testing.assert_close(ab.reduce(), ba.reduce(), rtol=0, atol=0)
-
-
-@settings(max_examples=40, deadline=None)
-@given(data=batches)
-def test_min_max_cat_over_any_split_match_the_concatenation(data: list[list[float]]) -> None:
-    flat = torch.tensor([x for batch in data for x in batch])
-    assert fed(Min, data, torch.float32).reduce().item() == flat.min().item()
-    assert fed(Max, data, torch.float32).reduce().item() == flat.max().item()
-    assert torch.equal(fed(Cat, data, torch.float32).reduce(), flat)
-    assert fed(Sum, data, torch.float32).reduce().item() == flat.double().sum().float().item()
-
-
-# -- export, state dicts, devices -------------------------------------------------------------
+def filled(cls: type[Accumulator]) -> Accumulator:
+    acc = cls(rows=2)
+    if cls is Cat:
+        acc.add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    else:
+        acc.add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        acc.add(torch.tensor([[7, 1]]), rows=[1])
+    return acc
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_export_and_load_round_trip(cls: type[Accumulator]) -> None:
-    original = fed(cls, [[1.5, -2.0], [4.0]], torch.float16)
-    meta, tensors = original.export()
-    assert meta["kind"] == cls.kind and meta["count"] == 3 and meta["dtype"] == "float16"
-    rebuilt = accumulator_from_state(meta, tensors)
-    assert type(rebuilt) is cls and rebuilt.count == 3
-    torch.testing.assert_close(rebuilt.reduce(), original.reduce(), rtol=0, atol=0)
-    assert rebuilt.reduce().dtype == torch.float16
-    # The rebuilt state keeps accumulating like the original.
-    for accumulator in (original, rebuilt):
-        accumulator.add(torch.tensor([8.0], dtype=torch.float16), 1)
-    torch.testing.assert_close(rebuilt.reduce(), original.reduce(), rtol=0, atol=0)
+    original = filled(cls)
+    restored = cls()
+    restored.load(*original.export())
+    for mine, theirs in zip(restored.reduce(), original.reduce(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert restored.samples() == original.samples()
 
 
 @pytest.mark.parametrize("cls", ALL)
-def test_state_dict_round_trips_through_torch_save_and_pickle(cls: type[Accumulator]) -> None:
-    original = fed(cls, [[1.0, 2.0, 3.0], [7.0]], torch.float32)
+def test_copies_pickles_and_torch_save_round_trip(cls: type[Accumulator]) -> None:
+    original = filled(cls)
     buffer = io.BytesIO()
-    torch.save(original.state_dict(), buffer)
+    torch.save(original, buffer)
     buffer.seek(0)
-    restored = cls()
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    torch.testing.assert_close(restored.reduce(), original.reduce(), rtol=0, atol=0)
-    assert restored.count == original.count
-    pickled = pickle.loads(pickle.dumps(original))
-    torch.testing.assert_close(pickled.reduce(), original.reduce(), rtol=0, atol=0)
+    for duplicate in (
+        original.copy(),
+        copy.deepcopy(original),
+        pickle.loads(pickle.dumps(original)),
+        torch.load(buffer, weights_only=False),
+    ):
+        duplicate.add(torch.zeros(2, 1))  # the copy moves on alone
+        for mine, theirs in zip(filled(cls).reduce(), original.reduce(), strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_empty_state_round_trips(cls: type[Accumulator]) -> None:
     restored = cls()
-    restored.load_state_dict(cls().state_dict())
-    assert restored.count == 0
-    restored.add(torch.tensor([2.0]), 1)
-    assert restored.reduce().reshape(-1)[0].item() == 2.0
+    restored.load(*cls(rows=3).export())
+    assert restored.rows == 3 and restored.samples() == [0, 0, 0]
 
 
-def test_load_replaces_the_state() -> None:
-    source = fed(Mean, [[10.0]], torch.float32)
-    target = fed(Mean, [[1.0, 2.0, 3.0]], torch.float32)
-    target.load_state_dict(source.state_dict())
-    assert target.count == 1 and target.reduce().item() == 10.0
+def damaged(change: Callable[[dict[str, Any], list[Tensor]], None]) -> tuple[Any, list[Any]]:
+    meta, tensors = filled(Mean).export()
+    tensors = list(tensors)
+    change(meta, tensors)
+    return meta, tensors
+
+
+SAMPLES = [spec.name for spec in Mean.states].index("samples")
+TOTAL = [spec.name for spec in Mean.states].index("total")
 
 
 @pytest.mark.parametrize(
-    ("state", "pattern"),
+    ("meta_tensors", "message"),
     [
-        ({"meta": {"kind": "max", "count": 1, "dtype": "float32"}, "tensors": []}, "'mean'.*'max'"),
-        ({"meta": {"kind": "mean"}, "tensors": []}, "'count' and 'dtype'"),
-        ({"meta": {"kind": "mean", "count": 1, "dtype": "nonsense"}, "tensors": []}, "nonsense"),
+        (damaged(lambda m, t: m.update(kind="max")), "expected a 'mean' state, found 'max'"),
+        (damaged(lambda m, t: m.update(rows=-1)), "row count >= 0"),
+        (damaged(lambda m, t: m.update(dtypes=["float32", "Tensor"])), "unknown dtype names"),
+        (damaged(lambda m, t: t.pop(TOTAL)), "expected 4 state tensors"),
+        (damaged(lambda m, t: t.__setitem__(TOTAL, t[TOTAL][:, :1])), "'total' must be (2, 2)"),
         (
-            {"meta": {"kind": "mean", "count": 1, "dtype": "float32"}, "tensors": [torch.ones(5)]},
-            r"shapes \[\(5,\)\]",
+            damaged(lambda m, t: t.__setitem__(SAMPLES, torch.tensor([[2.7], [1.0]]))),
+            "'samples' must be (2, 1) int64",
         ),
         (
-            {"meta": {"kind": "mean", "count": 1, "dtype": "float32"}, "tensors": ["x"]},
-            "expected state tensors",
+            damaged(lambda m, t: t.__setitem__(SAMPLES, torch.tensor([[-2], [1]]))),
+            "sample counts must be >= 0",
         ),
-        ({"meta": {"kind": "mean", "count": 1, "dtype": "float32"}}, "'meta' and 'tensors'"),
-        ("not a dict", "'meta' and 'tensors'"),
+        (damaged(lambda m, t: t.__setitem__(TOTAL, "high and low")), "must be a tensor"),
     ],
 )
-def test_loading_a_wrong_state_raises_state_dict_error(state: object, pattern: str) -> None:
-    mean = fed(Mean, [[1.0]], torch.float32)
-    mean.label = "MSE"
-    with pytest.raises(StateDictError, match=f"MSE.*{pattern}"):
-        mean.load_state_dict(state)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("cls", (Min, Max, Cat))
-def test_loading_tensors_of_the_wrong_layout_raises(cls: type[Accumulator]) -> None:
-    meta, _ = fed(cls, [[1.0]], torch.float32).export()
-    wrong = torch.zeros(()) if cls is Cat else torch.zeros(3)
-    with pytest.raises(StateDictError, match="do not fit"):
-        cls().load(meta, [wrong], None)
-
-
-def test_accumulator_from_state_refuses_unknown_kinds() -> None:
-    with pytest.raises(StateDictError, match=r"'median'.*\['cat', 'max', 'mean', 'min', 'sum'\]"):
-        accumulator_from_state({"kind": "median", "count": 0, "dtype": None}, [])
-
-
-def test_registry_lists_every_kind() -> None:
-    assert {"mean": Mean, "sum": Sum, "min": Min, "max": Max, "cat": Cat} == ACCUMULATORS
+def test_loading_a_damaged_state_raises_and_changes_nothing(
+    meta_tensors: tuple[Any, list[Any]], message: str
+) -> None:
+    acc = filled(Mean)
+    before = [value.clone() for value in acc.reduce()]
+    with pytest.raises(StateDictError) as info:
+        acc.load(*meta_tensors)
+    assert message in str(info.value)
+    for mine, theirs in zip(acc.reduce(), before, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cls", ALL)
-def test_to_moves_the_state_and_copy_to_leaves_it(cls: type[Accumulator]) -> None:
-    accumulator = fed(cls, [[1.0, 2.0]], torch.float32)
-    moved = accumulator.copy_to(torch.device("meta"))
-    assert moved.reduce().device.type == "meta" and moved.count == 2
-    assert accumulator.reduce().device.type == "cpu"
-    accumulator.to("meta")
-    assert accumulator.reduce().device.type == "meta"
-    assert all(t.device.type == "meta" for t in accumulator.export()[1])
-
-
-def test_to_without_state_is_a_no_op_and_state_follows_the_values() -> None:
-    mean = Mean()
-    mean.to("meta")  # nothing to move; the state is created where values arrive
-    mean.add(torch.ones(2), 2)
-    assert mean.reduce().device.type == "cpu"
+def test_to_moves_the_state(cls: type[Accumulator]) -> None:
+    acc = filled(cls)
+    acc.to("meta")
+    assert all(value.device.type == "meta" for value in acc.reduce())
 
 
 def test_values_from_another_device_raise_device_mismatch() -> None:
-    mean = Mean()
-    mean.label = "Metric value 'MAE'"
-    mean.add(torch.ones(2), 2)
-    with pytest.raises(DeviceMismatchError, match=r"'MAE'.*state lives on cpu.*arrived on meta"):
-        mean.add(torch.ones(2, device="meta"), 2)
-    mean.reset()  # after a reset the next values may come from anywhere
-    mean.add(torch.ones(2, device="meta"), 2)
-    assert mean.reduce().device.type == "meta"
+    acc = Mean()
+    acc.add(torch.ones(2))
+    with pytest.raises(DeviceMismatchError, match=r"cpu.*meta.*\.to\('meta'\)"):
+        acc.add(torch.ones(2, device="meta"))
+    acc.reset()
+    acc.add(torch.ones(2, device="meta"))  # after a reset the state may live anywhere
+    assert value_of(acc).device.type == "meta"
 
 
-@pytest.mark.parametrize("cls", ALL)
-def test_one_fold_with_values_on_two_devices_raises(cls: type[Accumulator]) -> None:
-    accumulator = cls()
-    accumulator.label = "Score"
-    values = [torch.ones(2), torch.ones(2, device="meta")]
-    with pytest.raises(DeviceMismatchError, match=r"Score.*several devices.*'cpu', 'meta'"):
-        accumulator.fold(values, [2, 2])
+def test_grow_adds_empty_rows() -> None:
+    acc = Mean()
+    acc.add(torch.tensor([4.0]))
+    assert acc.grow(["new"]) == 1
+    first, second = acc.reduce()
+    assert first.item() == 4.0 and math.isnan(second.item())
+    assert acc.labels[-1] == "new"
 
 
-def test_cpu_scalars_join_a_state_on_another_device() -> None:
-    # Python numbers become 0-d CPU tensors; like torch scalars they join any device.
-    mean = Mean()
-    mean.add(torch.ones(2, device="meta"), 2)
-    mean.add(torch.tensor(3.0), 2)
-    mean.fold([torch.tensor(1.0), torch.ones(2, device="meta")], [1, 2])
-    assert mean.reduce().device.type == "meta" and mean.count == 7
+# -- declarations -------------------------------------------------------------------------------
 
 
-# -- merge_exported (the rank-ordered merge used by sync) -------------------------------------
+def test_every_kind_is_registered_and_declares_samples() -> None:
+    assert {"mean": Mean, "sum": Sum, "min": Min, "max": Max, "cat": Cat} == ACCUMULATORS
+    for cls in BANKED:
+        assert cls.states[0] == StateSpec("samples", 1, torch.int64, "sum")
+        assert all(spec.rule in ("sum", "twosum", "min", "max", "latest") for spec in cls.states)
 
 
-def test_merge_exported_merges_in_rank_order() -> None:
-    parts = [fed(Cat, [[1.0, 2.0]], torch.float32), fed(Cat, [[3.0]], torch.float32)]
-    merged = merge_exported([part.export() for part in parts], None, "Scores")
-    assert merged.label == "Scores"
-    torch.testing.assert_close(merged.reduce(), torch.tensor([1.0, 2.0, 3.0]))
-    empty = merge_exported([Mean().export(), fed(Mean, [[4.0]], torch.float32).export()], None, "M")
-    assert empty.reduce().item() == 4.0 and empty.count == 1
-
-
-def test_merge_exported_names_the_ranks_that_disagree() -> None:
-    states = [Mean().export(), Max().export()]
-    with pytest.raises(SyncError, match=r"MAE.*rank 0: 'mean', rank 1: 'max'"):
-        merge_exported(states, None, "MAE")
-    shapes = [fed_rows(torch.zeros(1, 2)).export(), fed_rows(torch.zeros(1, 3)).export()]
-    with pytest.raises(SyncError, match=r"Scores.*rank 0: \[2\], rank 1: \[3\]"):
-        merge_exported(shapes, None, "Scores")
-
-
-def fed_rows(rows: Tensor) -> Cat:
-    cat = Cat()
-    cat.add(rows, rows.shape[0])
-    return cat
-
-
-@pytest.mark.parametrize("make", [Mean, Sum, Min, Max, Cat])
-def test_every_accumulator_has_a_kind(make: Callable[[], Accumulator]) -> None:
-    accumulator = make()
-    assert ACCUMULATORS[accumulator.kind] is type(accumulator)
+def test_accumulator_class_accepts_kinds_and_classes_only() -> None:
+    assert accumulator_class("max", "x") is Max
+    assert accumulator_class(Sum, "x") is Sum
+    with pytest.raises(ValueError, match=r"Metric 'X'.*'median'"):
+        accumulator_class("median", "Metric 'X'")

@@ -18,6 +18,7 @@ from torch.nn.functional import mse_loss
 from torcheval import metrics as torcheval_metrics
 
 import torchtally as tt
+from torchtally.aggregation import Mean
 
 
 def mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,9 @@ def test_compensated_float64_state_versus_other_running_sums() -> None:
         drytorch.update(chunk, chunk)
         torchmetrics_mean.update(chunk)
         torcheval_mean.update(chunk)
-    (state,) = ours.state_dict()["accumulators"]["Value"]["tensors"]  # [high, low] words
+    saved = ours.state_dict()
+    total = saved["tensors"][[spec.name for spec in Mean.states].index("total")]
+    state = total[0]  # the [high, low] words of the compensated float64 sum
 
     assert state.dtype == torch.float64
     assert error((state[0] + state[1]).item() / len(values)) < 1e-12

@@ -26,7 +26,7 @@ import torchtally as tt
 from torchtally import errors
 from torchtally import protocols as p
 from torchtally.contrib.torcheval import TorchEvalAdapter, from_torcheval
-from torchtally.objectives import SyncParticipant
+from torchtally.sync import SyncParticipant
 
 tensor_a = torch.ones(1, 1, dtype=torch.float)
 tensor_b = 3 * torch.ones(1, 1, dtype=torch.float)

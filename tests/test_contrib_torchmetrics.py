@@ -26,7 +26,7 @@ import torchtally as tt
 from torchtally import errors
 from torchtally import protocols as p
 from torchtally.contrib.torchmetrics import TorchMetricsAdapter, from_torchmetrics
-from torchtally.objectives import SyncParticipant
+from torchtally.sync import SyncParticipant
 
 tensor_a = torch.ones(1, 1, dtype=torch.float)
 tensor_b = 3 * torch.ones(1, 1, dtype=torch.float)

@@ -39,7 +39,9 @@ EXPECTED_BASES = {
     "BatchSizeError": ValueError,
     "DeviceMismatchError": RuntimeError,
     "FormulaError": ValueError,
+    "HookError": TypeError,
     "IncompatibleStateError": ValueError,
+    "InvalidArgumentError": TypeError,
     "InvalidNameError": TypeError,
     "MetricCallError": RuntimeError,
     "NameConflictError": ValueError,
@@ -48,6 +50,7 @@ EXPECTED_BASES = {
     "StateDictError": ValueError,
     "SyncError": RuntimeError,
     "UnsupportedObjectError": TypeError,
+    "WeightError": ValueError,
 }
 
 
@@ -149,7 +152,8 @@ def test_results_of_a_wrong_type_raise_result_type_error(result: Any) -> None:
         metric.update(torch.zeros(2), torch.zeros(2))
     message = str(info.value)
     assert "Metric 'Score'" in message and "'Score'" in message
-    assert "tensor or a Python number" in message and type(result).__name__ in message
+    assert "tensor or a real Python number" in message
+    assert type(result).__name__ in message or "complex" in message
 
 
 def test_wrong_shapes_name_the_objective_and_both_sizes() -> None:
@@ -213,23 +217,22 @@ def test_zero_dim_tensors_have_no_batch_dimension(where: str) -> None:
 
 
 def test_values_on_another_device_than_the_state() -> None:
+    # Refused at the update that sends them, before anything changes (checked by the queue).
     metric = tt.Metric(lambda o, t: o, "Score")
     metric.update(torch.ones(2), torch.ones(2))
-    metric.compute()  # folds: the state now lives on the CPU
-    metric.update(torch.ones(2, device="meta"), torch.ones(2, device="meta"))
     with pytest.raises(DeviceMismatchError) as info:
-        metric.compute()
+        metric.update(torch.ones(2, device="meta"), torch.ones(2, device="meta"))
     message = str(info.value)
     assert "'Score'" in message and "cpu" in message and "meta" in message
-    assert ".to('meta')" in message
+    assert ".to(device)" in message
+    assert metric.compute() == {"Score": torch.tensor(1.0)}  # the refused batch changed nothing
 
 
 def test_cpu_values_after_a_state_on_another_device() -> None:
     metric = tt.MetricCollection(Score=lambda o, t: o)
     metric.update(torch.ones(2, device="meta"), torch.ones(2, device="meta"))
-    metric.update(torch.ones(3), torch.ones(3))
-    with pytest.raises(DeviceMismatchError, match=r"'Score'.*(meta.*cpu|several devices)"):
-        metric.compute()
+    with pytest.raises(DeviceMismatchError, match=r"Score.*(meta.*cpu|several devices)"):
+        metric.update(torch.ones(3), torch.ones(3))
 
 
 # -- state dicts ------------------------------------------------------------------------------
@@ -239,10 +242,18 @@ def test_cpu_values_after_a_state_on_another_device() -> None:
     ("state", "found"),
     [
         (None, "NoneType"),
-        ({"version": 1}, "keys ['version']"),
-        ({"accumulators": {"Other": {}}}, "['Other']"),
-        ({"accumulators": {"Score": {"meta": {"kind": "min"}, "tensors": []}}}, "'min'"),
-        ({"accumulators": {"Score": 7}}, "7"),
+        ({"version": 1}, "version 1"),
+        ({"version": 2, "state": {"names": []}, "tensors": []}, "'accumulators' list"),
+        (
+            {
+                "version": 2,
+                "state": {"accumulators": [{"names": ["Score"], "size": 0}]},
+                "tensors": [],
+            },
+            "'mean'",
+        ),
+        ({"version": 2, "state": {"accumulators": [7]}, "tensors": []}, "7"),
+        ({"version": 2, "state": {"accumulators": []}, "tensors": []}, "missing ['Score']"),
     ],
 )
 def test_loading_a_wrong_state_raises_state_dict_error(state: Any, found: str) -> None:
@@ -251,7 +262,6 @@ def test_loading_a_wrong_state_raises_state_dict_error(state: Any, found: str) -
         metric.load_state_dict(state)
     message = str(info.value)
     assert "'Score'" in message and found in message
-    assert "expected" in message or "reports ['Score']" in message
 
 
 def test_a_calculate_that_returns_no_dict_is_a_result_type_error() -> None:

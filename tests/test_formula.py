@@ -295,7 +295,7 @@ REFUSED: list[tuple[Expression, list[str]]] = [
     (op("+", LOW, op("/", k(2), M)), ["2 / [M] (higher is better)"]),
     (op("+", LOW, op("**", k(0.5), M)), ["0.5^[M] (higher is better)"]),
     (op("-", LOW, op("-", M, HIGH)), ["subtract [M] - [H] (lower is better) from [L]"]),
-    (op("/", LOW, k(0)), ["division by the constant 0"]),
+    (op("/", LOW, k(0)), ["division by 0"]),
     (op("**", k(-2), LOW), ["must be a positive constant", "-2"]),
     (op("**", k(0), LOW), ["must be a positive constant"]),
 ]

@@ -8,7 +8,7 @@ import io
 import pickle
 import warnings
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytest
@@ -20,7 +20,8 @@ from torch import Tensor
 from typing_extensions import override
 
 import torchtally as tt
-from torchtally.aggregation import Accumulator, Cat, Max, Mean
+from torchtally._conventions import batch_size
+from torchtally.aggregation import Cat, Mean
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     IncompatibleStateError,
@@ -28,7 +29,7 @@ from torchtally.errors import (
     ResultShapeError,
     StateDictError,
 )
-from torchtally.objectives import PENDING_ELEMENTS, PENDING_LIMIT, batch_size
+from torchtally.objectives import PENDING_BATCHES, PENDING_ELEMENTS
 
 
 def mae(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -60,19 +61,17 @@ class MyMetrics(tt.AverageObjective[Tensor, Tensor]):
 class ScoreSummary(tt.Objective[Tensor, Tensor]):
     """Worst error (Max), median error from every value (Cat) and a mean."""
 
+    aggregation: ClassVar[dict[str, Any]] = {"worst": "max", "errors": Cat}  # type: ignore[misc]
+
     @override
     def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
         errors = (outputs - targets).abs().reshape(len(outputs), -1).mean(1)
         return {"worst": errors, "errors": errors, "mean": errors}
 
     @override
-    def _get_aggregator(self, name: str) -> Accumulator:
-        return {"worst": Max, "errors": Cat}.get(name, Mean)()
-
-    @override
-    def _compute(self, reduced: dict[str, Tensor]) -> dict[str, Tensor]:
-        errors = reduced.pop("errors")
-        return {**reduced, "median": errors.median()}
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        errors = values.pop("errors")
+        return {**values, "median": errors.median()}
 
 
 def batches_of(sizes: list[int], seed: int = 0, width: int = 3) -> list[tuple[Tensor, Tensor]]:
@@ -209,7 +208,7 @@ def test_empty_batch_changes_nothing() -> None:
     values = metric.update(torch.zeros(0, 3), torch.zeros(0, 3))  # mse_loss of nothing is NaN
     assert set(values) == {"MSE", "MAE"}
     assert_same(computed(metric), before)
-    assert metric.compute()["MSE"] is before["MSE"]  # not even the cache was dropped
+    assert metric._ledger.computed is not None  # not even the cache was dropped
 
 
 def test_empty_batch_returns_tensors_for_python_numbers() -> None:
@@ -218,13 +217,13 @@ def test_empty_batch_returns_tensors_for_python_numbers() -> None:
     assert isinstance(values["Half"], Tensor) and values["Half"].item() == 0.5
 
 
-def test_integer_and_bool_results_are_accepted_and_reported_as_floats() -> None:
+def test_integer_and_bool_means_are_reported_in_float64() -> None:
     metrics = tt.MetricCollection(Hits=hits, Count=lambda o, t: 3)
     metrics.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 0.0]))
     metrics.update(torch.tensor([0.2]), torch.tensor([0.0]))
     result = computed(metrics)
-    assert result["Hits"].dtype == torch.float32 and result["Hits"].item() == pytest.approx(3 / 4)
-    assert result["Count"].dtype == torch.float32 and result["Count"].item() == 3.0
+    assert result["Hits"].dtype == torch.float64 and result["Hits"].item() == 3 / 4
+    assert result["Count"].dtype == torch.float64 and result["Count"].item() == 3.0
 
 
 def test_python_number_results_are_weighted_and_returned_as_tensors() -> None:
@@ -235,11 +234,11 @@ def test_python_number_results_are_weighted_and_returned_as_tensors() -> None:
     assert computed(metric)["Size"].item() == pytest.approx((2 * 2 + 6 * 6) / 8)
 
 
-def test_half_precision_results_come_back_in_half_precision() -> None:
+def test_half_precision_results_are_reported_in_float32() -> None:
     metric = tt.Metric(mae, "MAE")
     for outputs, targets in batches_of([3, 5]):
         metric.update(outputs.half(), targets.half())
-    assert computed(metric)["MAE"].dtype == torch.float16
+    assert computed(metric)["MAE"].dtype == torch.float32
 
 
 # -- compute, caching, reset ------------------------------------------------------------------
@@ -267,7 +266,9 @@ def test_compute_returns_zero_dim_tensors_in_a_fresh_dict_and_caches() -> None:
     first["other"] = torch.tensor(0.0)
     second = computed(metric)
     assert list(second) == ["MAE"] and second["MAE"].item() != 123.0
-    assert computed(metric)["MAE"] is second["MAE"]  # cached: reduced once
+    cache = metric._ledger.computed
+    assert cache is not None and computed(metric)["MAE"] is not cache["MAE"]  # a fresh copy
+    assert metric._ledger.computed is cache  # reduced once, cached
 
 
 def test_compute_cache_is_dropped_by_update_and_reset() -> None:
@@ -332,8 +333,7 @@ def test_stored_values_are_detached_and_do_not_keep_the_graph() -> None:
     del outputs, values
     gc.collect()
     assert alive() is None  # the queued value holds no graph that would keep the input alive
-    state = metric.state_dict()["accumulators"]["Energy"]["tensors"]
-    assert not any(tensor.requires_grad for tensor in state)
+    assert not any(tensor.requires_grad for tensor in metric.state_dict()["tensors"])
     assert not computed(metric)["Energy"].requires_grad
 
 
@@ -343,14 +343,14 @@ def test_update_never_synchronises_with_the_host() -> None:
 
     metrics = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=F.mse_loss, Hits=hits)
     data = batches_of([64, 64, 17])
-    steps = 3 * PENDING_LIMIT  # several folds; every batch used equally often
+    steps = 3 * PENDING_BATCHES  # several folds; every batch used equally often
     patched = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
     with mock.patch.multiple(torch.Tensor, **dict.fromkeys(patched, refuse)):
         with pytest.raises(AssertionError):  # the patch is effective
             bool(torch.ones(()))
         for step in range(steps):
             metrics.update(*data[step % 3])
-    assert not metrics._queue or len(metrics._queue) < PENDING_LIMIT
+    assert len(metrics._ledger._sizes) < PENDING_BATCHES
     reference = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=F.mse_loss, Hits=hits)
     for step in range(steps):
         reference.update(*data[step % 3])
@@ -361,16 +361,25 @@ def test_update_never_synchronises_with_the_host() -> None:
 
 def test_state_dict_size_does_not_grow_with_updates() -> None:
     def tensor_bytes(objective: tt.MetricCollection[Tensor, Tensor]) -> int:
-        accumulators = objective.state_dict()["accumulators"].values()
-        return sum(t.numel() * t.element_size() for a in accumulators for t in a["tensors"])
+        return sum(t.numel() * t.element_size() for t in objective.state_dict()["tensors"])
 
     few, many = tt.MetricCollection(MSE=mse, MAE=mae), tt.MetricCollection(MSE=mse, MAE=mae)
     batch = batches_of([8])[0]
     for objective, updates in ((few, 10), (many, 10_000)):
         for _ in range(updates):
             objective.update(*batch)
-    assert tensor_bytes(many) == tensor_bytes(few) == 2 * 2 * 8  # two float64 words per name
-    assert many.state_dict()["accumulators"]["MSE"]["meta"]["count"] == 80_000
+    per_name = sum(spec.width * spec.dtype.itemsize for spec in Mean.states)
+    assert tensor_bytes(many) == tensor_bytes(few) == 2 * per_name
+    assert many._ledger.accumulators[Mean].samples() == [80_000, 80_000]
+
+
+def queued_elements(objective: Any) -> int:
+    """Elements the objective holds between updates, besides its accumulators' state."""
+    ledger = objective._ledger
+    held = sum(buffer.numel() for buffer in ledger._buffers)
+    if ledger._sample_weights is not None:
+        held += ledger._sample_weights.numel()
+    return held
 
 
 def test_the_pending_queue_is_bounded_by_elements() -> None:
@@ -378,12 +387,12 @@ def test_the_pending_queue_is_bounded_by_elements() -> None:
     big = PENDING_ELEMENTS // 2  # two names of this size fill the element budget alone
     for _ in range(3):
         metrics.update(torch.zeros(big, 1), torch.zeros(big, 1))
-        queued = sum(v.numel() for values in metrics._queue for v in values if v is not None)
-        assert queued <= PENDING_ELEMENTS
+        assert queued_elements(metrics) <= PENDING_ELEMENTS
     small = tt.MetricCollection(MSE=mse, MAE=mae)
-    for _ in range(3 * PENDING_LIMIT):
+    for _ in range(3 * PENDING_BATCHES):
         small.update(torch.zeros(2, 1), torch.zeros(2, 1))
-        assert len(small._queue) < PENDING_LIMIT
+        assert len(small._ledger._sizes) < PENDING_BATCHES
+    assert queued_elements(small) <= PENDING_ELEMENTS
 
 
 # -- combining and copying --------------------------------------------------------------------
@@ -487,7 +496,7 @@ def test_state_dict_includes_pending_values_and_load_replaces_state() -> None:
     metric = tt.Metric(mae, "MAE")
     metric.update(torch.ones(2, 1), torch.zeros(2, 1))
     state = metric.state_dict()
-    assert state["accumulators"]["MAE"]["meta"]["count"] == 2
+    assert state["version"] == 2 and state["state"]["names"] == ["MAE"]
     other = tt.Metric(mae, "MAE")
     other.update(torch.full((5, 1), 9.0), torch.zeros(5, 1))
     other.load_state_dict(state)
@@ -496,19 +505,22 @@ def test_state_dict_includes_pending_values_and_load_replaces_state() -> None:
 
 def test_load_state_dict_refuses_foreign_states() -> None:
     metric = tt.Metric(mae, "MAE")
-    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*'accumulators'.*found list"):
+    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*found list"):
         metric.load_state_dict([])  # type: ignore[arg-type]
     other = tt.Metric(mse, "MSE")
     other.update(*batches_of([2])[0])
-    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*\['MSE'\].*reports \['MAE'\]"):
+    with pytest.raises(
+        StateDictError, match=r"Metric 'MAE'.*missing \['MAE'\], unexpected \['MSE'\]"
+    ):
         metric.load_state_dict(other.state_dict())
     worst = tt.Metric(mae, "MAE", aggregation="max")
     worst.update(*batches_of([2])[0])
-    with pytest.raises(StateDictError, match=r"'MAE'.*expected a 'mean' state, found 'max'"):
+    with pytest.raises(StateDictError, match=r"'MAE'.*aggregates \['MAE'\] as 'max'.*'mean'"):
         metric.load_state_dict(worst.state_dict())
     metric.update(*batches_of([2])[0])
     before = computed(metric)
-    broken = {"accumulators": {"MAE": {"meta": {"kind": "mean"}, "tensors": []}}}
+    broken = metric.state_dict()
+    broken["tensors"] = broken["tensors"][:-1]
     with pytest.raises(StateDictError):
         metric.load_state_dict(broken)
     assert_same(computed(metric), before)  # a failed load leaves the state as it was

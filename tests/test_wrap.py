@@ -19,7 +19,7 @@ from torch.nn.functional import l1_loss, mse_loss
 import torchtally as tt
 from torchtally import errors
 from torchtally import protocols as p
-from torchtally.contrib.wrap import (
+from torchtally.wrap import (
     ACCEPTED_FORMS,
     StatefulObjective,
     WrappedFunction,

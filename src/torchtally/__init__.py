@@ -15,9 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from torchtally import aggregation, distributed, errors, protocols
+from torchtally import aggregation, distributed, errors, protocols, schedules, sync
 from torchtally._version import __version__
-from torchtally.contrib.wrap import wrap
 from torchtally.losses import CompositionalLoss, DictLoss, Loss, LossBase
 from torchtally.objectives import (
     AverageObjective,
@@ -25,8 +24,9 @@ from torchtally.objectives import (
     MetricCollection,
     Objective,
     compute_metrics,
-    sync_all,
 )
+from torchtally.sync import sync_all
+from torchtally.wrap import wrap
 
 __all__ = [
     "AverageObjective",
@@ -43,6 +43,8 @@ __all__ = [
     "distributed",
     "errors",
     "protocols",
+    "schedules",
+    "sync",
     "sync_all",
     "wrap",
 ]

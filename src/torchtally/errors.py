@@ -26,7 +26,9 @@ __all__ = [
     "ComputedBeforeUpdatedWarning",
     "DeviceMismatchError",
     "FormulaError",
+    "HookError",
     "IncompatibleStateError",
+    "InvalidArgumentError",
     "InvalidNameError",
     "MetricCallError",
     "NameConflictError",
@@ -37,6 +39,7 @@ __all__ = [
     "TorchTallyError",
     "TorchTallyWarning",
     "UnsupportedObjectError",
+    "WeightError",
 ]
 
 
@@ -71,6 +74,10 @@ class BatchSizeError(TorchTallyError, ValueError):
     """The batch size could not be read from the targets or the outputs."""
 
 
+class WeightError(TorchTallyError, ValueError):
+    """A ``weight=`` is not a non-negative number, a 0-d tensor or a ``(B,)`` tensor."""
+
+
 class DeviceMismatchError(TorchTallyError, RuntimeError):
     """Values for one name arrived on a device other than the one holding its state."""
 
@@ -83,12 +90,23 @@ class FormulaError(TorchTallyError, ValueError):
     """A loss expression was refused (opposite directions, unsupported operand)."""
 
 
+class HookError(TorchTallyError, TypeError):
+    """A subclass overrides a method torchtally does not call (a DRYTorch or torchtally 0.1 hook).
+
+    Raised when the class is defined, with the name of the hook to write instead.
+    """
+
+
 class IncompatibleStateError(TorchTallyError, ValueError):
     """Two states cannot be merged (different aggregation kinds or objective types)."""
 
 
 class InvalidNameError(TorchTallyError, TypeError):
-    """A value name is not a non-empty string."""
+    """A value name is not a non-empty string (or holds characters a formula cannot show)."""
+
+
+class InvalidArgumentError(TorchTallyError, TypeError):
+    """A constructor argument has the wrong type (``higher_is_better='yes'``, say)."""
 
 
 class StateDictError(TorchTallyError, ValueError):

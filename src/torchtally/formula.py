@@ -1,13 +1,18 @@
 """The expression tree of composed losses: rendering, directions and evaluation.
 
-A loss expression is plain data: frozen dataclasses (:class:`Component`,
-:class:`Constant`, :class:`Negation`, :class:`Operation`) that pickle,
-deep-copy, compare by value and print. Three functions read a tree:
+A loss expression is plain data: immutable nodes (:class:`Component`,
+:class:`Constant`, :class:`Scheduled`, :class:`Negation`,
+:class:`Operation`) that pickle, deep-copy, compare by value and print.
+Everything that reads a tree walks it with an explicit stack, never by
+recursion, so a composition of ten thousand terms renders, compiles, copies
+and pickles like a small one; composite nodes pickle as their flat postfix
+form.
 
 - :func:`render` writes the formula with the fewest parentheses that keep its
   meaning (``[MSE]^2 + 0.5 x [MAE]``);
 - :func:`direction` works out whether a higher value is better, refusing
-  combinations of values that point in opposite directions;
+  combinations of values that point in opposite directions (one node at a
+  time: :func:`combine_directions`);
 - :func:`compile_expression` turns the tree into a :class:`Program`, a flat
   evaluation order that losses run on every batch (no recursion, no checks).
 
@@ -25,9 +30,9 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from torchtally.errors import FormulaError
 
@@ -36,12 +41,17 @@ __all__ = [
     "Component",
     "Constant",
     "Expression",
+    "Factor",
     "Negation",
     "Operation",
     "Program",
+    "Scheduled",
+    "combine_directions",
     "compile_expression",
     "component_names",
     "direction",
+    "from_postfix",
+    "postfix",
     "render",
 ]
 
@@ -49,10 +59,33 @@ OPERATORS: Final = ("+", "-", "*", "/", "**")
 """The binary operators of an :class:`Operation`, as Python writes them."""
 
 _SYMBOLS: Final = {"+": "+", "-": "-", "*": "x", "/": "/", "**": "^"}
+_NEGATE: Final = "neg"
+_INT64: Final = (-(2**63), 2**63 - 1)
 
 # Binding strength, as in Python's grammar: a + b < a * b < -a < a ** b < atoms.
 _ADDITIVE, _MULTIPLICATIVE, _UNARY, _POWER, _ATOM = 1, 2, 3, 4, 5
 _BINDING: Final = {"+": _ADDITIVE, "-": _ADDITIVE, "*": _MULTIPLICATIVE, "/": _MULTIPLICATIVE}
+
+
+@runtime_checkable
+class Factor(Protocol):
+    """A value that changes as training goes on (a weight schedule), usable in a formula.
+
+    :mod:`torchtally.schedules` implements it. ``low`` and ``high`` bound
+    every value it takes, so that directions can be checked once.
+    """
+
+    @property
+    def label(self) -> str:
+        """How formulas write it, e.g. ``linear(0→1, 1000)``."""
+
+    @property
+    def low(self) -> float:
+        """The smallest value it takes."""
+
+    @property
+    def high(self) -> float:
+        """The largest value it takes."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +103,10 @@ class Component:
 
 @dataclass(frozen=True)
 class Constant:
-    """A number in an expression: a finite Python ``int`` or ``float`` (never ``bool``).
+    """A number in an expression: a finite ``float`` or an ``int`` within int64 (never ``bool``).
 
     Raises:
-        FormulaError: the value is not a finite int or float.
+        FormulaError: anything else.
 
     Example:
         >>> from torchtally.formula import Constant, render
@@ -87,14 +120,58 @@ class Constant:
         if type(self.value) not in (int, float):
             raise FormulaError(
                 f"a loss expression takes int or float constants, found "
-                f"{type(self.value).__name__} {self.value!r}"
+                f"{type(self.value).__name__} {self.value!r:.60}"
             )
-        if not math.isfinite(self.value):
+        if isinstance(self.value, float) and not math.isfinite(self.value):
             raise FormulaError(f"a loss expression takes finite constants, found {self.value!r}")
+        if isinstance(self.value, int) and not _INT64[0] <= self.value <= _INT64[1]:
+            raise FormulaError(
+                f"the constant {self.value:.3e} is outside the int64 range a tensor operation "
+                f"takes; write it as a float"
+            )
 
 
 @dataclass(frozen=True)
-class Negation:
+class Scheduled:
+    """A factor whose value changes during training (see :mod:`torchtally.schedules`).
+
+    Example:
+        >>> from torchtally import schedules
+        >>> from torchtally.formula import Scheduled, render
+        >>> render(Scheduled(schedules.linear(0.0, 1.0, steps=1000)))
+        'linear(0→1, 1000)'
+    """
+
+    factor: Factor
+
+
+class _Composite:
+    """Shared behaviour of :class:`Negation` and :class:`Operation`.
+
+    Immutable, compared, hashed and pickled through their flat postfix form (never by recursion).
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Composite):
+            return NotImplemented
+        return postfix(self) == postfix(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash(postfix(self))  # type: ignore[arg-type]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return from_postfix, (postfix(self),)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({render(self)!r})"  # type: ignore[arg-type]
+
+
+class Negation(_Composite):
     """``-operand``.
 
     Example:
@@ -103,11 +180,14 @@ class Negation:
         '-[Accuracy]'
     """
 
+    __slots__ = ("operand",)
     operand: Expression
 
+    def __init__(self, operand: Expression) -> None:
+        object.__setattr__(self, "operand", operand)
 
-@dataclass(frozen=True)
-class Operation:
+
+class Operation(_Composite):
     """``left <op> right`` for ``op`` one of ``+ - * / **`` (operands in the written order).
 
     Raises:
@@ -119,24 +199,97 @@ class Operation:
         '[A] / [B]'
     """
 
+    __slots__ = ("left", "op", "right")
     op: str
     left: Expression
     right: Expression
 
-    def __post_init__(self) -> None:
-        if self.op not in OPERATORS:
-            raise FormulaError(f"unknown operator {self.op!r}; expected one of {OPERATORS}")
+    def __init__(self, op: str, left: Expression, right: Expression) -> None:
+        if op not in OPERATORS:
+            raise FormulaError(f"unknown operator {op!r}; expected one of {OPERATORS}")
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "left", left)
+        object.__setattr__(self, "right", right)
 
 
-Expression = Component | Constant | Negation | Operation
+Expression = Component | Constant | Scheduled | Negation | Operation
 """A node of a loss expression tree."""
 
+Token = Component | Constant | Scheduled | str
+"""One step of a postfix form: a leaf, an operator, or ``'neg'``."""
 
-# -- rendering -------------------------------------------------------------------------------
+
+# -- walking -----------------------------------------------------------------------------------
+
+
+def _postorder(node: Expression) -> Iterator[Expression]:
+    """Every node, children before parents, operands in the written order (no recursion)."""
+    stack: list[tuple[Expression, bool]] = [(node, False)]
+    while stack:
+        item, expanded = stack.pop()
+        if expanded or not isinstance(item, _Composite):
+            yield item
+        elif isinstance(item, Negation):
+            stack.extend(((item, True), (item.operand, False)))
+        else:
+            stack.extend(((item, True), (item.right, False), (item.left, False)))
+
+
+def postfix(node: Expression) -> tuple[Token, ...]:
+    """The flat postfix form of an expression: leaves, operators and ``'neg'``.
+
+    Example:
+        >>> from torchtally.formula import Component, Constant, Operation, postfix
+        >>> postfix(Operation('*', Constant(2), Component('A')))
+        (Constant(value=2), Component(name='A'), '*')
+    """
+    tokens: list[Token] = []
+    for item in _postorder(node):
+        if isinstance(item, Negation):
+            tokens.append(_NEGATE)
+        elif isinstance(item, Operation):
+            tokens.append(item.op)
+        else:
+            tokens.append(item)
+    return tuple(tokens)
+
+
+def from_postfix(tokens: Sequence[Token]) -> Expression:
+    """The expression a postfix form describes (the inverse of :func:`postfix`).
+
+    Raises:
+        FormulaError: the tokens do not describe exactly one expression.
+
+    Example:
+        >>> from torchtally.formula import Component, from_postfix, render
+        >>> render(from_postfix([Component('A'), Component('B'), '-', 'neg']))
+        '-([A] - [B])'
+    """
+    stack: list[Expression] = []
+    for token in tokens:
+        if isinstance(token, str):
+            needed = 1 if token == _NEGATE else 2
+            if len(stack) < needed:
+                raise FormulaError(f"malformed postfix expression at {token!r}")
+            if token == _NEGATE:
+                stack.append(Negation(stack.pop()))
+            else:
+                right = stack.pop()
+                stack.append(Operation(token, stack.pop(), right))
+        elif isinstance(token, (Component, Constant, Scheduled)):
+            stack.append(token)
+        else:
+            raise FormulaError(f"unknown token {token!r:.60} in a postfix expression")
+    if len(stack) != 1:
+        raise FormulaError(f"a postfix expression must describe one expression, found {len(stack)}")
+    return stack[0]
+
+
+# -- rendering ---------------------------------------------------------------------------------
 
 
 def _binding(node: Expression) -> int:
-    if isinstance(node, Component):
+    if isinstance(node, (Component, Scheduled)):
         return _ATOM
     if isinstance(node, Constant):
         # A negative number is written with a unary minus, and binds like one: (-2)^[A].
@@ -146,20 +299,15 @@ def _binding(node: Expression) -> int:
     return _POWER if node.op == "**" else _BINDING[node.op]
 
 
-def _wrap(node: Expression, parenthesise: bool) -> str:
-    text = render(node)
-    return f"({text})" if parenthesise else text
-
-
 def render(node: Expression) -> str:
     """The formula of an expression, with the fewest parentheses that keep its meaning.
 
     Leaves are ``[name]``, constants are written as Python prints them,
-    ``x`` is multiplication and ``^`` a power. Parentheses follow Python's
-    grammar (a power binds tighter than a unary minus and groups to the
-    right), except that regrouping an associative chain needs none:
-    ``a + (b - c)`` is written ``[A] + [B] - [C]`` and ``a x (b / c)`` is
-    written ``[A] x [B] / [C]``.
+    schedules by their label, ``x`` is multiplication and ``^`` a power.
+    Parentheses follow Python's grammar (a power binds tighter than a unary
+    minus and groups to the right), except that regrouping an associative
+    chain needs none: ``a + (b - c)`` is written ``[A] + [B] - [C]`` and
+    ``a x (b / c)`` is written ``[A] x [B] / [C]``.
 
     Example:
         >>> from torchtally.formula import Component, Negation, Operation, render
@@ -169,23 +317,42 @@ def render(node: Expression) -> str:
         >>> render(Operation('**', Negation(a), Operation('**', b, c)))
         '(-[A])^[B]^[C]'
     """
-    if isinstance(node, Component):
-        return f"[{node.name}]"
-    if isinstance(node, Constant):
-        return repr(node.value)
-    if isinstance(node, Negation):
-        return "-" + _wrap(node.operand, _binding(node.operand) < _UNARY)
-    left_binding, right_binding = _binding(node.left), _binding(node.right)
-    if node.op == "**":
-        # The base of a power is an atom; the exponent may carry a unary minus or be a power.
-        return (
-            f"{_wrap(node.left, left_binding < _ATOM)}^{_wrap(node.right, right_binding < _UNARY)}"
-        )
-    binding = _BINDING[node.op]
-    # Only subtraction and division care about how their right operand is grouped.
-    right_parens = right_binding < binding or (right_binding == binding and node.op in ("-", "/"))
-    left = _wrap(node.left, left_binding < binding)
-    return f"{left} {_SYMBOLS[node.op]} {_wrap(node.right, right_parens)}"
+    parts: list[str] = []
+    # Work items: a node to write, or a string to emit as it is.
+    stack: list[Expression | str] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, Component):
+            parts.append(f"[{item.name}]")
+        elif isinstance(item, Constant):
+            parts.append(repr(item.value))
+        elif isinstance(item, Scheduled):
+            parts.append(item.factor.label)
+        elif isinstance(item, Negation):
+            stack.extend(reversed(["-", *_wrapped(item.operand, _binding(item.operand) < _UNARY)]))
+        else:
+            left_binding, right_binding = _binding(item.left), _binding(item.right)
+            if item.op == "**":
+                # The base of a power is an atom; the exponent may be a negation or a power.
+                left = _wrapped(item.left, left_binding < _ATOM)
+                right = _wrapped(item.right, right_binding < _UNARY)
+                stack.extend(reversed([*left, "^", *right]))
+                continue
+            binding = _BINDING[item.op]
+            # Only subtraction and division care about how their right operand is grouped.
+            right_parens = right_binding < binding or (
+                right_binding == binding and item.op in ("-", "/")
+            )
+            left = _wrapped(item.left, left_binding < binding)
+            right = _wrapped(item.right, right_parens)
+            stack.extend(reversed([*left, f" {_SYMBOLS[item.op]} ", *right]))
+    return "".join(parts)
+
+
+def _wrapped(node: Expression, parenthesise: bool) -> list[Expression | str]:
+    return ["(", node, ")"] if parenthesise else [node]
 
 
 def component_names(node: Expression) -> tuple[str, ...]:
@@ -198,19 +365,13 @@ def component_names(node: Expression) -> tuple[str, ...]:
         ('B', 'A')
     """
     names: dict[str, None] = {}
-    stack = [node]
-    while stack:
-        item = stack.pop()
+    for item in _postorder(node):
         if isinstance(item, Component):
             names.setdefault(item.name)
-        elif isinstance(item, Negation):
-            stack.append(item.operand)
-        elif isinstance(item, Operation):
-            stack.extend((item.right, item.left))
     return tuple(names)
 
 
-# -- directions ------------------------------------------------------------------------------
+# -- directions --------------------------------------------------------------------------------
 
 
 def _describe(direction: bool | None) -> str:
@@ -221,14 +382,18 @@ def _flip(direction: bool | None) -> bool | None:
     return None if direction is None else not direction
 
 
-def _agree(node: Operation, left: bool | None, right: bool | None) -> bool | None:
-    """The common direction of two operands; refused when they point opposite ways.
+def _sign(node: Expression) -> float | None:
+    """For a constant or a schedule: a value with its sign (0 for a schedule that may be 0)."""
+    if isinstance(node, Constant):
+        return float(node.value)
+    if isinstance(node, Scheduled):
+        low, high = node.factor.low, node.factor.high
+        return high if high <= 0 else low if low > 0 else 0.0
+    return None
 
-    ``right`` is the right operand's direction as the operation uses it: flipped
-    for subtraction and division.
-    """
-    if left is None or right is None or left == right:
-        return right if left is None else left
+
+def _refuse(node: Operation, left: bool | None, right: bool | None) -> FormulaError:
+    """The error for two operands that point in opposite directions."""
     op, first, second = node.op, render(node.left), render(node.right)
     written = _describe(right if op in ("+", "*", "**") else not right)
     phrase, reason, instead = {
@@ -256,55 +421,44 @@ def _agree(node: Operation, left: bool | None, right: bool | None) -> bool | Non
         if op == "**"
         else Operation(instead, node.left, node.right)
     )
-    raise FormulaError(
+    return FormulaError(
         f"{render(node)}: cannot {phrase}: {reason}the two point in opposite directions and "
         f"the result would improve as one of them gets worse; write {render(other)} "
         f"instead, or change the higher_is_better of one of them"
     )
 
 
-def direction(node: Expression, directions: Mapping[str, bool]) -> bool | None:
-    """Whether a higher value of the expression is better (``None``: a bare constant).
+def _agree(node: Operation, left: bool | None, right: bool | None) -> bool | None:
+    if left is None or right is None or left == right:
+        return right if left is None else left
+    raise _refuse(node, left, right)
 
-    The rules follow the algebra, assuming positive component values:
-    negation flips the direction; subtraction adds the negation and division
-    multiplies by the inverse (so the right operand is flipped); a negative
-    constant factor or divisor flips, and so does a negative constant
-    exponent. ``c ** loss`` keeps the loss's direction for ``c >= 1`` and
-    flips it for ``0 < c < 1``; ``loss ** loss`` is treated like a product.
-    Constants have no direction. Adding or multiplying two operands that
-    point in opposite directions is refused.
+
+def combine_directions(node: Operation | Negation, *directions: bool | None) -> bool | None:
+    """The direction of ``node`` from its operands' directions (one step of :func:`direction`).
 
     Args:
-        node: the expression.
-        directions: ``higher_is_better`` of every component, by name.
+        node: the operation (its operands are only inspected for constants
+            and schedules, and rendered in error messages).
+        *directions: the operands' directions (one for a negation, two for an operation).
 
     Raises:
-        FormulaError: two operands point in opposite directions, a constant
-            is divided by zero, or a constant base of a power is not positive.
+        FormulaError: see :func:`direction`.
 
     Example:
-        >>> from torchtally.formula import Component, Constant, Operation, direction
-        >>> ce, acc = Component('CE'), Component('Accuracy')
-        >>> direction(Operation('-', ce, acc), {'CE': False, 'Accuracy': True})
-        False
-        >>> direction(Operation('/', Constant(1), ce), {'CE': False})
+        >>> from torchtally.formula import Component, Constant, Operation, combine_directions
+        >>> combine_directions(Operation('*', Constant(-2), Component('CE')), None, False)
         True
     """
-    if isinstance(node, Component):
-        return directions[node.name]
-    if isinstance(node, Constant):
-        return None
     if isinstance(node, Negation):
-        return _flip(direction(node.operand, directions))
-    left, right = direction(node.left, directions), direction(node.right, directions)
+        return _flip(directions[0])
+    left, right = directions
     op = node.op
     if op == "+":
         return _agree(node, left, right)
     if op == "-":
         return _agree(node, left, _flip(right))
-    constant_left = node.left.value if isinstance(node.left, Constant) else None
-    constant_right = node.right.value if isinstance(node.right, Constant) else None
+    constant_left, constant_right = _sign(node.left), _sign(node.right)
     if op == "*":
         if constant_left is not None:
             return _flip(right) if constant_left < 0 else right
@@ -314,7 +468,8 @@ def direction(node: Expression, directions: Mapping[str, bool]) -> bool | None:
     if op == "/":
         if constant_right is not None:
             if constant_right == 0:
-                raise FormulaError(f"{render(node)}: division by the constant 0")
+                what = "a schedule that may be 0" if isinstance(node.right, Scheduled) else "0"
+                raise FormulaError(f"{render(node)}: division by {what}")
             return _flip(left) if constant_right < 0 else left
         if constant_left is not None:  # c / loss: the inverse flips, a negative c flips back
             return right if constant_left < 0 else _flip(right)
@@ -323,6 +478,11 @@ def direction(node: Expression, directions: Mapping[str, bool]) -> bool | None:
     if constant_right is not None:
         return _flip(left) if constant_right < 0 else left
     if constant_left is not None:
+        if isinstance(node.left, Scheduled):
+            raise FormulaError(
+                f"{render(node)}: a schedule cannot be the base of a power with a loss exponent "
+                f"(whether the result grows with the loss would change as the schedule moves)"
+            )
         if constant_left <= 0:
             raise FormulaError(
                 f"{render(node)}: the base of a power with a loss exponent must be a positive "
@@ -333,7 +493,50 @@ def direction(node: Expression, directions: Mapping[str, bool]) -> bool | None:
     return _agree(node, left, right)
 
 
-# -- evaluation ------------------------------------------------------------------------------
+def direction(node: Expression, directions: Mapping[str, bool]) -> bool | None:
+    """Whether a higher value of the expression is better (``None``: constants only).
+
+    The rules follow the algebra, assuming positive component values:
+    negation flips the direction; subtraction adds the negation and division
+    multiplies by the inverse (so the right operand is flipped); a negative
+    constant (or schedule) factor or divisor flips, and so does a negative
+    constant exponent. ``c ** loss`` keeps the loss's direction for ``c >= 1``
+    and flips it for ``0 < c < 1``; ``loss ** loss`` is treated like a
+    product. Constants and schedules have no direction. Adding or
+    multiplying two operands that point in opposite directions is refused.
+
+    Args:
+        node: the expression.
+        directions: ``higher_is_better`` of every component, by name.
+
+    Raises:
+        FormulaError: two operands point in opposite directions, a value is
+            divided by zero (or by a schedule that may be zero), or the base
+            of a power with a loss exponent is not a positive constant.
+
+    Example:
+        >>> from torchtally.formula import Component, Constant, Operation, direction
+        >>> ce, acc = Component('CE'), Component('Accuracy')
+        >>> direction(Operation('-', ce, acc), {'CE': False, 'Accuracy': True})
+        False
+        >>> direction(Operation('/', Constant(1), ce), {'CE': False})
+        True
+    """
+    found: list[bool | None] = []
+    for item in _postorder(node):
+        if isinstance(item, Component):
+            found.append(directions[item.name])
+        elif isinstance(item, (Constant, Scheduled)):
+            found.append(None)
+        elif isinstance(item, Negation):
+            found.append(combine_directions(item, found.pop()))
+        else:
+            right = found.pop()
+            found.append(combine_directions(item, found.pop(), right))
+    return found[0]
+
+
+# -- evaluation --------------------------------------------------------------------------------
 
 
 def _negate(operand: Any, _unused: Any) -> Any:
@@ -353,40 +556,50 @@ _FUNCTIONS: Final[dict[str, Callable[[Any, Any], Any]]] = {
 class Program:
     """A compiled expression: a flat list of steps over numbered registers.
 
-    Registers hold the constants, then the component values (each component
-    once, however often it is written), then one result per step. Running it
-    is a loop over ``steps``: no recursion, no type dispatch, no checks.
-    Plain data (module-level functions and numbers), so it pickles.
+    Registers hold the constants, then the schedules' values, then the
+    component values (each component once, however often it is written),
+    then one result per step. Running it is a loop over ``steps``: no
+    recursion, no type dispatch, no checks. Plain data (module-level
+    functions and numbers), so it pickles.
 
     Attributes:
         constants: the constants' values, in registers ``0 ..``.
-        names: the components, in the registers after the constants.
+        factors: the schedules, in the registers after the constants.
+        names: the components, in the registers after the schedules.
         steps: ``(function, first register, second register)`` per operation.
         result: the register holding the value of the whole expression.
 
     Example:
         >>> import torch
-        >>> import torchtally as tt
-        >>> loss = 2 * tt.Loss(lambda o, t: (o - t).abs(), 'MAE')
-        >>> program = loss._program
+        >>> from torchtally.formula import Component, Constant, Operation, compile_expression
+        >>> program = compile_expression(Operation('*', Constant(2), Component('MAE')))
         >>> program.run({'MAE': torch.tensor(1.5)})
         tensor(3.)
     """
 
     constants: tuple[int | float, ...]
+    factors: tuple[Factor, ...]
     names: tuple[str, ...]
     steps: tuple[tuple[Callable[[Any, Any], Any], int, int], ...]
     result: int
 
-    def run(self, values: Mapping[str, Any]) -> Any:
+    def run(self, values: Mapping[str, Any], factors: Sequence[Any] = ()) -> Any:
         """Evaluate the expression with the component ``values`` (tensors or numbers).
+
+        Args:
+            values: every component's value, by name.
+            factors: the schedules' current values, in the order of :attr:`factors`.
 
         Example:
             >>> from torchtally.formula import Component, Negation, compile_expression
             >>> compile_expression(Negation(Component('A'))).run({'A': 3.0})
             -3.0
         """
-        registers = [*self.constants, *[values[name] for name in self.names]]
+        return self.run_list([values[name] for name in self.names], factors)
+
+    def run_list(self, values: Sequence[Any], factors: Sequence[Any] = ()) -> Any:
+        """Evaluate with the component values given in the order of :attr:`names`."""
+        registers = [*self.constants, *factors, *values]
         for function, first, second in self.steps:
             registers.append(function(registers[first], registers[second]))
         return registers[self.result]
@@ -401,37 +614,34 @@ def compile_expression(node: Expression) -> Program:
         >>> program.run({'A': 1.5}), len(program.steps)
         (3.0, 1)
     """
-    constants: list[int | float] = []
+    order = list(_postorder(node))
+    constants = [item.value for item in order if isinstance(item, Constant)]
+    factors: list[Factor] = []
+    for item in order:
+        if isinstance(item, Scheduled) and item.factor not in factors:
+            factors.append(item.factor)
     names = component_names(node)
-    slots = {name: index for index, name in enumerate(names)}
+    offset_factors = len(constants)
+    offset_names = offset_factors + len(factors)
+    slots = {name: offset_names + index for index, name in enumerate(names)}
+    first_step = offset_names + len(names)
     steps: list[tuple[Callable[[Any, Any], Any], int, int]] = []
-
-    def count_constants(item: Expression) -> None:
-        if isinstance(item, Constant):
-            constants.append(item.value)
-        elif isinstance(item, Negation):
-            count_constants(item.operand)
-        elif isinstance(item, Operation):
-            count_constants(item.left)
-            count_constants(item.right)
-
-    count_constants(node)
-    offset = len(constants)
-    constant_slot = iter(range(offset))
-
-    def emit(item: Expression) -> int:
+    registers: list[int] = []
+    next_constant = 0
+    for item in order:
         if isinstance(item, Component):
-            return offset + slots[item.name]
-        if isinstance(item, Constant):
-            return next(constant_slot)
-        if isinstance(item, Negation):
-            operand = emit(item.operand)
+            registers.append(slots[item.name])
+        elif isinstance(item, Constant):
+            registers.append(next_constant)
+            next_constant += 1
+        elif isinstance(item, Scheduled):
+            registers.append(offset_factors + factors.index(item.factor))
+        elif isinstance(item, Negation):
+            operand = registers.pop()
             steps.append((_negate, operand, operand))
+            registers.append(first_step + len(steps) - 1)
         else:
-            left = emit(item.left)
-            right = emit(item.right)
-            steps.append((_FUNCTIONS[item.op], left, right))
-        return offset + len(names) + len(steps) - 1
-
-    result = emit(node)
-    return Program(tuple(constants), names, tuple(steps), result)
+            right = registers.pop()
+            steps.append((_FUNCTIONS[item.op], registers.pop(), right))
+            registers.append(first_step + len(steps) - 1)
+    return Program(tuple(constants), tuple(factors), names, tuple(steps), registers[0])

@@ -45,10 +45,10 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally import distributed
+from torchtally._conventions import merge_results, normalize_result
 from torchtally.aggregation import ExportedState
-from torchtally.contrib.wrap import _merge_results, normalize_result
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
-from torchtally.objectives import sync_all
+from torchtally.sync import sync_all
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
@@ -155,9 +155,7 @@ class TorchEvalAdapter:
         metrics = self._metrics if self._synced is None else self._synced
         result: dict[str, Tensor] = {}
         for key, metric in metrics.items():
-            _merge_results(
-                result, normalize_result(metric.compute(), key, self._owner), self._owner
-            )
+            merge_results(result, normalize_result(metric.compute(), key, self._owner), self._owner)
         return result
 
     def reset(self) -> None:

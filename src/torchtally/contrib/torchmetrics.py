@@ -53,8 +53,8 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally import distributed
+from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally.aggregation import ExportedState
-from torchtally.contrib.wrap import _merge_results, _unique_names, normalize_result
 from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
@@ -62,7 +62,7 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
-from torchtally.objectives import sync_all
+from torchtally.sync import sync_all
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 
@@ -142,7 +142,7 @@ class TorchMetricsAdapter:
         self._owner = f"from_torchmetrics({type(metric).__name__}, name={self._name!r})"
         self._leaf_names: tuple[str, ...] = ()
         if self._composition:
-            self._leaf_names = tuple(_unique_names([type(leaf).__name__ for leaf in self._leaves]))
+            self._leaf_names = tuple(unique_names([type(leaf).__name__ for leaf in self._leaves]))
             if self._name in self._leaf_names:
                 raise NameConflictError(
                     f"{self._owner}: the name {self._name!r} is also the name of a leaf metric "
@@ -227,7 +227,7 @@ class TorchMetricsAdapter:
         result = normalize_result(root.compute(), self._name, self._owner)
         if self._composition:
             for leaf_name, leaf in zip(self._leaf_names, leaves, strict=True):
-                _merge_results(
+                merge_results(
                     result, normalize_result(leaf.compute(), leaf_name, self._owner), self._owner
                 )
         return result

@@ -1,0 +1,448 @@
+"""The input rules of torchtally, each written once.
+
+Every objective, loss and adapter reads its inputs through these helpers:
+how big a batch is (:func:`batch_size`), what a ``weight=`` may be
+(:func:`batch_weight`), how a callable's result becomes a tensor
+(:func:`as_value_tensor`) or a dict of tensors (:func:`normalize_result`),
+what a name may be (:func:`check_name`, :func:`default_name`) and which error
+a failing user callable becomes (:func:`callable_error`). Nothing here
+imports another torchtally module but :mod:`torchtally.errors`.
+
+Example:
+    >>> import torch
+    >>> from torchtally._conventions import batch_size, batch_weight
+    >>> batch_size([{'boxes': torch.zeros(3, 4)}, {'boxes': torch.zeros(1, 4)}], None)
+    2
+    >>> batch_weight(12, 2, 'Metric')
+    12.0
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchtally.errors import (
+    BatchSizeError,
+    InvalidNameError,
+    MetricCallError,
+    NameConflictError,
+    ResultShapeError,
+    ResultTypeError,
+    WeightError,
+)
+
+__all__ = [
+    "DTYPES",
+    "FORMS_HINT",
+    "MetricFn",
+    "Weight",
+    "WeightFn",
+    "as_value_tensor",
+    "batch_size",
+    "batch_weight",
+    "callable_error",
+    "check_name",
+    "default_name",
+    "dtype_from_name",
+    "dtype_name",
+    "merge_results",
+    "normalize_result",
+    "unique_names",
+]
+
+MetricFn = Callable[[Any, Any], Any]
+"""A callable of ``(outputs, targets)`` returning a tensor or a Python number."""
+
+Weight = float | Tensor | None
+"""A batch's weight as :func:`batch_weight` returns it: ``None`` (the batch size), a
+non-negative number or 0-d tensor (the batch's total weight) or a ``(B,)`` tensor
+(per-sample weights)."""
+
+WeightFn = Callable[[Any, Any], Any]
+"""A callable of ``(outputs, targets)`` returning a batch's weight."""
+
+FORMS_HINT = "callables returning tuples, lists or dicts can be wrapped with torchtally.wrap"
+_RESULT_FORMS = (
+    "a result may be a number, a tensor, a tuple or list of them, or a dict of string keys to them"
+)
+_INT64 = (-(2**63), 2**63 - 1)
+
+DTYPES: dict[str, torch.dtype] = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    )
+}
+"""The dtypes a state may hold, by name: the only ones read back from a state dict or a peer."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a dtype (``'float32'``), as states and the wire format store it.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import dtype_name
+        >>> dtype_name(torch.bfloat16)
+        'bfloat16'
+    """
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: Any) -> torch.dtype | None:
+    """The dtype called ``name`` if it is one of :data:`DTYPES`, else ``None``.
+
+    Never looks a name up in ``torch`` itself: a state or a peer's header
+    cannot make torchtally touch an arbitrary attribute.
+
+    Example:
+        >>> from torchtally._conventions import dtype_from_name
+        >>> dtype_from_name('float64'), dtype_from_name('Tensor')
+        (torch.float64, None)
+    """
+    return DTYPES.get(name) if isinstance(name, str) else None
+
+
+# -- batch size and weights -------------------------------------------------------------------
+
+
+def _is_record(item: Any) -> bool:
+    """A per-sample record: a dict (one image's boxes and labels, say)."""
+    return isinstance(item, Mapping)
+
+
+def _leading_dim(item: Any) -> int | None:
+    """The batch size ``item`` gives, depth first, or ``None`` when it holds no clue."""
+    if isinstance(item, Tensor):
+        if item.ndim == 0:
+            raise BatchSizeError("a 0-d tensor has no batch dimension")
+        return int(item.shape[0])
+    if isinstance(item, Mapping):
+        item = item.values()
+    elif isinstance(item, (tuple, list)):
+        # A list of per-sample records (detection targets: one dict per image) is as long
+        # as the batch; the first tensor inside record 0 would count record 0's boxes.
+        if item and all(_is_record(element) for element in item):
+            return len(item)
+    else:
+        return None
+    for element in item:
+        size = _leading_dim(element)
+        if size is not None:
+            return size
+    return None
+
+
+def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
+    """The number of samples in a batch.
+
+    The first clue found in ``targets``, then in ``outputs``, searching tuples,
+    lists and dicts in order, depth first: a tensor gives its leading
+    dimension; a list or tuple of per-sample records (dicts: one image's boxes
+    and labels, say) gives its length. Data whose batch
+    is not the leading dimension (sequence-first ``(T, B)`` tensors) or that
+    should weigh by something else (tokens) take an explicit ``weight=``.
+
+    Args:
+        targets: the batch's targets.
+        outputs: the model's outputs for the batch.
+        owner: how error messages name the objective.
+
+    Returns:
+        The number of samples in the batch.
+
+    Raises:
+        BatchSizeError: no clue was found, or the first tensor is 0-d.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import batch_size
+        >>> batch_size({'label': torch.zeros(5)}, torch.zeros(5, 3))
+        5
+    """
+    if type(targets) is Tensor and targets.ndim:  # the common case, without recursion
+        return targets.shape[0]
+    for where, item in (("targets", targets), ("outputs", outputs)):
+        try:
+            size = _leading_dim(item)
+        except BatchSizeError as error:
+            raise BatchSizeError(
+                f"{owner}: cannot read the batch size from the {where}: {error}; expected a "
+                f"tensor whose first dimension is the batch (or pass weight=)"
+            ) from None
+        if size is not None:
+            return size
+    raise BatchSizeError(
+        f"{owner}: no tensor or list of records found in the targets ({type(targets).__name__}) "
+        f"or the outputs ({type(outputs).__name__}) to read the batch size from; pass weight="
+    )
+
+
+def batch_weight(weight: Any, size: int, owner: str) -> Weight:
+    """Check a ``weight=`` argument and bring it to one of the forms of :data:`Weight`.
+
+    A Python number or a 0-d (or one-element) tensor is the batch's total
+    weight (a token count, say); a ``(B,)`` tensor holds one weight per sample
+    (0 excludes a sample). Tensors are detached, never read on the host:
+    a negative tensor weight is not detected.
+
+    Args:
+        weight: what the user passed (or a weight callable returned).
+        size: the batch size ``B``.
+        owner: how error messages name the objective.
+
+    Raises:
+        WeightError: a bool, a negative or non-finite number, a complex tensor,
+            or a tensor that is neither 0-d nor ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import batch_weight
+        >>> batch_weight(torch.tensor([1.0, 0.0]), 2, 'Metric')
+        tensor([1., 0.])
+    """
+    if weight is None:
+        return None
+    if isinstance(weight, Tensor):
+        if weight.is_complex() or weight.dtype == torch.bool:
+            raise WeightError(
+                f"{owner}: a weight tensor must hold real numbers, found dtype "
+                f"{str(weight.dtype).removeprefix('torch.')}"
+            )
+        if weight.ndim == 0 or (weight.ndim == 1 and weight.shape[0] == size):
+            return weight.detach()
+        if weight.numel() == 1:
+            return weight.detach().reshape(())
+        raise WeightError(
+            f"{owner}: expected a weight that is a number, a 0-d tensor or a ({size},) tensor of "
+            f"per-sample weights for a batch of {size}, found shape {tuple(weight.shape)}"
+        )
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise WeightError(
+            f"{owner}: expected a weight that is a number or a tensor, found "
+            f"{type(weight).__name__} {weight!r:.60}"
+        )
+    number = float(weight)
+    if not math.isfinite(number) or number < 0:
+        raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
+    return number
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -> Tensor:
+    """A callable's result as a tensor: tensors pass, real Python numbers become 0-d tensors.
+
+    Integers and booleans are accepted (counts, hits) and stay integers;
+    other real numbers (floats, fractions, NumPy scalars) become float64, so
+    that no digit of a Python float is lost. NaN and infinities are kept: they
+    are real signals, and checking for them would need a host
+    synchronisation every step.
+
+    Raises:
+        ResultTypeError: the value is complex, an integer outside int64, or
+            neither a tensor nor a real number.
+
+    Example:
+        >>> from fractions import Fraction
+        >>> from torchtally._conventions import as_value_tensor
+        >>> as_value_tensor(Fraction(1, 4), 'Metric', 'score')
+        tensor(0.2500, dtype=torch.float64)
+    """
+    if isinstance(value, Tensor):
+        if value.is_complex():
+            raise ResultTypeError(
+                f"{owner}: {name!r} is a complex tensor ({value.dtype}); averaging would drop "
+                f"the imaginary part: return its real part, its absolute value or both"
+            )
+        return value
+    if isinstance(value, bool):
+        return torch.tensor(value)
+    if isinstance(value, numbers.Integral):
+        integer = int(value)
+        if not _INT64[0] <= integer <= _INT64[1]:
+            raise ResultTypeError(
+                f"{owner}: {name!r} is the integer {integer}, outside the int64 range a tensor "
+                f"can hold; return it as a float"
+            )
+        return torch.tensor(integer)
+    if isinstance(value, numbers.Real):
+        return torch.tensor(float(value), dtype=torch.float64)
+    what = "a complex number" if isinstance(value, numbers.Complex) else type(value).__name__
+    raise ResultTypeError(
+        f"{owner}: {name!r} must be a tensor or a real Python number, found {what} "
+        f"({value!r:.80}); {hint}"
+    )
+
+
+def normalize_result(
+    result: Any, name: str, owner: str, *, scalars: bool = False
+) -> dict[str, Tensor]:
+    """A foreign metric's result as ``dict[str, Tensor]``.
+
+    A number or a tensor becomes ``{name: value}``; a tuple or list becomes
+    ``{name_0: ..., name_1: ...}``; a dict keeps its keys, which must be
+    non-empty strings. Python numbers become tensors (:func:`as_value_tensor`).
+
+    Args:
+        result: what the metric returned.
+        name: the name of a single value, and the prefix of a sequence's names.
+        owner: how error messages name the metric.
+        scalars: require every value to hold one element (returned 0-d).
+
+    Raises:
+        InvalidNameError: a dict key is not a non-empty string.
+        ResultTypeError: a value is neither a tensor nor a real number.
+        ResultShapeError: ``scalars`` is set and a value has more than one element.
+
+    Example:
+        >>> from torchtally._conventions import normalize_result
+        >>> normalize_result((1, 0.5), 'loss', 'example')
+        {'loss_0': tensor(1), 'loss_1': tensor(0.5000, dtype=torch.float64)}
+    """
+    if isinstance(result, Mapping):
+        items = list(result.items())
+        for key, _ in items:
+            if not isinstance(key, str) or not key:
+                raise InvalidNameError(
+                    f"{owner}: the keys of a returned dict must be non-empty strings, found "
+                    f"{type(key).__name__} {key!r}"
+                )
+    elif isinstance(result, (tuple, list)):
+        items = [(f"{name}_{index}", value) for index, value in enumerate(result)]
+    else:
+        items = [(name, result)]
+    normalized: dict[str, Tensor] = {}
+    for key, value in items:
+        tensor = as_value_tensor(value, owner, key, _RESULT_FORMS)
+        if scalars:
+            if tensor.numel() != 1:
+                raise ResultShapeError(
+                    f"{owner}: the value {key!r} must be a scalar (one element), found a tensor "
+                    f"of shape {tuple(tensor.shape)}"
+                )
+            tensor = tensor.reshape(())
+        normalized[key] = tensor
+    return normalized
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def check_name(name: Any, owner: str) -> str:
+    """``name`` if it is a non-empty string.
+
+    Raises:
+        InvalidNameError: anything else.
+
+    Example:
+        >>> from torchtally._conventions import check_name
+        >>> check_name('MAE', 'Metric')
+        'MAE'
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError(
+            f"{owner}: names must be non-empty strings, found {type(name).__name__} {name!r}"
+        )
+    return name
+
+
+def default_name(fn: Any, owner: str) -> str:
+    """The name of a callable's value when none is given.
+
+    A function's ``__name__`` (through ``functools.partial`` layers, so two
+    partials of different functions get different names), else the class
+    name of a callable object.
+
+    Raises:
+        InvalidNameError: the callable is a lambda, whose name says nothing.
+
+    Example:
+        >>> import functools
+        >>> from torch.nn.functional import mse_loss
+        >>> from torchtally._conventions import default_name
+        >>> default_name(functools.partial(mse_loss, reduction='sum'), 'Metric')
+        'mse_loss'
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not name:
+        name = type(fn).__name__
+    if name == "<lambda>":
+        raise InvalidNameError(f"{owner}: a lambda has no usable name; pass name='...'")
+    return name
+
+
+def unique_names(base: list[str]) -> list[str]:
+    """``base`` with repeats made unique: ``A``, ``A_2``, ``A_3``.
+
+    Example:
+        >>> from torchtally._conventions import unique_names
+        >>> unique_names(['MSE', 'MAE', 'MSE'])
+        ['MSE', 'MAE', 'MSE_2']
+    """
+    seen: set[str] = set()
+    unique: list[str] = []
+    for name in base:
+        candidate, index = name, 1
+        while candidate in seen:
+            index += 1
+            candidate = f"{name}_{index}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def merge_results(target: dict[str, Tensor], extra: Mapping[str, Tensor], owner: str) -> None:
+    """Add ``extra`` to ``target``; a name present in both is a :class:`NameConflictError`.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import merge_results
+        >>> values = {'MSE': torch.tensor(1.0)}
+        >>> merge_results(values, {'MAE': torch.tensor(2.0)}, 'example')
+        >>> sorted(values)
+        ['MAE', 'MSE']
+    """
+    for key, value in extra.items():
+        if key in target:
+            raise NameConflictError(
+                f"{owner}: two values are reported under the name {key!r}; give the metrics "
+                f"distinct names"
+            )
+        target[key] = value
+
+
+# -- failures of user code ---------------------------------------------------------------------
+
+
+def callable_error(owner: str, name: str, error: Exception) -> MetricCallError:
+    """The library's error for a user callable that raised: names the objective and the value.
+
+    Raise it ``from error`` so the original stays chained as ``__cause__``.
+
+    Example:
+        >>> from torchtally._conventions import callable_error
+        >>> print(callable_error('Metric', 'MAE', ZeroDivisionError('division by zero')))
+        Metric: the callable for 'MAE' raised ZeroDivisionError: division by zero
+    """
+    return MetricCallError(
+        f"{owner}: the callable for {name!r} raised {type(error).__name__}: {error}"
+    )

@@ -1,0 +1,54 @@
+"""Losses: objectives that are also training criteria, composed with arithmetic.
+
+A loss is an objective (``update``, ``compute``, ``reset``, ``sync``,
+``merge_state``, ``state_dict``, ``copy``, pickling all work as for metrics)
+with a :meth:`LossBase.forward` that returns the differentiable value to
+optimise. :class:`Loss` wraps one callable; ``+ - * / **``, unary ``-``,
+numbers and schedules on either side and builtin ``sum`` compose losses into
+a :class:`CompositionalLoss` whose :attr:`~LossBase.formula` reads like the
+expression you wrote. :class:`DictLoss` wraps a callable that returns a dict
+of values (the loss and the components it wants tracked).
+
+Each component is evaluated once per batch and accumulated like a metric;
+``compute()`` reports the combined value first (the exact epoch mean of what
+``forward`` returned), then every component.
+
+Example:
+    >>> import torch
+    >>> import torchtally as tt
+    >>> from torch.nn.functional import mse_loss
+    >>> def mae(outputs, targets):
+    ...     return (outputs - targets).abs().flatten(1).mean(1)
+    >>> loss = tt.Loss(mse_loss, 'MSE')**2 + 0.5 * tt.Loss(mae, 'MAE')
+    >>> loss.formula
+    '[MSE]^2 + 0.5 x [MAE]'
+    >>> loss(torch.ones(1, 1), 3 * torch.ones(1, 1))
+    tensor(17.)
+    >>> loss.compute()
+    {'Combined Loss': tensor(17.), 'MSE': tensor(4.), 'MAE': tensor(2.)}
+"""
+
+from __future__ import annotations
+
+from torchtally.losses._algebra import (
+    COMBINED_NAME,
+    ComponentTable,
+    check_direction,
+    check_loss_name,
+)
+from torchtally.losses._base import CompositionalLoss, LossBase, MultiCall, Produced
+from torchtally.losses._kinds import DictCall, DictLoss, Loss
+
+__all__ = [
+    "COMBINED_NAME",
+    "ComponentTable",
+    "CompositionalLoss",
+    "DictCall",
+    "DictLoss",
+    "Loss",
+    "LossBase",
+    "MultiCall",
+    "Produced",
+    "check_direction",
+    "check_loss_name",
+]

@@ -1,0 +1,470 @@
+"""``Objective``: the public lifecycle of every torchtally metric and loss.
+
+An objective turns one batch of ``(outputs, targets)`` into named values
+(:meth:`Objective.calculate`), accumulates them exactly over batches and
+reports epoch values (:meth:`Objective.compute`). Its state lives in a
+:class:`~torchtally.objectives._ledger.Ledger`; this module only decides
+*when* things happen: reading the batch size and weight, choosing the hot
+path or the checked path, invalidating cached values, syncing.
+
+Hooks for subclasses, all public: :meth:`~Objective.calculate` (required),
+:attr:`~Objective.aggregation` or :meth:`~Objective.accumulator_for` (how a
+value aggregates), :meth:`~Objective.finalize` (post-process epoch values),
+:meth:`~Objective.declared_names` (names known before any data) and
+:meth:`~Objective.higher_is_better_for` (directions).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from torch import Tensor
+from typing_extensions import Self
+
+from torchtally import sync as _sync
+from torchtally._conventions import (
+    Weight,
+    WeightFn,
+    as_value_tensor,
+    batch_size,
+    batch_weight,
+    callable_error,
+)
+from torchtally.aggregation import Accumulator, ExportedState, accumulator_class
+from torchtally.errors import (
+    ComputedBeforeUpdatedWarning,
+    HookError,
+    IncompatibleStateError,
+    ResultTypeError,
+    StateDictError,
+    SyncError,
+)
+from torchtally.objectives._ledger import Ledger
+
+__all__ = ["STATE_VERSION", "AverageObjective", "Objective"]
+
+OutputT = TypeVar("OutputT")
+TargetT = TypeVar("TargetT")
+
+STATE_VERSION = 2
+"""The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
+
+Aggregation = str | type[Accumulator]
+
+_RENAMED_HOOKS = {
+    "_get_aggregator": (
+        "set the class attribute aggregation ('max', an Accumulator class, or a dict of them by "
+        "name), or override accumulator_for(self, name) to return an Accumulator class"
+    ),
+    "_compute": "override finalize(self, values), which turns aggregated values into reported ones",
+    "_declared_names": "override declared_names(self)",
+}
+"""Hooks of DRYTorch and torchtally 0.1, and what to write instead."""
+
+
+class Objective(ABC, Generic[OutputT, TargetT]):
+    """Base class: named values per batch, accumulated into exact epoch values.
+
+    Subclasses implement :meth:`calculate`, returning a dict of per-sample
+    ``(B,)`` vectors or scalar batch means by name. Every value aggregates as
+    :attr:`aggregation` says (a batch-weighted mean by default). Objectives are
+    plain Python objects, not ``nn.Module``: no module-call overhead, and they
+    provide ``state_dict``, ``load_state_dict``, ``to`` and ``copy`` themselves.
+
+    Args:
+        weight: a callable of ``(outputs, targets)`` returning each batch's
+            weight (see :meth:`update`), used when ``update`` gets none.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> class WorstError(tt.Objective[torch.Tensor, torch.Tensor]):
+        ...     aggregation = 'max'
+        ...     def calculate(self, outputs, targets):
+        ...         return {'worst': (outputs - targets).abs()}
+        >>> worst = WorstError()
+        >>> _ = worst.update(torch.tensor([1.0, 5.0]), torch.zeros(2))
+        >>> worst.compute()
+        {'worst': tensor(5.)}
+    """
+
+    aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
+    """How values aggregate: a kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``, ``'cat'``), an
+    :class:`~torchtally.aggregation.Accumulator` subclass, or a mapping from names to those
+    (unlisted names use the mean). Override :meth:`accumulator_for` for anything else."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook, instead in _RENAMED_HOOKS.items():
+            if hook in cls.__dict__:
+                raise HookError(
+                    f"{cls.__name__} overrides {hook}(), a hook of DRYTorch and torchtally 0.1 "
+                    f"that torchtally does not call (its values would be aggregated as the default "
+                    f"mean, silently); {instead}"
+                )
+
+    def __init__(self, *, weight: WeightFn | None = None) -> None:
+        if weight is not None and not callable(weight):
+            raise TypeError(
+                f"{type(self).__name__}: weight= at construction must be a callable of "
+                f"(outputs, targets), found {type(weight).__name__}; pass a fixed weight to "
+                f"update(..., weight=...) instead"
+            )
+        self._weight_fn = weight
+        self._syncs = 0  # syncs since the last reset, and resets: every sync carries both
+        self._resets = 0
+
+    @cached_property
+    def _ledger(self) -> Ledger:
+        # Made on first use: a composition built term by term makes none for its intermediates.
+        ledger = Ledger(self._label(), self.accumulator_for)
+        ledger.add_names(self.declared_names())
+        return ledger
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
+        """The named values of one batch: per-sample ``(B,)`` vectors or scalar batch means."""
+
+    def accumulator_for(self, name: str) -> type[Accumulator]:
+        """The accumulator class of the value called ``name`` (default: from :attr:`aggregation`).
+
+        Example:
+            >>> import torchtally as tt
+            >>> tt.Metric(lambda o, t: o, 'Peak', aggregation='max').accumulator_for('Peak')
+            <class 'torchtally.aggregation.Max'>
+        """
+        aggregation = self.aggregation
+        if isinstance(aggregation, Mapping):
+            aggregation = aggregation.get(name, "mean")
+        return accumulator_class(aggregation, self._label())
+
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Turn the aggregated values into the reported ones (default: unchanged).
+
+        Called by :meth:`compute` with every name's aggregated value (after a
+        sync, the value over all processes); override it to derive metrics
+        from concatenated values, rename or drop entries.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> class MedianError(tt.Objective[torch.Tensor, torch.Tensor]):
+            ...     aggregation = 'cat'
+            ...     def calculate(self, outputs, targets):
+            ...         return {'errors': (outputs - targets).abs()}
+            ...     def finalize(self, values):
+            ...         return {'Median Error': values['errors'].median()}
+            >>> median = MedianError()
+            >>> _ = median.update(torch.tensor([1.0, 5.0, 2.0]), torch.zeros(3))
+            >>> median.compute()
+            {'Median Error': tensor(2.)}
+        """
+        return values
+
+    def declared_names(self) -> tuple[str, ...]:
+        """Names known before any data, so that a process without data can still sync."""
+        return ()
+
+    @property
+    def learns_names(self) -> bool:
+        """Whether batches may bring names besides :meth:`declared_names` (custom ``calculate``)."""
+        return True
+
+    def higher_is_better_for(self, name: str) -> bool | None:
+        """Whether a higher value of ``name`` is better (``None``: no direction).
+
+        Example:
+            >>> import torchtally as tt
+            >>> accuracy = tt.Metric(lambda o, t: o == t, 'Accuracy', higher_is_better=True)
+            >>> accuracy.higher_is_better_for('Accuracy')
+            True
+        """
+        return None
+
+    # -- description --------------------------------------------------------------------------
+
+    def _label(self) -> str:
+        """How error messages name this objective: its class and the names it declares."""
+        names = list(self.declared_names())
+        text = f"{type(self).__name__}{names}" if names else type(self).__name__
+        return text if len(text) <= 160 else text[:157] + "..."
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the values this objective accumulates (known so far)."""
+        return self._ledger.names
+
+    def __repr__(self) -> str:
+        return self._label()
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def update(
+        self, outputs: OutputT, targets: TargetT, *, weight: Any = None
+    ) -> dict[str, Tensor]:
+        """Accumulate one batch and return its values (as :meth:`calculate` gave them).
+
+        The batch size ``B`` is read from the targets (see
+        :func:`~torchtally._conventions.batch_size`). ``weight`` overrides it:
+        a number or 0-d tensor is the batch's total weight (a token count: a
+        scalar batch mean is weighted by it, a per-sample vector's samples
+        share it evenly); a ``(B,)`` tensor holds per-sample weights (0
+        excludes a sample). No host synchronisation happens here, the values
+        are copied (never referenced), and a refused batch changes nothing;
+        an empty batch (``B == 0``) changes nothing either.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> loss = tt.Metric(lambda o, t: (o - t).abs().mean(), 'Token MAE')
+            >>> _ = loss.update(torch.ones(2, 5), torch.zeros(2, 5), weight=10)  # 10 tokens
+            >>> _ = loss.update(torch.zeros(1, 5), torch.zeros(1, 5), weight=30)
+            >>> loss.compute()   # (1 x 10 + 0 x 30) / 40
+            {'Token MAE': tensor(0.2500)}
+        """
+        values = self.calculate(outputs, targets)
+        size, weight = self._batch(outputs, targets, weight)
+        return self._accumulate(values, size, weight, False)
+
+    def __call__(
+        self, outputs: OutputT, targets: TargetT, *, weight: Any = None
+    ) -> dict[str, Tensor] | Tensor:
+        """Same as :meth:`update` (a loss returns its differentiable value, as ``forward``)."""
+        return self.update(outputs, targets, weight=weight)
+
+    def _batch(self, outputs: Any, targets: Any, weight: Any) -> tuple[int, Weight]:
+        """The batch size and the batch's weight, checked (see :meth:`update`)."""
+        if type(targets) is Tensor and targets.ndim:  # the common case, read inline
+            size = targets.shape[0]
+        else:
+            size = batch_size(targets, outputs, self._ledger.label)
+        if weight is None:
+            if self._weight_fn is None:
+                return size, None
+            try:
+                weight = self._weight_fn(outputs, targets)
+            except Exception as error:
+                raise callable_error(self._ledger.label, "weight", error) from error
+        return size, batch_weight(weight, size, self._ledger.label)
+
+    def _accumulate(
+        self, values: Any, size: int, weight: Weight, ordered: bool
+    ) -> dict[str, Tensor]:
+        """Queue one batch's values (see :meth:`update`); returns them.
+
+        ``ordered`` promises that ``values`` holds this objective's names in the
+        order of the batch before (objectives built from callables know it).
+        """
+        ledger = self._ledger
+        if type(values) is not dict:
+            values = _as_dict(values, ledger.label)
+        if not size:  # an empty batch changes nothing, not even a synced view
+            label = ledger.label
+            return {name: as_value_tensor(value, label, name) for name, value in values.items()}
+        if torch.compiler.is_compiling():
+            ledger.add_now(values, size, weight)
+            return values
+        if weight is None and ledger.queue(values, size, ordered):
+            return values
+        return ledger.queue_checked(values, size, weight)
+
+    # -- epoch values -------------------------------------------------------------------------
+
+    def compute(self) -> dict[str, Tensor]:
+        """The epoch values as fresh 0-d tensors, cached until the next update, reset or sync.
+
+        After :meth:`sync` (and before the next update) the values are over all
+        processes; otherwise over this process's updates. Before any update it
+        warns (:class:`~torchtally.errors.ComputedBeforeUpdatedWarning`) and
+        returns NaN for every known name. The returned tensors share no
+        memory with the state or with each other call's.
+        """
+        ledger = self._ledger
+        if ledger.computed is None:
+            if ledger.synced is None and not ledger.updated:
+                warnings.warn(
+                    ComputedBeforeUpdatedWarning(
+                        f"{ledger.label}: compute() called before any update; values are NaN"
+                    ),
+                    stacklevel=2,
+                )
+            ledger.computed = self.finalize(ledger.reduced())
+        return {name: value.clone() for name, value in ledger.computed.items()}
+
+    def reset(self) -> None:
+        """Clear the state (the names stay known) and drop any synced view."""
+        self._ledger.reset()
+        self._resets += 1
+        self._syncs = 0
+
+    # -- combining ----------------------------------------------------------------------------
+
+    def merge_state(self, other: Self) -> None:
+        """Add another instance's updates to this one's, as if this one had seen them.
+
+        Raises:
+            IncompatibleStateError: ``other`` is of another type or aggregates
+                a shared name differently.
+        """
+        if type(other) is not type(self):
+            raise IncompatibleStateError(
+                f"{self._ledger.label}: cannot merge the state of a {type(other).__name__}"
+            )
+        self._ledger.merge(other._ledger)
+
+    def sync(self, process_group: Any = None, *, dataset_size: int | None = None) -> None:
+        """Make :meth:`compute` report the value over all ranks (see :func:`~torchtally.sync_all`).
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+            >>> _ = metric.update(torch.ones(2), torch.zeros(2))
+            >>> metric.sync()   # no-op outside a distributed run
+            >>> metric.compute()
+            {'MAE': tensor(1.)}
+        """
+        _sync.sync_all(self, process_group=process_group, dataset_size=dataset_size)
+
+    def _sync_export(self) -> ExportedState:
+        return self._ledger.export()
+
+    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, Tensor]:
+        merged = Ledger(self._ledger.label, self.accumulator_for)
+        merged.add_names(self._ledger.names)
+        device = self._ledger.device
+        names = [meta.get("names") if isinstance(meta, Mapping) else None for meta, _ in states]
+        # A rank without data takes part with an empty state, whatever names it knows.
+        known = [
+            rank_names
+            for rank_names, (meta, _) in zip(names, states, strict=True)
+            if rank_names and isinstance(meta, Mapping) and meta.get("updated")
+        ]
+        if any(sorted(rank_names) != sorted(known[0]) for rank_names in known):
+            found = "; ".join(f"rank {index}: {found}" for index, found in enumerate(names))
+            raise SyncError(f"{type(self).__name__}: processes report different names ({found})")
+        for index, (meta, tensors) in enumerate(states):
+            other = Ledger(self._ledger.label, self.accumulator_for)
+            try:
+                other.install(other.imported(meta, tensors, device))
+                merged.merge(other)
+            except (StateDictError, IncompatibleStateError) as error:
+                raise SyncError(
+                    f"{type(self).__name__}: rank {index}'s state does not fit: {error}"
+                ) from None
+        return merged.reduced()
+
+    def _sync_install(self, prepared: dict[str, Tensor]) -> None:
+        self._ledger.add_names(list(prepared))
+        self._ledger.synced = prepared
+        self._ledger.computed = None
+        self._syncs += 1
+
+    # -- persistence and devices --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's accumulated state (pending batches included), ``torch.save``-able.
+
+        Plain metadata and tensors only: it loads with ``torch.load(weights_only=True)``.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+            >>> _ = metric.update(torch.ones(2), torch.zeros(2))
+            >>> restored = tt.Metric(metric.fn, 'MAE')
+            >>> restored.load_state_dict(metric.state_dict())
+            >>> restored.compute()
+            {'MAE': tensor(1.)}
+        """
+        meta, tensors = self._ledger.export()
+        return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the state with one from :meth:`state_dict`, after checking all of it.
+
+        Raises:
+            StateDictError: the state is malformed, misses a name this objective
+                declares, holds one it does not, aggregates a value differently
+                or holds tensors of the wrong shape, dtype or count. Nothing
+                changes then.
+        """
+        label = self._ledger.label
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != STATE_VERSION:
+            found = (
+                f"version {state_dict.get('version')!r}"
+                if isinstance(state_dict, Mapping)
+                else type(state_dict).__name__
+            )
+            raise StateDictError(
+                f"{label}: expected a dict from state_dict() of format version {STATE_VERSION}, "
+                f"found {found}"
+            )
+        tensors = state_dict.get("tensors")
+        if not isinstance(tensors, (list, tuple)):
+            raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
+        rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
+        stored = {name for _, names in rebuilt.values() for name in names}
+        declared = set(self.declared_names())
+        missing = sorted(declared - stored)
+        unexpected = [] if self.learns_names else sorted(stored - declared)
+        if missing or unexpected:
+            raise StateDictError(
+                f"{label}: the state must hold every name this objective reports "
+                f"{sorted(declared)}; missing {missing}, unexpected {unexpected}"
+            )
+        self._ledger.install(rebuilt)
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move the accumulated state to ``device`` (in place) and return ``self``.
+
+        Not needed to follow a model: the state is created on the device of the
+        first values it receives. Needed to move a state that already exists.
+        """
+        self._ledger.to(device)
+        return self
+
+    def copy(self) -> Self:
+        """An independent deep copy, state included."""
+        return copy.deepcopy(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies carry folded state, never a queue of batches.
+        self._ledger.prepare_pickle()
+        return self.__dict__.copy()
+
+
+class AverageObjective(Objective[OutputT, TargetT]):
+    """An objective whose every value is a batch-weighted mean; implement :meth:`calculate`.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> class Errors(tt.AverageObjective[torch.Tensor, torch.Tensor]):
+        ...     def calculate(self, outputs, targets):
+        ...         diff = outputs - targets
+        ...         return {'MSE': diff.pow(2).flatten(1).mean(1),
+        ...                 'MAE': diff.abs().flatten(1).mean(1)}
+        >>> errors = Errors()
+        >>> _ = errors.update(torch.ones(1, 1), 3 * torch.ones(1, 1))
+        >>> errors.compute()
+        {'MSE': tensor(4.), 'MAE': tensor(2.)}
+    """
+
+    aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
+
+
+def _as_dict(values: Any, label: str) -> dict[str, Any]:
+    if isinstance(values, Mapping):
+        return dict(values)
+    raise ResultTypeError(
+        f"{label}: calculate() must return a dict of values by name, found {type(values).__name__}"
+    )

@@ -1,0 +1,289 @@
+"""Loss-weight schedules: factors of the loss algebra whose value moves as training goes on.
+
+``loss = ce + tt.schedules.linear(0.0, 1.0, steps=1000) * kl`` anneals the
+weight of ``kl`` from 0 to 1 over the first 1,000 calls of the loss (KL
+annealing, warm-up). A schedule is plain, frozen data: it says how its value
+depends on a position. The position lives in the loss that uses it (part of
+its ``state_dict``, copies and pickles), so a resumed run continues exactly
+where it stopped:
+
+- ``unit='step'`` (default): the position is the number of ``forward`` calls
+  of the loss (``update`` does not advance it);
+- ``unit='epoch'``: the position is the number of calls of the loss's
+  :meth:`~torchtally.LossBase.advance_epoch`.
+
+A schedule appears in the formula under its label
+(``[CE] + linear(0→1, 1000) x [KL]``); ``loss.schedule_values()`` gives the
+values the next call will use. A schedule whose values change sign is
+refused: the direction of the loss would flip during training.
+
+Example:
+    >>> import torch
+    >>> import torchtally as tt
+    >>> mse = tt.Loss(lambda o, t: (o - t).pow(2).mean(1), 'MSE')
+    >>> loss = tt.schedules.linear(0.0, 1.0, steps=4) * mse
+    >>> loss.formula
+    'linear(0→1, 4) x [MSE]'
+    >>> [float(loss(torch.ones(2, 1), torch.zeros(2, 1))) for _ in range(6)]
+    [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from torchtally.errors import FormulaError
+
+__all__ = ["UNITS", "Schedule", "cosine", "linear", "piecewise"]
+
+UNITS = ("step", "epoch")
+"""What moves a schedule: a loss's ``forward`` calls or its ``advance_epoch()`` calls."""
+
+
+def _number(value: Any, what: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FormulaError(f"{owner}: {what} must be a number, found {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise FormulaError(f"{owner}: {what} must be finite, found {value!r}")
+    return number
+
+
+def _count(value: Any, what: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FormulaError(f"{owner}: {what} must be an int >= 1, found {value!r}")
+    return value
+
+
+def _short(value: float) -> str:
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+@dataclass(frozen=True)
+class Schedule(ABC):
+    """A weight as a function of a position (see the module documentation).
+
+    Subclasses implement :meth:`value` (on the host) and :meth:`values` (the
+    same as tensor operations, for compiled code) and their :attr:`label`.
+
+    Attributes:
+        unit: ``'step'`` or ``'epoch'``.
+    """
+
+    kind: ClassVar[str]
+    unit: str = field(default="step", kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise FormulaError(
+                f"{self.kind}: unit must be one of {list(UNITS)}, found {self.unit!r}"
+            )
+        if self.low < 0 < self.high:
+            raise FormulaError(
+                f"{self.label}: the values change sign "
+                f"({_short(self.low)} to {_short(self.high)}); "
+                f"the direction of the loss would flip during training; keep a schedule "
+                f"non-negative (or non-positive) and subtract instead of adding a negative weight"
+            )
+
+    @abstractmethod
+    def value(self, position: int) -> float:
+        """The weight at ``position`` (0 for the first call)."""
+
+    @abstractmethod
+    def values(self, position: Tensor) -> Tensor:
+        """The weight at ``position`` (a float64 tensor), with tensor operations only."""
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """How formulas write the schedule."""
+
+    @property
+    @abstractmethod
+    def low(self) -> float:
+        """The smallest value the schedule takes."""
+
+    @property
+    @abstractmethod
+    def high(self) -> float:
+        """The largest value the schedule takes."""
+
+    def _suffix(self) -> str:
+        return " epochs" if self.unit == "epoch" else ""
+
+
+@dataclass(frozen=True)
+class _Ramp(Schedule):
+    """From ``start`` to ``end`` over ``steps`` positions, then ``end``."""
+
+    start: float = 0.0
+    end: float = 1.0
+    steps: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}({_short(self.start)}→{_short(self.end)}, {self.steps}{self._suffix()})"
+
+    @property
+    def low(self) -> float:
+        return min(self.start, self.end)
+
+    @property
+    def high(self) -> float:
+        return max(self.start, self.end)
+
+    def _progress(self, position: int) -> float:
+        return min(max(position, 0), self.steps) / self.steps
+
+    def _progress_tensor(self, position: Tensor) -> Tensor:
+        return position.to(torch.float64).clamp(0, self.steps) / self.steps
+
+
+@dataclass(frozen=True)
+class _Linear(_Ramp):
+    kind: ClassVar[str] = "linear"
+
+    def value(self, position: int) -> float:
+        return self.start + (self.end - self.start) * self._progress(position)
+
+    def values(self, position: Tensor) -> Tensor:
+        return self.start + (self.end - self.start) * self._progress_tensor(position)
+
+
+@dataclass(frozen=True)
+class _Cosine(_Ramp):
+    kind: ClassVar[str] = "cosine"
+
+    def value(self, position: int) -> float:
+        return (
+            self.end
+            + (self.start - self.end) * (1 + math.cos(math.pi * self._progress(position))) / 2
+        )
+
+    def values(self, position: Tensor) -> Tensor:
+        return (
+            self.end
+            + (self.start - self.end)
+            * (1 + torch.cos(math.pi * self._progress_tensor(position)))
+            / 2
+        )
+
+
+@dataclass(frozen=True)
+class _Piecewise(Schedule):
+    kind: ClassVar[str] = "piecewise"
+    points: tuple[tuple[int, float], ...] = ((0, 1.0),)
+
+    def value(self, position: int) -> float:
+        current = self.points[0][1]
+        for start, weight in self.points:
+            if start > position:
+                break
+            current = weight
+        return current
+
+    def values(self, position: Tensor) -> Tensor:
+        starts = torch.tensor([start for start, _ in self.points], device=position.device)
+        weights = torch.tensor(
+            [weight for _, weight in self.points], dtype=torch.float64, device=position.device
+        )
+        index = torch.searchsorted(starts, position.to(starts.dtype), right=True) - 1
+        return weights[index.clamp(min=0)]
+
+    @property
+    def label(self) -> str:
+        points = ", ".join(f"{start}: {_short(weight)}" for start, weight in self.points)
+        return f"piecewise({points}{self._suffix()})"
+
+    @property
+    def low(self) -> float:
+        return min(weight for _, weight in self.points)
+
+    @property
+    def high(self) -> float:
+        return max(weight for _, weight in self.points)
+
+
+def linear(start: float, end: float, steps: int, *, unit: str = "step") -> Schedule:
+    """A weight moving in a straight line from ``start`` to ``end`` over ``steps``, then ``end``.
+
+    Raises:
+        FormulaError: non-finite values, ``steps`` not an int >= 1, an unknown
+            ``unit``, or ``start`` and ``end`` of opposite signs.
+
+    Example:
+        >>> from torchtally import schedules
+        >>> warm_up = schedules.linear(0.0, 1.0, steps=100)
+        >>> warm_up.label, warm_up.value(0), warm_up.value(50), warm_up.value(500)
+        ('linear(0→1, 100)', 0.0, 0.5, 1.0)
+    """
+    return _Linear(
+        start=_number(start, "start", "linear"),
+        end=_number(end, "end", "linear"),
+        steps=_count(steps, "steps", "linear"),
+        unit=unit,
+    )
+
+
+def cosine(start: float, end: float, steps: int, *, unit: str = "step") -> Schedule:
+    """A weight moving from ``start`` to ``end`` along half a cosine over ``steps``, then ``end``.
+
+    Raises:
+        FormulaError: as :func:`linear`.
+
+    Example:
+        >>> from torchtally import schedules
+        >>> decay = schedules.cosine(1.0, 0.0, steps=10, unit='epoch')
+        >>> decay.label, decay.value(0), round(decay.value(5), 6), decay.value(10)
+        ('cosine(1→0, 10 epochs)', 1.0, 0.5, 0.0)
+    """
+    return _Cosine(
+        start=_number(start, "start", "cosine"),
+        end=_number(end, "end", "cosine"),
+        steps=_count(steps, "steps", "cosine"),
+        unit=unit,
+    )
+
+
+def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
+    """A weight that holds ``points[k]`` from position ``k`` until the next key.
+
+    Args:
+        points: weights by the position they start at; must include 0.
+        unit: ``'step'`` or ``'epoch'``.
+
+    Raises:
+        FormulaError: no point at 0, keys that are not ints >= 0, non-finite
+            weights, or weights of both signs.
+
+    Example:
+        >>> from torchtally import schedules
+        >>> steps = schedules.piecewise({0: 0.0, 100: 0.5, 200: 1.0})
+        >>> steps.label, steps.value(99), steps.value(100), steps.value(10_000)
+        ('piecewise(0: 0, 100: 0.5, 200: 1)', 0.0, 0.5, 1.0)
+    """
+    if not isinstance(points, Mapping) or not points:
+        raise FormulaError(
+            f"piecewise: expected a non-empty dict of positions to weights, found {points!r:.60}"
+        )
+    for start in points:
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise FormulaError(f"piecewise: positions must be ints >= 0, found {start!r}")
+    if 0 not in points:
+        raise FormulaError(
+            f"piecewise: the points must say the weight at position 0, found {sorted(points)}"
+        )
+    ordered = tuple(
+        (start, _number(points[start], f"the weight at {start}", "piecewise"))
+        for start in sorted(points)
+    )
+    return _Piecewise(points=ordered, unit=unit)
