@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import io
+import math
 import pickle
 import warnings
 import weakref
@@ -28,6 +29,7 @@ from torchtally.errors import (
     NameConflictError,
     ResultShapeError,
     StateDictError,
+    WeightError,
 )
 from torchtally.objectives import PENDING_BATCHES, PENDING_ELEMENTS
 
@@ -707,3 +709,342 @@ def test_compute_metrics_accepts_foreign_objectives() -> None:
 
     assert tt.compute_metrics(Named()) == {"Score": 0.5}
     assert tt.compute_metrics(Mapping()) == {"a": 1.0, "b": 2.5}
+
+
+# -- values you can trust: nothing the user can reach is aliased (issue 9) ----------------------
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.round() == targets).float()
+
+
+def test_changing_the_returned_values_in_place_does_not_change_the_epoch() -> None:
+    # torchtally 0.1 queued the callable's own tensor: x100 three times gave 50.25, not 0.75.
+    metric = tt.Metric(accuracy, "Acc")
+    for _ in range(3):
+        values = metric.update(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.ones(4))
+        values["Acc"].mul_(100)  # a percentage for a log line
+    assert computed(metric)["Acc"].item() == 0.75
+
+
+def test_changing_the_inputs_in_place_does_not_change_the_epoch() -> None:
+    flat = tt.Metric(lambda o, t: o.flatten(), "Flat")
+    sigmoid = tt.Metric(lambda o, t: o.sigmoid().mean(1), "Sigmoid")
+    buffer = torch.zeros(4, 1)
+    logits = torch.zeros(4, 3)
+    for step in range(5):
+        buffer.fill_(float(step))  # a reused output buffer
+        flat.update(buffer, torch.zeros(4))
+        buffer.zero_()
+        sigmoid.update(logits, torch.zeros(4))
+        logits.sigmoid_()  # changed in place after the update
+        logits.zero_()
+    assert computed(flat)["Flat"].item() == 2.0
+    assert computed(sigmoid)["Sigmoid"].item() == 0.5
+
+
+def test_compute_results_share_no_memory_with_the_state() -> None:
+    maximum = tt.Metric(lambda o, t: o, "X", aggregation="max")
+    total = tt.Metric(lambda o, t: o, "X", aggregation="sum")
+    summary = ScoreSummary()
+    for objective in (maximum, total, summary):
+        objective.update(torch.tensor([5.0]), torch.zeros(1))
+        first = objective.compute()
+        for value in first.values():
+            value.mul_(100)  # cached values must not change
+        before = computed(objective)
+        for value in objective.compute().values():
+            value.add_(1)
+        assert_same(computed(objective), before)
+        objective.update(torch.tensor([1.0]), torch.zeros(1))
+    assert computed(maximum)["X"].item() == 5.0
+    assert computed(total)["X"].item() == 6.0
+    assert computed(summary)["median"].item() == 1.0
+
+
+class Mutation:
+    """A way a user can change, in place, a tensor they got back from or gave to update."""
+
+    def __init__(self, where: str, how: str) -> None:
+        self.where, self.how = where, how
+
+    def apply(self, tensor: Tensor) -> None:
+        {"mul": lambda: tensor.mul_(-3), "zero": tensor.zero_, "fill": lambda: tensor.fill_(7)}[
+            self.how
+        ]()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 9), min_size=1, max_size=12),
+    st.lists(
+        st.builds(
+            Mutation,
+            st.sampled_from(["outputs", "MAE", "Scalar", "Big"]),
+            st.sampled_from(["mul", "zero", "fill"]),
+        ),
+        max_size=12,
+    ),
+)
+def test_no_in_place_change_after_update_changes_the_epoch(
+    sizes: list[int], mutations: list[Mutation]
+) -> None:
+    make = lambda: tt.MetricCollection(  # noqa: E731
+        MAE=mae, Scalar=F.mse_loss, Big=lambda o, t: o[:, 0], Max=lambda o, t: o.amax(1)
+    )
+    touched, untouched = make(), make()
+    for index, (outputs, targets) in enumerate(batches_of(sizes, seed=len(sizes))):
+        untouched.update(outputs.clone(), targets.clone())
+        values = touched.update(outputs, targets)
+        for mutation in mutations[index :: len(sizes)]:
+            mutation.apply(outputs if mutation.where == "outputs" else values[mutation.where])
+    assert_same(computed(touched), computed(untouched))
+
+
+def test_values_that_view_big_tensors_do_not_keep_them_alive() -> None:
+    metric = tt.Metric(lambda o, t: o[:, 0], "First")  # a view of the whole outputs
+    for _ in range(8):
+        outputs = torch.randn(64, 5_000)
+        alive = weakref.ref(outputs)
+        metric.update(outputs, torch.zeros(64))
+        del outputs
+        gc.collect()
+        assert alive() is None  # only a copy of the 64 values is held
+    assert queued_elements(metric) <= PENDING_ELEMENTS
+
+
+def test_the_memory_bound_survives_reset() -> None:
+    # torchtally 0.1 sized its queue from the last batch: after an epoch ending on a batch
+    # of one, 63 big batches stayed queued (516 MB over a 65,536-element bound).
+    metric = tt.Metric(lambda o, t: o, "X")
+    metric.update(torch.zeros(1), torch.zeros(1))
+    metric.reset()
+    for _ in range(6):
+        metric.update(torch.zeros(1 << 16), torch.zeros(1 << 16))
+        assert queued_elements(metric) <= max(PENDING_ELEMENTS, 1 << 16)
+
+
+# -- the precision policy through objectives ------------------------------------------------------
+
+
+def test_half_precision_sums_integer_sums_and_bfloat16_means() -> None:
+    ones = tt.Metric(lambda o, t: o, "Ones", aggregation="sum")
+    for _ in range(100):
+        ones.update(torch.ones(1000, dtype=torch.float16), torch.zeros(1000))
+    assert computed(ones)["Ones"].item() == 100_000.0  # float16 would overflow to inf
+
+    big = 16_777_217
+    count = tt.Metric(lambda o, t: o, "Count", aggregation="sum")
+    peak = tt.Metric(lambda o, t: o, "Peak", aggregation="max")
+    for objective in (count, peak):
+        objective.update(torch.tensor([big, 0]), torch.zeros(2))
+    assert computed(count)["Count"].item() == big and computed(count)["Count"].dtype == torch.int64
+    assert computed(peak)["Peak"].item() == big
+
+    generator = torch.Generator().manual_seed(5)
+    outputs = torch.rand(1000, generator=generator).round().bfloat16()
+    targets = torch.rand(1000, generator=generator).round().bfloat16()
+    bf16 = tt.Metric(lambda o, t: (o == t).to(torch.bfloat16), "Acc")
+    for start in range(0, 1000, 64):
+        bf16.update(outputs[start : start + 64], targets[start : start + 64])
+    exact = (outputs == targets).double().mean()
+    assert computed(bf16)["Acc"].dtype == torch.float32
+    assert computed(bf16)["Acc"].item() == pytest.approx(exact.item(), abs=1e-7)
+
+
+def test_one_infinite_value_makes_the_mean_infinite_not_nan() -> None:
+    nll = tt.Metric(lambda p, t: -torch.log(p), "NLL")
+    nll.update(torch.tensor([0.5, 0.25]), torch.zeros(2))
+    nll.update(torch.tensor([0.0, 0.5]), torch.zeros(2))  # one probability of 0
+    nll.update(torch.tensor([0.5]), torch.zeros(1))
+    assert computed(nll)["NLL"].item() == math.inf
+
+
+# -- weights --------------------------------------------------------------------------------------
+
+
+def test_a_number_weight_is_the_batch_total_for_a_token_level_mean() -> None:
+    def token_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        mask = targets >= 0  # -1 marks padding
+        return ((outputs - targets).abs() * mask).sum() / mask.sum()  # mean over real tokens
+
+    metric = tt.Metric(token_loss, "Token MAE")
+    targets = [torch.tensor([[1.0, 2.0, -1.0], [1.0, -1.0, -1.0]]), torch.tensor([[0.0, 0.0, 0.0]])]
+    outputs = [torch.zeros(2, 3), torch.ones(1, 3)]
+    for output, target in zip(outputs, targets, strict=True):
+        metric.update(output, target, weight=(target >= 0).sum())  # a 0-d tensor: no host sync
+    # every real token weighs the same: (1 + 2 + 1 + 1 + 1 + 1) / 6
+    assert computed(metric)["Token MAE"].item() == pytest.approx(7 / 6)
+
+
+def test_sequence_first_tensors_take_an_explicit_weight() -> None:
+    def per_sequence(outputs: Tensor, targets: Tensor) -> Tensor:  # (T, B) in, (B,) out
+        return (outputs - targets).abs().mean(0)
+
+    # per-sample weights say how many samples there are: B, not the leading T
+    weighted = tt.Metric(per_sequence, "MAE", weight=lambda o, t: torch.ones(t.shape[1]))
+    for batch in (2, 5):
+        outputs = torch.arange(7 * batch, dtype=torch.float32).reshape(7, batch)
+        weighted.update(outputs, torch.zeros(7, batch))
+    every = torch.cat(
+        [torch.arange(7 * b, dtype=torch.float64).reshape(7, b).mean(0) for b in (2, 5)]
+    )
+    assert computed(weighted)["MAE"].item() == pytest.approx(every.mean().item())
+
+
+def test_per_sample_weights_exclude_and_scale_samples() -> None:
+    metrics = tt.MetricCollection(Error=lambda o, t: (o - t).abs(), Peak=lambda o, t: o)
+    metrics = tt.MetricCollection.from_dict({"Error": lambda o, t: (o - t).abs()})
+    peak = tt.Metric(lambda o, t: o, "Peak", aggregation="max")
+    outputs, targets = torch.tensor([1.0, 9.0, 3.0]), torch.zeros(3)
+    weight = torch.tensor([2.0, 0.0, 1.0])
+    metrics.update(outputs, targets, weight=weight)
+    peak.update(outputs, targets, weight=weight)
+    assert computed(metrics)["Error"].item() == pytest.approx((2 * 1 + 3) / 3)
+    assert computed(peak)["Peak"].item() == 3.0  # the excluded 9 is not the maximum
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 6),
+            st.sampled_from(["none", "number", "zero-dim", "per-sample"]),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_weighted_streaming_equals_the_weighted_mean_of_the_concatenation(
+    plan: list[tuple[int, str]],
+) -> None:
+    generator = torch.Generator().manual_seed(len(plan))
+    metrics = tt.MetricCollection(MAE=mae, Scalar=F.mse_loss)
+    values: list[Tensor] = []
+    scalars: list[tuple[float, float]] = []
+    weights: list[Tensor] = []
+    for size, kind in plan:
+        outputs = torch.randn(size, 2, generator=generator, dtype=torch.float64)
+        targets = torch.randn(size, 2, generator=generator, dtype=torch.float64)
+        per_sample = torch.rand(size, generator=generator, dtype=torch.float64) + 0.1
+        weight: Any = {
+            "none": None,
+            "number": float(per_sample.sum()),
+            "zero-dim": per_sample.sum(),
+            "per-sample": per_sample,
+        }[kind]
+        metrics.update(outputs, targets, weight=weight)
+        share = (
+            per_sample
+            if kind == "per-sample"
+            else torch.full((size,), float(per_sample.sum()) / size, dtype=torch.float64)
+        )
+        if kind == "none":
+            share = torch.ones(size, dtype=torch.float64)
+        values.append(mae(outputs, targets))
+        weights.append(share)
+        scalars.append((float(F.mse_loss(outputs, targets)), float(share.sum())))
+    every, weight_of = torch.cat(values), torch.cat(weights)
+    expected_mae = float((every * weight_of).sum() / weight_of.sum())
+    expected_scalar = sum(v * w for v, w in scalars) / sum(w for _, w in scalars)
+    result = computed(metrics)
+    assert result["MAE"].item() == pytest.approx(expected_mae, rel=1e-12)
+    assert result["Scalar"].item() == pytest.approx(expected_scalar, rel=1e-12)
+
+
+def test_weights_never_synchronise_with_the_host() -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("update synchronised with the host")
+
+    metrics = tt.MetricCollection(MSE=mse, Scalar=F.mse_loss)
+    patched = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+    data = batches_of([8, 8, 3])
+    with mock.patch.multiple(torch.Tensor, **dict.fromkeys(patched, refuse)):
+        for step in range(600):
+            outputs, targets = data[step % 3]
+            weight = torch.full((len(outputs),), 0.5) if step % 2 else torch.tensor(3.0)
+            metrics.update(outputs, targets, weight=weight)
+    assert computed(metrics)["MSE"].item() > 0
+
+
+def test_sum_of_batch_totals_and_cat_refuse_weights_before_changing_anything() -> None:
+    hits_total = tt.Metric(lambda o, t: (o == t).sum(), "Hits", aggregation="sum")
+    hits_total.update(torch.ones(3), torch.ones(3))
+    with pytest.raises(WeightError, match="batch total"):
+        hits_total.update(torch.ones(3), torch.ones(3), weight=2.0)
+    assert computed(hits_total)["Hits"].item() == 3
+    summary = ScoreSummary()
+    with pytest.raises(WeightError, match="'cat'"):
+        summary.update(torch.ones(3), torch.zeros(3), weight=torch.ones(3))
+    assert summary._ledger.updated is False
+
+
+def test_a_weight_callable_given_at_construction() -> None:
+    metric = tt.Metric(lambda o, t: o.mean(), "M", weight=lambda o, t: t.sum())
+    metric.update(torch.ones(2), torch.tensor([1.0, 2.0]))  # mean 1, weight 3
+    metric.update(torch.zeros(2), torch.tensor([0.5, 0.5]))  # mean 0, weight 1
+    metric.update(torch.full((2,), 4.0), torch.ones(2), weight=4.0)  # an explicit weight wins
+    assert computed(metric)["M"].item() == pytest.approx((3 + 0 + 16) / 8)
+    with pytest.raises(TypeError, match="callable"):
+        tt.Metric(lambda o, t: o, "M", weight=3)  # type: ignore[arg-type]
+    broken = tt.Metric(lambda o, t: o, "M", weight=lambda o, t: 1 / 0)
+    with pytest.raises(tt.errors.MetricCallError, match=r"'weight'.*ZeroDivisionError"):
+        broken.update(torch.ones(2), torch.ones(2))
+
+
+# -- smaller points -------------------------------------------------------------------------------
+
+
+def test_a_refused_update_keeps_the_synced_view() -> None:
+    metric = tt.Metric(lambda o, t: o, "X")
+    metric.update(torch.ones(2), torch.zeros(2))
+    metric._sync_install(metric._sync_prepare([metric._sync_export()]))  # a synced view
+    assert metric._ledger.synced is not None
+    with pytest.raises(ResultShapeError):
+        metric.update(torch.ones(3, 2), torch.zeros(3))
+    assert metric._ledger.synced is not None
+    metric.update(torch.ones(2), torch.zeros(2))
+    assert metric._ledger.synced is None  # an accepted update drops it
+
+
+def test_the_label_is_built_once_not_per_value() -> None:
+    calls = 0
+    original = tt.MetricCollection._label
+
+    def counting(self: Any) -> str:
+        nonlocal calls
+        calls += 1
+        return original(self)
+
+    many = tt.MetricCollection.from_dict({f"M{i}": mae for i in range(400)})
+    many.update(*batches_of([2])[0])
+    with mock.patch.object(tt.MetricCollection, "_label", counting):
+        for outputs, targets in batches_of([4, 4, 2, 3, 1, 2.0 and 5]):
+            many.update(outputs.double() if len(outputs) == 1 else outputs, targets)
+        computed(many)
+    assert calls == 0  # built once, when the objective was made: not per update or value
+
+
+def test_load_state_dict_refuses_incomplete_or_damaged_counts_atomically() -> None:
+    collection = tt.MetricCollection(MSE=mse, MAE=mae)
+    collection.update(*batches_of([4])[0])
+    before = computed(collection)
+    state = collection.state_dict()
+    samples = [spec.name for spec in Mean.states].index("samples")
+    total = [spec.name for spec in Mean.states].index("total")
+
+    def damaged(change: Any) -> dict[str, Any]:
+        copy_ = {**state, "tensors": list(state["tensors"]), "state": copy.deepcopy(state["state"])}
+        change(copy_)
+        return copy_
+
+    broken = [
+        damaged(lambda s: s["tensors"].pop(total)),  # a count with no sum
+        damaged(lambda s: s["tensors"].__setitem__(samples, -s["tensors"][samples])),
+        damaged(lambda s: s["tensors"].__setitem__(samples, s["tensors"][samples] * 2.7)),
+        damaged(lambda s: s["state"]["accumulators"][0]["names"].pop()),  # a name missing
+    ]
+    for state_ in broken:
+        with pytest.raises(StateDictError):
+            collection.load_state_dict(state_)
+        assert_same(computed(collection), before)

@@ -39,7 +39,7 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -1006,7 +1006,7 @@ ACCUMULATORS: dict[str, type[Accumulator]] = {cls.kind: cls for cls in (Mean, Su
 """Accumulator classes by ``kind``."""
 
 
-def accumulator_class(aggregation: Any, owner: str) -> type[Accumulator]:
+def accumulator_class(aggregation: Any, owner: str | Callable[[], str]) -> type[Accumulator]:
     """The accumulator class an ``aggregation=`` names: a kind or an :class:`Accumulator` subclass.
 
     Raises:
@@ -1022,7 +1022,7 @@ def accumulator_class(aggregation: Any, owner: str) -> type[Accumulator]:
     found = ACCUMULATORS.get(aggregation) if isinstance(aggregation, str) else None
     if found is None:
         raise ValueError(
-            f"{owner}: aggregation must be one of {sorted(ACCUMULATORS)} or an Accumulator "
-            f"subclass, found {aggregation!r}"
+            f"{owner if isinstance(owner, str) else owner()}: aggregation must be one of "
+            f"{sorted(ACCUMULATORS)} or an Accumulator subclass, found {aggregation!r}"
         )
     return found

@@ -20,7 +20,6 @@ import copy
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import sync as _sync
+from torchtally._lazy import lazy
 from torchtally._conventions import (
     Weight,
     WeightFn,
@@ -120,7 +120,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         self._syncs = 0  # syncs since the last reset, and resets: every sync carries both
         self._resets = 0
 
-    @cached_property
+    @lazy
     def _ledger(self) -> Ledger:
         # Made on first use: a composition built term by term makes none for its intermediates.
         ledger = Ledger(self._label(), self.accumulator_for)
@@ -144,7 +144,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         aggregation = self.aggregation
         if isinstance(aggregation, Mapping):
             aggregation = aggregation.get(name, "mean")
-        return accumulator_class(aggregation, self._label())
+        return accumulator_class(aggregation, self._label)
 
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """Turn the aggregated values into the reported ones (default: unchanged).
@@ -241,18 +241,24 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         return self.update(outputs, targets, weight=weight)
 
     def _batch(self, outputs: Any, targets: Any, weight: Any) -> tuple[int, Weight]:
-        """The batch size and the batch's weight, checked (see :meth:`update`)."""
-        if type(targets) is Tensor and targets.ndim:  # the common case, read inline
-            size = targets.shape[0]
-        else:
-            size = batch_size(targets, outputs, self._ledger.label)
-        if weight is None:
-            if self._weight_fn is None:
-                return size, None
+        """The batch size and the batch's weight, checked (see :meth:`update`).
+
+        Per-sample weights tell the batch size themselves (their length), which
+        is how data whose batch is not the leading dimension is weighted.
+        """
+        if weight is None and self._weight_fn is not None:
             try:
                 weight = self._weight_fn(outputs, targets)
             except Exception as error:
                 raise callable_error(self._ledger.label, "weight", error) from error
+        if type(weight) is Tensor and weight.ndim == 1:
+            size = weight.shape[0]
+        elif type(targets) is Tensor and targets.ndim:  # the common case, read inline
+            size = targets.shape[0]
+        else:
+            size = batch_size(targets, outputs, self._ledger.label)
+        if weight is None:
+            return size, None
         return size, batch_weight(weight, size, self._ledger.label)
 
     def _accumulate(

@@ -23,7 +23,7 @@ from torchtally._conventions import (
     check_name,
     default_name,
 )
-from torchtally.aggregation import Accumulator, Cat, accumulator_class
+from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
 from torchtally.errors import NameConflictError
 from torchtally.objectives._base import Objective
 
@@ -151,7 +151,9 @@ class CallableObjective(Objective[OutputT, TargetT]):
     @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
         entry = self._entries.get(name)
-        return accumulator_class(entry.aggregation if entry is not None else "mean", self._label())
+        if entry is None:
+            return Mean
+        return accumulator_class(entry.aggregation, lambda: f"{self._label()} {name!r}")
 
     @override
     def higher_is_better_for(self, name: str) -> bool | None:

@@ -89,6 +89,7 @@ class Plan:
     kept: tuple[Kept, ...]  # added to their accumulator at once
     device: torch.device
     scalar_totals: bool  # some scalar is a batch total (a sum): weights cannot apply to it
+    keeps_values: bool  # some value goes to a Cat (kept as it is: weights cannot apply to it)
     width: int = field(init=False)  # how many values a batch has
     simple: bool = field(init=False)  # one group of vectors, every value in order: fastest
     dtype: torch.dtype | None = field(init=False)  # the dtype of the first group
@@ -392,7 +393,7 @@ class Ledger:
                 f"{self.label}: a scalar summed value is a batch total and cannot be weighted; "
                 f"return per-sample values to weight them, or leave weight= out"
             )
-        if plan.kept:
+        if plan.keeps_values:
             raise WeightError(
                 f"{self.label}: a 'cat' aggregation keeps every value as it is and cannot weight "
                 f"them; leave weight= out"
@@ -416,7 +417,7 @@ class Ledger:
         device = devices.pop() if devices else torch.device("cpu")
         keys: dict[tuple[str, torch.dtype], list[tuple[int, bool]]] = {}
         kept: list[Kept] = []
-        scalar_totals = False
+        scalar_totals = keeps_values = False
         for position, (name, value) in enumerate(values.items()):
             held = self.rows.get(name)
             cls = type(held[0]) if held is not None else self._accumulator_for(name)
@@ -427,6 +428,7 @@ class Ledger:
                         f"dimension of {size} for a batch of {size}, found shape "
                         f"{tuple(value.shape)}"
                     )
+                keeps_values = True
                 if held is not None:
                     self._check_trailing(name, value)
                     kept.append(Kept(position, held[0], held[1]))
@@ -447,7 +449,7 @@ class Ledger:
         groups = tuple(
             self._group(shape, dtype, members, names) for (shape, dtype), members in keys.items()
         )
-        return Plan(tuple(names), groups, tuple(kept), device, scalar_totals)
+        return Plan(tuple(names), groups, tuple(kept), device, scalar_totals, keeps_values)
 
     def _group(
         self, shape: str, dtype: torch.dtype, members: list[tuple[int, bool]], names: list[str]
