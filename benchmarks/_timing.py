@@ -25,14 +25,29 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Clock", "Timing", "calibrate", "compare", "markdown_table", "single_thread"]
+__all__ = [
+    "Clock",
+    "Fresh",
+    "Timing",
+    "calibrate",
+    "compare",
+    "in_fresh_processes",
+    "markdown_table",
+    "measure",
+    "single_thread",
+]
 
 
 @dataclass(frozen=True)
@@ -168,3 +183,72 @@ def markdown_table(
             f"{timing.ratio:.3f} ± {timing.spread:.3f} | {timing.best_ratio:.3f} |"
         )
     return "\n".join(lines)
+
+
+# -- fresh processes ------------------------------------------------------------------------------
+
+
+def measure(
+    fn: Callable[[], object], seconds: float = 0.5, warmup_calls: int = 300
+) -> dict[str, float]:
+    """Time ``fn`` in this process after a warm-up: µs per call and minor page faults per call.
+
+    Meant for a fresh process (see :func:`in_fresh_processes`): in a process
+    that has run other cases the allocator is warm and page faults hide.
+    """
+    for _ in range(warmup_calls):
+        fn()
+    calls = calibrate(fn, seconds / 4, clock=time.perf_counter)
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    return {"us_per_call": elapsed / calls * 1e6, "faults_per_call": faults / calls, "calls": calls}
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """One case measured in fresh processes: medians over rounds."""
+
+    name: str
+    us_per_call: float
+    ratio: float
+    faults_per_call: float
+
+
+def in_fresh_processes(
+    script: str, cases: list[str], baseline: str, args: list[str], rounds: int = 5
+) -> dict[str, Fresh]:
+    """Run ``python script --child CASE *args`` once per case per round, interleaved.
+
+    The child prints :func:`measure`'s dict as JSON on its last line. Each
+    round runs every case once, in a rotating order; a case's ratio to the
+    baseline is taken within each round and the median over rounds reported.
+    """
+    results: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    for round_index in range(rounds):
+        shift = round_index % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            done = subprocess.run(
+                [sys.executable, script, "--child", case, *args],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            results[case].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    fresh = {}
+    for case in cases:
+        ratios = [
+            mine["us_per_call"] / base["us_per_call"]
+            for mine, base in zip(results[case], results[baseline], strict=True)
+        ]
+        fresh[case] = Fresh(
+            name=case,
+            us_per_call=statistics.median(run["us_per_call"] for run in results[case]),
+            ratio=statistics.median(ratios),
+            faults_per_call=statistics.median(run["faults_per_call"] for run in results[case]),
+        )
+    return fresh

@@ -421,6 +421,7 @@ def wrap(
     *,
     aggregation: str | Mapping[str, str] | None = None,
     higher_is_better: bool | Mapping[str, bool | None] | None = None,
+    weight: Any = None,
 ) -> Any:
     """Turn a function, a metric object or an ``nn.Module`` into a torchtally objective.
 
@@ -439,6 +440,8 @@ def wrap(
             ``'min'``, ``'max'``, or a mapping from value names to those.
         higher_is_better: the direction of the values (or a mapping per name),
             for stateless forms.
+        weight: for stateless forms: a callable of ``(outputs, targets)``
+            returning each batch's weight (see ``Objective.update``).
 
     Returns:
         An object with ``update``, ``compute``, ``reset``, ``sync``,
@@ -463,7 +466,9 @@ def wrap(
         check_name(name, "wrap")
     if isinstance(obj, type):
         raise _unsupported(obj, "it is a class; pass an instance")
-    stateless_options = aggregation is not None or higher_is_better is not None
+    stateless_options = (
+        aggregation is not None or higher_is_better is not None or weight is not None
+    )
     if isinstance(obj, SyncParticipant):  # already a torchtally objective or adapter
         if name is not None or stateless_options:
             raise ValueError(
@@ -475,7 +480,7 @@ def wrap(
     if adapter is not None:
         if stateless_options:
             raise ValueError(
-                f"wrap: aggregation and higher_is_better apply to stateless forms only; a "
+                f"wrap: aggregation, higher_is_better and weight apply to stateless forms only; a "
                 f"{type(obj).__name__} aggregates and names its values itself"
             )
         return adapter
@@ -486,7 +491,7 @@ def wrap(
             raise _unsupported(obj, "it has update and compute but no reset")
         if stateless_options:
             raise ValueError(
-                f"wrap: aggregation and higher_is_better apply to stateless forms only; a "
+                f"wrap: aggregation, higher_is_better and weight apply to stateless forms only; a "
                 f"{type(obj).__name__} keeps and aggregates its own state"
             )
         return StatefulObjective(obj, name or type(obj).__name__)
@@ -502,4 +507,5 @@ def wrap(
         name if name is not None else _callable_name(obj),
         aggregation="mean" if aggregation is None else aggregation,
         higher_is_better=higher_is_better,
+        weight=weight,
     )

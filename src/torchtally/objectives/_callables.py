@@ -218,8 +218,14 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         super().__init__(NamedCallable(name, fn) for name, fn in named_fns.items())
 
     @classmethod
-    def from_dict(cls, named_fns: Mapping[str, MetricFn]) -> MetricCollection[Any, Any]:
+    def from_dict(
+        cls, named_fns: Mapping[str, MetricFn], *, weight: WeightFn | None = None
+    ) -> MetricCollection[Any, Any]:
         """A collection from a mapping of names to callables (names need not be identifiers).
+
+        Args:
+            named_fns: callables of ``(outputs, targets)`` by name.
+            weight: a callable of ``(outputs, targets)`` returning each batch's weight.
 
         Example:
             >>> import torchtally as tt
@@ -228,7 +234,7 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """
         for name in named_fns:
             check_name(name, cls.__name__)
-        return _collection(NamedCallable(name, fn) for name, fn in named_fns.items())
+        return _collection((NamedCallable(name, fn) for name, fn in named_fns.items()), weight)
 
     @property
     def higher_is_better(self) -> dict[str, bool | None]:
@@ -294,9 +300,11 @@ class Metric(CallableObjective[OutputT, TargetT]):
         return f"Metric {next(iter(self._entries))!r}"
 
 
-def _collection(entries: Iterable[NamedCallable]) -> MetricCollection[Any, Any]:
+def _collection(
+    entries: Iterable[NamedCallable], weight: WeightFn | None = None
+) -> MetricCollection[Any, Any]:
     collection: MetricCollection[Any, Any] = MetricCollection.__new__(MetricCollection)
-    CallableObjective.__init__(collection, entries)
+    CallableObjective.__init__(collection, entries, weight=weight)
     return collection
 
 
