@@ -594,7 +594,7 @@ class Mean(Accumulator):
         droppable: bool,
     ) -> None:
         entries = tuple(range(1, values.ndim))
-        last = (slice(None), *(-1 for _ in entries))
+        last: tuple[slice | int, ...] = (slice(None), *(-1 for _ in entries))
         if weights is None:
             sums = values.sum(entries, dtype=_F64)
             state["weight"].add_(values[0].numel())
@@ -776,7 +776,7 @@ class Cat(Accumulator):
         self._droppable = [False] * rows
 
     @override
-    @torch.compiler.disable
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def add(
         self,
         values: Tensor,

@@ -277,9 +277,9 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             return {name: as_value_tensor(value, label, name) for name, value in values.items()}
         if torch.compiler.is_compiling():
             ledger.add_now(values, size, weight)
-            return values
+            return values  # type: ignore[no-any-return]
         if weight is None and ledger.queue(values, size, ordered):
-            return values
+            return values  # type: ignore[no-any-return]
         return ledger.queue_checked(values, size, weight)
 
     # -- epoch values -------------------------------------------------------------------------

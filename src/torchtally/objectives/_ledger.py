@@ -505,7 +505,7 @@ class Ledger:
             return
         self._count_slots()
         sizes = self._sizes
-        weights = self._weights if self._weighted else [None] * len(sizes)
+        weights: list[Weight] = self._weights if self._weighted else [None] * len(sizes)
         sample_weights = self._sample_weights if self._weighted else None
         used = self._used
         self._sizes, self._weights, self._weighted = [], [], False
@@ -712,7 +712,7 @@ class Ledger:
         self._plan_in_use = None
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # type: ignore[untyped-decorator]
 def _register_outside_graph(ledger: Ledger, names: list[str]) -> None:
     """Make rows for new names outside a compiled graph (a graph break, once)."""
     ledger.add_names(names)
@@ -749,7 +749,8 @@ def _per_sample(weight: Weight, size: Any, device: torch.device) -> Tensor | Non
     if isinstance(weight, Tensor) and weight.ndim == 1:
         return weight.to(device, _F64)
     total = weight if isinstance(weight, Tensor) else torch.tensor(weight, dtype=_F64)
-    return (total.to(device, _F64) / size).expand(size)
+    spread: Tensor = (total.to(device, _F64) / size).expand(size)
+    return spread
 
 
 def _batch_weights(

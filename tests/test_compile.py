@@ -1,0 +1,138 @@
+"""Objectives inside ``torch.compile``: no fall-back to eager, a handful of recompilations, and
+the same values as eager objectives fed the same data.
+
+torchtally 0.1 kept a Python list of queued batches, which dynamo guarded on: after 8 steps the
+whole training step, model included, fell back to eager (101 steps: 5.8 s compiled vs 0.02 s
+eager). Compilation is slow on a small CPU machine: the runs stay short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch._dynamo
+from torch import Tensor
+from torch._dynamo.utils import counters
+from torch.nn import functional
+
+import torchtally as tt
+
+
+def mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).mean(1)
+
+
+def sizes(steps: int) -> list[int]:
+    """A varying last batch: every tenth batch is smaller, and not always of the same size."""
+    return [16 if step % 10 != 9 else 3 + step % 4 for step in range(steps)]
+
+
+def batches(steps: int) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(size, 4, generator=generator), torch.randn(size, 1, generator=generator))
+        for size in sizes(steps)
+    ]
+
+
+def run_compiled(
+    step: Callable[[Tensor, Tensor], Any], data: list[tuple[Tensor, Tensor]], fullgraph: bool
+) -> dict[str, int]:
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=fullgraph)
+    for inputs, targets in data:
+        compiled(inputs, targets)
+    frames = counters["frames"]
+    return {
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "frames": frames["total"],
+        "frames_ok": frames["ok"],
+    }
+
+
+def assert_same(compiled: dict[str, Tensor], eager: dict[str, Tensor]) -> None:
+    assert list(compiled) == list(eager)
+    for name, value in eager.items():
+        torch.testing.assert_close(compiled[name], value, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.timeout(300)
+def test_a_training_step_with_a_collection_and_a_composed_loss_compiles_once_or_twice() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+    metrics = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=functional.mse_loss)
+    eager_loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+    eager_metrics = tt.MetricCollection(MSE=mse, MAE=mae, Scalar=functional.mse_loss)
+
+    def step(inputs: Tensor, targets: Tensor) -> Tensor:
+        outputs = model(inputs)
+        value = loss(outputs, targets)
+        metrics.update(outputs.detach(), targets)
+        return value
+
+    data = batches(200)
+    stats = run_compiled(step, data, fullgraph=False)
+    returned = []
+    with torch.no_grad():
+        for inputs, targets in data:
+            outputs = model(inputs)
+            returned.append(eager_loss(outputs, targets))
+            eager_metrics.update(outputs, targets)
+    assert stats["graph_breaks"] == 0
+    assert stats["frames"] == stats["frames_ok"]  # nothing fell back to eager
+    assert stats["unique_graphs"] <= 4  # first use, then a dynamic batch size
+    assert_same(loss.compute(), eager_loss.compute())
+    assert_same(metrics.compute(), eager_metrics.compute())
+
+
+@pytest.mark.timeout(300)
+def test_a_loss_compiles_with_fullgraph_and_keeps_its_values_and_gradients() -> None:
+    loss = tt.Loss(functional.mse_loss, "MSE") ** 2 + 0.5 * tt.Loss(mae, "MAE")
+    eager = tt.Loss(functional.mse_loss, "MSE") ** 2 + 0.5 * tt.Loss(mae, "MAE")
+    data = batches(12)
+    stats = run_compiled(loss, data, fullgraph=True)
+    for outputs, targets in data:
+        eager(outputs, targets)
+    assert stats["graph_breaks"] == 0 and stats["unique_graphs"] <= 4
+    assert_same(loss.compute(), eager.compute())
+    outputs, targets = data[0]
+    outputs = outputs[:, :1].clone().requires_grad_(True)
+    reference = outputs.detach().clone().requires_grad_(True)
+    compiled = torch.compile(loss, fullgraph=True)
+    compiled(outputs, targets).backward()
+    eager(reference, targets).backward()
+    torch.testing.assert_close(outputs.grad, reference.grad)
+
+
+@pytest.mark.timeout(300)
+def test_weighted_updates_and_schedules_compile_without_breaks() -> None:
+    kl = tt.Loss(mae, "KL")
+    loss = tt.Loss(functional.mse_loss, "CE") + tt.schedules.linear(0.0, 1.0, steps=6) * kl
+    eager = tt.Loss(functional.mse_loss, "CE") + tt.schedules.linear(0.0, 1.0, steps=6) * kl
+    metric = tt.Metric(mae, "MAE")
+    eager_metric = tt.Metric(mae, "MAE")
+
+    def step(outputs: Tensor, targets: Tensor) -> Tensor:
+        metric.update(outputs, targets, weight=torch.ones(outputs.shape[0]) * 2)
+        return loss(outputs, targets)
+
+    data = [(outputs[:, :1], targets) for outputs, targets in batches(12)]
+    stats = run_compiled(step, data, fullgraph=True)
+    values = []
+    for outputs, targets in data:
+        eager_metric.update(outputs, targets, weight=torch.ones(outputs.shape[0]) * 2)
+        values.append(eager(outputs, targets))
+    assert stats["graph_breaks"] == 0
+    assert_same(metric.compute(), eager_metric.compute())
+    assert_same(loss.compute(), eager.compute())
+    assert loss.schedule_values() == eager.schedule_values() == {"linear(0→1, 6)": 1.0}
