@@ -604,7 +604,7 @@ def test_or_with_something_else_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         tt.Metric(mae, "MAE") | 3  # type: ignore[operator]
     with pytest.raises(TypeError):
-        tt.Metric(mae, "MAE") | MyMetrics()  # type: ignore[operator]
+        3 | tt.Metric(mae, "MAE")  # type: ignore[operator]
 
 
 def test_metric_aggregations() -> None:

@@ -95,6 +95,7 @@ def sync_all(
         >>> mae.compute()
         {'MAE': tensor(1.)}
     """
+    objectives = tuple(part for item in objectives for part in _participants(item))
     if not distributed.is_distributed(process_group):
         for item in objectives:
             _check_participant(item)
@@ -130,6 +131,12 @@ def sync_all(
     prepared = [item._sync_prepare(states) for item, states in pairs]
     for item, result in zip(objectives, prepared, strict=True):
         item._sync_install(result)
+
+
+def _participants(item: object) -> tuple[Any, ...]:
+    """What syncs for ``item``: itself, or the parts a composite names (``sync_parts()``)."""
+    parts = getattr(item, "sync_parts", None)
+    return tuple(parts()) if callable(parts) else (item,)
 
 
 def _check_participant(item: object) -> None:

@@ -35,6 +35,7 @@ from torchtally.objectives._callables import (
     compute_metrics,
     merge_named_callables,
 )
+from torchtally.objectives._joined import Joined, join
 from torchtally.objectives._ledger import PENDING_BATCHES, PENDING_ELEMENTS
 
 __all__ = [
@@ -43,10 +44,12 @@ __all__ = [
     "STATE_VERSION",
     "AverageObjective",
     "CallableObjective",
+    "Joined",
     "Metric",
     "MetricCollection",
     "NamedCallable",
     "Objective",
     "compute_metrics",
+    "join",
     "merge_named_callables",
 ]

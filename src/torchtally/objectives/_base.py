@@ -234,6 +234,35 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         size, weight = self._batch(outputs, targets, weight)
         return self._accumulate(values, size, weight, False)
 
+    def __or__(self, other: object) -> Objective[Any, Any]:
+        """This objective and ``other`` (any objective) as one (see :class:`~torchtally.objectives.Joined`).
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> class Peak(tt.Objective[torch.Tensor, torch.Tensor]):
+            ...     aggregation = 'max'
+            ...     def calculate(self, outputs, targets):
+            ...         return {'Peak': outputs}
+            >>> both = Peak() | tt.Metric(lambda o, t: o, 'Mean')
+            >>> _ = both.update(torch.tensor([1.0, 3.0]), torch.zeros(2))
+            >>> both.compute()
+            {'Peak': tensor(3.), 'Mean': tensor(2.)}
+        """
+        # The composite is built from this class: imported on first use, not at import time.
+        from torchtally.objectives._joined import Joined, is_objective_like
+
+        if not is_objective_like(other) or getattr(other, "is_loss", False) is True:
+            return NotImplemented
+        return Joined(self, other)
+
+    def __ror__(self, other: object) -> Objective[Any, Any]:
+        from torchtally.objectives._joined import Joined, is_objective_like
+
+        if not is_objective_like(other):
+            return NotImplemented
+        return Joined(other, self)
+
     def __call__(
         self, outputs: OutputT, targets: TargetT, *, weight: Any = None
     ) -> dict[str, Tensor] | Tensor:

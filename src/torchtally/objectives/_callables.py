@@ -9,7 +9,7 @@ before any data, so a process that saw no batch still takes part in a sync.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from torchtally._conventions import (
     default_name,
 )
 from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
-from torchtally.errors import NameConflictError
+from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives._base import Objective
 
 __all__ = [
@@ -116,8 +116,22 @@ class CallableObjective(Objective[OutputT, TargetT]):
 
     _entries: dict[str, NamedCallable]
 
-    def __init__(self, entries: Iterable[NamedCallable], *, weight: WeightFn | None = None) -> None:
+    def __init__(
+        self,
+        entries: Iterable[NamedCallable],
+        *,
+        weight: WeightFn | None = None,
+        multi: Iterable[MetricFn] = (),
+    ) -> None:
         owner = type(self).__name__
+        self._multi = tuple(multi)
+        for fn in self._multi:
+            if not callable(fn) or isinstance(fn, Objective):
+                raise InvalidArgumentError(
+                    f"{owner}: a positional argument must be a callable of (outputs, targets) "
+                    f"returning a dict of values by name, found {type(fn).__name__}; join "
+                    f"objectives with |"
+                )
         self._entries = merge_named_callables(entries, (), owner)
         for entry in self._entries.values():
             check_name(entry.name, owner)
@@ -127,9 +141,9 @@ class CallableObjective(Objective[OutputT, TargetT]):
                     f"found {type(entry.fn).__name__}"
                 )
             if entry.higher_is_better is not None and not isinstance(entry.higher_is_better, bool):
-                raise TypeError(
+                raise InvalidArgumentError(
                     f"{owner}: higher_is_better of {entry.name!r} must be True, False or None, "
-                    f"found {entry.higher_is_better!r}"
+                    f"found {type(entry.higher_is_better).__name__} {entry.higher_is_better!r:.40}"
                 )
             if issubclass(accumulator_class(entry.aggregation, f"{owner} {entry.name!r}"), Cat):
                 raise ValueError(
@@ -146,7 +160,11 @@ class CallableObjective(Objective[OutputT, TargetT]):
     @property
     @override
     def learns_names(self) -> bool:
-        return False
+        return bool(self._multi)  # dict-valued callables name their values themselves
+
+    @property
+    def _multi_valued(self) -> bool:
+        return bool(getattr(self, "_multi", ()))
 
     @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
@@ -170,7 +188,32 @@ class CallableObjective(Objective[OutputT, TargetT]):
                 values[name] = fn(outputs, targets)
         except Exception as error:
             raise callable_error(self._ledger.label, name, error) from error
+        for fn in self._multi:
+            self._merge_produced(values, fn, outputs, targets)
         return values
+
+    def _merge_produced(
+        self, values: dict[str, Any], fn: MetricFn, outputs: Any, targets: Any
+    ) -> None:
+        """Add the values a dict-valued callable returns, refusing a name given twice."""
+        label = self._ledger.label
+        owner = getattr(fn, "__name__", type(fn).__name__)
+        try:
+            produced = fn(outputs, targets)
+        except Exception as error:
+            raise callable_error(label, owner, error) from error
+        if not isinstance(produced, Mapping):
+            raise ResultTypeError(
+                f"{label}: the positional callable {owner} must return a dict of values by name, "
+                f"found {type(produced).__name__}"
+            )
+        for key in produced:
+            check_name(key, label)
+            if key in values:
+                raise NameConflictError(
+                    f"{label}: two callables returned a value named {key!r}; give one another name"
+                )
+        values.update(produced)
 
     @override
     def update(
@@ -179,52 +222,110 @@ class CallableObjective(Objective[OutputT, TargetT]):
         # calculate() returns the names in the same order every time: the queue may trust it.
         values = self.calculate(outputs, targets)
         size, weight = self._batch(outputs, targets, weight)
-        return self._accumulate(values, size, weight, True)
+        return self._accumulate(values, size, weight, not self._multi)
 
     @property
     def entries(self) -> tuple[NamedCallable, ...]:
         """The named callables, in order."""
         return tuple(self._entries.values())
 
-    def __or__(self, other: object) -> MetricCollection[Any, Any]:
+    @override
+    def __or__(self, other: object) -> Objective[Any, Any]:
         """A new collection with the entries of both (state is not carried over).
 
-        A loss on the right makes the result a loss (see ``LossBase.__ror__``).
+        With another kind of objective the result is a
+        :class:`~torchtally.objectives.Joined`; a loss on the right makes the
+        result a loss (see ``LossBase.__ror__``).
         """
-        if not isinstance(other, CallableObjective) or _is_loss(other) or _is_loss(self):
+        if _is_loss(other) or _is_loss(self):
             return NotImplemented
+        if not isinstance(other, CallableObjective) or type(other) not in (
+            Metric,
+            MetricCollection,
+        ):
+            return super().__or__(other)
+        if type(self) not in (Metric, MetricCollection):
+            return super().__or__(other)
+        weights = {id(fn): fn for fn in (self._weight_fn, other._weight_fn) if fn is not None}
+        if len(weights) > 1:
+            raise ValueError(
+                "MetricCollection: the two have different weight= callables; join objectives "
+                "that share one, or pass weight= to update"
+            )
         return _collection(
-            merge_named_callables(self.entries, other.entries, "MetricCollection").values()
+            merge_named_callables(self.entries, other.entries, "MetricCollection").values(),
+            next(iter(weights.values()), None),
+            (*self._multi, *other._multi),
         )
 
 
 class MetricCollection(CallableObjective[OutputT, TargetT]):
-    """Several metrics evaluated together, each under its own name.
+    """Several metrics evaluated together, each under its own name; a mapping of its entries.
+
+    ``collection['MAE']`` is the entry (a :class:`NamedCallable`), ``len``,
+    iteration (over names) and ``in`` work as for a dict.
 
     Args:
-        **named_fns: callables of ``(outputs, targets)`` by name.
+        *fns: callables of ``(outputs, targets)`` returning a dict of values by
+            name (several metrics computed in one pass); their names are learnt
+            from the first batch.
+        prefix: put before every name ``compute()`` reports (``'val/'``).
+        postfix: put after every name ``compute()`` reports.
+        weight: a callable of ``(outputs, targets)`` returning each batch's weight.
+        **named_fns: callables of ``(outputs, targets)`` by name (or a
+            :class:`Metric`, whose callable and options are taken under the new name).
+
+    Raises:
+        InvalidArgumentError: an argument that is not a callable (or a
+            ``Metric``), or a prefix or postfix that is not a string.
 
     Example:
         >>> import torch
         >>> import torchtally as tt
-        >>> metrics = tt.MetricCollection(
-        ...     MAE=lambda o, t: (o - t).abs(), Bias=lambda o, t: o - t)
+        >>> def errors(outputs, targets):
+        ...     return {'MAE': (outputs - targets).abs(), 'Bias': outputs - targets}
+        >>> metrics = tt.MetricCollection(errors, Max=lambda o, t: o, prefix='val/')
         >>> _ = metrics.update(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]))
         >>> metrics.compute()
-        {'MAE': tensor(1.), 'Bias': tensor(0.)}
+        {'val/Max': tensor(2.), 'val/MAE': tensor(1.), 'val/Bias': tensor(0.)}
+        >>> 'Max' in metrics, len(metrics), list(metrics)
+        (True, 1, ['Max'])
     """
 
-    def __init__(self, **named_fns: MetricFn) -> None:
-        super().__init__(NamedCallable(name, fn) for name, fn in named_fns.items())
+    def __init__(
+        self,
+        *fns: MetricFn,
+        prefix: str = "",
+        postfix: str = "",
+        weight: WeightFn | None = None,
+        **named_fns: Any,
+    ) -> None:
+        for option, value in (("prefix", prefix), ("postfix", postfix)):
+            if not isinstance(value, str):
+                raise InvalidArgumentError(
+                    f"MetricCollection: {option} must be a string, found {type(value).__name__} "
+                    f"{value!r:.40}"
+                )
+        self._prefix, self._postfix = prefix, postfix
+        super().__init__(
+            (_entry(name, fn) for name, fn in named_fns.items()), weight=weight, multi=fns
+        )
 
     @classmethod
     def from_dict(
-        cls, named_fns: Mapping[str, MetricFn], *, weight: WeightFn | None = None
+        cls,
+        named_fns: Mapping[str, Any],
+        *,
+        prefix: str = "",
+        postfix: str = "",
+        weight: WeightFn | None = None,
     ) -> MetricCollection[Any, Any]:
         """A collection from a mapping of names to callables (names need not be identifiers).
 
         Args:
-            named_fns: callables of ``(outputs, targets)`` by name.
+            named_fns: callables of ``(outputs, targets)`` (or ``Metric``s) by name.
+            prefix: put before every name ``compute()`` reports.
+            postfix: put after every name ``compute()`` reports.
             weight: a callable of ``(outputs, targets)`` returning each batch's weight.
 
         Example:
@@ -234,12 +335,101 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """
         for name in named_fns:
             check_name(name, cls.__name__)
-        return _collection((NamedCallable(name, fn) for name, fn in named_fns.items()), weight)
+        collection: MetricCollection[Any, Any] = MetricCollection.__new__(MetricCollection)
+        collection._prefix, collection._postfix = "", ""
+        CallableObjective.__init__(
+            collection, (_entry(name, fn) for name, fn in named_fns.items()), weight=weight
+        )
+        if prefix or postfix:
+            return collection.renamed(prefix=prefix, postfix=postfix)
+        return collection
+
+    def renamed(self, *, prefix: str = "", postfix: str = "") -> MetricCollection[Any, Any]:
+        """The same collection (fresh state) reporting its names with a prefix and a postfix.
+
+        Example:
+            >>> import torchtally as tt
+            >>> train = tt.MetricCollection(MAE=lambda o, t: (o - t).abs())
+            >>> validation = train.renamed(prefix='val/')
+            >>> validation.reported_names
+            ('val/MAE',)
+        """
+        renamed = _collection(self.entries, self._weight_fn, self._multi)
+        for option, value in (("prefix", prefix), ("postfix", postfix)):
+            if not isinstance(value, str):
+                raise InvalidArgumentError(
+                    f"MetricCollection: {option} must be a string, found {type(value).__name__}"
+                )
+        renamed._prefix, renamed._postfix = prefix, postfix
+        return renamed
+
+    @property
+    def reported_names(self) -> tuple[str, ...]:
+        """The names ``compute()`` reports: the entries' names with the prefix and postfix."""
+        return tuple(f"{self._prefix}{name}{self._postfix}" for name in self.names)
+
+    @override
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not (self._prefix or self._postfix):
+            return values
+        return {f"{self._prefix}{name}{self._postfix}": value for name, value in values.items()}
+
+    @override
+    def higher_is_better_for(self, name: str) -> bool | None:
+        prefix, postfix = self._prefix, self._postfix
+        if (prefix or postfix) and name.startswith(prefix) and name.endswith(postfix):
+            bare = name[len(prefix) : len(name) - len(postfix)]
+            if bare in self._entries:
+                name = bare
+        return super().higher_is_better_for(name)
 
     @property
     def higher_is_better(self) -> dict[str, bool | None]:
         """Direction of each value by name."""
         return {name: entry.higher_is_better for name, entry in self._entries.items()}
+
+    def __getitem__(self, name: str) -> NamedCallable:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(
+                f"{self._label()} has no entry {name!r}; its entries are {list(self._entries)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def keys(self) -> KeysView[str]:
+        """The entries' names."""
+        return self._entries.keys()
+
+    def values(self) -> ValuesView[NamedCallable]:
+        """The entries."""
+        return self._entries.values()
+
+    def items(self) -> ItemsView[str, NamedCallable]:
+        """``(name, entry)`` pairs."""
+        return self._entries.items()
+
+
+def _entry(name: str, fn: Any) -> NamedCallable:
+    """A collection's entry from a keyword argument: a callable, or a ``Metric`` renamed."""
+    if isinstance(fn, Metric):
+        (entry,) = fn.entries
+        return NamedCallable(name, entry.fn, entry.higher_is_better, entry.aggregation)
+    if isinstance(fn, Objective) or not callable(fn):
+        what = "an objective" if isinstance(fn, Objective) else type(fn).__name__
+        raise InvalidArgumentError(
+            f"MetricCollection: {name!r} must be a callable of (outputs, targets) (or a Metric), "
+            f"found {what}; join objectives with | instead"
+        )
+    return NamedCallable(name, fn)
 
 
 class Metric(CallableObjective[OutputT, TargetT]):
@@ -301,10 +491,13 @@ class Metric(CallableObjective[OutputT, TargetT]):
 
 
 def _collection(
-    entries: Iterable[NamedCallable], weight: WeightFn | None = None
+    entries: Iterable[NamedCallable],
+    weight: WeightFn | None = None,
+    multi: Iterable[MetricFn] = (),
 ) -> MetricCollection[Any, Any]:
     collection: MetricCollection[Any, Any] = MetricCollection.__new__(MetricCollection)
-    CallableObjective.__init__(collection, entries, weight=weight)
+    collection._prefix, collection._postfix = "", ""
+    CallableObjective.__init__(collection, entries, weight=weight, multi=multi)
     return collection
 
 
@@ -313,22 +506,64 @@ def _is_loss(objective: object) -> bool:
     return getattr(objective, "is_loss", False) is True
 
 
-def compute_metrics(objective: Any) -> dict[str, float]:
-    """The computed values of any objective as plain Python floats, for loggers.
+def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
+    """The computed values of any objectives as one dict of plain Python floats, for loggers.
 
     Accepts torchtally objectives and foreign ones (torchmetrics, torcheval,
     anything with ``compute``) returning a tensor, a number or a dict of them.
+    A value with several elements (per-class scores, say) is flattened: its
+    entries are named ``name_0``, ``name_1``, ... (``name_0_1`` for a matrix,
+    row by row). Each name may appear once across the objectives.
+
+    Args:
+        *objectives: the objectives, in the order their values should appear.
+        prefix: put before every name (``'val/'``).
+
+    Raises:
+        NameConflictError: two objectives report the same name.
 
     Example:
         >>> import torch
         >>> import torchtally as tt
-        >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
-        >>> _ = metric.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
-        >>> tt.compute_metrics(metric)
-        {'MAE': 1.5}
+        >>> mae = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+        >>> per_class = tt.Metric(lambda o, t: o, 'Score', aggregation='max')
+        >>> _ = mae.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
+        >>> _ = per_class.update(torch.tensor([0.5, 0.25]), torch.zeros(2))
+        >>> tt.compute_metrics(mae, per_class, prefix='val/')
+        {'val/MAE': 1.5, 'val/Score': 0.5}
     """
-    result = objective.compute()
-    if isinstance(result, Mapping):
-        return {str(name): float(value) for name, value in result.items()}
-    name = getattr(objective, "name", None) or type(objective).__name__
-    return {str(name): float(result)}
+    flat: dict[str, float] = {}
+    for objective in objectives:
+        result = objective.compute()
+        if not isinstance(result, Mapping):
+            name = getattr(objective, "name", None) or type(objective).__name__
+            result = {str(name): result}
+        for name, value in result.items():
+            for key, number in _flattened(str(name), value):
+                key = f"{prefix}{key}"
+                if key in flat:
+                    raise NameConflictError(
+                        f"compute_metrics: two values are reported under {key!r}; give the "
+                        f"metrics distinct names (or the collections a prefix)"
+                    )
+                flat[key] = number
+    return flat
+
+
+def _flattened(name: str, value: Any) -> list[tuple[str, float]]:
+    if not isinstance(value, Tensor) or value.numel() == 1:
+        return [(name, float(value))]
+    if value.ndim == 1:
+        return [(f"{name}_{index}", float(item)) for index, item in enumerate(value.tolist())]
+    entries = value.reshape(-1).tolist()
+    return [
+        (f"{name}_" + "_".join(map(str, index)), float(item))
+        for index, item in zip(_indices(tuple(value.shape)), entries, strict=True)
+    ]
+
+
+def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    indices: list[tuple[int, ...]] = [()]
+    for size in shape:
+        indices = [(*index, position) for index in indices for position in range(size)]
+    return indices

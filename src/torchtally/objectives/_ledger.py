@@ -265,6 +265,15 @@ class Ledger:
         self._commit(plan, groups, size, weight)
         return returned
 
+    def check(self, values: Mapping[str, Any], size: int, weight: Weight) -> None:
+        """Raise what :meth:`queue_checked` would raise for this batch, changing nothing."""
+        returned = {
+            name: as_value_tensor(value, self.label, name) for name, value in values.items()
+        }
+        for name in returned:
+            check_name(name, self.label)
+        self._check_weight(self._plan(returned, size), weight)
+
     def _commit(self, plan: Plan, groups: list[list[Tensor]], size: int, weight: Weight) -> None:
         """Copy one batch's checked values into the buffers of ``plan`` (folding first if full)."""
         self._count_slots()

@@ -1,0 +1,277 @@
+"""``Joined``: objectives of any kind evaluated together, the result of ``a | b``.
+
+``a | b`` between two objectives built from callables gives a
+:class:`~torchtally.MetricCollection` (their entries, one ledger). Any other
+pair (a hand-written :class:`~torchtally.Objective`, a ``tt.wrap`` result, a
+torchmetrics or torcheval adapter, a wrapped stateful object, another
+``Joined``) gives a :class:`Joined`:
+
+- torchtally objectives among the parts are *templates*: their
+  ``calculate``, aggregations, ``finalize`` and directions are used, and the
+  state lives in the ``Joined`` itself (one ledger: one copy per batch, one
+  sync participant, atomic updates). As for collections, the parts' own state
+  is not carried over; use ``merge_state`` for that.
+- every other part (an adapter, a wrapped stateful object) keeps its own
+  state, and is updated, computed, reset, synced, saved and moved with the rest.
+
+Each value's name may appear once: two parts reporting the same name are a
+:class:`~torchtally.errors.NameConflictError` (at construction for names known
+up front, at the first batch for names learnt from data).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+from typing_extensions import Self, override
+
+from torchtally._conventions import merge_results, normalize_result
+from torchtally.aggregation import Accumulator
+from torchtally.errors import (
+    IncompatibleStateError,
+    NameConflictError,
+    StateDictError,
+    UnsupportedObjectError,
+    WeightError,
+)
+from torchtally.objectives._base import Objective
+
+__all__ = ["Joined", "is_objective_like", "join"]
+
+
+def is_objective_like(item: object) -> bool:
+    """Whether ``item`` has ``update``, ``compute`` and ``reset`` (what ``|`` can join)."""
+    return all(callable(getattr(item, method, None)) for method in ("update", "compute", "reset"))
+
+
+class Joined(Objective[Any, Any]):
+    """Several objectives of any kind, updated, computed, synced and saved as one.
+
+    Build it with ``a | b`` (or :func:`join`); see the module documentation.
+
+    Args:
+        *parts: objectives (torchtally ones, adapters, wrapped objects, or
+            anything with ``update``, ``compute`` and ``reset``).
+
+    Raises:
+        UnsupportedObjectError: a part is not an objective.
+        NameConflictError: two parts declare the same name.
+        ValueError: the torchtally parts have different ``weight=`` callables.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> class Worst(tt.Objective[torch.Tensor, torch.Tensor]):
+        ...     aggregation = 'max'
+        ...     def calculate(self, outputs, targets):
+        ...         return {'Worst': (outputs - targets).abs()}
+        >>> both = Worst() | tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+        >>> _ = both.update(torch.tensor([1.0, 4.0]), torch.zeros(2))
+        >>> both.compute()
+        {'Worst': tensor(4.), 'MAE': tensor(2.5000)}
+    """
+
+    def __init__(self, *parts: Any) -> None:
+        flat: list[Any] = []
+        for part in parts:
+            flat.extend(part.parts if isinstance(part, Joined) else [part])
+        for part in flat:
+            if not is_objective_like(part):
+                raise UnsupportedObjectError(
+                    f"Joined: {type(part).__name__} {part!r:.60} is not an objective (it needs "
+                    f"update, compute and reset); wrap foreign metrics with torchtally.wrap"
+                )
+        self._templates = [part for part in flat if isinstance(part, Objective)]
+        self._kept = [part for part in flat if not isinstance(part, Objective)]
+        self._order = flat
+        weights = {id(part._weight_fn): part._weight_fn for part in self._templates}
+        weights.pop(id(None), None)
+        if len(weights) > 1:
+            raise ValueError(
+                "Joined: the objectives have different weight= callables; join objectives "
+                "that share one, or pass weight= to update"
+            )
+        self._owners: dict[str, Objective[Any, Any]] = {}
+        for template in self._templates:
+            for name in template.declared_names():
+                self._claim(name, template)
+        super().__init__(weight=next(iter(weights.values()), None))
+
+    def _claim(self, name: str, template: Objective[Any, Any]) -> None:
+        owner = self._owners.setdefault(name, template)
+        if owner is not template:
+            raise NameConflictError(
+                f"{self._label()}: the name {name!r} is reported by both {owner!r} and "
+                f"{template!r}; give one of them another name"
+            )
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        """The joined objectives, in the order they were written."""
+        return tuple(self._order)
+
+    @override
+    def _label(self) -> str:
+        text = "Joined(" + " | ".join(repr(part) for part in getattr(self, "_order", ())) + ")"
+        return text if len(text) <= 160 else text[:157] + "..."
+
+    # -- hooks, delegated to the part that owns each name -------------------------------------
+
+    @override
+    def declared_names(self) -> tuple[str, ...]:
+        return tuple(self._owners)
+
+    @property
+    @override
+    def learns_names(self) -> bool:
+        return any(template.learns_names for template in self._templates)
+
+    @override
+    def accumulator_for(self, name: str) -> type[Accumulator]:
+        return self._owners[name].accumulator_for(name)
+
+    @override
+    def higher_is_better_for(self, name: str) -> bool | None:
+        owner = self._owners.get(name)
+        if owner is not None:
+            return owner.higher_is_better_for(name)
+        for part in self._kept:
+            finder = getattr(part, "higher_is_better_for", None)
+            if callable(finder):
+                found = finder(name)
+                if isinstance(found, bool):
+                    return found
+        return None
+
+    @override
+    def calculate(self, outputs: Any, targets: Any) -> dict[str, Tensor]:
+        values: dict[str, Any] = {}
+        for template in self._templates:
+            produced = template.calculate(outputs, targets)
+            for name in produced:
+                if name in values:
+                    raise NameConflictError(
+                        f"{self._label()}: two parts reported a value named {name!r} for the "
+                        f"same batch; give one of them another name"
+                    )
+                if name not in self._owners:
+                    self._claim(name, template)
+            values.update(produced)
+        return values
+
+    @override
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        result: dict[str, Tensor] = {}
+        for template in self._templates:
+            own = {name: value for name, value in values.items() if self._owners[name] is template}
+            merge_results(result, template.finalize(own), self._label())
+        return result
+
+    # -- the lifecycle: the ledger for the templates, the kept parts beside it ----------------
+
+    @override
+    def update(self, outputs: Any, targets: Any, *, weight: Any = None) -> dict[str, Tensor]:
+        values = self.calculate(outputs, targets)
+        size, weight = self._batch(outputs, targets, weight)
+        if not self._kept:
+            return self._accumulate(values, size, weight, not self.learns_names)
+        if weight is not None:
+            raise WeightError(
+                f"{self._label()}: {type(self._kept[0]).__name__} keeps its own state and cannot "
+                f"weight batches; leave weight= out, or join only torchtally objectives"
+            )
+        if size:  # check this batch fully before any part keeps it
+            self._ledger.check(values, size, weight)
+        returned: dict[str, Tensor] = {}
+        for part in self._kept:
+            produced = part.update(outputs, targets)
+            if isinstance(produced, Mapping):
+                merge_results(returned, produced, self._label())
+        merge_results(returned, self._accumulate(values, size, weight, False), self._label())
+        return returned
+
+    @override
+    def compute(self) -> dict[str, Tensor]:
+        result = super().compute() if self._templates else {}
+        for part in self._kept:
+            name = str(getattr(part, "name", type(part).__name__))
+            merge_results(
+                result, normalize_result(part.compute(), name, self._label()), self._label()
+            )
+        return result
+
+    @override
+    def reset(self) -> None:
+        super().reset()
+        for part in self._kept:
+            part.reset()
+
+    @override
+    def merge_state(self, other: Self) -> None:
+        if self._kept:
+            raise IncompatibleStateError(
+                f"{self._label()}: {type(self._kept[0]).__name__} keeps its own state, which "
+                f"torchtally cannot merge; merge the parts themselves"
+            )
+        super().merge_state(other)
+
+    def sync_parts(self) -> tuple[Any, ...]:
+        """What ``sync_all`` syncs for this object: its own state, then every kept part."""
+        return (self, *self._kept)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["parts"] = [part.state_dict() for part in self._kept]
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore every part, or none: a part that refuses its state undoes the others."""
+        parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
+        if not isinstance(parts, list) or len(parts) != len(self._kept):
+            raise StateDictError(
+                f"{self._label()}: expected the states of {len(self._kept)} kept parts under "
+                f"'parts', found {type(parts).__name__}"
+            )
+        # Check this object's own state first (nothing changes), then load the parts.
+        self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
+        before = [copy.deepcopy(part.state_dict()) for part in self._kept]
+        loaded = 0
+        try:
+            for part, state in zip(self._kept, parts, strict=True):
+                part.load_state_dict(state)
+                loaded += 1
+        except Exception:
+            for part, state in zip(self._kept[:loaded], before, strict=False):
+                part.load_state_dict(state)
+            raise
+        super().load_state_dict(state_dict)
+
+    @override
+    def to(self, device: Any) -> Self:
+        super().to(device)
+        for part in self._kept:
+            mover = getattr(part, "to", None)
+            if callable(mover):
+                mover(device)
+        return self
+
+
+def join(*parts: Any) -> Joined:
+    """Join objectives of any kind into one (what ``a | b`` does when it is not a collection).
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> from torchtally.objectives import join
+        >>> both = join(tt.wrap(lambda o, t: (o - t).abs().mean(), 'MAE'), tt.Metric(
+        ...     lambda o, t: (o - t).pow(2), 'MSE'))
+        >>> _ = both.update(torch.tensor([1.0, 3.0]), torch.zeros(2))
+        >>> both.compute()
+        {'MAE': tensor(2.), 'MSE': tensor(5.)}
+    """
+    return Joined(*parts)
