@@ -27,7 +27,6 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import sync as _sync
-from torchtally._lazy import lazy
 from torchtally._conventions import (
     Weight,
     WeightFn,
@@ -36,6 +35,7 @@ from torchtally._conventions import (
     batch_weight,
     callable_error,
 )
+from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, ExportedState, accumulator_class
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
@@ -235,7 +235,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         return self._accumulate(values, size, weight, False)
 
     def __or__(self, other: object) -> Objective[Any, Any]:
-        """This objective and ``other`` (any objective) as one (see :class:`~torchtally.objectives.Joined`).
+        """This objective and ``other`` (any objective) as one (see ``objectives.Joined``).
 
         Example:
             >>> import torch
