@@ -63,7 +63,7 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
-from torchtally.objectives import Objective
+from torchtally.objectives import Objective, is_objective_like, join
 from torchtally.sync import SyncParticipant, sync_all
 
 __all__ = [
@@ -361,6 +361,13 @@ class StatefulObjective:
     def copy(self) -> Self:
         """An independent deep copy, the wrapped object included."""
         return copy.deepcopy(self)
+
+    def __or__(self, other: object) -> Any:
+        """This object and ``other`` (any objective) as one (see ``torchtally.objectives.Joined``)."""
+        return join(self, other) if is_objective_like(other) else NotImplemented
+
+    def __ror__(self, other: object) -> Any:
+        return join(other, self) if is_objective_like(other) else NotImplemented
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self._object).__name__}, name={self._name!r})"

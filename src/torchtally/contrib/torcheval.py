@@ -48,6 +48,7 @@ from torchtally import distributed
 from torchtally._conventions import merge_results, normalize_result
 from torchtally.aggregation import ExportedState
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
+from torchtally.objectives import is_objective_like, join
 from torchtally.sync import sync_all
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
@@ -273,10 +274,11 @@ class TorchEvalAdapter:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the states saved by :meth:`state_dict`.
+        """Restore the states saved by :meth:`state_dict`, all of them or none.
 
         Raises:
-            StateDictError: the state holds other metrics or states.
+            StateDictError: the state holds other metrics or states, or one that
+                torcheval refuses; no metric changes then.
         """
         stored = state_dict.get("metrics") if isinstance(state_dict, Mapping) else None
         if not isinstance(stored, Mapping) or sorted(stored) != sorted(self._metrics):
@@ -285,12 +287,18 @@ class TorchEvalAdapter:
                 f"{self._owner}: expected the states of the metrics {sorted(self._metrics)}, "
                 f"found {found}"
             )
+        loaded: dict[str, AnyMetric] = {}
         for key, metric in self._metrics.items():
+            state = stored[key]
             try:
-                metric.load_state_dict(dict(stored[key]), strict=True)
-            except (RuntimeError, TypeError) as error:
+                if not isinstance(state, Mapping):
+                    raise TypeError(f"expected a dict of states, found {type(state).__name__}")
+                for state_name, value in state.items():
+                    _check_like(getattr(metric, state_name, None), value, state_name)
+                loaded[key] = _with_state(metric, dict(state))
+            except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
                 raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
-            metric.to(metric.device)
+        self._metrics = loaded  # every metric checked and rebuilt: swap them all at once
         self._synced = None
 
     def to(self, device: torch.device | str) -> Self:
@@ -305,6 +313,24 @@ class TorchEvalAdapter:
     def copy(self) -> Self:
         """An independent deep copy, the metrics and their state included."""
         return copy.deepcopy(self)
+
+    def __or__(self, other: object) -> Any:
+        """This adapter and ``other`` (any objective) as one (see ``torchtally.objectives.Joined``)."""
+        return join(self, other) if is_objective_like(other) else NotImplemented
+
+    def __ror__(self, other: object) -> Any:
+        return join(other, self) if is_objective_like(other) else NotImplemented
+
+
+def _check_like(current: Any, stored: Any, name: str) -> None:
+    """A stored torcheval state must be of the kind of the current one (shapes follow the data)."""
+    if isinstance(current, Tensor):
+        if not isinstance(stored, Tensor):
+            raise ValueError(f"state {name!r} must be a tensor, found {type(stored).__name__}")
+    elif isinstance(current, list) and not (
+        isinstance(stored, list) and all(isinstance(part, Tensor) for part in stored)
+    ):
+        raise ValueError(f"state {name!r} must be a list of tensors, found {type(stored).__name__}")
 
 
 def _with_state(metric: AnyMetric, state: dict[str, Any]) -> AnyMetric:

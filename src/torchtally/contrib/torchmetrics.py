@@ -62,6 +62,7 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
+from torchtally.objectives import is_objective_like, join
 from torchtally.sync import sync_all
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
@@ -402,22 +403,59 @@ class TorchMetricsAdapter:
                 f"{type(state_dict).__name__}"
             )
         expected = [(type(leaf).__name__, sorted(leaf._reductions)) for leaf in self._leaves]
-        found = [(entry.get("class"), sorted(entry.get("states", {}))) for entry in stored]
+        found = [
+            (entry.get("class"), sorted(entry.get("states", {})))
+            if isinstance(entry, Mapping) and isinstance(entry.get("states"), Mapping)
+            else (type(entry).__name__, [])
+            for entry in stored
+        ]
         if found != expected:
             raise StateDictError(
                 f"{self._owner}: the state holds metrics {found}, this adapter holds {expected}"
             )
-        for leaf, entry in zip(self._leaves, stored, strict=True):
-            for state_name, value in entry["states"].items():
-                current = getattr(leaf, state_name)
-                if isinstance(current, Tensor):
-                    setattr(leaf, state_name, torch.as_tensor(value).to(current.device).clone())
-                else:
-                    setattr(leaf, state_name, [part.to(leaf.device).clone() for part in value])
-            leaf._update_count = int(entry["count"])
+        # Everything is checked and converted before any leaf changes: a damaged state
+        # changes nothing.
+        prepared = [
+            (leaf, self._checked_leaf_state(leaf, entry, index))
+            for index, (leaf, entry) in enumerate(zip(self._leaves, stored, strict=True))
+        ]
+        for leaf, (states, count) in prepared:
+            for state_name, value in states.items():
+                setattr(leaf, state_name, value)
+            leaf._update_count = count
             leaf._computed = None
             leaf._forward_cache = None
         self._synced = None
+
+    def _checked_leaf_state(
+        self, leaf: torchmetrics.Metric, entry: Mapping[str, Any], index: int
+    ) -> tuple[dict[str, Any], int]:
+        """One leaf's stored states, checked against the leaf's own, on its device."""
+        where = f"{self._owner}: {type(leaf).__name__} (leaf {index})"
+        count = entry.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise StateDictError(f"{where}: the update count must be an int >= 0, found {count!r}")
+        states: dict[str, Any] = {}
+        for state_name, value in entry["states"].items():
+            default = leaf._defaults[state_name]
+            if isinstance(default, Tensor):
+                if not isinstance(value, Tensor) or value.shape != default.shape:
+                    found = (
+                        tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    )
+                    raise StateDictError(
+                        f"{where}: state {state_name!r} must be a tensor of shape "
+                        f"{tuple(default.shape)}, found {found}"
+                    )
+                states[state_name] = value.detach().to(leaf.device, default.dtype, copy=True)
+            else:
+                if not isinstance(value, list) or not all(isinstance(p, Tensor) for p in value):
+                    raise StateDictError(
+                        f"{where}: state {state_name!r} must be a list of tensors, found "
+                        f"{type(value).__name__}"
+                    )
+                states[state_name] = [part.detach().to(leaf.device, copy=True) for part in value]
+        return states, count
 
     def to(self, device: torch.device | str) -> Self:
         """Move the metric (and a synced view) to ``device``; returns ``self``."""
@@ -429,6 +467,13 @@ class TorchMetricsAdapter:
     def copy(self) -> Self:
         """An independent deep copy, the metric and its state included."""
         return copy.deepcopy(self)
+
+    def __or__(self, other: object) -> Any:
+        """This adapter and ``other`` (any objective) as one (see ``torchtally.objectives.Joined``)."""
+        return join(self, other) if is_objective_like(other) else NotImplemented
+
+    def __ror__(self, other: object) -> Any:
+        return join(other, self) if is_objective_like(other) else NotImplemented
 
 
 def _reduce(values: Any, reduction: Any, where: str) -> Any:

@@ -35,7 +35,7 @@ from torchtally.objectives._callables import (
     compute_metrics,
     merge_named_callables,
 )
-from torchtally.objectives._joined import Joined, join
+from torchtally.objectives._joined import Joined, is_objective_like, join
 from torchtally.objectives._ledger import PENDING_BATCHES, PENDING_ELEMENTS
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "NamedCallable",
     "Objective",
     "compute_metrics",
+    "is_objective_like",
     "join",
     "merge_named_callables",
 ]

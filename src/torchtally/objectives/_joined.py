@@ -131,7 +131,21 @@ class Joined(Objective[Any, Any]):
 
     @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
-        return self._owners[name].accumulator_for(name)
+        return self._owner_of(name).accumulator_for(name)
+
+    def _owner_of(self, name: str) -> Objective[Any, Any]:
+        """The part that reports ``name`` (the only part learning names, for a name not seen yet)."""
+        owner = self._owners.get(name)
+        if owner is None:
+            learning = [template for template in self._templates if template.learns_names]
+            if len(learning) != 1:
+                raise StateDictError(
+                    f"{self._label()}: no part is known to report {name!r} (its name is learnt "
+                    f"from data, and {len(learning)} parts learn names)"
+                )
+            owner = learning[0]
+            self._claim(name, owner)
+        return owner
 
     @override
     def higher_is_better_for(self, name: str) -> bool | None:
@@ -166,7 +180,9 @@ class Joined(Objective[Any, Any]):
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         result: dict[str, Tensor] = {}
         for template in self._templates:
-            own = {name: value for name, value in values.items() if self._owners[name] is template}
+            own = {
+                name: value for name, value in values.items() if self._owner_of(name) is template
+            }
             merge_results(result, template.finalize(own), self._label())
         return result
 
@@ -226,6 +242,7 @@ class Joined(Objective[Any, Any]):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["parts"] = [part.state_dict() for part in self._kept]
+        state["owners"] = {name: self._templates.index(part) for name, part in self._owners.items()}
         return state
 
     @override
@@ -237,19 +254,32 @@ class Joined(Objective[Any, Any]):
                 f"{self._label()}: expected the states of {len(self._kept)} kept parts under "
                 f"'parts', found {type(parts).__name__}"
             )
-        # Check this object's own state first (nothing changes), then load the parts.
-        self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
+        owners = state_dict.get("owners")
+        if not isinstance(owners, Mapping) or not all(
+            isinstance(index, int) and 0 <= index < len(self._templates)
+            for index in owners.values()
+        ):
+            raise StateDictError(
+                f"{self._label()}: expected the part of every name under 'owners', found "
+                f"{owners!r:.80}"
+            )
+        previous = dict(self._owners)
         before = [copy.deepcopy(part.state_dict()) for part in self._kept]
         loaded = 0
         try:
+            for name, index in owners.items():
+                self._claim(name, self._templates[index])
+            # This object's own state is checked first (nothing changes), then the parts load.
+            self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
             for part, state in zip(self._kept, parts, strict=True):
                 part.load_state_dict(state)
                 loaded += 1
+            super().load_state_dict(state_dict)
         except Exception:
+            self._owners = previous
             for part, state in zip(self._kept[:loaded], before, strict=False):
                 part.load_state_dict(state)
             raise
-        super().load_state_dict(state_dict)
 
     @override
     def to(self, device: Any) -> Self:
