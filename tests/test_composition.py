@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import _dist
 import pytest
 import torch
 import torchmetrics
@@ -24,6 +23,7 @@ from torch import Tensor
 from torch.nn import functional
 from torcheval import metrics as eval_metrics
 
+import _dist
 import torchtally as tt
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics

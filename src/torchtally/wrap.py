@@ -363,7 +363,7 @@ class StatefulObjective:
         return copy.deepcopy(self)
 
     def __or__(self, other: object) -> Any:
-        """This object and ``other`` (any objective) as one (see ``torchtally.objectives.Joined``)."""
+        """This object and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
         return join(self, other) if is_objective_like(other) else NotImplemented
 
     def __ror__(self, other: object) -> Any:

@@ -315,7 +315,7 @@ class TorchEvalAdapter:
         return copy.deepcopy(self)
 
     def __or__(self, other: object) -> Any:
-        """This adapter and ``other`` (any objective) as one (see ``torchtally.objectives.Joined``)."""
+        """This adapter and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
         return join(self, other) if is_objective_like(other) else NotImplemented
 
     def __ror__(self, other: object) -> Any:

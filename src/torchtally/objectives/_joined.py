@@ -134,7 +134,7 @@ class Joined(Objective[Any, Any]):
         return self._owner_of(name).accumulator_for(name)
 
     def _owner_of(self, name: str) -> Objective[Any, Any]:
-        """The part that reports ``name`` (the only part learning names, for a name not seen yet)."""
+        """The part that reports ``name`` (for a name not seen yet: the one part learning names)."""
         owner = self._owners.get(name)
         if owner is None:
             learning = [template for template in self._templates if template.learns_names]
