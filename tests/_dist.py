@@ -7,6 +7,8 @@ collective it issues (by wrapping the functions), runs ``function(rank, world,
 the children with a deadline: a child still alive at the deadline is killed
 and the launch fails, as does a child that exits non-zero (its traceback is in
 the failure message). So a hang fails the test instead of blocking the run.
+Each child ends with ``torchtally.distributed.end_distributed_run``, so that
+gloo's threads cannot abort it at interpreter exit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from torchtally.distributed import end_distributed_run
 
 __all__ = ["COLLECTIVES", "count_collectives", "launch", "real_collectives"]
 
@@ -104,10 +108,11 @@ def _child(rank: int, world: int, port: int, target: str, out: str, kwargs: dict
         torch.save(result, Path(out) / f"rank{rank}.pt")
     except BaseException:
         (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
+        end_distributed_run(1)  # does not return once a process group exists
         raise SystemExit(1) from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    # Ends the process (exit code 0) without the interpreter shutdown that now and then
+    # aborts a gloo process after correct results (see torchtally.distributed).
+    end_distributed_run()
 
 
 def launch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,15 +13,28 @@ from torchtally.demo import DemoConfig, _shard, main, parse_args, train
 
 
 def run_demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the demo; past ``timeout`` seconds kill it and its worker processes, and fail.
+
+    The demo runs in a session of its own so that a hang kills its gloo workers too,
+    instead of leaving them waiting in a collective after the test has failed.
+    """
     env = {**os.environ, "PYTHONWARNINGS": "error::UserWarning"}
-    return subprocess.run(
-        [sys.executable, "-m", "torchtally.demo", *args],
-        capture_output=True,
+    command = [sys.executable, "-m", "torchtally.demo", *args]
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=env,
-        check=False,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{' '.join(args)}: still running after {timeout} s\n{stdout}{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.timeout(180)
@@ -69,6 +83,20 @@ def test_two_processes_give_the_single_process_values() -> None:
     single = [float(cell) for cell in single_row[0].split("|")[1:]]
     synced = [float(cell) for cell in synced_row[0].split("|")[1:]]
     assert synced == pytest.approx(single, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_two_process_runs_end_cleanly_every_time() -> None:
+    # Issue 13: now and then a gloo process aborted at exit ("terminate called without an
+    # active exception") after printing correct results; every run must exit 0.
+    for run in range(1, 4):
+        result = run_demo(
+            "--epochs", "1", "--samples", "96", "--processes", "2", "--no-progress", timeout=90
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"run {run}: exit code {result.returncode}\n{output}"
+        assert "synced values vs one process: equal" in result.stdout, output
+        assert "terminate called" not in result.stderr, output
 
 
 def test_help_explains_every_option() -> None:

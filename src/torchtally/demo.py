@@ -24,6 +24,7 @@ import math
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 import torchtally as tt
+from torchtally.distributed import end_distributed_run
 from torchtally.losses import LossBase
 
 __all__ = ["DemoConfig", "EpochRow", "main", "parse_args", "train"]
@@ -267,9 +269,14 @@ def _worker(rank: int, world: int, port: int, config: DemoConfig, results: Any) 
         torch.set_num_threads(1)
         rows = train(config, rank, world, sys.stdout if rank == 0 else None)
         if rank == 0:
-            results.put(rows)
-    finally:
-        torch.distributed.destroy_process_group()
+            results.put(rows)  # a SimpleQueue: written to the pipe before put() returns
+    except BaseException:
+        traceback.print_exc()  # the exit below skips multiprocessing's own report
+        end_distributed_run(1)
+        raise
+    # Ends the process: returning would let the interpreter's shutdown race with gloo's
+    # threads and now and then abort after correct output (see torchtally.distributed).
+    end_distributed_run()
 
 
 def _train_distributed(config: DemoConfig) -> list[EpochRow]:

@@ -240,3 +240,61 @@ def all_gather_states(
     return [
         (meta["meta"], _unpack(buffer, meta)) for buffer, meta in zip(buffers, metas, strict=True)
     ]
+
+
+# -- ending a distributed run -----------------------------------------------------------------
+#
+# Why a process of a gloo run must not end through the interpreter's own shutdown (issue 13):
+# a gloo worker thread (pt_gloo_runloop) marks a collective complete, so the caller's wait()
+# returns, and only afterwards drops the finished work and with it the collective's tensors;
+# dropping a tensor that has a Python object takes the GIL. destroy_process_group() only
+# unregisters the group: the group and its threads go with its last reference, and references
+# outlive it (a DistributedDataParallel module; ten default arguments of
+# torch.distributed.nn.functional, bound to group.WORLD when it is imported, which happens
+# when torch.optim builds its first optimizer). So the threads live on into interpreter
+# finalization, and one that asks for the GIL there is ended by Python with pthread_exit,
+# whose unwinding through a noexcept destructor calls std::terminate: "terminate called
+# without an active exception", SIGABRT, after correct output. No teardown order inside the
+# interpreter closes that window (a barrier does not: the work it waits for is dropped after
+# it completes), so the function below does the Python-level part of an exit (atexit
+# handlers, flushed streams) and then skips finalization with os._exit.
+
+
+def end_distributed_run(exit_code: int = 0) -> None:
+    """End this process of a distributed run, without the occasional abort at exit.
+
+    Call it as the last statement of every process of a run (a ``torchrun``
+    script, the target of ``torch.multiprocessing``), instead of
+    ``torch.distributed.destroy_process_group()``. In a process whose default
+    process group is initialised it does not return: it destroys the process
+    groups (with ``exit_code`` 0 only: after a failure a collective may still
+    be pending, and waiting for it could block), runs the ``atexit`` handlers,
+    flushes standard output and error, and ends the process with
+    ``os._exit(exit_code)``, skipping the interpreter shutdown that races with
+    the backend's threads. Elsewhere it does nothing and returns.
+
+    Args:
+        exit_code: the process's exit status; 0 for success.
+
+    Example:
+        >>> from torchtally.distributed import end_distributed_run
+        >>> end_distributed_run()  # no process group in this process: returns at once
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import atexit
+    import contextlib
+    import os
+    import sys
+
+    if exit_code == 0:
+        torch.distributed.destroy_process_group()
+    atexit._run_exitfuncs()  # what a normal exit runs: logging, multiprocessing finalizers
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to do
+                stream.flush()
+    os._exit(exit_code)
+
+
+__all__ += ["end_distributed_run"]
