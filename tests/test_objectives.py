@@ -1048,3 +1048,57 @@ def test_load_state_dict_refuses_incomplete_or_damaged_counts_atomically() -> No
         with pytest.raises(StateDictError):
             collection.load_state_dict(state_)
         assert_same(computed(collection), before)
+
+
+# -- running values ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.booleans()), min_size=1, max_size=40),
+    st.integers(1, 7),
+)
+def test_running_values_are_the_weighted_mean_of_the_last_batches(
+    plan: list[tuple[int, bool]], window: int
+) -> None:
+    metrics = tt.MetricCollection.from_dict({"MAE": mae, "Scalar": F.mse_loss})
+    reference = tt.MetricCollection.from_dict({"MAE": mae, "Scalar": F.mse_loss})
+    metrics.running(window)
+    seen: list[tuple[Tensor, Tensor, Tensor]] = []
+    generator = torch.Generator().manual_seed(len(plan))
+    for size, weighted in plan:
+        outputs = torch.randn(size, 2, generator=generator, dtype=torch.float64)
+        targets = torch.randn(size, 2, generator=generator, dtype=torch.float64)
+        weight = torch.rand(size, generator=generator, dtype=torch.float64) + 0.5
+        metrics.update(outputs, targets, weight=weight if weighted else None)
+        reference.update(outputs, targets, weight=weight if weighted else None)
+        seen.append(
+            (outputs, targets, weight if weighted else torch.ones(size, dtype=torch.float64))
+        )
+    last = seen[-window:]
+    expected_mae = sum(float((mae(o, t) * w).sum()) for o, t, w in last) / sum(
+        float(w.sum()) for _, _, w in last
+    )
+    expected_scalar = sum(float(F.mse_loss(o, t) * w.sum()) for o, t, w in last) / sum(
+        float(w.sum()) for _, _, w in last
+    )
+    running = metrics.running(window)
+    assert set(running) == {"MAE", "Scalar"}
+    assert running["MAE"].item() == pytest.approx(expected_mae, rel=1e-12)
+    assert running["Scalar"].item() == pytest.approx(expected_scalar, rel=1e-12)
+    assert_same(computed(metrics), computed(reference))  # the epoch values are not disturbed
+
+
+def test_running_values_span_folds_leave_out_other_aggregations_and_restart_at_reset() -> None:
+    collection = tt.MetricCollection.from_dict({"Mean": lambda o, t: o.mean(1)})
+    peak = tt.Metric(lambda o, t: o.mean(1), "Peak", aggregation="max")
+    both = collection | peak
+    both.running(3)
+    for step in range(2 * PENDING_BATCHES + 5):  # several folds of the queue
+        both.update(torch.full((2, 1), float(step)), torch.zeros(2, 1))
+    last = [2 * PENDING_BATCHES + 2, 2 * PENDING_BATCHES + 3, 2 * PENDING_BATCHES + 4]
+    assert both.running(3) == {"Mean": torch.tensor(sum(last) / 3, dtype=torch.float64)}
+    both.reset()
+    assert both.running(3) == {}
+    with pytest.raises(ValueError, match="window of at least 1"):
+        both.running(0)

@@ -138,6 +138,17 @@ class TorchEvalAdapter:
     def __repr__(self) -> str:
         return self._owner
 
+    def higher_is_better_for(self, name: str) -> bool | None:
+        """``None``: torcheval metrics do not say which way is better (pass a direction yourself).
+
+        Example:
+            >>> from torcheval.metrics import MeanSquaredError
+            >>> from torchtally.contrib.torcheval import from_torcheval
+            >>> print(from_torcheval(MeanSquaredError()).higher_is_better_for('MeanSquaredError'))
+            None
+        """
+        return None
+
     # -- the hot path -------------------------------------------------------------------------
 
     def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:

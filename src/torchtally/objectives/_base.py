@@ -334,6 +334,34 @@ class Objective(ABC, Generic[OutputT, TargetT]):
             ledger.computed = self.finalize(ledger.reduced())
         return {name: value.clone() for name, value in ledger.computed.items()}
 
+    def running(self, window: int = 10) -> dict[str, Tensor]:
+        """The mean of each mean-aggregated value over the last ``window`` batches.
+
+        For a progress bar: the batches are weighted as for the epoch value
+        (by their size, or their ``weight=``), the result stays on the
+        values' device, and the epoch state is not touched. Batches are
+        remembered from the first call on (and after each :meth:`reset`), at
+        most ``window`` pairs of numbers per name; values aggregated otherwise
+        than by a mean are left out.
+
+        Raises:
+            RuntimeError: batches were updated inside ``torch.compile`` since the
+                last reset (they are folded in the graph, not remembered).
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> loss = tt.Loss(lambda o, t: (o - t).abs().mean(1), 'MAE')
+            >>> _ = loss.running(window=2)   # remember batches from here on
+            >>> for value in (1.0, 2.0, 3.0):
+            ...     _ = loss(torch.full((2, 1), value), torch.zeros(2, 1))
+            >>> loss.running(window=2)
+            {'MAE': tensor(2.5000, dtype=torch.float64)}
+            >>> loss.compute()
+            {'MAE': tensor(2.)}
+        """
+        return self._ledger.running(window)
+
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""
         self._ledger.reset()

@@ -19,7 +19,7 @@ library's errors before changing anything, and plans again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, check_name
-from torchtally.aggregation import Accumulator, Cat
+from torchtally.aggregation import Accumulator, Cat, Mean
 from torchtally.errors import (
     DeviceMismatchError,
     IncompatibleStateError,
@@ -137,6 +137,8 @@ class Ledger:
         self._weighted = False
         self._sample_weights: Tensor | None = None
         self._capacity = 0
+        self._recent: _Recent | None = None  # the last batches, once running values are asked for
+        self.compiled = False  # whether batches were folded inside torch.compile
         self._slots: list[Tensor] = []  # views of the buffer, one per batch (the fastest path)
         self._slot_size = 0  # the batch size the slots are cut for; 0 while none are valid
 
@@ -393,6 +395,7 @@ class Ledger:
         self.computed = None
         self.synced = None
         self.updated = True
+        self.compiled = True
 
     def _check_weight(self, plan: Plan, weight: Weight) -> None:
         if weight is None:
@@ -513,17 +516,32 @@ class Ledger:
         if not self._sizes or plan is None:
             return
         self._count_slots()
+        queued = list(self._queued(plan))
+        if self._recent is not None:
+            self._recent.push(self._batch_means(queued))
+        self._sizes, self._weights, self._weighted = [], [], False
+        self._used = [0] * len(self._used)
+        for group, values, weights, sizes in queued:
+            if group.shape == _VECTOR:
+                self._fold_vectors(group, values, weights, sum(sizes))
+            else:
+                self._fold_scalars(group, values, sizes, weights)
+
+    def _queued(self, plan: Plan) -> Iterator[tuple[Group, Tensor, Any, list[int]]]:
+        """The queued values, as views of the buffers (nothing is copied), group by group.
+
+        For a group of per-sample values, one item per run of batches of one
+        size ``B``: values ``(m, K, B)``, per-sample weights ``(K, B)`` or
+        ``None``, and the ``K`` sizes. For a group of scalars: values ``(m, K)``,
+        the batches' weights (a list) and sizes.
+        """
         sizes = self._sizes
         weights: list[Weight] = self._weights if self._weighted else [None] * len(sizes)
         sample_weights = self._sample_weights if self._weighted else None
-        used = self._used
-        self._sizes, self._weights, self._weighted = [], [], False
-        self._used = [0] * len(used)
-        for group, buffer, count in zip(plan.groups, self._buffers, used, strict=True):
+        for group, buffer, count in zip(plan.groups, self._buffers, self._used, strict=True):
             width = len(group.members)
             if group.shape != _VECTOR:
-                values = buffer[:count].view(len(sizes), width).t()
-                self._fold_scalars(group, values, sizes, weights)
+                yield group, buffer[:count].view(len(sizes), width).t(), weights, sizes
                 continue
             offset = start = 0
             for size, batches in _runs(sizes):  # batches of one size view as (m, K, B)
@@ -532,8 +550,54 @@ class Ledger:
                 run_weights = None
                 if sample_weights is not None:
                     run_weights = sample_weights[start : start + batches * size].view(batches, size)
-                self._fold_vectors(group, values, run_weights, batches * size)
+                yield group, values, run_weights, [size] * batches
                 offset, start = end, start + batches * size
+
+    # -- the last batches (running values) ----------------------------------------------------
+
+    def running(self, window: int) -> dict[str, Tensor]:
+        """The mean of each mean-aggregated value over its last ``window`` batches.
+
+        Batches are remembered from the first call on (and after a reset):
+        ``window`` pairs of float64 numbers per name, on the values' device;
+        nothing is read on the host and the epoch values are not touched.
+        """
+        if self._recent is None or self._recent.window != window:
+            self._recent = _Recent(window)
+        if self.compiled:
+            raise RuntimeError(
+                f"{self.label}: batches updated inside torch.compile are not kept for running "
+                f"values; read them in eager steps, or use compute() for the epoch value"
+            )
+        plan = self._plan_in_use
+        self._count_slots()
+        newest = (
+            self._batch_means(list(self._queued(plan))) if plan is not None and self._sizes else {}
+        )
+        return self._recent.means(newest)
+
+    def _batch_means(self, queued: list[tuple[Group, Tensor, Any, list[int]]]) -> dict[str, Tensor]:
+        """Every mean-aggregated name's per-batch ``(weighted sum, weight)``, ``(K, 2)`` float64."""
+        found: dict[str, list[Tensor]] = {}
+        for group, values, weights, sizes in queued:
+            names = [self._plan_in_use.names[position] for position in group.members]  # type: ignore[union-attr]
+            if group.shape == _VECTOR:
+                wide = values.to(_F64) if weights is None else values.to(_F64) * weights
+                sums = wide.sum(2)  # (m, K)
+                batch = (
+                    torch.tensor(sizes, dtype=_F64, device=values.device)
+                    if weights is None
+                    else weights.sum(1)
+                )
+            else:
+                batch = _batch_weights(sizes, weights, values.device, True)
+                assert batch is not None
+                sums = values.to(_F64) * batch
+            for line, name in enumerate(names):
+                if type(self.rows[name][0]) is Mean:
+                    pairs = torch.stack([sums[line], batch.expand_as(sums[line])], 1)
+                    found.setdefault(name, []).append(pairs)
+        return {name: torch.cat(parts) for name, parts in found.items()}
 
     def _fold_vectors(
         self, group: Group, values: Tensor, weights: Tensor | None, samples: Any
@@ -577,6 +641,9 @@ class Ledger:
     def reset(self) -> None:
         """Forget every value (rows stay) and drop the views."""
         self._plan_in_use, self._buffers, self._used = None, [], []
+        if self._recent is not None:
+            self._recent = _Recent(self._recent.window)
+        self.compiled = False
         self._sizes, self._weights, self._weighted = [], [], False
         self._sample_weights = None
         for accumulator in self.accumulators.values():
@@ -738,6 +805,31 @@ def _select(block: Tensor, lines: slice | tuple[int, ...]) -> Tensor:
     if isinstance(lines, slice):
         return block if lines == slice(0, block.shape[0]) else block[lines]
     return block.index_select(0, torch.tensor(lines, device=block.device))
+
+
+class _Recent:
+    """The last ``window`` batches' ``(weighted sum, weight)`` of each name (a ring each)."""
+
+    def __init__(self, window: int) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"running values need a window of at least 1 batch, found {window!r}")
+        self.window = window
+        self.rings: dict[str, Tensor] = {}
+
+    def push(self, batches: Mapping[str, Tensor]) -> None:
+        for name, pairs in batches.items():
+            held = self.rings.get(name)
+            joined = pairs if held is None else torch.cat([held, pairs])
+            self.rings[name] = joined[-self.window :].clone()  # bounded: window pairs
+
+    def means(self, newest: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        result: dict[str, Tensor] = {}
+        for name in {**self.rings, **newest}:
+            parts = [part for part in (self.rings.get(name), newest.get(name)) if part is not None]
+            last = torch.cat(parts)[-self.window :]
+            totals = last.sum(0)
+            result[name] = totals[0] / totals[1]
+        return result
 
 
 def _runs(sizes: list[int]) -> list[tuple[int, int]]:
