@@ -1050,7 +1050,7 @@ def test_load_state_dict_refuses_incomplete_or_damaged_counts_atomically() -> No
         assert_same(computed(collection), before)
 
 
-# -- running values ---------------------------------------------------------------------------------
+# -- running values ------------------------------------------------------------------------------
 
 
 @settings(max_examples=30, deadline=None)
