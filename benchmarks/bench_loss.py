@@ -13,8 +13,12 @@ the criterion is the batch mean of ``mse**2 + 0.5 * mae``. Cases, at batch
   ``loss = Loss(mse_loss, 'MSE')**2 + 0.5 * Loss(mae, 'MAE')``, which also
   accumulates both components for ``compute()``.
 
-``--forward-only`` adds the same two cases without ``backward``. Target: the
-torchtally case within 1.15x of the hand-written one. Run it pinned to one core
+``--forward-only`` adds the same two cases without ``backward``. ``--breakdown``
+adds **torchtally, no accumulation**: ``loss.calculate(o, t)['Combined Loss']``
+(every component called once, the criterion evaluated, nothing accumulated),
+its batch mean and ``backward``, which splits the torchtally case into the
+loss's own work and the accumulation. Target: the torchtally case within 1.15x
+of the hand-written one. Run it pinned to one core
 to reduce noise::
 
     taskset -c 1 python benchmarks/bench_loss.py
@@ -49,7 +53,9 @@ def hand_written(o: Tensor, t: Tensor) -> Tensor:
     return (mse_loss(o, t) ** 2 + 0.5 * mae(o, t)).mean()
 
 
-def cases(batch: int, columns: int, forward_only: bool) -> dict[str, Callable[[], object]]:
+def cases(
+    batch: int, columns: int, forward_only: bool, breakdown: bool = False
+) -> dict[str, Callable[[], object]]:
     generator = torch.Generator().manual_seed(0)
     outputs = torch.randn(batch, columns, generator=generator).requires_grad_(True)
     targets = torch.randn(batch, columns, generator=generator)
@@ -66,6 +72,10 @@ def cases(batch: int, columns: int, forward_only: bool) -> dict[str, Callable[[]
         "hand-written": step(hand_written),
         "torchtally": step(loss),
     }
+    if breakdown:
+        found["torchtally, no accumulation"] = step(
+            lambda o, t: loss.calculate(o, t)["Combined Loss"].mean()
+        )
     if forward_only:
         found["hand-written, forward only"] = lambda: hand_written(outputs, targets)
         found["torchtally, forward only"] = lambda: loss(outputs, targets)
@@ -98,13 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds per shape")
     parser.add_argument("--seconds", type=float, default=0.1, help="time per case per round")
     parser.add_argument("--forward-only", action="store_true", help="also time forward alone")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the loss without accumulating"
+    )
     args = parser.parse_args(argv)
     single_thread()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread")
     results: dict[tuple[int, int], dict[str, Timing]] = {}
     for batch, columns in SHAPES:
         results[batch, columns] = compare(
-            cases(batch, columns, args.forward_only),
+            cases(batch, columns, args.forward_only, args.breakdown),
             baseline="hand-written",
             rounds=args.rounds,
             target_seconds=args.seconds,

@@ -8,8 +8,10 @@ operand), plus unary minus, constants on both sides and negative constants.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import pickle
+import re
 from typing import Any
 
 import pytest
@@ -25,7 +27,10 @@ from torchtally.formula import (
     Operation,
     compile_expression,
     component_names,
+    describe_integer,
     direction,
+    from_postfix,
+    postfix,
     render,
 )
 
@@ -329,3 +334,195 @@ def test_trees_are_data() -> None:
     assert pickle.loads(pickle.dumps(program)).run(VALUES) == program.run(VALUES)
     assert repr(Component("A")) == "Component(name='A')"
     assert hash(tree) == hash(copy.deepcopy(tree))
+
+
+# -- any depth: every algorithm walks the tree without recursion ---------------------------------
+
+DEPTH = 10_000
+LEAVES = [Component(f"L{index}") for index in range(DEPTH)]
+LEAF_VALUES = {leaf.name: (index % 7) * 0.25 + 0.5 for index, leaf in enumerate(LEAVES)}
+
+
+def left_deep(symbol: str) -> Expression:
+    tree: Expression = LEAVES[0]
+    for leaf in LEAVES[1:]:
+        tree = op(symbol, tree, leaf)
+    return tree
+
+
+def right_deep(symbol: str) -> Expression:
+    tree: Expression = LEAVES[-1]
+    for leaf in reversed(LEAVES[:-1]):
+        tree = op(symbol, leaf, tree)
+    return tree
+
+
+def balanced(symbol: str) -> Expression:
+    level: list[Expression] = list(LEAVES)
+    while len(level) > 1:
+        pairs = [op(symbol, level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
+
+
+def negations(count: int) -> Expression:
+    tree: Expression = A
+    for _ in range(count):
+        tree = Negation(tree)
+    return tree
+
+
+def expected_sum() -> float:
+    return math.fsum(LEAF_VALUES.values())
+
+
+DEEP_SUMS = {"left-deep": left_deep, "right-deep": right_deep, "balanced": balanced}
+
+
+@pytest.mark.parametrize("shape", list(DEEP_SUMS))
+def test_deep_sums_render_compile_and_walk(shape: str) -> None:
+    tree = DEEP_SUMS[shape]("+")
+    # an associative chain needs no parentheses whatever its grouping
+    assert render(tree) == " + ".join(f"[{leaf.name}]" for leaf in LEAVES)
+    assert component_names(tree) == tuple(leaf.name for leaf in LEAVES)
+    assert direction(tree, dict.fromkeys(LEAF_VALUES, False)) is False
+    program = compile_expression(tree)
+    assert program.names == tuple(leaf.name for leaf in LEAVES)
+    assert len(program.steps) == DEPTH - 1
+    assert program.run(LEAF_VALUES) == pytest.approx(expected_sum(), rel=1e-12)
+    tokens = postfix(tree)
+    assert len(tokens) == 2 * DEPTH - 1
+    assert tokens.count("+") == DEPTH - 1
+    assert from_postfix(tokens) == tree
+
+
+@pytest.mark.parametrize("shape", list(DEEP_SUMS))
+def test_deep_trees_pickle_copy_compare_and_hash(shape: str) -> None:
+    tree = DEEP_SUMS[shape]("*")
+    rebuilt = DEEP_SUMS[shape]("*")
+    assert tree is not rebuilt and tree == rebuilt and hash(tree) == hash(rebuilt)
+    for clone in (pickle.loads(pickle.dumps(tree)), copy.deepcopy(tree), copy.copy(tree)):
+        assert clone == tree and hash(clone) == hash(tree)
+        assert render(clone) == render(tree)
+        assert isinstance(clone, Operation) and clone.op == "*"
+    different = DEEP_SUMS[shape]("+")
+    assert tree != different
+    program = compile_expression(tree)
+    restored = pickle.loads(pickle.dumps(program))
+    assert restored.run(LEAF_VALUES) == program.run(LEAF_VALUES)
+
+
+def test_a_deep_tree_differing_only_at_its_deepest_leaf_is_not_equal() -> None:
+    tree = left_deep("+")
+    other: Expression = Component("other")
+    for leaf in LEAVES[1:]:
+        other = op("+", other, leaf)
+    assert tree != other
+    assert render(tree) != render(other)
+
+
+def test_deep_right_nested_subtraction_keeps_every_parenthesis() -> None:
+    tree = right_deep("-")
+    expected = f"[{LEAVES[-1].name}]"
+    for leaf in reversed(LEAVES[:-1]):
+        expected = (
+            f"[{leaf.name}] - ({expected})" if " " in expected else f"[{leaf.name}] - {expected}"
+        )
+    assert render(tree) == expected
+    # a - (b - (c - ...)): alternating signs, evaluated exactly like the nested Python expression
+    reference = LEAF_VALUES[LEAVES[-1].name]
+    for leaf in reversed(LEAVES[:-1]):
+        reference = LEAF_VALUES[leaf.name] - reference
+    assert compile_expression(tree).run(LEAF_VALUES) == reference
+    # directions alternate through the nesting: every leaf must point the same way as the result
+    names = [leaf.name for leaf in LEAVES]
+    alternating = {name: index % 2 == 1 for index, name in enumerate(names)}
+    assert direction(tree, alternating) is False
+    with pytest.raises(FormulaError, match="cannot subtract"):
+        direction(tree, dict.fromkeys(names, False))
+
+
+def test_ten_thousand_negations() -> None:
+    tree = negations(DEPTH)
+    assert render(tree) == "-" * DEPTH + "[A]"
+    assert render(negations(DEPTH + 1)) == "-" * (DEPTH + 1) + "[A]"
+    assert direction(tree, {"A": False}) is False
+    assert direction(negations(DEPTH + 1), {"A": False}) is True
+    assert compile_expression(tree).run(VALUES) == VALUES["A"]
+    assert compile_expression(negations(DEPTH + 1)).run(VALUES) == -VALUES["A"]
+    assert postfix(tree) == (A, *["neg"] * DEPTH)
+    for clone in (
+        pickle.loads(pickle.dumps(tree)),
+        copy.deepcopy(tree),
+        from_postfix(postfix(tree)),
+    ):
+        assert clone == tree and hash(clone) == hash(tree)
+    assert tree != negations(DEPTH + 1)
+
+
+def test_deep_powers_and_mixed_operators() -> None:
+    # [A]^([A]^([A]^...)): a right-grouped power chain needs no parentheses; the left-grouped
+    # one needs a pair per level
+    tower: Expression = A
+    leaning: Expression = A
+    for _ in range(DEPTH - 1):
+        tower = op("**", A, tower)
+        leaning = op("**", leaning, A)
+    assert render(tower) == "^".join(["[A]"] * DEPTH)
+    assert render(leaning) == "(" * (DEPTH - 2) + "[A]^[A]" + ")^[A]" * (DEPTH - 2)
+    assert component_names(tower) == ("A",)
+    ones = {"A": 1.0}
+    assert compile_expression(tower).run(ones) == 1.0
+    assert compile_expression(leaning).run(ones) == 1.0
+    assert direction(leaning, {"A": False}) is False
+    mixed: Expression = A
+    for index in range(DEPTH):
+        mixed = op("*", k(0.5), mixed) if index % 2 else op("+", mixed, B)
+    assert pickle.loads(pickle.dumps(mixed)) == mixed
+    assert render(copy.deepcopy(mixed)) == render(mixed)
+
+
+def test_postfix_round_trip_and_malformed_forms() -> None:
+    tree = op("-", Negation(op("**", A, k(2))), op("/", B, Negation(C)))
+    tokens = postfix(tree)
+    assert tokens == (A, k(2), "**", "neg", B, C, "neg", "/", "-")
+    assert from_postfix(tokens) == tree
+    assert from_postfix(list(tokens)) == tree
+    for bad, fragment in [
+        ((A, "+"), "malformed postfix expression at '+'"),
+        (("neg",), "malformed postfix expression at 'neg'"),
+        ((A, B), "must describe one expression, found 2"),
+        ((), "must describe one expression, found 0"),
+        ((A, 3), "unknown token 3"),
+        ((A, B, "%"), "unknown operator '%'"),
+    ]:
+        with pytest.raises(FormulaError, match=re.escape(fragment)):
+            from_postfix(bad)  # type: ignore[arg-type]
+
+
+def test_nodes_are_immutable() -> None:
+    tree = op("+", A, B)
+    with pytest.raises(AttributeError, match="immutable"):
+        tree.op = "-"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        Negation(A).operand = B  # type: ignore[misc]
+    assert repr(tree) == "Operation('[A] + [B]')"
+    assert repr(Negation(A)) == "Negation('-[A]')"
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (2**63, "9.223e+18"),
+        (-(2**63) - 1, "-9.223e+18"),
+        (10**400, "1.000e+400"),
+        (-3 * 10**5000, "-3.000e+5000"),  # beyond what str() of an int may print
+    ],
+    ids=["2**63", "-2**63-1", "10**400", "-3*10**5000"],
+)
+def test_constants_outside_int64_are_refused_with_a_readable_number(number: int, text: str) -> None:
+    assert describe_integer(number) == text
+    with pytest.raises(FormulaError) as caught:
+        Constant(number)
+    assert f"the constant {text} is outside the int64 range" in str(caught.value)
+    assert Constant(2**63 - 1).value == 2**63 - 1 and Constant(-(2**63)).value == -(2**63)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 import pickle
+import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -868,3 +872,734 @@ def test_sync_gives_the_formula_on_the_synced_components(tmp_path: Path) -> None
             atol=0,
         )
     assert torch.equal(records[0]["loss"]["Combined Loss"], records[1]["loss"]["Combined Loss"])
+
+
+# == issue 10 ==================================================================================
+# (1) the combined value is the mean of what was optimised ------------------------------------
+
+
+def absolute_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs()
+
+
+def test_the_combined_value_of_a_square_is_the_mean_of_the_squares() -> None:
+    squared = Loss(absolute_error, "MAE") ** 2
+    outputs, targets = torch.tensor([1.0, 3.0]), torch.zeros(2)
+    assert squared(outputs, targets).item() == 5.0  # mean of 1 and 9: what backward() optimises
+    computed = squared.compute()
+    assert computed == {"Combined Loss": torch.tensor(5.0), "MAE": torch.tensor(2.0)}
+    assert squared.formula_value() == torch.tensor(4.0)  # the formula on the epoch value
+
+
+def test_the_combined_value_weighs_forward_and_update_batches_alike() -> None:
+    loss = Loss(mse_loss, "MSE") ** 2 + 0.5 * Loss(mae_fn, "MAE") * Loss(
+        lambda o, t: (o - t).pow(2).mean(1), "SE"
+    )
+    data = batches([3, 5, 2, 4, 1], seed=3, dtype=torch.float64)
+    weights: list[Any] = [
+        None,
+        2.5,
+        torch.rand(2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.1,
+        None,
+        7,
+    ]
+    total = torch.zeros((), dtype=torch.float64)
+    mass = 0.0
+    for index, ((outputs, targets), weight) in enumerate(zip(data, weights, strict=True)):
+        criterion = mse_loss(outputs, targets) ** 2 + 0.5 * mae_fn(outputs, targets) * (
+            outputs - targets
+        ).pow(2).mean(1)
+        if isinstance(weight, Tensor):
+            total += (criterion * weight).sum()
+            mass += float(weight.sum())
+        else:
+            share = (weight if weight is not None else len(outputs)) / len(outputs)
+            total += criterion.sum() * share
+            mass += share * len(outputs)
+        if index % 2:
+            loss.update(outputs, targets, weight=weight)
+        else:
+            value = loss(outputs, targets, weight=weight)
+            expected = (
+                (criterion * weight).sum() / weight.sum()
+                if isinstance(weight, Tensor)
+                else criterion.mean()
+            )
+            torch.testing.assert_close(value, expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(loss.compute()["Combined Loss"], total / mass, rtol=1e-12, atol=0)
+
+
+recipes_and_splits = st.tuples(
+    recipes,
+    st.lists(st.integers(1, 11), max_size=4, unique=True).map(sorted),
+    st.lists(st.sampled_from(["forward", "update", "weighted"]), min_size=5, max_size=5),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(recipes_and_splits)
+def test_random_trees_and_random_splits_give_the_weighted_mean_of_the_batches(
+    case: tuple[Any, list[int], list[str]],
+) -> None:
+    recipe, cuts, modes = case
+    try:
+        loss, hand = build(recipe)
+    except FormulaError:
+        assume(False)
+        return
+    generator = torch.Generator().manual_seed(len(cuts))
+    outputs = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    targets = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    bounds = [0, *cuts, 12]
+    total, mass = 0.0, 0.0
+    for index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        part_outputs, part_targets = outputs[start:stop], targets[start:stop]
+        size = stop - start
+        criterion = hand({name: fn(part_outputs, part_targets) for name, fn in FUNCTIONS.items()})
+        criterion = torch.as_tensor(criterion, dtype=torch.float64).expand(size)
+        mode = modes[index]
+        weight = 0.5 * size if mode == "weighted" else None
+        if mode == "update":
+            loss.update(part_outputs, part_targets)
+        else:
+            returned = loss(part_outputs, part_targets, weight=weight)
+            assume(bool(torch.isfinite(returned)))
+            assert float(returned) == pytest.approx(float(criterion.mean()), rel=1e-9, abs=1e-12)
+        share = 0.5 if mode == "weighted" else 1.0
+        total += float(criterion.sum()) * share
+        mass += size * share
+    combined = float(loss.compute()[loss.name])
+    assume(math.isfinite(combined) and math.isfinite(total))
+    assert combined == pytest.approx(total / mass, rel=1e-9, abs=1e-9)
+
+
+# (2) precision: the widest floating dtype, also under autocast -------------------------------
+
+
+def per_sample_reg(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs.pow(2).mean(1)
+
+
+def cross_entropy_fn(outputs: Tensor, targets: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(outputs, targets)
+
+
+def test_autocast_keeps_the_float32_of_a_float32_component() -> None:
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(16, 10)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(10, 16, generator=generator) / 4)
+        layer.bias.copy_(torch.randn(10, generator=generator) / 4)
+    inputs = torch.randn(64, 16, generator=generator)
+    labels = torch.randint(0, 10, (64,), generator=generator)
+    loss = Loss(cross_entropy_fn, "CE") + 0.1 * Loss(per_sample_reg, "Reg")
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = layer(inputs)
+        ce, reg = cross_entropy_fn(logits, labels), per_sample_reg(logits, labels)
+        assert (logits.dtype, ce.dtype, reg.dtype) == (
+            torch.bfloat16,
+            torch.float32,
+            torch.bfloat16,
+        )
+        value = loss(logits, labels)
+        hand_written = (ce + 0.1 * reg.float()).mean()
+    assert value.dtype == torch.float32
+    assert torch.equal(value, hand_written)
+    # a float64 reference of the same values: float32 accuracy, not bfloat16's
+    reference = (ce.double() + 0.1 * reg.double()).mean().detach()
+    assert abs(float(value.detach()) - float(reference)) <= 1e-6 * abs(float(reference))
+    in_bfloat16 = (ce.to(torch.bfloat16) + 0.1 * reg).mean().detach()  # what a bf16 criterion gives
+    assert abs(float(in_bfloat16) - float(reference)) > 1e-4 * abs(float(reference))
+    value.backward()
+    assert layer.weight.grad is not None
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = layer(inputs)
+        (
+            cross_entropy_fn(logits, labels) + 0.1 * per_sample_reg(logits, labels).float()
+        ).mean().backward()
+    assert torch.equal(grad, layer.weight.grad)
+    computed = loss.compute()["Combined Loss"]  # the epoch mean, summed in float64
+    assert computed.dtype == torch.float32
+    torch.testing.assert_close(computed, value.detach(), rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        (torch.float32, torch.float64, torch.float64),
+        (torch.bfloat16, torch.float32, torch.float32),
+        (torch.float16, torch.bfloat16, torch.float32),
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+        (torch.int64, torch.float64, torch.float64),
+        (torch.bool, torch.float16, torch.float16),
+        (torch.int32, torch.int64, torch.float32),  # the default float when none is floating
+    ],
+)
+def test_the_criterion_is_computed_in_the_widest_floating_dtype(
+    first: torch.dtype, second: torch.dtype, expected: torch.dtype
+) -> None:
+    values = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    loss = Loss(lambda o, t: values.to(first), "First") + 0.5 * Loss(
+        lambda o, t: values.to(second), "Second"
+    )
+    result = loss(torch.zeros(4, 2), torch.zeros(4, 2))
+    assert result.dtype == expected
+    reference = (values.to(first).to(expected) + 0.5 * values.to(second).to(expected)).mean()
+    assert torch.equal(result, reference)
+
+
+# (3) integer and boolean components; atomic forward and update -------------------------------
+
+
+def hits(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs > targets).sum(1)  # int64 counts per sample
+
+
+def above(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs > targets).all(1)  # bool per sample
+
+
+def test_integer_and_boolean_components_are_promoted() -> None:
+    outputs, targets = batches([6])[0]
+    counts, flags, error = hits(outputs, targets), above(outputs, targets), mae_fn(outputs, targets)
+    assert (counts.dtype, flags.dtype) == (torch.int64, torch.bool)
+    loss = Loss(hits, "Hits") + 2 * Loss(mae_fn, "MAE")
+    value = loss(outputs, targets)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, (counts.float() + 2 * error).mean(), rtol=0, atol=0)
+    gated = Loss(above, "Above") * Loss(mae_fn, "MAE")
+    torch.testing.assert_close(gated(outputs, targets), (flags.float() * error).mean())
+    inverse = Loss(hits, "Hits") ** -1  # an integer to a negative power: fine once promoted
+    torch.testing.assert_close(inverse(outputs, targets), (counts.float() ** -1).mean())
+    alone = 3 * Loss(hits, "Hits")
+    assert alone(outputs, targets).dtype == torch.get_default_dtype()
+    computed = loss.compute()
+    torch.testing.assert_close(computed["Hits"], counts.double().mean().to(computed["Hits"].dtype))
+    torch.testing.assert_close(computed["Combined Loss"], value.detach())
+
+
+def test_a_loss_of_one_integer_or_boolean_component_returns_a_float() -> None:
+    outputs, targets = batches([5], seed=2)[0]
+    for fn in (hits, above):
+        expected = fn(outputs, targets).double().mean()
+        for loss, factor in (
+            (Loss(fn, "Count"), 1),
+            (DictLoss(lambda o, t, fn=fn: {"Count": fn(o, t)}, "Count"), 1),
+            (DictLoss.summed(lambda o, t, fn=fn: {"a": fn(o, t), "b": fn(o, t)}, "Count"), 2),
+        ):
+            value = loss(outputs, targets)  # raised a raw RuntimeError after counting the batch
+            assert value.dtype == torch.get_default_dtype()
+            torch.testing.assert_close(value.double(), factor * expected)
+            torch.testing.assert_close(loss.compute()["Count"].double(), factor * expected)
+    assert Loss(lambda o, t: torch.tensor(3), "Three")(outputs, targets).dtype == torch.float32
+
+
+def test_summed_dict_losses_add_in_the_widest_floating_dtype() -> None:
+    def parts(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {
+            "ce": torch.tensor(1.0 / 3.0),  # float32, 0-d: would not lift a bf16 vector
+            "reg": (outputs - targets).abs().mean(1).to(torch.bfloat16),
+        }
+
+    outputs, targets = batches([8], seed=4)[0]
+    loss = DictLoss.summed(parts, "Total")
+    value = loss(outputs, targets)
+    found = parts(outputs, targets)
+    assert value.dtype == torch.float32
+    assert torch.equal(value, (found["ce"] + found["reg"].float()).mean())
+    with pytest.raises(ResultTypeError, match="'reg' must be a tensor or a real Python number"):
+        DictLoss.summed(lambda o, t: {"ce": o.sum(1), "reg": "x"}, "Total")(outputs, targets)
+
+
+def test_python_number_components_stay_numbers_and_divide_like_tensors() -> None:
+    outputs, targets = batches([3])[0]
+    loss = Loss(mae_fn, "MAE") + Loss(lambda o, t: 2, "Two") ** 2
+    torch.testing.assert_close(loss(outputs, targets), mae_fn(outputs, targets).mean() + 4)
+    zero = Loss(mae_fn, "MAE") * (1 / Loss(lambda o, t: 0.0, "Zero", higher_is_better=True))
+    assert math.isinf(float(zero(outputs, targets)))  # as a 0-d tensor would give, not an error
+    root = Loss(lambda o, t: -8.0, "Negative") ** (1 / 3)
+    assert math.isnan(float(root(outputs, targets)))  # not a complex number
+    assert Loss(lambda o, t: np.float32(0.5), "Half")(outputs, targets) == 0.5
+
+
+class Flaky:
+    """A per-sample value whose shape or type goes wrong on demand."""
+
+    def __init__(self) -> None:
+        self.mode = "good"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Any:
+        good = (outputs - targets).abs().mean(1)
+        if self.mode == "raises":
+            raise ZeroDivisionError("division by zero")
+        return {
+            "good": good,
+            "wide": (outputs - targets).abs(),  # (B, 3): does not broadcast with (B,)
+            "short": good[:-1],
+            "text": "0.5",
+            "none": None,
+            "complex": good.to(torch.complex64),
+            "huge": 10**30,
+        }[self.mode]
+
+
+REFUSED_BATCHES: dict[str, tuple[type[Exception], str]] = {
+    "wide": (ResultShapeError, "cannot combine the component values of shapes"),
+    "short": (ResultShapeError, "cannot combine the component values of shapes"),
+    "raises": (MetricCallError, "ZeroDivisionError"),
+    "text": (ResultTypeError, "'Flaky' must be a tensor or a real Python number, found str"),
+    "none": (ResultTypeError, "found NoneType"),
+    "complex": (ResultTypeError, "'Flaky' is a complex tensor"),
+    "huge": (ResultTypeError, "outside the int64 range"),
+}
+
+
+@pytest.mark.parametrize("mode", list(REFUSED_BATCHES))
+def test_a_refused_batch_changes_nothing(mode: str) -> None:
+    flaky = Flaky()
+    loss = (Loss(hits, "Hits") + Loss(mae_fn, "MAE") * Loss(flaky, "Flaky")) | tt.Metric(
+        mae_fn, "Tracked"
+    )
+    data = batches([3, 4, 2], seed=5)
+    loss(*data[0])
+    before = loss.compute()
+    state = loss.state_dict()
+    flaky.mode = mode
+    error_class, fragment = REFUSED_BATCHES[mode]
+    for _ in range(3):
+        for attempt in (loss.forward, loss.update):
+            with pytest.raises(error_class) as caught:
+                attempt(*data[1])
+            message = str(caught.value)
+            assert message.startswith("CompositionalLoss [Hits] + [MAE] x [Flaky]: ")
+            assert fragment in message
+            assert not isinstance(caught.value, RuntimeError) or isinstance(
+                caught.value, tt.errors.TorchTallyError
+            )
+    after = loss.state_dict()
+    assert after["state"] == state["state"]
+    assert all(torch.equal(a, b) for a, b in zip(after["tensors"], state["tensors"], strict=True))
+    assert loss.compute() == before  # the three refused batches counted no sample
+    flaky.mode = "good"
+    loss(*data[2])
+    outputs, targets = concatenated([data[0], data[2]])
+    torch.testing.assert_close(loss.compute()["MAE"], mae_fn(outputs, targets).mean())
+
+
+def test_a_refused_first_batch_leaves_the_loss_fresh() -> None:
+    loss = Loss(hits, "Hits") + Loss(lambda o, t: (o - t).abs(), "Wide")
+    for _ in range(3):
+        with pytest.raises(ResultShapeError, match=r"\{'Hits': \(4,\), 'Wide': \(4, 3\)\}"):
+            loss(*batches([4])[0])
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert all(math.isnan(value) for value in loss.compute().values())
+    weighted = Loss(mae_fn, "MAE") + Loss(hits, "Hits")
+    for bad in (-1.0, "heavy", torch.ones(2, 2)):
+        with pytest.raises(tt.errors.WeightError):
+            weighted(*batches([4])[0], weight=bad)
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        weighted.compute()
+
+
+# (4) any depth ---------------------------------------------------------------------------------
+
+TERMS = 10_000
+
+
+class Term:
+    """A module-level callable (so that deep losses pickle): ``factor`` times the MAE."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs - targets).abs().mean(1) * self.factor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Term) and other.factor == self.factor
+
+    def __hash__(self) -> int:
+        return self.factor
+
+
+def terms(count: int = TERMS) -> list[Loss[Tensor, Tensor]]:
+    return [Loss(Term(1 + index % 3), f"T{index}") for index in range(count)]
+
+
+def total_factor(count: int = TERMS) -> int:
+    return sum(1 + index % 3 for index in range(count))
+
+
+def right_fold(losses: list[Loss[Tensor, Tensor]]) -> LossBase[Tensor, Tensor]:
+    folded: LossBase[Tensor, Tensor] = losses[-1]
+    for loss in reversed(losses[:-1]):
+        folded = loss + folded
+    return folded
+
+
+def timed(build_it: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    built = build_it()
+    return built, time.perf_counter() - start
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["sum", "right fold"])
+def test_ten_thousand_terms_build_in_linear_time_and_work(how: str) -> None:
+    losses = terms()
+    loss, seconds = timed(lambda: sum(losses) if how == "sum" else right_fold(losses))
+    assert seconds < 3.0, f"building {TERMS} terms took {seconds:.1f} s"
+    assert isinstance(loss, CompositionalLoss)
+    names = [f"T{index}" for index in range(TERMS)]
+    assert loss.formula == " + ".join(f"[{name}]" for name in names)
+    assert [entry.name for entry in loss.components] == names
+    assert loss.higher_is_better is False
+    assert len(str(_label_error(loss))) < 400  # error messages cut long formulas
+    data = batches([3, 5, 2], seed=11, dtype=torch.float64)
+    outputs, targets = data[0]
+    value = loss(outputs, targets)
+    torch.testing.assert_close(
+        value, total_factor() * mae_fn(outputs, targets).mean(), rtol=1e-12, atol=0
+    )
+    checkpoint = loss.state_dict()
+    copies = {
+        "copy": loss.copy(),
+        "deepcopy": copy.deepcopy(loss),
+        "pickle": pickle.loads(pickle.dumps(loss)),
+        "torch.save": _through_torch_save(loss),
+    }
+    fresh = sum(terms()) if how == "sum" else right_fold(terms())
+    fresh.load_state_dict(_through_buffer(checkpoint))
+    copies["state_dict"] = fresh
+    loss(*data[1])
+    expected = loss.compute()
+    for name, clone in copies.items():
+        assert clone.expression == loss.expression, name
+        clone(*data[1])
+        found = clone.compute()
+        assert list(found) == list(expected), name
+        assert all(torch.equal(found[key], expected[key]) for key in expected), name
+
+
+def _label_error(loss: LossBase[Tensor, Tensor]) -> str:
+    with pytest.raises(FormulaError) as caught:
+        loss + "x"
+    return str(caught.value)
+
+
+def _through_buffer(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)  # type: ignore[no-any-return]
+
+
+def _through_torch_save(loss: LossBase[Tensor, Tensor]) -> LossBase[Tensor, Tensor]:
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(300)
+def test_ten_thousand_operations_with_constants_and_schedules_build_fast() -> None:
+    base = Loss(mae_fn, "MAE")
+    outputs, targets = batches([4], dtype=torch.float64)[0]
+    error = mae_fn(outputs, targets).mean()
+
+    def scaled() -> LossBase[Tensor, Tensor]:
+        loss: LossBase[Tensor, Tensor] = base
+        for _ in range(TERMS):
+            loss = loss * 1.0001  # each step used to render the whole formula
+        return loss
+
+    def shifted() -> LossBase[Tensor, Tensor]:
+        loss: LossBase[Tensor, Tensor] = base
+        for index in range(TERMS):
+            loss = 0.5 + loss if index % 2 else loss - 0.5
+        return loss
+
+    def weighted() -> LossBase[Tensor, Tensor]:
+        return sum(
+            tt.schedules.linear(0.0, 1.0, steps=index + 1) * loss
+            for index, loss in enumerate(terms())
+        )
+
+    def negated() -> LossBase[Tensor, Tensor]:
+        loss: LossBase[Tensor, Tensor] = base
+        for _ in range(TERMS):
+            loss = -loss
+        return loss
+
+    for build_it, expected in (
+        (scaled, error * 1.0001**TERMS),
+        (shifted, error),
+        (negated, error),
+    ):
+        loss, seconds = timed(build_it)
+        assert seconds < 3.0, f"{build_it.__name__}: {seconds:.1f} s"
+        torch.testing.assert_close(loss(outputs, targets), expected, rtol=1e-9, atol=1e-12)
+        clone = pickle.loads(pickle.dumps(loss))
+        assert clone.formula == loss.formula
+    loss, seconds = timed(weighted)
+    assert seconds < 3.0, f"weighted: {seconds:.1f} s"
+    (value, seconds) = timed(lambda: loss(outputs, targets))
+    torch.testing.assert_close(value, torch.zeros((), dtype=torch.float64))  # every weight is 0
+    assert seconds < 10.0, f"forward of {TERMS} schedules: {seconds:.1f} s"
+    assert len(loss.schedule_values()) == TERMS
+
+
+# (5) DictLoss: declared names, weighted sums --------------------------------------------------
+
+
+def detection_without_bias(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    error = (outputs - targets).abs()
+    return {"Loss": error.mean(1), "Worst": error.amax(1)}
+
+
+def test_declared_names_are_known_before_any_batch() -> None:
+    loss = DictLoss(detection_dict, "Loss", names=["Worst", "Bias", "Rare"])
+    assert loss.declared_names() == ("Loss", "Worst", "Bias", "Rare")
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        values = loss.compute()
+    assert list(values) == ["Loss", "Worst", "Bias", "Rare"]
+    assert all(math.isnan(value) for value in values.values())
+    fresh = DictLoss(detection_dict, "Loss", names=["Worst", "Bias", "Rare"])
+    fresh.load_state_dict(_through_buffer(loss.state_dict()))  # a fresh state loads
+    data = batches([3, 2], dtype=torch.float64)
+    for outputs, targets in data:
+        fresh(outputs, targets)
+    computed = fresh.compute()
+    assert list(computed) == ["Loss", "Worst", "Bias", "Rare"]
+    assert math.isnan(computed["Rare"])  # declared, never returned
+    outputs, targets = concatenated(data)
+    torch.testing.assert_close(computed["Worst"], (outputs - targets).abs().amax(1).mean())
+    # the loss's own name among names= is ignored; a string is refused
+    assert DictLoss(detection_dict, "Loss", names=["Loss", "Bias"]).declared_names() == (
+        "Loss",
+        "Bias",
+    )
+    with pytest.raises(FormulaError, match="names= takes a list of entry names"):
+        DictLoss(detection_dict, "Loss", names="Worst")
+    with pytest.raises(InvalidNameError):
+        DictLoss(detection_dict, "Loss", names=["Worst", 3])  # type: ignore[list-item]
+
+
+def test_an_entry_missing_from_some_batches_is_averaged_where_present() -> None:
+    def sometimes(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"Loss": mae_fn(outputs, targets)}
+        if len(outputs) == 3:
+            values["Aux"] = (outputs - targets).pow(2).mean(1)
+        return values
+
+    loss = DictLoss(sometimes, "Loss", names=["Aux"])
+    data = batches([3, 2, 3, 5], dtype=torch.float64)
+    for outputs, targets in data:
+        loss(outputs, targets)
+    with_aux = concatenated([pair for pair in data if len(pair[0]) == 3])
+    torch.testing.assert_close(
+        loss.compute()["Aux"], (with_aux[0] - with_aux[1]).pow(2).mean(), rtol=1e-12, atol=0
+    )
+
+
+def weighted_parts(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    diff = outputs - targets
+    return {"cls_loss": diff.abs().mean(1), "box_loss": diff.pow(2).mean(), "iou": diff.mean(1)}
+
+
+def test_summed_with_weights_puts_the_weights_in_the_formula() -> None:
+    loss = DictLoss.summed(weighted_parts, "Total", weights={"cls_loss": 1, "box_loss": 2})
+    assert loss.formula == "[cls_loss] + 2 x [box_loss]"
+    assert repr(loss) == "DictLoss([cls_loss] + 2 x [box_loss])"
+    assert loss.name == "Total" and loss.fn is weighted_parts
+    assert [entry.name for entry in loss.components] == ["cls_loss", "box_loss"]
+    data = batches([3, 6, 2], dtype=torch.float64)
+    returned = []
+    for outputs, targets in data:
+        leaf = outputs.clone().requires_grad_(True)
+        value = loss(leaf, targets)
+        value.backward()
+        reference = outputs.clone().requires_grad_(True)
+        parts = weighted_parts(reference, targets)
+        expected = (parts["cls_loss"] + 2 * parts["box_loss"]).mean()
+        expected.backward()
+        torch.testing.assert_close(value, expected, rtol=1e-14, atol=0)
+        torch.testing.assert_close(leaf.grad, reference.grad, rtol=1e-14, atol=0)
+        returned.append((len(outputs), value.detach()))
+    computed = loss.compute()
+    assert list(computed) == ["Total", "cls_loss", "box_loss", "iou"]  # iou: tracked, unweighted
+    mean = sum(size * value for size, value in returned) / sum(size for size, _ in returned)
+    torch.testing.assert_close(computed["Total"], mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        computed["Total"], computed["cls_loss"] + 2 * computed["box_loss"], rtol=1e-12, atol=0
+    )
+    assert loss.higher_is_better_for("cls_loss") is False
+    assert loss.higher_is_better_for("Total") is False
+    composed = 0.5 * loss + Loss(mse_loss, "MSE")
+    assert composed.formula == "0.5 x ([cls_loss] + 2 x [box_loss]) + [MSE]"
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert list(
+            DictLoss.summed(weighted_parts, "Total", weights={"cls_loss": 0.5}).compute()
+        ) == ["Total", "cls_loss"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "fragment"),
+    [
+        ({}, FormulaError, "weights must be a non-empty dict"),
+        ([("cls_loss", 1)], FormulaError, "weights must be a non-empty dict"),
+        ({"Total": 1}, NameConflictError, "an entry is named like the sum"),
+        ({"cls]": 1}, InvalidNameError, "holds a bracket"),
+        ({"cls_loss": "1"}, FormulaError, "cannot combine a loss with str"),
+        ({"cls_loss": float("inf")}, FormulaError, "finite constants"),
+        ({"cls_loss": 10**400}, FormulaError, "the constant 1.000e+400 does not fit"),
+        ({"cls_loss": 1, "box_loss": -1}, FormulaError, "cannot add"),
+    ],
+)
+def test_summed_weights_refusals(weights: Any, error: type[Exception], fragment: str) -> None:
+    with pytest.raises(error) as caught:
+        DictLoss.summed(weighted_parts, "Total", weights=weights)
+    assert fragment in str(caught.value)
+    assert "DictLoss" in str(caught.value)
+
+
+def test_summed_weights_need_every_weighted_entry() -> None:
+    loss = DictLoss.summed(weighted_parts, "Total", weights={"cls_loss": 1, "missing": 2})
+    with pytest.raises(ResultTypeError, match="no value for the component 'missing'"):
+        loss(*batches([2])[0])
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        loss.compute()
+
+
+AUX_SIZES = {0: [4, 2], 1: [3, 5]}
+
+
+def aux_on_rank_zero(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    values = {"Loss": mae_fn(outputs, targets)}
+    if outputs[0, 0] > 100:  # rank 0 marks its batches
+        values["Aux"] = (outputs - targets - 1000).pow(2).mean(1)
+    return values
+
+
+def declared_names_scenario(rank: int, world: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(rank)
+    declared = DictLoss(aux_on_rank_zero, "Loss", names=["Aux"])
+    learnt = DictLoss(aux_on_rank_zero, "Loss")
+    for size in AUX_SIZES[rank]:
+        outputs, targets = _aux_batch(rank, size, generator)
+        declared(outputs, targets)
+        learnt(outputs, targets)
+    tt.sync_all(declared)
+    record: dict[str, Any] = {"declared": declared.compute()}
+    try:
+        learnt.sync()
+        record["learnt"] = "synced"
+    except tt.errors.SyncError as error:
+        record["learnt"] = str(error)
+    return record
+
+
+def _aux_batch(rank: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    outputs = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+    targets = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+    if rank == 0:
+        outputs[:, 0] += 1000
+    return outputs, targets
+
+
+@pytest.mark.timeout(120)
+def test_declared_names_sync_when_one_rank_never_returns_an_entry(tmp_path: Path) -> None:
+    records = _dist.launch(2, "test_losses:declared_names_scenario", tmp_path, timeout=90.0)
+    every, aux = [], []
+    for rank in range(2):
+        generator = torch.Generator().manual_seed(rank)
+        for size in AUX_SIZES[rank]:
+            pair = _aux_batch(rank, size, generator)
+            every.append(pair)
+            if rank == 0:
+                aux.append(pair)
+    outputs, targets = concatenated(every)
+    aux_outputs, aux_targets = concatenated(aux)
+    for record in records:
+        found = record["declared"]
+        assert list(found) == ["Loss", "Aux"]
+        torch.testing.assert_close(
+            found["Loss"], mae_fn(outputs, targets).mean(), rtol=1e-12, atol=0
+        )
+        torch.testing.assert_close(
+            found["Aux"],
+            (aux_outputs - aux_targets - 1000).pow(2).mean(1).mean(),
+            rtol=1e-12,
+            atol=0,
+        )
+        # without names= the entry is learnt from the batches: the ranks' names differ, and a
+        # sync that refuses says which name (one that merges learnt names is fine too)
+        assert record["learnt"] == "synced" or "Aux" in record["learnt"]
+
+
+# (6) names, directions and constants refused with the library's errors ------------------------
+
+
+@pytest.mark.parametrize("name", ["a] + [b", "[MSE]", "x[0]", "]", "loss]"])
+def test_names_with_brackets_are_refused(name: str) -> None:
+    for make in (
+        lambda: Loss(mse_loss, name),
+        lambda: DictLoss(detection_dict, name),
+        lambda: DictLoss.summed(cco_dict, name),
+        lambda: DictLoss.summed(cco_dict, "Total", weights={name: 1}),
+    ):
+        with pytest.raises(InvalidNameError) as caught:
+            make()
+        message = str(caught.value)
+        assert repr(name) in message and "'[' or ']'" in message
+        assert message.startswith(("Loss: ", "DictLoss: ", "DictLoss 'Total': "))
+    # two different losses can no longer read as the same formula
+    a, b = Loss(mse_loss, "a"), Loss(mae_fn, "b")
+    assert (a + b).formula == "[a] + [b]"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, 1.0, torch.tensor(True)])
+def test_higher_is_better_must_be_a_bool(value: Any) -> None:
+    for make, prefix in (
+        (lambda: Loss(mse_loss, "MSE", higher_is_better=value), "Loss 'MSE': "),
+        (lambda: DictLoss(detection_dict, "Loss", higher_is_better=value), "DictLoss 'Loss': "),
+        (
+            lambda: DictLoss.summed(cco_dict, "Total", higher_is_better=value),
+            "DictLoss 'Total': ",
+        ),
+    ):
+        with pytest.raises(InvalidArgumentError) as caught:
+            make()
+        message = str(caught.value)
+        assert message.startswith(prefix) and "higher_is_better must be True or False" in message
+        assert isinstance(caught.value, TypeError)
+    if value is not None:
+        with pytest.raises(TypeError, match="higher_is_better"):
+            tt.Metric(mae_fn, "MAE", higher_is_better=value)
+
+
+@pytest.mark.parametrize(
+    "combine",
+    [
+        lambda loss: loss * 10**400,
+        lambda loss: 10**400 * loss,
+        lambda loss: loss + 10**400,
+        lambda loss: loss - -(10**400),
+        lambda loss: loss / 10**400,
+        lambda loss: loss**10**400,
+        lambda loss: loss * 2**63,
+        lambda loss: loss * Fraction(10**400, 3),
+        lambda loss: loss * (1e308 * 10),
+    ],
+)
+def test_constants_that_do_not_fit_are_refused(combine: Callable[[Any], Any]) -> None:
+    loss = Loss(mse_loss, "MSE")
+    with pytest.raises(FormulaError) as caught:
+        combine(loss)
+    message = str(caught.value)
+    assert message.startswith("Loss [MSE]: ")
+    assert "does not fit a tensor operation (int64)" in message or "finite constants" in message
+    assert (loss * (2**63 - 1)).formula == f"[MSE] x {2**63 - 1}"
+    assert (loss * float(10**300)).formula == "[MSE] x 1e+300"

@@ -49,6 +49,7 @@ __all__ = [
     "combine_directions",
     "compile_expression",
     "component_names",
+    "describe_integer",
     "direction",
     "from_postfix",
     "postfix",
@@ -86,6 +87,23 @@ class Factor(Protocol):
     @property
     def high(self) -> float:
         """The largest value it takes."""
+
+
+def describe_integer(number: int) -> str:
+    """An integer in scientific notation, also beyond the range of floats.
+
+    Example:
+        >>> from torchtally.formula import describe_integer
+        >>> describe_integer(10**30), describe_integer(-3 * 10**400)
+        ('1.000e+30', '-3.000e+400')
+    """
+    if abs(number) < 10**300:
+        return f"{number:.3e}"
+    exponent = int(math.log10(abs(number)))
+    mantissa = abs(number) / 10**exponent  # int / int: a correctly rounded float in [1, 10)
+    if mantissa >= 10:  # log10 rounded up at a power of ten
+        exponent, mantissa = exponent + 1, mantissa / 10
+    return f"{'-' if number < 0 else ''}{mantissa:.3f}e+{exponent}"
 
 
 @dataclass(frozen=True)
@@ -126,8 +144,8 @@ class Constant:
             raise FormulaError(f"a loss expression takes finite constants, found {self.value!r}")
         if isinstance(self.value, int) and not _INT64[0] <= self.value <= _INT64[1]:
             raise FormulaError(
-                f"the constant {self.value:.3e} is outside the int64 range a tensor operation "
-                f"takes; write it as a float"
+                f"the constant {describe_integer(self.value)} is outside the int64 range a "
+                f"tensor operation takes; write it as a float"
             )
 
 
@@ -383,13 +401,24 @@ def _flip(direction: bool | None) -> bool | None:
 
 
 def _sign(node: Expression) -> float | None:
-    """For a constant or a schedule: a value with its sign (0 for a schedule that may be 0)."""
+    """For a constant or a schedule: a value with its sign (``None`` for anything else).
+
+    A schedule is one-signed (see :mod:`torchtally.schedules`): its value farthest from 0
+    stands for it, so a schedule between -1 and 0 counts as negative.
+    """
     if isinstance(node, Constant):
         return float(node.value)
     if isinstance(node, Scheduled):
         low, high = node.factor.low, node.factor.high
-        return high if high <= 0 else low if low > 0 else 0.0
+        return low if high <= 0 else high
     return None
+
+
+def _may_be_zero(node: Expression) -> bool:
+    """Whether a constant or a schedule is (or may become) 0."""
+    if isinstance(node, Scheduled):
+        return node.factor.low <= 0 <= node.factor.high
+    return isinstance(node, Constant) and node.value == 0
 
 
 def _refuse(node: Operation, left: bool | None, right: bool | None) -> FormulaError:
@@ -467,7 +496,7 @@ def combine_directions(node: Operation | Negation, *directions: bool | None) -> 
         return _agree(node, left, right)
     if op == "/":
         if constant_right is not None:
-            if constant_right == 0:
+            if _may_be_zero(node.right):
                 what = "a schedule that may be 0" if isinstance(node.right, Scheduled) else "0"
                 raise FormulaError(f"{render(node)}: division by {what}")
             return _flip(left) if constant_right < 0 else left
@@ -616,10 +645,11 @@ def compile_expression(node: Expression) -> Program:
     """
     order = list(_postorder(node))
     constants = [item.value for item in order if isinstance(item, Constant)]
-    factors: list[Factor] = []
+    factor_slots: dict[Factor, int] = {}  # each schedule once, in the order it is written
     for item in order:
-        if isinstance(item, Scheduled) and item.factor not in factors:
-            factors.append(item.factor)
+        if isinstance(item, Scheduled):
+            factor_slots.setdefault(item.factor, len(factor_slots))
+    factors = list(factor_slots)
     names = component_names(node)
     offset_factors = len(constants)
     offset_names = offset_factors + len(factors)
@@ -635,7 +665,7 @@ def compile_expression(node: Expression) -> Program:
             registers.append(next_constant)
             next_constant += 1
         elif isinstance(item, Scheduled):
-            registers.append(offset_factors + factors.index(item.factor))
+            registers.append(offset_factors + factor_slots[item.factor])
         elif isinstance(item, Negation):
             operand = registers.pop()
             steps.append((_negate, operand, operand))

@@ -36,7 +36,8 @@ from torchtally.losses._algebra import (
     check_direction,
     check_loss_name,
 )
-from torchtally.losses._base import CompositionalLoss, LossBase, MultiCall, Produced
+from torchtally.losses._base import CompositionalLoss, LossBase
+from torchtally.losses._evaluation import MultiCall, Produced
 from torchtally.losses._kinds import DictCall, DictLoss, Loss
 
 __all__ = [

@@ -23,7 +23,7 @@ from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
 )
-from torchtally.formula import Constant, Scheduled
+from torchtally.formula import Constant, Scheduled, describe_integer
 from torchtally.objectives import NamedCallable
 from torchtally.schedules import Schedule
 
@@ -39,7 +39,7 @@ COMBINED_NAME: Final = "Combined Loss"
 """The name compositions report their combined value under (no component may use it)."""
 
 
-def check_loss_name(name: Any, owner: str) -> str:
+def check_loss_name(name: object, owner: str) -> str:
     """A name a formula can show: a non-empty string without ``[``, ``]``, not reserved.
 
     Raises:
@@ -52,7 +52,7 @@ def check_loss_name(name: Any, owner: str) -> str:
         >>> check_loss_name('KL', 'Loss')
         'KL'
     """
-    check_name(name, owner)
+    name = check_name(name, owner)
     if "[" in name or "]" in name:
         raise InvalidNameError(
             f"{owner}: the name {name!r} holds a bracket, which formulas use to delimit names "
@@ -88,12 +88,28 @@ def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
     return value
 
 
-def constant_or_schedule(value: object, owner: str, hint: str = "") -> Constant | Scheduled:
+def constant_or_schedule(
+    value: object, owner: str | Callable[[], str], hint: str = ""
+) -> Constant | Scheduled:
     """A number or a schedule as a node of the expression; anything else is refused.
+
+    ``owner`` names the loss in errors; pass a callable to render it only on
+    error (rendering a formula costs time linear in its size).
 
     Raises:
         FormulaError: a bool, a number that is not finite or does not fit a
-            tensor operation, or something else (``hint`` is added to the message).
+            tensor operation (an int outside int64, ``10**400``), or something
+            else (``hint`` is added to the message).
+
+    Example:
+        >>> from torchtally.losses._algebra import constant_or_schedule
+        >>> constant_or_schedule(0.5, 'Loss [MSE]')
+        Constant(value=0.5)
+        >>> try:
+        ...     constant_or_schedule(10**400, 'Loss [MSE]')
+        ... except ValueError as error:
+        ...     print(error)  # doctest: +ELLIPSIS
+        Loss [MSE]: the constant 1.000e+400 does not fit a tensor operation (int64); write ...
     """
     if isinstance(value, Schedule):
         return Scheduled(value)
@@ -107,16 +123,16 @@ def constant_or_schedule(value: object, owner: str, hint: str = "") -> Constant 
                 number = math.inf
         if isinstance(number, float) and not math.isfinite(number):
             raise FormulaError(
-                f"{owner}: a loss combines with finite constants, found {value!r:.40}"
+                f"{_say(owner)}: a loss combines with finite constants, found {value!r:.40}"
             )
         if isinstance(number, int) and abs(number) > 2**63 - 1:
             raise FormulaError(
-                f"{owner}: the constant {number:.3e} does not fit a tensor operation (int64); "
-                f"write it as a float"
+                f"{_say(owner)}: the constant {describe_integer(number)} does not fit a tensor "
+                f"operation (int64); write it as a float"
             )
         return Constant(number)
     raise FormulaError(
-        f"{owner}: cannot combine a loss with {type(value).__name__} {value!r:.80}; a loss "
+        f"{_say(owner)}: cannot combine a loss with {type(value).__name__} {value!r:.80}; a loss "
         f"combines with int or float constants, schedules and other losses{hint}"
     )
 

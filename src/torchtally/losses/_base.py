@@ -14,20 +14,19 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
-from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import Weight, WeightFn, callable_error, check_name
+from torchtally._conventions import WeightFn, callable_error, check_name
+from torchtally._lazy import lazy
 from torchtally.aggregation import ExportedState
 from torchtally.errors import (
     FormulaError,
     IncompatibleStateError,
     NameConflictError,
-    ResultTypeError,
     StateDictError,
     SyncError,
 )
@@ -49,49 +48,13 @@ from torchtally.losses._algebra import (
     check_loss_name,
     constant_or_schedule,
 )
+from torchtally.losses._evaluation import MultiCall, Produced, batch_value, criterion
 from torchtally.objectives import CallableObjective, NamedCallable, merge_named_callables
 
-__all__ = ["CompositionalLoss", "LossBase", "MultiCall", "Produced"]
+__all__ = ["CompositionalLoss", "LossBase"]
 
 OutputT = TypeVar("OutputT")
 TargetT = TypeVar("TargetT")
-
-_EMPTY = ComponentTable({}, 0)
-
-
-class MultiCall:
-    """A callable producing several values at once (a ``DictLoss``'s): called once per batch.
-
-    Subclasses implement :meth:`evaluate`; :attr:`declared` lists the names
-    known before any batch (so that a process that never sees one still syncs).
-    """
-
-    declared: tuple[str, ...] = ()
-
-    def evaluate(self, outputs: Any, targets: Any, owner: str) -> dict[str, Any]:
-        """Every value the call produces for the batch, by name."""
-        raise NotImplementedError
-
-
-class Produced:
-    """The callable of a component that a :class:`MultiCall` produces under ``key``."""
-
-    def __init__(self, call: MultiCall, key: str) -> None:
-        self.call = call
-        self.key = key
-
-    def __call__(self, outputs: Any, targets: Any) -> Any:
-        """The value on its own (the loss calls the multi-call once for all its entries)."""
-        return self.call.evaluate(outputs, targets, repr(self))[self.key]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Produced) and (self.call, self.key) == (other.call, other.key)
-
-    def __hash__(self) -> int:
-        return hash((self.key, id(self.call)))
-
-    def __repr__(self) -> str:
-        return f"{self.call!r}[{self.key!r}]"
 
 
 class LossBase(CallableObjective[OutputT, TargetT]):
@@ -164,10 +127,10 @@ class LossBase(CallableObjective[OutputT, TargetT]):
                 f"found callables for {held}; pass metrics to track as tracked"
             )
         tracked = self._checked_tracked(table, tuple(tracked), owner)
+        # the table holds exactly the leaves (checked above), each with a bool direction
+        directions = {name: bool(entry.higher_is_better) for name, entry in table.items()}
         try:
-            found = direction(
-                expression, {name: bool(table.get(name).higher_is_better) for name in names}
-            )  # type: ignore[union-attr]
+            found = direction(expression, directions)
         except FormulaError as error:
             raise FormulaError(f"{type(self).__name__} {error}") from None
         assert found is not None  # an expression with a component has a direction
@@ -210,20 +173,20 @@ class LossBase(CallableObjective[OutputT, TargetT]):
 
     # -- what is made on first use ------------------------------------------------------------
 
-    @cached_property
+    @lazy
     def _component_names(self) -> tuple[str, ...]:
         return component_names(self._expression)
 
-    @cached_property
+    @lazy
     def _formula(self) -> str:
         return render(self._expression)
 
-    @cached_property
+    @lazy
     def _program(self) -> Program:
         return compile_expression(self._expression)
 
-    @cached_property
-    def _entries(self) -> dict[str, NamedCallable]:  # type: ignore[override]
+    @lazy
+    def _entries(self) -> dict[str, NamedCallable]:
         entries: dict[str, NamedCallable] = {}
         for name in self._component_names:
             entry = self._table.get(name)
@@ -233,15 +196,15 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             entries.setdefault(entry.name, entry)
         return entries
 
-    @cached_property
-    def _calls(self) -> tuple[tuple[str, Any], ...]:  # type: ignore[override]
+    @lazy
+    def _calls(self) -> tuple[tuple[str, Any], ...]:
         return tuple(
             (name, entry.fn)
             for name, entry in self._entries.items()
             if not isinstance(entry.fn, (MultiCall, Produced))
         )
 
-    @cached_property
+    @lazy
     def _multi_calls(self) -> tuple[MultiCall, ...]:
         calls: dict[int, MultiCall] = {}
         for entry in self._entries.values():
@@ -250,13 +213,13 @@ class LossBase(CallableObjective[OutputT, TargetT]):
                 calls.setdefault(id(call), call)
         return tuple(calls.values())
 
-    @cached_property
+    @lazy
     def _combined_row(self) -> bool:
         """Whether the criterion is a value of its own (not one component under its name)."""
         expression = self._expression
         return not (isinstance(expression, Component) and expression.name == self.name)
 
-    @cached_property
+    @lazy
     def _position(self) -> dict[str, Tensor]:
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
         return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
@@ -366,36 +329,13 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         return values
 
     def _criterion(self, values: Mapping[str, Any]) -> Any:
-        """The expression on the batch's component values, in their widest floating dtype."""
+        """The expression on the batch's component values (see :func:`criterion`)."""
         program = self._program
-        try:
-            components = [values[name] for name in program.names]
-        except KeyError as error:
-            raise ResultTypeError(
-                f"{self._ledger.label}: no value for the component {error.args[0]!r}; the "
-                f"callables returned {sorted(values)}"
-            ) from None
-        dtype = _common_dtype(components)
-        if dtype is not None:
-            components = [
-                value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
-                for value in components
-            ]
-        factors: list[Any] = []
-        for factor in program.factors:
-            value = factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
-            factors.append(value.to(dtype) if dtype is not None else value)
-        try:
-            return program.run_list(components, factors)
-        except RuntimeError as error:  # components that do not broadcast together
-            shapes = {
-                name: tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                for name, value in zip(program.names, components, strict=True)
-            }
-            raise ResultTypeError(
-                f"{self._ledger.label}: the formula cannot combine the component values "
-                f"{shapes}: {error}"
-            ) from error
+        factors = [
+            factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
+            for factor in program.factors
+        ]
+        return criterion(program, values, factors, self._ledger.label)
 
     @override
     def update(
@@ -428,15 +368,14 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         """
         values = self.calculate(outputs, targets)
         size, weight = self._batch(outputs, targets, weight)
+        value = batch_value(values[self.name], weight)  # before anything changes
         self._accumulate(values, size, weight, not self._multi_calls)
         if self._program.factors:
             self._position["step"].add_(1)
-        return _batch_value(values[self.name], weight)
+        return value
 
     @override
-    def __call__(  # type: ignore[override]
-        self, outputs: OutputT, targets: TargetT, *, weight: Any = None
-    ) -> Tensor:
+    def __call__(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
         """Same as :meth:`forward`."""
         return self.forward(outputs, targets, weight=weight)
 
@@ -460,7 +399,23 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         }
 
     def advance_epoch(self) -> None:
-        """Move the schedules counted in epochs (``unit='epoch'``) one epoch on."""
+        """Move the schedules counted in epochs (``unit='epoch'``) one epoch on.
+
+        Call it once at the end of each epoch (``reset()`` does not move
+        schedules); schedules counted in steps move at each :meth:`forward`.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> mse = tt.Loss(lambda o, t: (o - t).pow(2).mean(1), 'MSE')
+            >>> loss = tt.schedules.piecewise({0: 1.0, 2: 0.5}, unit='epoch') * mse
+            >>> for epoch in range(3):
+            ...     print(epoch, loss.schedule_values())
+            ...     loss.advance_epoch()
+            0 {'piecewise(0: 1, 2: 0.5 epochs)': 1.0}
+            1 {'piecewise(0: 1, 2: 0.5 epochs)': 1.0}
+            2 {'piecewise(0: 1, 2: 0.5 epochs)': 0.5}
+        """
         self._position["epoch"].add_(1)
 
     # -- epoch values -------------------------------------------------------------------------
@@ -571,7 +526,7 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             if isinstance(value, CallableObjective)
             else ""
         )
-        return constant_or_schedule(value, self._label(), hint)
+        return constant_or_schedule(value, self._label, hint)  # the label is made on error only
 
     def _compose(self, op: str, left: object, right: object) -> CompositionalLoss[Any, Any]:
         """``left <op> right`` in constant time (one of the operands is ``self``)."""
@@ -586,7 +541,10 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         if len(losses) == 1:
             table, tracked = losses[0]._table, losses[0]._tracked_entries
         else:
-            owner = lambda: f"CompositionalLoss {render(node)}"  # noqa: E731 - rendered on error only
+
+            def owner() -> str:  # rendered on error only
+                return f"CompositionalLoss {render(node)}"
+
             table = losses[0]._table.union(losses[1]._table, owner)
             tracked = (
                 self._checked_tracked(
@@ -647,7 +605,7 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         )
         return composed
 
-    def __or__(self, other: object) -> LossBase[Any, Any]:  # type: ignore[override]
+    def __or__(self, other: object) -> LossBase[Any, Any]:  # type: ignore[override, unused-ignore]
         """A loss of the same kind that also tracks ``other``'s metrics (fresh state).
 
         ``loss | loss`` is refused: combine losses with arithmetic instead.
@@ -716,31 +674,3 @@ def _direction(operand: LossBase[Any, Any] | Expression) -> bool | None:
 
 def _is_zero(value: object) -> bool:
     return type(value) in (int, float) and value == 0
-
-
-def _common_dtype(values: list[Any]) -> torch.dtype | None:
-    """The widest floating dtype among the tensors (the default float when none is floating)."""
-    found: torch.dtype | None = None
-    integral = False
-    for value in values:
-        if type(value) is Tensor:
-            dtype = value.dtype
-            if dtype.is_floating_point:
-                found = dtype if found is None else torch.promote_types(found, dtype)
-            else:
-                integral = True
-    if found is None and integral:
-        return torch.get_default_dtype()
-    return found
-
-
-def _batch_value(criterion: Any, weight: Weight) -> Tensor:
-    """The batch mean of the criterion, weighted by per-sample weights if there are some."""
-    if type(criterion) is not Tensor:
-        criterion = torch.as_tensor(criterion, dtype=torch.get_default_dtype())
-    if criterion.ndim == 0:
-        return criterion
-    if isinstance(weight, Tensor) and weight.ndim == 1:
-        weights = weight.to(criterion.dtype)
-        return (criterion * weights).sum() / weights.sum()
-    return criterion.mean()

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name, default_name
 from torchtally.errors import FormulaError, NameConflictError, ResultTypeError
 from torchtally.formula import Component, Constant, Expression, Operation
 from torchtally.losses._algebra import check_direction, check_loss_name, constant_or_schedule
-from torchtally.losses._base import LossBase, MultiCall, Produced
+from torchtally.losses._base import LossBase
+from torchtally.losses._evaluation import MultiCall, Produced, common_dtype
 from torchtally.objectives import NamedCallable
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
@@ -150,9 +152,16 @@ class DictCall(MultiCall):
         values = self._entries(result, owner)
         if self.mode == "entries":
             return values
-        summands = iter(values.values())
-        total = next(summands)
-        for value in summands:  # no 0 + ...: one operation fewer, and no int start value
+        summands = list(values.values())
+        # in the widest floating dtype among them, as a composition's criterion is
+        dtype = common_dtype(summands, tuple(values), owner)
+        if dtype is not None:
+            summands = [
+                value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
+                for value in summands
+            ]
+        total = summands[0]
+        for value in summands[1:]:  # no 0 + ...: one operation fewer, and no int start value
             total = total + value
         return (
             {self.name: total, **values} if len(values) > 1 or self.name not in values else values

@@ -1,0 +1,242 @@
+"""How a loss evaluates a batch: calls producing several values, the criterion, its batch mean.
+
+The criterion is the compiled expression (:class:`~torchtally.formula.Program`)
+run on the batch's component values, per sample, in the widest floating
+dtype among them, with the schedules' current values. Everything here runs
+before anything is accumulated, and raises the library's errors (naming the
+loss and the component) for values the formula cannot combine, so that a
+refused batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchtally._conventions import Weight, as_value_tensor
+from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
+from torchtally.formula import Program
+
+__all__ = ["MultiCall", "Produced", "batch_value", "criterion"]
+
+
+class MultiCall:
+    """A callable producing several values at once (a ``DictLoss``'s): called once per batch.
+
+    Subclasses implement :meth:`evaluate`; :attr:`declared` lists the names
+    known before any batch (so that a process that never sees one still syncs).
+
+    Example:
+        >>> from torchtally.losses import MultiCall
+        >>> class Both(MultiCall):
+        ...     declared = ('Sum', 'Difference')
+        ...     def evaluate(self, outputs, targets, owner):
+        ...         return {'Sum': outputs + targets, 'Difference': outputs - targets}
+        >>> Both().evaluate(3.0, 1.0, 'example')
+        {'Sum': 4.0, 'Difference': 2.0}
+    """
+
+    declared: tuple[str, ...] = ()
+
+    def evaluate(self, outputs: Any, targets: Any, owner: str) -> dict[str, Any]:
+        """Every value the call produces for the batch, by name (``owner`` names the loss)."""
+        raise NotImplementedError
+
+
+class Produced:
+    """The callable of a component that a :class:`MultiCall` produces under ``key``.
+
+    A loss calls the multi-call once per batch for all its entries; called on
+    its own, a ``Produced`` calls it and picks its entry.
+
+    Example:
+        >>> from torchtally.losses import MultiCall, Produced
+        >>> class Both(MultiCall):
+        ...     def evaluate(self, outputs, targets, owner):
+        ...         return {'Sum': outputs + targets, 'Difference': outputs - targets}
+        >>> Produced(Both(), 'Difference')(3.0, 1.0)
+        2.0
+    """
+
+    def __init__(self, call: MultiCall, key: str) -> None:
+        self.call = call
+        self.key = key
+
+    def __call__(self, outputs: Any, targets: Any) -> Any:
+        """The value on its own."""
+        return self.call.evaluate(outputs, targets, repr(self))[self.key]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Produced) and (self.call, self.key) == (other.call, other.key)
+
+    def __hash__(self) -> int:
+        return hash((self.key, id(self.call)))
+
+    def __repr__(self) -> str:
+        return f"{self.call!r}[{self.key!r}]"
+
+
+def criterion(
+    program: Program, values: Mapping[str, Any], factors: Sequence[Tensor], owner: str
+) -> Any:
+    """The expression on a batch's component values, in their widest floating dtype.
+
+    Tensor components are brought to the widest floating dtype among them
+    (integer and boolean ones too; the default float dtype when none is
+    floating), and so are the schedules' values; Python-number components
+    stay numbers, unless the arithmetic on them fails (``1 / 0.0``, an
+    overflow, a complex power), in which case they are evaluated as tensors,
+    which give inf or nan as they would for the same values returned as tensors.
+
+    Args:
+        program: the compiled expression.
+        values: the batch's values by name (every component among them).
+        factors: the schedules' current values, in the order of ``program.factors``.
+        owner: how errors name the loss.
+
+    Raises:
+        ResultTypeError: a component is missing, complex, or neither a tensor nor a real number.
+        ResultShapeError: the component values do not broadcast together.
+        DeviceMismatchError: the component values are on several devices.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.formula import Component, Constant, Operation, compile_expression
+        >>> program = compile_expression(Operation('*', Constant(2), Component('Hits')))
+        >>> criterion(program, {'Hits': torch.tensor([1, 3])}, [], 'example')
+        tensor([2., 6.])
+    """
+    try:
+        components = [values[name] for name in program.names]
+    except KeyError as error:
+        raise ResultTypeError(
+            f"{owner}: no value for the component {error.args[0]!r}; the callables returned "
+            f"{sorted(values)}"
+        ) from None
+    dtype = common_dtype(components, program.names, owner)
+    if dtype is not None:
+        components = [
+            value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
+            for value in components
+        ]
+        factors = [factor.to(dtype) for factor in factors]
+    try:
+        result = program.run_list(components, factors)
+    except (ZeroDivisionError, OverflowError):
+        result = None  # Python numbers only: evaluated as tensors below
+    except RuntimeError as error:
+        raise _combine_error(program.names, components, error, owner) from error
+    complex_result = type(result) is complex or (type(result) is Tensor and result.is_complex())
+    if result is None or complex_result:
+        float_dtype = dtype or torch.get_default_dtype()
+        components = [
+            value if isinstance(value, Tensor) else torch.tensor(value, dtype=float_dtype)
+            for value in components
+        ]
+        result = program.run_list(components, factors)
+    return result
+
+
+def _combine_error(
+    names: tuple[str, ...], components: list[Any], error: RuntimeError, owner: str
+) -> Exception:
+    """The library's error for component values the formula could not combine."""
+    devices = {
+        str(value.device)
+        for value in components
+        if isinstance(value, Tensor) and (value.ndim or value.device.type != "cpu")
+    }
+    if len(devices) > 1:
+        return DeviceMismatchError(
+            f"{owner}: the component values are on several devices ({sorted(devices)}); "
+            f"return every component on one device"
+        )
+    shapes = {
+        name: tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        for name, value in zip(names, components, strict=True)
+    }
+    return ResultShapeError(
+        f"{owner}: the formula cannot combine the component values of shapes {shapes}; "
+        f"components are per-sample values of shape (B,) or scalars ({error})"
+    )
+
+
+def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch.dtype | None:
+    """The widest floating dtype among the tensors (the default float when none is floating).
+
+    Numbers that are not Python's own (NumPy scalars, fractions, bools)
+    become ``int`` or ``float`` in ``values``; anything else is refused.
+
+    Raises:
+        ResultTypeError: a value is complex, an integer outside int64, or
+            neither a tensor nor a real number.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.losses._evaluation import common_dtype
+        >>> values = [torch.ones(2, dtype=torch.bfloat16), torch.ones(2), True]
+        >>> common_dtype(values, ('A', 'B', 'C'), 'example'), values[2]
+        (torch.float32, 1)
+    """
+    found: torch.dtype | None = None
+    integral = False
+    for index, value in enumerate(values):
+        if isinstance(value, Tensor):
+            dtype = value.dtype
+            if dtype.is_floating_point:
+                found = dtype if found is None else torch.promote_types(found, dtype)
+            elif dtype.is_complex:
+                as_value_tensor(value, owner, names[index])  # raises, naming the component
+            else:
+                integral = True
+        elif type(value) is not float:
+            values[index] = _python_number(value, owner, names[index])
+    if found is None and integral:
+        return torch.get_default_dtype()
+    return found
+
+
+def _python_number(value: Any, owner: str, name: str) -> int | float:
+    """A number a component returned, as a Python ``int`` or ``float``."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+        if -(2**63) <= number < 2**63:
+            return number
+    elif isinstance(value, numbers.Real):
+        return float(value)
+    as_value_tensor(value, owner, name)  # raises the library's error, naming the component
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def batch_value(criterion: Any, weight: Weight) -> Tensor:
+    """The batch mean of the criterion, weighted by per-sample weights if there are some.
+
+    A criterion that is not floating (a loss made of one integer or boolean
+    component, or a Python number) is brought to the default float dtype.
+
+    Example:
+        >>> import torch
+        >>> batch_value(torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0]))
+        tensor(1.5000)
+        >>> batch_value(torch.tensor([1, 2]), None)
+        tensor(1.5000)
+    """
+    value: Tensor = (
+        criterion
+        if type(criterion) is Tensor
+        else torch.as_tensor(criterion, dtype=torch.get_default_dtype())
+    )
+    if not value.dtype.is_floating_point:
+        value = value.to(torch.get_default_dtype())
+    if value.ndim == 0:
+        return value
+    if isinstance(weight, Tensor) and weight.ndim == 1:
+        weights = weight.to(value.dtype)
+        return (value * weights).sum() / weights.sum()
+    return value.mean()
