@@ -35,6 +35,7 @@ __all__ = ["COLLECTIVES", "count_collectives", "launch", "real_collectives"]
 COLLECTIVES = (
     "all_gather",
     "all_gather_into_tensor",
+    "all_gather_single",
     "all_gather_object",
     "all_reduce",
     "all_to_all",

@@ -1,6 +1,6 @@
 """from_torcheval: values, state, and the sync built on torcheval's own state merging.
 
-The sync's combination step (``_sync_prepare``) is pure, so it is checked here in one
+The sync's combination step (``sync_merge``) is pure, so it is checked here in one
 process by feeding it the exported states of several adapters as if they were ranks;
 tests/test_contrib_distributed.py runs it across real processes.
 """
@@ -23,6 +23,7 @@ from torcheval import metrics as eval_metrics
 from torcheval.metrics import Metric
 
 import torchtally as tt
+from _sync import simulate_sync  # tests/_sync.py
 from torchtally import errors
 from torchtally import protocols as p
 from torchtally.contrib.torcheval import TorchEvalAdapter, from_torcheval
@@ -115,9 +116,8 @@ def test_state_dict_copy_pickle_to_and_reset() -> None:
 
 
 def simulated_sync(adapters: list[TorchEvalAdapter]) -> None:
-    states = [adapter._sync_export() for adapter in adapters]
-    for adapter in adapters:
-        adapter._sync_install(adapter._sync_prepare(states))
+    """What sync_all does on every rank, with ``adapters[r]`` as rank r's adapter."""
+    simulate_sync([[adapter] for adapter in adapters])
 
 
 class LabelCounts(Metric[Tensor]):
@@ -217,10 +217,10 @@ def test_sync_errors_name_every_rank() -> None:
         from_torcheval(eval_metrics.MeanSquaredError()),
         from_torcheval(eval_metrics.BinaryAUROC()),
     )
-    with pytest.raises(
-        errors.SyncError, match=r"rank 0: MeanSquaredError=MeanSquaredError.*rank 1: BinaryAUROC"
-    ):
-        mse._sync_prepare([mse._sync_export(), auroc._sync_export()])
+    with pytest.raises(errors.SyncError, match=r"objective 0 differs") as raised:
+        simulate_sync([[mse], [auroc]])
+    assert "rank 0 syncs from_torcheval(MeanSquaredError" in str(raised.value)
+    assert "rank 1 syncs from_torcheval(BinaryAUROC" in str(raised.value)
 
     class Tuples(LabelCounts):
         pass
@@ -228,7 +228,7 @@ def test_sync_errors_name_every_rank() -> None:
     bad = from_torcheval(Tuples())
     bad.metric.counts[(1, 2)] = torch.tensor(1)  # type: ignore[union-attr]
     with pytest.raises(errors.SyncError, match=r"key \(1, 2\)"):
-        bad._sync_export()
+        bad.sync_export(drop_last=False)
 
 
 def test_rejects_other_objects() -> None:

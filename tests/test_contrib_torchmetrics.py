@@ -1,6 +1,6 @@
 """from_torchmetrics: names, forward, state, and the sync built on torchmetrics' own reductions.
 
-The sync's combination step (``_sync_prepare``) is pure, so it is checked here in one
+The sync's combination step (``sync_merge``) is pure, so it is checked here in one
 process by feeding it the exported states of several adapters as if they were ranks;
 tests/test_contrib_distributed.py runs it across real processes.
 """
@@ -23,6 +23,7 @@ from torcheval import metrics as eval_metrics
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
 import torchtally as tt
+from _sync import simulate_sync  # tests/_sync.py
 from torchtally import errors
 from torchtally import protocols as p
 from torchtally.contrib.torchmetrics import TorchMetricsAdapter, from_torchmetrics
@@ -274,9 +275,7 @@ def test_reset() -> None:
 
 def simulated_sync(adapters: list[TorchMetricsAdapter]) -> None:
     """What sync_all does on every rank, with ``adapters[r]`` as rank r's adapter."""
-    states = [adapter._sync_export() for adapter in adapters]
-    for adapter in adapters:
-        adapter._sync_install(adapter._sync_prepare(states))
+    simulate_sync([[adapter] for adapter in adapters])
 
 
 class ProductMetric(torchmetrics.Metric):
@@ -406,8 +405,9 @@ def test_sync_copy_does_not_copy_or_touch_the_local_state() -> None:
     simulated_sync(adapters)
     assert adapters[0].metric.preds is preds
     assert all(torch.equal(a, b) for a, b in zip(preds, before, strict=True))
-    assert adapters[0]._synced is not None
-    assert adapters[0]._synced[0].preds.shape == (3,)
+    view = adapters[0].view()
+    assert view is not None
+    assert view[0].preds.shape == (3,)
 
 
 def test_sync_errors_name_every_rank() -> None:
@@ -415,18 +415,17 @@ def test_sync_errors_name_every_rank() -> None:
         from_torchmetrics(torchmetrics.MeanSquaredError()),
         from_torchmetrics(torchmetrics.MeanAbsoluteError()),
     )
-    states = [mse._sync_export(), mae._sync_export()]
-    with pytest.raises(
-        errors.SyncError, match=r"rank 0: MeanSquaredError.*rank 1: MeanAbsoluteError"
-    ):
-        mse._sync_prepare(states)
+    with pytest.raises(errors.SyncError, match=r"objective 0 differs") as raised:
+        simulate_sync([[mse], [mae]])
+    assert "rank 0 syncs from_torchmetrics(MeanSquaredError" in str(raised.value)
+    assert "rank 1 syncs from_torchmetrics(MeanAbsoluteError" in str(raised.value)
 
     wide, narrow = from_torchmetrics(PairMetric()), from_torchmetrics(PairMetric())
     narrow.metric.outputs = torch.zeros(3)
     with pytest.raises(
         errors.SyncError, match=r"'outputs'.*rank 0: shape \(\).*rank 1: shape \(3,\)"
     ):
-        wide._sync_prepare([wide._sync_export(), narrow._sync_export()])
+        simulate_sync([[wide], [narrow]])
 
 
 def test_a_metric_with_its_own_sync_is_refused_at_export() -> None:
@@ -435,7 +434,7 @@ def test_a_metric_with_its_own_sync_is_refused_at_export() -> None:
             pass
 
     with pytest.raises(errors.UnsupportedObjectError, match="OwnSync"):
-        from_torchmetrics(OwnSync())._sync_export()
+        from_torchmetrics(OwnSync()).sync_export(drop_last=False)
 
 
 def test_sync_outside_a_distributed_run_is_a_no_op() -> None:

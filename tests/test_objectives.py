@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 import torchtally as tt
+from _sync import simulate_sync  # tests/_sync.py
 from torchtally._conventions import batch_size
 from torchtally.aggregation import Cat, Mean
 from torchtally.errors import (
@@ -998,7 +999,7 @@ def test_a_weight_callable_given_at_construction() -> None:
 def test_a_refused_update_keeps_the_synced_view() -> None:
     metric = tt.Metric(lambda o, t: o, "X")
     metric.update(torch.ones(2), torch.zeros(2))
-    metric._sync_install(metric._sync_prepare([metric._sync_export()]))  # a synced view
+    simulate_sync([[metric]])  # a synced view
     assert metric._ledger.synced is not None
     with pytest.raises(ResultShapeError):
         metric.update(torch.ones(3, 2), torch.zeros(3))

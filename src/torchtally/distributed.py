@@ -1,58 +1,110 @@
-"""The one place torchtally calls ``torch.distributed``.
+"""The one place torchtally calls ``torch.distributed``: the collectives and the wire format.
 
-:func:`all_gather_states` sends every process's state, described by JSON-able
-metadata plus any number of tensors of any dtypes and shapes, to every
-process, in exactly two collective calls:
+A sync (:func:`torchtally.sync_all`) exchanges, in this order:
 
-1. an ``all_gather`` of a two-number header per rank (metadata bytes, tensor
-   bytes), so every rank knows every payload size;
-2. an ``all_gather`` of one byte buffer per rank (padded to the largest),
-   holding the metadata as UTF-8 JSON followed by the raw bytes of every
-   tensor.
+1. a fixed-size **header** per rank (:data:`HEADER`, eight int64: a magic
+   value, the format version, fingerprints of what the rank syncs and of
+   where it is in its sequence of syncs, flags, and the sizes of what
+   follows), gathered with one ``all_gather``;
+2. a float64 vector of every sum and mean state, summed over the ranks with
+   one ``all_reduce`` (its size does not grow with the number of ranks);
+3. one byte **payload** per rank for everything else (minima, maxima,
+   concatenations, learnt names, adapters' states), gathered with one
+   ``all_gather`` (or ``gather`` to one destination rank).
 
-Each rank then unpacks every rank's payload and combines them itself, in rank
-order, so all ranks compute bit-identical results, and any disagreement
-(different names, kinds, shapes) is seen by every rank at the same moment:
-every rank raises the same error, none waits forever on a collective the
-others skipped. Raw bytes keep every dtype exact (float64 running sums,
-integer counts, bool masks) in one buffer.
+When the headers show that ranks disagree (or one failed), the ranks skip 2
+and 3 and gather their **diagnostics** instead: descriptions from which every
+rank builds the same error message.
 
-Everything here is a no-op when ``torch.distributed`` is unavailable or not
-initialised.
+Headers and payloads are validated before anything is allocated from them:
+a header that is not torchtally's, sizes over :func:`payload_limit`, a dtype
+outside :data:`torchtally._conventions.DTYPES`, shapes that do not match the
+bytes, truncated or non-UTF-8 metadata all raise
+:class:`~torchtally.errors.SyncError`. Every rank sees every header and payload,
+so every rank raises the same error after the same collectives, and none
+waits forever on a collective the others skipped.
+
+Everything here is a no-op (or an identity) when ``torch.distributed`` is
+unavailable or not initialised.
 
 Example:
     >>> import torch
-    >>> from torchtally.distributed import all_gather_states
-    >>> all_gather_states({'count': 3}, [torch.tensor([1.0, 2.0])])  # one process: itself
-    [({'count': 3}, [tensor([1., 2.])])]
+    >>> from torchtally.distributed import pack, unpack
+    >>> payload = pack({'names': ['MAE']}, [torch.tensor([1.0, 2.0])])
+    >>> unpack(payload, rank=0)
+    ({'names': ['MAE']}, [tensor([1., 2.])])
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import os
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import Tensor
 
+from torchtally._conventions import dtype_from_name, dtype_name
 from torchtally.errors import SyncError
 
 __all__ = [
+    "HEADER",
+    "MAGIC",
+    "WIRE_VERSION",
     "ProcessGroup",
-    "all_gather_states",
+    "all_gather_payloads",
+    "all_reduce_sums",
+    "bytes_received",
+    "check_headers",
     "collective_count",
+    "end_distributed_run",
+    "exchange_headers",
     "is_distributed",
+    "pack",
+    "payload_limit",
     "rank",
+    "set_payload_limit",
+    "unpack",
     "world_size",
 ]
 
 ProcessGroup = Any
 """A ``torch.distributed`` process group (``None`` means the default group)."""
 
-_ALIGN = 16  # bytes; every segment starts aligned so it can be viewed as any dtype (complex128)
-_collectives = 0
+MAGIC: Final = 0x7474616C6C79  # "ttally"
+"""The first field of every header: a header without it is not torchtally's."""
+
+WIRE_VERSION: Final = 2
+"""The format version: ranks running other versions of torchtally cannot sync."""
+
+HEADER: Final = (
+    "magic",
+    "version",
+    "fingerprint",
+    "sequence",
+    "flags",
+    "sums",
+    "payload",
+    "diagnostics",
+)
+"""The fields of a header, in order (int64 each): ``sums`` counts float64 numbers,
+``payload`` and ``diagnostics`` count bytes."""
+
+FAILED: Final = 1
+"""Flag: the rank could not export its state; its payload says why."""
+
+DISAGREEING: Final = 2
+"""Flag: the payload holds descriptions to name a disagreement, not states."""
+
+_ALIGN = 16  # bytes; every segment starts aligned so it can be viewed as any dtype
 _CPU = torch.device("cpu")
+_collectives = 0
+_received = 0
+_limit = 1 << 31
 
 
 def collective_count() -> int:
@@ -64,6 +116,50 @@ def collective_count() -> int:
         True
     """
     return _collectives
+
+
+def bytes_received() -> int:
+    """How many bytes this process has received through torchtally's collectives so far.
+
+    Gathers count every rank's part; an all-reduce counts the reduced
+    vector once (a ring all-reduce moves about twice that).
+
+    Example:
+        >>> from torchtally.distributed import bytes_received
+        >>> bytes_received() >= 0
+        True
+    """
+    return _received
+
+
+def payload_limit() -> int:
+    """The most bytes one collective may bring to a rank (default 2 GiB).
+
+    Headers announcing more (the largest payload times the number of ranks,
+    or the float64 vector) are refused with a ``SyncError`` before anything
+    is allocated.
+
+    Example:
+        >>> from torchtally.distributed import payload_limit
+        >>> payload_limit() == 2**31
+        True
+    """
+    return _limit
+
+
+def set_payload_limit(limit: int) -> int:
+    """Set :func:`payload_limit` (every rank must set the same); returns the previous limit.
+
+    Example:
+        >>> from torchtally.distributed import set_payload_limit
+        >>> previous = set_payload_limit(1 << 20)
+        >>> _ = set_payload_limit(previous)
+    """
+    global _limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"set_payload_limit: expected a number of bytes >= 0, found {limit!r}")
+    previous, _limit = _limit, limit
+    return previous
 
 
 def is_distributed(group: ProcessGroup = None) -> bool:
@@ -105,14 +201,13 @@ def rank(group: ProcessGroup = None) -> int:
     return torch.distributed.get_rank(group)
 
 
-def _buffer_device(group: ProcessGroup, tensors: Sequence[Tensor]) -> torch.device:
-    """Where the collective buffers must live for the group's backend.
+def buffer_device(group: ProcessGroup, tensors: Sequence[Tensor] = ()) -> torch.device:
+    """Where the collective buffers live for the group's backend.
 
     The device *type* depends on the backend alone, so every rank picks the
-    same one whatever state it holds (a rank without data included): CUDA
-    for a group with nccl (the state's own device when it is on CUDA, else
-    the current device, as set by ``torch.cuda.set_device``), the CPU for
-    gloo and mpi.
+    same one whatever state it holds: CUDA for nccl (the state's own device
+    when it is on CUDA, else the current device, as set by
+    ``torch.cuda.set_device``), the CPU otherwise.
     """
     backend = str(torch.distributed.get_backend(group)).lower()
     if "nccl" in backend:
@@ -123,123 +218,202 @@ def _buffer_device(group: ProcessGroup, tensors: Sequence[Tensor]) -> torch.devi
     return _CPU
 
 
+def _gather_into(output: Tensor, value: Tensor, group: ProcessGroup) -> None:
+    gather = getattr(torch.distributed, "all_gather_single", None) or (
+        torch.distributed.all_gather_into_tensor
+    )
+    gather(output, value, group=group)
+
+
+# -- the three collectives --------------------------------------------------------------------
+
+
+def exchange_headers(
+    header: Sequence[int], group: ProcessGroup, device: torch.device
+) -> list[list[int]]:
+    """Every rank's header, in rank order (one ``all_gather`` of eight int64 per rank)."""
+    global _collectives, _received
+    mine = torch.tensor(list(header), dtype=torch.int64, device=device)
+    size = world_size(group)
+    every = torch.empty(size * len(HEADER), dtype=torch.int64, device=device)
+    _gather_into(every, mine, group)
+    _collectives += 1
+    _received += every.numel() * 8
+    rows = every.cpu().tolist()
+    return [rows[index * len(HEADER) : (index + 1) * len(HEADER)] for index in range(size)]
+
+
+def all_reduce_sums(sums: Tensor, group: ProcessGroup) -> Tensor:
+    """The float64 vector summed over every rank (one ``all_reduce``; a copy, not ``sums``)."""
+    global _collectives, _received
+    total = sums.clone()
+    torch.distributed.all_reduce(total, group=group)
+    _collectives += 1
+    _received += total.numel() * 8
+    return total
+
+
+def all_gather_payloads(
+    payload: Tensor, lengths: Sequence[int], group: ProcessGroup, destination: int | None = None
+) -> list[Tensor] | None:
+    """Every rank's payload, padded to the longest: one ``all_gather`` (or ``gather``).
+
+    ``lengths`` are the ranks' announced payload sizes, already checked
+    against :func:`payload_limit` by :func:`check_headers`. With a
+    ``destination`` (a rank of ``group``), only that rank receives them; the
+    others get ``None``.
+    """
+    global _collectives, _received
+    longest = max(lengths)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=payload.device)
+    padded[: payload.numel()] = payload
+    _collectives += 1
+    if destination is None:
+        every = torch.empty(len(lengths) * longest, dtype=torch.uint8, device=payload.device)
+        _gather_into(every, padded, group)
+    else:
+        here = rank(group) == destination
+        parts = [torch.empty_like(padded) for _ in lengths] if here else None
+        target = (
+            destination if group is None else torch.distributed.get_global_rank(group, destination)
+        )
+        torch.distributed.gather(padded, parts, dst=target, group=group)
+        if parts is None:
+            return None
+        every = torch.cat(parts)
+    _received += every.numel()
+    return [
+        every[index * longest : index * longest + length] for index, length in enumerate(lengths)
+    ]
+
+
+def check_headers(headers: Sequence[Sequence[int]]) -> None:
+    """Refuse headers that are not torchtally's or announce sizes over :func:`payload_limit`.
+
+    What one collective brings to a rank is its ranks' sizes times their
+    number (buffers are padded to the longest). The message is built from
+    the headers alone, so every rank raises the same one.
+
+    Raises:
+        SyncError: naming the first rank whose header does not fit.
+    """
+    for index, header in enumerate(headers):
+        fields = dict(zip(HEADER, header, strict=True))
+        if fields["magic"] != MAGIC:
+            raise SyncError(
+                f"sync_all: rank {index} sent a header that is not torchtally's (magic "
+                f"{fields['magic']:#x}); is another collective running on the same process group?"
+            )
+        if fields["version"] != WIRE_VERSION:
+            raise SyncError(
+                f"sync_all: rank {index} speaks wire format {fields['version']}, this one "
+                f"{WIRE_VERSION}: run the same torchtally on every process"
+            )
+        sizes = {
+            "sums": fields["sums"] * 8,
+            "payload": fields["payload"] * len(headers),
+            "diagnostics": fields["diagnostics"] * len(headers),
+        }
+        for what, size in sizes.items():
+            if not 0 <= size <= _limit:
+                raise SyncError(
+                    f"sync_all: rank {index} announces {what} that would bring {size} bytes to "
+                    f"every rank, outside 0 to the limit of {_limit} bytes "
+                    f"(torchtally.distributed.set_payload_limit)"
+                )
+        if fields["flags"] not in (0, FAILED, DISAGREEING, FAILED | DISAGREEING):
+            raise SyncError(f"sync_all: rank {index} sent unknown flags {fields['flags']}")
+
+
+# -- payloads -----------------------------------------------------------------------------------
+
+
 def _padded(size: int) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _pack(
-    meta: Any, tensors: Sequence[Tensor], device: torch.device, error: str | None = None
-) -> tuple[Tensor, int]:
-    """One uint8 buffer: aligned JSON metadata, then each tensor's raw bytes, aligned."""
-    layout = [[str(t.dtype).removeprefix("torch."), list(t.shape)] for t in tensors]
-    envelope = {"meta": meta, "layout": layout, "error": error}
-    meta_bytes = json.dumps(envelope, separators=(",", ":")).encode()
-    padded_meta = bytearray(meta_bytes.ljust(_padded(len(meta_bytes)), b" "))
-    parts = [torch.frombuffer(padded_meta, dtype=torch.uint8).to(device)]
+def pack(meta: Any, tensors: Sequence[Tensor], device: torch.device | None = None) -> Tensor:
+    """One uint8 buffer: the metadata's length, the metadata as UTF-8 JSON, then every tensor.
+
+    Raises:
+        SyncError: the metadata is not JSON-serialisable or a dtype is not one of
+            the dtypes a state may hold.
+    """
+    layout = []
     for tensor in tensors:
-        raw = tensor.detach().to(device).contiguous().reshape(-1).view(torch.uint8)
-        pad = _padded(raw.numel()) - raw.numel()
+        if dtype_from_name(dtype_name(tensor.dtype)) is None:
+            raise SyncError(f"sync_all: cannot send a tensor of dtype {tensor.dtype}")
+        layout.append([dtype_name(tensor.dtype), list(tensor.shape)])
+    try:
+        text = json.dumps({"meta": meta, "layout": layout}, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as error:
+        raise SyncError(f"sync_all: the state description cannot be sent: {error}") from error
+    target = device if device is not None else (tensors[0].device if tensors else _CPU)
+    head = len(text).to_bytes(8, "little") + text
+    parts = [torch.frombuffer(bytearray(head.ljust(_padded(len(head)), b" ")), dtype=torch.uint8)]
+    parts = [part.to(target) for part in parts]
+    for tensor in tensors:
+        raw = tensor.detach().to(target).contiguous().reshape(-1).view(torch.uint8)
         parts.append(raw)
-        if pad:
-            parts.append(torch.zeros(pad, dtype=torch.uint8, device=device))
-    return torch.cat(parts), len(meta_bytes)
+        if _padded(raw.numel()) > raw.numel():
+            parts.append(
+                torch.zeros(_padded(raw.numel()) - raw.numel(), dtype=torch.uint8, device=target)
+            )
+    return torch.cat(parts)
 
 
-def _unpack(buffer: Tensor, meta: Any) -> list[Tensor]:
-    """The tensors of one rank's buffer, as described by its decoded metadata."""
-    offset = _padded(meta["bytes"])
-    tensors = []
-    for dtype_name, shape in meta["layout"]:
-        dtype = getattr(torch, dtype_name)
+def unpack(buffer: Tensor, rank: int) -> tuple[Any, list[Tensor]]:
+    """The metadata and tensors of one rank's payload, checked before anything is allocated.
+
+    Raises:
+        SyncError: the payload is truncated, its metadata is not UTF-8 JSON of
+            the expected form, a dtype is unknown or the shapes claim more bytes
+            than the payload holds; the message names the rank.
+    """
+    where = f"sync_all: rank {rank}'s payload"
+    size = buffer.numel()
+    if size < 8:
+        raise SyncError(f"{where} is truncated ({size} bytes)")
+    head = bytes(buffer[:8].cpu().tolist())
+    length = int.from_bytes(head, "little")
+    if length > size - 8:
+        raise SyncError(f"{where} announces {length} bytes of metadata but holds {size - 8}")
+    try:
+        envelope = json.loads(bytes(buffer[8 : 8 + length].cpu().numpy()).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise SyncError(f"{where} holds metadata that is not UTF-8 JSON: {error}") from None
+    layout = envelope.get("layout") if isinstance(envelope, dict) else None
+    if not isinstance(layout, list) or "meta" not in envelope:
+        raise SyncError(f"{where} holds metadata of an unknown form")
+    offset = _padded(8 + length)
+    plan = []
+    for entry in layout:
+        dtype = dtype_from_name(entry[0]) if isinstance(entry, list) and len(entry) == 2 else None
+        shape = entry[1] if dtype is not None else None
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or not all(
+                isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
+            )
+        ):
+            raise SyncError(f"{where} describes a tensor as {entry!r:.80}: unknown dtype or shape")
         numel = 1
         for dim in shape:
             numel *= dim
         nbytes = numel * dtype.itemsize
-        # Copies, not views: a view would keep the whole gathered buffer alive, and tensors
-        # that view one storage as several dtypes cannot be saved with torch.save.
-        tensors.append(buffer[offset : offset + nbytes].view(dtype).reshape(shape).clone())
+        if offset + nbytes > size:
+            raise SyncError(
+                f"{where} describes tensors of {offset + nbytes} bytes but holds {size} bytes"
+            )
+        plan.append((offset, nbytes, dtype, shape))
         offset += _padded(nbytes)
-    return tensors
-
-
-def _decode(buffers: list[Tensor], meta_sizes: list[int]) -> list[Any]:
-    """Every rank's metadata, read from the buffers' heads in one device-to-host copy."""
-    head = max(meta_sizes)
-    heads = torch.stack([buffer[:head] for buffer in buffers]).cpu().numpy()
-    decoded = []
-    for row, size in zip(heads, meta_sizes, strict=True):
-        meta = json.loads(row[:size].tobytes().decode())
-        meta["bytes"] = size
-        decoded.append(meta)
-    return decoded
-
-
-def all_gather_states(
-    meta: Any, tensors: Sequence[Tensor], group: ProcessGroup = None
-) -> list[tuple[Any, list[Tensor]]]:
-    """Every rank's ``(meta, tensors)``, in rank order, on every rank.
-
-    Two collective calls whatever the number and kinds of tensors. Outside a
-    distributed run (or with one process) returns ``[(meta, list(tensors))]``.
-    Tensors come back on the buffer device of the backend (CPU for gloo, the
-    state's CUDA device for nccl); callers move them where they need them.
-
-    Args:
-        meta: JSON-serialisable description of the state (names, counts, ...).
-        tensors: the state tensors, any dtypes and shapes.
-        group: the process group; ``None`` for the default group.
-
-    Returns:
-        A list with one ``(meta, tensors)`` pair per rank.
-
-    Raises:
-        SyncError: a rank could not pack its state (metadata that is not
-            JSON-serialisable, for example). Every rank raises it, after the
-            exchange, so that none waits for the others.
-
-    Example:
-        >>> import torch
-        >>> from torchtally.distributed import all_gather_states
-        >>> [(meta, tensors)] = all_gather_states({'names': ['MAE']}, [torch.ones(2)])
-        >>> meta, tensors
-        ({'names': ['MAE']}, [tensor([1., 1.])])
-    """
-    global _collectives
-    if not is_distributed(group):
-        return [(meta, list(tensors))]
-    device = _buffer_device(group, tensors)
-    failure: Exception | None = None
-    try:
-        payload, meta_size = _pack(meta, tensors, device)
-    except Exception as error:  # sent to the others rather than raised alone
-        failure = error
-        payload, meta_size = _pack(None, [], device, f"{type(error).__name__}: {error}")
-    size = world_size(group)
-
-    header = torch.tensor([meta_size, payload.numel()], dtype=torch.int64, device=device)
-    headers = [torch.empty_like(header) for _ in range(size)]
-    torch.distributed.all_gather(headers, header, group=group)
-    _collectives += 1
-    sizes = torch.stack(headers).cpu().tolist()
-
-    longest = max(total for _, total in sizes)
-    if payload.numel() < longest:
-        payload = torch.cat(
-            [payload, torch.zeros(longest - payload.numel(), dtype=torch.uint8, device=device)]
-        )
-    buffers = [torch.empty_like(payload) for _ in range(size)]
-    torch.distributed.all_gather(buffers, payload, group=group)
-    _collectives += 1
-    metas = _decode(buffers, [meta_size for meta_size, _ in sizes])
-    failed = [(index, meta["error"]) for index, meta in enumerate(metas) if meta["error"]]
-    if failed:
-        found = "; ".join(f"rank {index}: {message}" for index, message in failed)
-        raise SyncError(f"processes could not pack their state for the exchange ({found})") from (
-            failure
-        )
-    return [
-        (meta["meta"], _unpack(buffer, meta)) for buffer, meta in zip(buffers, metas, strict=True)
+    # Copies, not views: a view would keep the whole gathered buffer alive.
+    tensors = [
+        buffer[start : start + nbytes].view(dtype).reshape(shape).clone()
+        for start, nbytes, dtype, shape in plan
     ]
+    return envelope["meta"], tensors
 
 
 # -- ending a distributed run -----------------------------------------------------------------
@@ -282,11 +456,6 @@ def end_distributed_run(exit_code: int = 0) -> None:
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    import atexit
-    import contextlib
-    import os
-    import sys
-
     if exit_code == 0:
         torch.distributed.destroy_process_group()
     atexit._run_exitfuncs()  # what a normal exit runs: logging, multiprocessing finalizers
@@ -295,6 +464,3 @@ def end_distributed_run(exit_code: int = 0) -> None:
             with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to do
                 stream.flush()
     os._exit(exit_code)
-
-
-__all__ += ["end_distributed_run"]

@@ -32,6 +32,7 @@ __all__ = [
     "InvalidNameError",
     "MetricCallError",
     "NameConflictError",
+    "RepeatedSampleWarning",
     "ResultShapeError",
     "ResultTypeError",
     "StateDictError",
@@ -53,6 +54,15 @@ class TorchTallyWarning(UserWarning):
 
 class ComputedBeforeUpdatedWarning(TorchTallyWarning):
     """``compute()`` was called on an objective that has seen no data; values are NaN."""
+
+
+class RepeatedSampleWarning(TorchTallyWarning):
+    """``sync(dataset_size=N)`` could not drop a sample ``DistributedSampler`` repeated.
+
+    The objective saw only batch values (a scalar per batch) on a process
+    holding a repeated sample, so that sample cannot be taken out: the synced
+    value counts it twice. The message names the objective and its values.
+    """
 
 
 class MetricCallError(TorchTallyError, RuntimeError):

@@ -55,7 +55,7 @@ from typing_extensions import Self, override
 
 from torchtally import distributed
 from torchtally._conventions import callable_error, check_name, normalize_result
-from torchtally.aggregation import Accumulator, ExportedState, accumulator_class
+from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     InvalidNameError,
     MetricCallError,
@@ -303,14 +303,26 @@ class StatefulObjective:
         """
         sync_all(self, process_group=process_group)
 
-    def _sync_export(self) -> ExportedState:
-        # Raised before any collective; sync_all sends it to the other ranks.
+    # Every hook refuses: sync_all sends the refusal to the other ranks, which raise it too.
+
+    def sync_identity(self) -> dict[str, Any]:
+        """Refuse (see :meth:`sync`)."""
         raise self._sync_refusal()
 
-    def _sync_prepare(self, states: list[ExportedState]) -> Any:
+    def sync_stamp(self) -> tuple[int, int]:
+        """Refuse (see :meth:`sync`)."""
         raise self._sync_refusal()
 
-    def _sync_install(self, prepared: Any) -> None:
+    def sync_export(self, drop_last: bool) -> Any:
+        """Refuse (see :meth:`sync`)."""
+        raise self._sync_refusal()
+
+    def sync_merge(self, gathered: Any, padding: Any) -> Any:
+        """Refuse (see :meth:`sync`)."""
+        raise self._sync_refusal()
+
+    def sync_install(self, prepared: Any) -> None:
+        """Refuse (see :meth:`sync`)."""
         raise self._sync_refusal()
 
     # -- persistence and devices --------------------------------------------------------------

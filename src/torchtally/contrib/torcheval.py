@@ -44,12 +44,11 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
         'torchtally.contrib.torcheval needs torcheval: pip install "torchtally[torcheval]"'
     ) from error
 
-from torchtally import distributed
 from torchtally._conventions import merge_results, normalize_result
-from torchtally.aggregation import ExportedState
+from torchtally.contrib._adapter import SyncedAdapter
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import sync_all
+from torchtally.sync import SyncState, callable_identity
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
@@ -69,7 +68,7 @@ def _json_key(key: Any, where: str) -> Any:
     )
 
 
-class TorchEvalAdapter:
+class TorchEvalAdapter(SyncedAdapter[dict[str, Any]]):
     """A torcheval ``Metric`` (or a dict of them) for torchtally.
 
     Build it with :func:`from_torcheval`.
@@ -121,7 +120,7 @@ class TorchEvalAdapter:
         else:
             self._name = name or "dict"
         self._owner = f"from_torcheval({label}, name={self._name!r})"
-        self._synced: dict[str, AnyMetric] | None = None
+        SyncedAdapter.__init__(self)
 
     # -- description --------------------------------------------------------------------------
 
@@ -153,7 +152,7 @@ class TorchEvalAdapter:
 
     def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
         """Update every metric with one batch (extra arguments go to each ``update``)."""
-        self._synced = None
+        self.drop_view()
         for metric in self._metrics.values():
             metric.update(outputs, targets, *args, **kwargs)
 
@@ -164,7 +163,8 @@ class TorchEvalAdapter:
 
         A tuple result becomes ``name_0``, ``name_1``, ...; a dict result keeps its keys.
         """
-        metrics = self._metrics if self._synced is None else self._synced
+        view = self.view()
+        metrics = self._metrics if view is None else view
         result: dict[str, Tensor] = {}
         for key, metric in metrics.items():
             merge_results(result, normalize_result(metric.compute(), key, self._owner), self._owner)
@@ -172,21 +172,26 @@ class TorchEvalAdapter:
 
     def reset(self) -> None:
         """Reset every metric and drop the synced view."""
-        self._synced = None
+        self.drop_view()
         for metric in self._metrics.values():
             metric.reset()
+        self.count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 
-    def sync(self, process_group: distributed.ProcessGroup = None) -> None:
-        """Make :meth:`compute` report the value over all processes, on every rank.
+    def sync_identity(self) -> dict[str, Any]:
+        """The wrapped classes by key, their state names, and the reported name."""
+        return {
+            "kind": "torcheval",
+            "name": self._name,
+            "metrics": [
+                [key, callable_identity(type(metric)), sorted(metric._state_name_to_default)]
+                for key, metric in self._metrics.items()
+            ],
+        }
 
-        Idempotent; a quiet no-op outside a distributed run. See
-        :func:`torchtally.sync_all` to sync it together with other objectives.
-        """
-        sync_all(self, process_group=process_group)
-
-    def _sync_export(self) -> ExportedState:
+    def sync_export(self, drop_last: bool) -> SyncState:
+        """Every metric's state dict (after torcheval's own pre-merge step)."""
         entries: list[dict[str, Any]] = []
         tensors: list[Tensor] = []
         for key, metric in self._metrics.items():
@@ -207,9 +212,10 @@ class TorchEvalAdapter:
                 else:  # int or float
                     states.append([state_name, "number", value])
             entries.append({"key": key, "class": type(metric).__name__, "states": states})
-        return {"metrics": entries}, tensors
+        return SyncState(None, {"metrics": entries}, tensors)
 
-    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, AnyMetric]:
+    def _split_states(self, states: list[tuple[Any, list[Any]]]) -> list[dict[str, dict[str, Any]]]:
+        """Every rank's state dict of every metric, from the gathered metadata and tensors."""
         layouts = [
             [
                 (entry["key"], entry["class"], [[name, kind] for name, kind, _ in entry["states"]])
@@ -224,7 +230,6 @@ class TorchEvalAdapter:
                 for index, layout in enumerate(layouts)
             )
             raise SyncError(f"from_torcheval: processes hold different metrics or states ({found})")
-        # Every rank's state dict of every metric.
         per_rank: list[dict[str, dict[str, Any]]] = []
         for meta, tensors in states:
             offset = 0
@@ -246,6 +251,14 @@ class TorchEvalAdapter:
                         state[state_name] = info
                 rank_states[entry["key"]] = state
             per_rank.append(rank_states)
+        return per_rank
+
+    def combine(self, states: list[tuple[Any, list[Any]]]) -> dict[str, Any]:
+        """Copies of the metrics holding every rank's state, merged with ``merge_state``."""
+        try:
+            per_rank = self._split_states(states)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise SyncError(f"{self._owner}: a process's state is malformed: {error}") from None
 
         merged: dict[str, AnyMetric] = {}
         for key, local in self._metrics.items():
@@ -259,9 +272,6 @@ class TorchEvalAdapter:
                     f"{error}"
                 ) from error
         return merged
-
-    def _sync_install(self, prepared: dict[str, AnyMetric]) -> None:
-        self._synced = prepared
 
     # -- persistence and devices --------------------------------------------------------------
 
@@ -310,7 +320,7 @@ class TorchEvalAdapter:
             except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
                 raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
         self._metrics = loaded  # every metric checked and rebuilt: swap them all at once
-        self._synced = None
+        self.drop_view()
 
     def to(self, device: torch.device | str) -> Self:
         """Move every metric (and a synced view) to ``device``; returns ``self``."""
@@ -320,14 +330,6 @@ class TorchEvalAdapter:
             for metric in self._synced.values():
                 metric.to(device)
         return self
-
-    def copy(self) -> Self:
-        """An independent deep copy, the metrics and their state included."""
-        return copy.deepcopy(self)
-
-    def __or__(self, other: object) -> Any:
-        """This adapter and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
-        return join(self, other) if is_objective_like(other) else NotImplemented
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented

@@ -52,9 +52,8 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
         'torchtally.contrib.torchmetrics needs torchmetrics: pip install "torchtally[torchmetrics]"'
     ) from error
 
-from torchtally import distributed
 from torchtally._conventions import merge_results, normalize_result, unique_names
-from torchtally.aggregation import ExportedState
+from torchtally.contrib._adapter import SyncedAdapter
 from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
@@ -63,7 +62,7 @@ from torchtally.errors import (
     UnsupportedObjectError,
 )
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import sync_all
+from torchtally.sync import SyncState, callable_identity
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 
@@ -97,7 +96,7 @@ def _leaves(root: TorchMetricsObject) -> tuple[torchmetrics.Metric, ...]:
     return tuple(seen.values())
 
 
-class TorchMetricsAdapter:
+class TorchMetricsAdapter(SyncedAdapter[tuple[TorchMetricsObject, tuple[Any, ...]]]):
     """A torchmetrics ``Metric``, ``CompositionalMetric`` or ``MetricCollection`` for torchtally.
 
     It satisfies :class:`~torchtally.protocols.LossProtocol`: ``forward`` (and
@@ -149,7 +148,7 @@ class TorchMetricsAdapter:
                     f"{self._owner}: the name {self._name!r} is also the name of a leaf metric "
                     f"(leaves: {list(self._leaf_names)}); choose another name"
                 )
-        self._synced: tuple[TorchMetricsObject, tuple[torchmetrics.Metric, ...]] | None = None
+        SyncedAdapter.__init__(self)
 
     # -- description --------------------------------------------------------------------------
 
@@ -200,12 +199,12 @@ class TorchMetricsAdapter:
 
     def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
         """Update the metric with one batch (extra arguments go to the metric's ``update``)."""
-        self._synced = None
+        self.drop_view()
         self._metric.update(outputs, targets, *args, **kwargs)
 
     def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``)."""
-        self._synced = None
+        self.drop_view()
         return self._metric(outputs, targets, *args, **kwargs)
 
     def __call__(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
@@ -224,7 +223,8 @@ class TorchMetricsAdapter:
         under its class name, made unique (``MeanSquaredError``,
         ``MeanSquaredError_2``).
         """
-        root, leaves = (self._metric, self._leaves) if self._synced is None else self._synced
+        view = self.view()
+        root, leaves = (self._metric, self._leaves) if view is None else view
         result = normalize_result(root.compute(), self._name, self._owner)
         if self._composition:
             for leaf_name, leaf in zip(self._leaf_names, leaves, strict=True):
@@ -235,30 +235,32 @@ class TorchMetricsAdapter:
 
     def reset(self) -> None:
         """Reset the metric and drop the synced view."""
-        self._synced = None
+        self.drop_view()
         self._metric.reset()
+        self.count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 
-    def sync(self, process_group: distributed.ProcessGroup = None) -> None:
-        """Make :meth:`compute` report the value over all processes, on every rank.
+    def sync_identity(self) -> dict[str, Any]:
+        """The wrapped classes, their states and reductions, and the reported names."""
+        return {
+            "kind": "torchmetrics",
+            "root": callable_identity(type(self._metric)),
+            "name": self._name,
+            "leaves": [
+                [
+                    callable_identity(type(leaf)),
+                    [
+                        [state, callable_identity(reduction), type(leaf._defaults[state]).__name__]
+                        for state, reduction in leaf._reductions.items()
+                    ],
+                ]
+                for leaf in self._leaves
+            ],
+        }
 
-        Idempotent; a no-op outside a distributed run. See
-        :func:`torchtally.sync_all` to sync it together with other objectives.
-
-        Example:
-            >>> import torch
-            >>> import torchmetrics
-            >>> from torchtally.contrib.torchmetrics import from_torchmetrics
-            >>> metric = from_torchmetrics(torchmetrics.MeanAbsoluteError())
-            >>> metric.update(torch.ones(2), torch.zeros(2))
-            >>> metric.sync()
-            >>> metric.compute()
-            {'MeanAbsoluteError': tensor(1.)}
-        """
-        sync_all(self, process_group=process_group)
-
-    def _sync_export(self) -> ExportedState:
+    def sync_export(self, drop_last: bool) -> SyncState:
+        """Every leaf's states (a list state concatenated once); ``drop_last`` cannot apply."""
         leaves: list[dict[str, Any]] = []
         tensors: list[Tensor] = []
         for leaf in self._leaves:
@@ -283,23 +285,33 @@ class TorchMetricsAdapter:
             leaves.append(
                 {"class": type(leaf).__name__, "count": int(leaf._update_count), "states": states}
             )
-        return {"root": type(self._metric).__name__, "leaves": leaves}, tensors
+        return SyncState(None, {"leaves": leaves}, tensors)
 
-    def _sync_prepare(
-        self, states: list[ExportedState]
-    ) -> tuple[TorchMetricsObject, tuple[torchmetrics.Metric, ...]]:
-        label = f"from_torchmetrics({states[0][0]['root']})"
-        layouts = [
-            [(leaf["class"], [entry[:2] for entry in leaf["states"]]) for leaf in meta["leaves"]]
-            for meta, _ in states
-        ]
+    def combine(
+        self, states: list[tuple[Any, list[Any]]]
+    ) -> tuple[TorchMetricsObject, tuple[Any, ...]]:
+        """A copy of the metric holding every rank's states, reduced as torchmetrics does."""
+        label = self._owner
+        layouts = []
+        for rank, (meta, tensors) in enumerate(states):
+            try:
+                layout = [
+                    (leaf["class"], [entry[:2] for entry in leaf["states"]])
+                    for leaf in meta["leaves"]
+                ]
+                sizes = [entry[2] for leaf in meta["leaves"] for entry in leaf["states"]]
+                for leaf in meta["leaves"]:
+                    int(leaf["count"])
+                if sum(sizes) != len(tensors) or any(
+                    not isinstance(size, int) or size < 0 for size in sizes
+                ):
+                    raise ValueError("state sizes do not match the tensors")
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise SyncError(f"{label}: rank {rank}'s state is malformed: {error}") from None
+            layouts.append(layout)
         if any(layout != layouts[0] for layout in layouts):
-            found = "; ".join(
-                f"rank {index}: "
-                + ", ".join(f"{cls}{[name for name, _ in entries]}" for cls, entries in layout)
-                for index, layout in enumerate(layouts)
-            )
-            raise SyncError(f"{label}: processes hold different metrics or states ({found})")
+            found = "; ".join(f"rank {index}: {layout}" for index, layout in enumerate(layouts))
+            raise SyncError(f"{label}: processes hold different states ({found})")
         # Split every rank's tensors by leaf and state.
         per_rank: list[list[dict[str, list[Tensor]]]] = []
         for meta, tensors in states:
@@ -351,11 +363,6 @@ class TorchMetricsAdapter:
             leaf._computed = None
             leaf._forward_cache = None
         return root, leaves
-
-    def _sync_install(
-        self, prepared: tuple[TorchMetricsObject, tuple[torchmetrics.Metric, ...]]
-    ) -> None:
-        self._synced = prepared
 
     # -- persistence and devices --------------------------------------------------------------
 
@@ -425,7 +432,7 @@ class TorchMetricsAdapter:
             leaf._update_count = count
             leaf._computed = None
             leaf._forward_cache = None
-        self._synced = None
+        self.drop_view()
 
     def _checked_leaf_state(
         self, leaf: torchmetrics.Metric, entry: Mapping[str, Any], index: int
@@ -463,14 +470,6 @@ class TorchMetricsAdapter:
         if self._synced is not None:
             self._synced[0].to(device)
         return self
-
-    def copy(self) -> Self:
-        """An independent deep copy, the metric and its state included."""
-        return copy.deepcopy(self)
-
-    def __or__(self, other: object) -> Any:
-        """This adapter and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
-        return join(self, other) if is_objective_like(other) else NotImplemented
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented

@@ -22,13 +22,11 @@ from typing_extensions import Self, override
 
 from torchtally._conventions import WeightFn, callable_error, check_name
 from torchtally._lazy import lazy
-from torchtally.aggregation import ExportedState
 from torchtally.errors import (
     FormulaError,
     IncompatibleStateError,
     NameConflictError,
     StateDictError,
-    SyncError,
 )
 from torchtally.formula import (
     Component,
@@ -50,6 +48,7 @@ from torchtally.losses._algebra import (
 )
 from torchtally.losses._evaluation import MultiCall, Produced, batch_value, criterion
 from torchtally.objectives import CallableObjective, NamedCallable, merge_named_callables
+from torchtally.sync import callable_identity
 
 __all__ = ["CompositionalLoss", "LossBase"]
 
@@ -490,19 +489,14 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             self._position[unit].copy_(value)
 
     @override
-    def _sync_export(self) -> ExportedState:
-        meta, tensors = super()._sync_export()
-        return {**meta, "formula": self._formula}, tensors
-
-    @override
-    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, Tensor]:
-        # Same components under another formula would sync silently into different
-        # combined values on each rank: refuse, naming every rank's formula.
-        formulas = [meta.get("formula") for meta, _ in states]
-        if len(set(formulas)) > 1:
-            found = "; ".join(f"rank {index}: {formula}" for index, formula in enumerate(formulas))
-            raise SyncError(f"{type(self).__name__}: processes sync different formulas ({found})")
-        return super()._sync_prepare(states)
+    def sync_identity(self) -> dict[str, Any]:
+        # Same components under another formula would sync into different combined values.
+        identity = super().sync_identity()
+        identity["formula"] = self._formula
+        identity["produced"] = [
+            callable_identity(getattr(call, "fn", call)) for call in self._multi_calls
+        ]
+        return identity
 
     # -- algebra ------------------------------------------------------------------------------
 

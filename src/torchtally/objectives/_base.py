@@ -36,16 +36,18 @@ from torchtally._conventions import (
     callable_error,
 )
 from torchtally._lazy import lazy
-from torchtally.aggregation import Accumulator, ExportedState, accumulator_class
+from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     HookError,
     IncompatibleStateError,
+    RepeatedSampleWarning,
     ResultTypeError,
     StateDictError,
     SyncError,
 )
 from torchtally.objectives._ledger import Ledger
+from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, export_rows, merge_rows
 
 __all__ = ["STATE_VERSION", "AverageObjective", "Objective"]
 
@@ -68,7 +70,7 @@ _RENAMED_HOOKS = {
 """Hooks of DRYTorch and torchtally 0.1, and what to write instead."""
 
 
-class Objective(ABC, Generic[OutputT, TargetT]):
+class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
     """Base class: named values per batch, accumulated into exact epoch values.
 
     Subclasses implement :meth:`calculate`, returning a dict of per-sample
@@ -94,6 +96,9 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         {'worst': tensor(5.)}
     """
 
+    _warned_repeats = False  # RepeatedSampleWarning is given once per objective
+    _elsewhere: str | None = None  # why compute() has no synced value here (destination=)
+
     aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
     """How values aggregate: a kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``, ``'cat'``), an
     :class:`~torchtally.aggregation.Accumulator` subclass, or a mapping from names to those
@@ -117,8 +122,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
                 f"update(..., weight=...) instead"
             )
         self._weight_fn = weight
-        self._syncs = 0  # syncs since the last reset, and resets: every sync carries both
-        self._resets = 0
+        SyncCounters.__init__(self)
 
     @lazy
     def _ledger(self) -> Ledger:
@@ -323,6 +327,8 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         memory with the state or with each other call's.
         """
         ledger = self._ledger
+        if self._elsewhere is not None and ledger.synced is not None:
+            raise SyncError(self._elsewhere)
         if ledger.computed is None:
             if ledger.synced is None and not ledger.updated:
                 warnings.warn(
@@ -365,8 +371,7 @@ class Objective(ABC, Generic[OutputT, TargetT]):
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""
         self._ledger.reset()
-        self._resets += 1
-        self._syncs = 0
+        self.count_reset()
 
     # -- combining ----------------------------------------------------------------------------
 
@@ -397,39 +402,79 @@ class Objective(ABC, Generic[OutputT, TargetT]):
         """
         _sync.sync_all(self, process_group=process_group, dataset_size=dataset_size)
 
-    def _sync_export(self) -> ExportedState:
-        return self._ledger.export()
+    # -- sync hooks (torchtally.sync.SyncParticipant) -----------------------------------------
 
-    def _sync_prepare(self, states: list[ExportedState]) -> dict[str, Tensor]:
-        merged = Ledger(self._ledger.label, self.accumulator_for)
-        merged.add_names(self._ledger.names)
-        device = self._ledger.device
-        names = [meta.get("names") if isinstance(meta, Mapping) else None for meta, _ in states]
-        # A rank without data takes part with an empty state, whatever names it knows.
-        known = [
-            rank_names
-            for rank_names, (meta, _) in zip(names, states, strict=True)
-            if rank_names and isinstance(meta, Mapping) and meta.get("updated")
-        ]
-        if any(sorted(rank_names) != sorted(known[0]) for rank_names in known):
-            found = "; ".join(f"rank {index}: {found}" for index, found in enumerate(names))
-            raise SyncError(f"{type(self).__name__}: processes report different names ({found})")
-        for index, (meta, tensors) in enumerate(states):
-            other = Ledger(self._ledger.label, self.accumulator_for)
-            try:
-                other.install(other.imported(meta, tensors, device))
-                merged.merge(other)
-            except (StateDictError, IncompatibleStateError) as error:
-                raise SyncError(
-                    f"{type(self).__name__}: rank {index}'s state does not fit: {error}"
-                ) from None
-        return merged.reduced()
+    def sync_identity(self) -> dict[str, Any]:
+        """What the counterpart of this objective on every other rank must equal.
 
-    def _sync_install(self, prepared: dict[str, Tensor]) -> None:
-        self._ledger.add_names(list(prepared))
-        self._ledger.synced = prepared
-        self._ledger.computed = None
-        self._syncs += 1
+        Its class, declared names, their aggregations and whether it learns
+        names from the data; subclasses add what else defines them (callables,
+        formula). Override to add more, calling ``super()``.
+
+        Example:
+            >>> import torchtally as tt
+            >>> identity = tt.Metric(lambda o, t: o - t, 'Bias').sync_identity()
+            >>> identity['names'], identity['aggregations']
+            (['Bias'], ['mean'])
+        """
+        names = list(self.declared_names())
+        return {
+            "kind": f"{type(self).__module__}.{type(self).__qualname__}",
+            "names": names,
+            "aggregations": [_aggregation_identity(self.accumulator_for(name)) for name in names],
+            "learns_names": self.learns_names,
+        }
+
+    def sync_export(self, drop_last: bool) -> SyncState:
+        """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
+        learns = self.learns_names
+        return export_rows(
+            self._ledger.groups(), drop_last=drop_last, summed=not learns, learns=learns
+        )
+
+    def sync_merge(self, gathered: Gathered, padding: Padding | None) -> dict[str, Tensor] | str:
+        """Every value over all ranks (``self`` unchanged), or why this rank has none."""
+        ledger = self._ledger
+        groups = ledger.groups()
+        if gathered.states is None and (
+            self.learns_names or any(not type(acc).summable() for acc, _ in groups)
+        ):
+            return (
+                f"{ledger.label}: synced with sync_all(destination=...) to another rank; only "
+                f"that rank has its values over all processes"
+            )
+        values, counts = merge_rows(
+            ledger.label, groups, gathered, self.accumulator_for, summed=not self.learns_names
+        )
+        if padding is not None:
+            kept = padding.check(ledger.label, counts)
+            if kept and not self._warned_repeats:
+                self._warned_repeats = True
+                warnings.warn(
+                    RepeatedSampleWarning(
+                        f"{ledger.label}: {kept} saw only batch values (a scalar per batch) on "
+                        f"the processes holding a sample DistributedSampler repeated, so the "
+                        f"repeat cannot be dropped and is counted twice; return per-sample "
+                        f"values (B,) to have it dropped"
+                    ),
+                    stacklevel=4,
+                )
+        device = ledger.device
+        order = [*ledger.names, *[name for name in values if name not in ledger.rows]]
+        return {name: values[name] if device is None else values[name].to(device) for name in order}
+
+    def sync_install(self, prepared: dict[str, Tensor] | str) -> None:
+        """Make :meth:`compute` report what :meth:`sync_merge` prepared."""
+        ledger = self._ledger
+        if isinstance(prepared, str):
+            self._elsewhere = prepared
+            ledger.synced = {}
+        else:
+            self._elsewhere = None
+            ledger.add_names(list(prepared))
+            ledger.synced = prepared
+        ledger.computed = None
+        self.count_sync()
 
     # -- persistence and devices --------------------------------------------------------------
 
@@ -523,6 +568,13 @@ class AverageObjective(Objective[OutputT, TargetT]):
     """
 
     aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
+
+
+def _aggregation_identity(cls: type[Accumulator]) -> str:
+    """A built-in kind by its name, a custom accumulator by its qualified class name."""
+    if cls.__module__.startswith("torchtally.aggregation"):
+        return cls.kind
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _as_dict(values: Any, label: str) -> dict[str, Any]:

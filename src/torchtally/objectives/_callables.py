@@ -26,6 +26,7 @@ from torchtally._conventions import (
 from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives._base import Objective
+from torchtally.sync import callable_identity
 
 __all__ = [
     "CallableObjective",
@@ -161,6 +162,13 @@ class CallableObjective(Objective[OutputT, TargetT]):
     @override
     def learns_names(self) -> bool:
         return bool(self._multi)  # dict-valued callables name their values themselves
+
+    @override
+    def sync_identity(self) -> dict[str, Any]:
+        identity = super().sync_identity()
+        identity["callables"] = [callable_identity(fn) for _, fn in self._calls]
+        identity["multi"] = [callable_identity(fn) for fn in getattr(self, "_multi", ())]
+        return identity
 
     @property
     def _multi_valued(self) -> bool:

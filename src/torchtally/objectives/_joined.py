@@ -239,6 +239,12 @@ class Joined(Objective[Any, Any]):
         return (self, *self._kept)
 
     @override
+    def sync_identity(self) -> dict[str, Any]:
+        identity = super().sync_identity()
+        identity["parts"] = [template.sync_identity() for template in self._templates]
+        return identity
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["parts"] = [part.state_dict() for part in self._kept]

@@ -693,6 +693,15 @@ class Ledger:
 
     # -- export and import --------------------------------------------------------------------
 
+    def groups(self) -> list[tuple[Accumulator, list[str]]]:
+        """Every accumulator with the names of its rows, in row order (the queue folded first)."""
+        self.flush()
+        found: list[tuple[Accumulator, list[str]]] = []
+        for accumulator in self.accumulators.values():
+            rows = [(row, name) for name, (held, row) in self.rows.items() if held is accumulator]
+            found.append((accumulator, [name for _, name in sorted(rows)]))
+        return found
+
     def export(self) -> tuple[dict[str, Any], list[Tensor]]:
         """The state as JSON-able metadata plus tensors (copies), accumulator by accumulator."""
         self.flush()

@@ -1,0 +1,240 @@
+"""The bounded accumulators: weighted :class:`Mean` and :class:`Sum`, :class:`Min`, :class:`Max`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from typing_extensions import Self, override
+
+from torchtally.aggregation._accumulator import (
+    Accumulator,
+    StateSpec,
+    is_exact,
+    two_sum_into,
+)
+
+__all__ = ["Max", "Mean", "Min", "Sum"]
+
+_F64 = torch.float64
+_I64 = torch.int64
+
+
+class Mean(Accumulator):
+    """Weighted mean with a compensated float64 state and constant memory.
+
+    Each entry adds ``weight * value`` to the total and ``weight`` to the
+    total weight; the mean is their ratio. A per-sample vector gives entries
+    of weight 1 (or its per-sample weights), so the mean over any split into
+    batches equals the mean over the concatenated data. All-zero weights
+    give NaN.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Mean
+        >>> acc = Mean()
+        >>> acc.add(torch.tensor([2.0]), torch.tensor([4.0]), samples=4)   # a mean of 4 samples
+        >>> acc.add(torch.tensor([5.0]))                                    # one sample
+        >>> acc.reduce()
+        [tensor(2.6000)]
+    """
+
+    kind: ClassVar[str] = "mean"
+    scalar_is_mean: ClassVar[bool] = True
+    states: ClassVar[tuple[StateSpec, ...]] = (
+        *Accumulator.states,
+        StateSpec("total", 2, _F64, "twosum"),
+        StateSpec("weight", 1, _F64, "sum"),
+        # the last droppable entry: weight x value, weight, 1 if droppable (sync(dataset_size=))
+        StateSpec("last", 3, _F64, "latest"),
+    )
+
+    @override
+    def report_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return super().report_dtype(dtype) if dtype.is_floating_point else _F64
+
+    @override
+    def _add(
+        self,
+        state: dict[str, Tensor],
+        values: Tensor,
+        weights: Tensor | None,
+        samples: Any,
+        droppable: bool,
+    ) -> None:
+        entries = tuple(range(1, values.ndim))
+        last: tuple[slice | int, ...] = (slice(None), *(-1 for _ in entries))
+        if weights is None:
+            sums = values.sum(entries, dtype=_F64)
+            state["weight"].add_(values[0].numel())
+            last_value, last_weight = values[last].to(_F64), torch.ones_like(sums)
+        else:
+            weighted = values.to(_F64) * weights
+            sums = weighted.sum(entries)
+            state["weight"].add_(weights.sum())
+            last_value, last_weight = weighted[last], weights[last[1:]].expand_as(sums)
+        two_sum_into(state["total"], sums)
+        state["samples"].add_(samples)
+        flag = torch.full_like(sums, 1.0 if droppable else 0.0)
+        torch.stack([last_value, last_weight, flag], 1, out=state["last"])
+
+    @override
+    def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
+        total = state["total"]
+        return list(((total[:, 0] + total[:, 1]) / state["weight"][:, 0]).unbind())
+
+    @override
+    def without_last(self) -> tuple[Self, Tensor]:
+        copied, dropped = super().without_last()
+        state = copied.state
+        if state is None:
+            return copied, dropped
+        last = state["last"]
+        dropped = (last[:, 2] > 0) & (state["samples"][:, 0] > 0)
+        value = last[:, 0]
+        # A non-finite repeat also sits in the total through its original: leave the total.
+        two_sum_into(state["total"], torch.where(dropped & value.isfinite(), -value, 0.0))
+        state["weight"][:, 0] -= torch.where(dropped, last[:, 1], 0.0)
+        state["samples"][:, 0] -= dropped.to(_I64)
+        last[:, 2] = torch.where(dropped, 0.0, last[:, 2])  # dropped once, never twice
+        return copied, dropped
+
+
+class Sum(Mean):
+    """Weighted sum with a compensated float64 state and constant memory.
+
+    Each entry adds ``weight * value``; an objective gives a scalar batch
+    total one entry of weight 1. Sums of integers and booleans are exact
+    (the two float64 words hold any integer sum below 2**106) and reported as
+    int64.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Sum
+        >>> acc = Sum()
+        >>> acc.add(torch.tensor([16_777_216, 1]))
+        >>> acc.reduce()
+        [tensor(16777217)]
+    """
+
+    kind: ClassVar[str] = "sum"
+    scalar_is_mean: ClassVar[bool] = False
+
+    @override
+    def report_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return Accumulator.report_dtype(self, dtype)
+
+    @override
+    def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
+        total = state["total"]
+        floats = total[:, 0] + total[:, 1]
+        # Integer rows: both words hold integers, so converting each is exact.
+        exact = total[:, 0].to(_I64) + total[:, 1].to(_I64)
+        return [
+            exact[index] if dtype is not None and is_exact(dtype) else floats[index]
+            for index, dtype in enumerate(self.dtypes)
+        ]
+
+
+class _Extremum(Accumulator):
+    """Shared machinery of :class:`Min` and :class:`Max`: a float64 and an int64 word per row."""
+
+    pick: ClassVar[str]
+
+    @override
+    def _add(
+        self,
+        state: dict[str, Tensor],
+        values: Tensor,
+        weights: Tensor | None,
+        samples: Any,
+        droppable: bool,
+    ) -> None:
+        # Repeated samples (DistributedSampler padding) do not change an extremum: no 'last'.
+        exact = is_exact(values.dtype)
+        target = state["integer" if exact else "float"]
+        entries = tuple(range(1, values.ndim))
+        if values.dtype == torch.bool:
+            values = values.to(_I64)
+        if weights is not None:  # a weight of 0 excludes the entry
+            values = torch.where(weights > 0, values, values.new_full((), self._neutral(exact)))
+        if self.pick == "max":
+            found = values.amax(entries).to(target.dtype).unsqueeze(1)
+            torch.maximum(target, found, out=target)
+        else:
+            found = values.amin(entries).to(target.dtype).unsqueeze(1)
+            torch.minimum(target, found, out=target)
+        state["samples"].add_(samples)
+
+    @override
+    def without_last(self) -> tuple[Self, Tensor]:
+        # A repeated sample changes no extremum: it is only counted out.
+        copied, dropped = super().without_last()
+        state = copied.state
+        if state is not None:
+            dropped = state["samples"][:, 0] > 0
+            state["samples"][:, 0] -= dropped.to(_I64)
+        return copied, dropped
+
+    def _neutral(self, exact: bool) -> float | int:
+        if exact:
+            info = torch.iinfo(_I64)
+            return info.min if self.pick == "max" else info.max
+        return float("-inf") if self.pick == "max" else float("inf")
+
+    @override
+    def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
+        floats, integers = state["float"][:, 0], state["integer"][:, 0]
+        results = []
+        for index, dtype in enumerate(self.dtypes):
+            if dtype is not None and is_exact(dtype):
+                results.append(integers[index])
+            else:  # a row that also saw integers compares them as float64
+                both = torch.stack([floats[index], integers[index].to(_F64)])
+                empty = integers[index] == self._neutral(True)
+                candidate = both.amax() if self.pick == "max" else both.amin()
+                results.append(torch.where(empty, floats[index], candidate))
+        return results
+
+
+class Min(_Extremum):
+    """Smallest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Min
+        >>> acc = Min()
+        >>> acc.add(torch.tensor([3.0, -1.0, 0.5]))
+        >>> acc.reduce()
+        [tensor(-1.)]
+    """
+
+    kind: ClassVar[str] = "min"
+    pick: ClassVar[str] = "min"
+    states: ClassVar[tuple[StateSpec, ...]] = (
+        *Accumulator.states,
+        StateSpec("float", 1, _F64, "min", float("inf")),
+        StateSpec("integer", 1, _I64, "min", torch.iinfo(_I64).max),
+    )
+
+
+class Max(_Extremum):
+    """Largest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Max
+        >>> acc = Max()
+        >>> acc.add(torch.tensor([3.0, -1.0]))
+        >>> acc.reduce()
+        [tensor(3.)]
+    """
+
+    kind: ClassVar[str] = "max"
+    pick: ClassVar[str] = "max"
+    states: ClassVar[tuple[StateSpec, ...]] = (
+        *Accumulator.states,
+        StateSpec("float", 1, _F64, "max", float("-inf")),
+        StateSpec("integer", 1, _I64, "max", torch.iinfo(_I64).min),
+    )

@@ -1,0 +1,107 @@
+"""What the torchmetrics and torcheval adapters share: the synced view and the sync hooks.
+
+An adapter keeps the wrapped library's objects as they are (they hold this
+process's state); a sync builds a copy holding the state over all processes
+(the *synced view*) that ``compute`` reads until the next update or reset.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Generic, TypeVar
+
+from typing_extensions import Self
+
+from torchtally import distributed
+from torchtally.errors import RepeatedSampleWarning, SyncError
+from torchtally.objectives import is_objective_like, join
+from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
+
+__all__ = ["SyncedAdapter"]
+
+ViewT = TypeVar("ViewT")
+
+
+class SyncedAdapter(SyncCounters, Generic[ViewT]):
+    """Base of the adapters: a synced view of type ``ViewT``, and the hooks around it.
+
+    Subclasses implement ``sync_identity``, ``sync_export`` and
+    :meth:`combine` (every rank's states into a view), and read the view
+    with :meth:`view`.
+    """
+
+    _owner: str
+    _synced: ViewT | None = None
+    _elsewhere: str | None = None
+    _warned_repeats = False
+
+    def __init__(self) -> None:
+        SyncCounters.__init__(self)
+
+    def view(self) -> ViewT | None:
+        """The synced view (``None``: report this process's state).
+
+        Raises:
+            SyncError: the last sync gathered the states to another rank.
+        """
+        if self._elsewhere is not None:
+            raise SyncError(self._elsewhere)
+        return self._synced
+
+    def drop_view(self) -> None:
+        """Forget the synced view (an update or reset changes the state)."""
+        self._synced = None
+        self._elsewhere = None
+
+    def sync(
+        self, process_group: distributed.ProcessGroup = None, *, dataset_size: int | None = None
+    ) -> None:
+        """Make ``compute`` report the value over all processes, on every rank.
+
+        Idempotent; a no-op outside a distributed run. See
+        :func:`torchtally.sync_all` (and its ``dataset_size``) to sync it
+        together with other objectives in one exchange.
+        """
+        sync_all(self, process_group=process_group, dataset_size=dataset_size)
+
+    def combine(self, states: list[tuple[Any, list[Any]]]) -> ViewT:
+        """Every rank's exported state (rank order) as one view; ``self`` unchanged."""
+        raise NotImplementedError
+
+    def sync_merge(self, gathered: Gathered, padding: Padding | None) -> ViewT | str:
+        """The synced view, or why this rank has none (``sync_all(destination=...)``)."""
+        if gathered.states is None:
+            return (
+                f"{self._owner}: synced with sync_all(destination=...) to another rank; only "
+                f"that rank has its values over all processes"
+            )
+        view = self.combine(gathered.states)
+        if padding is not None and padding.repeats and not self._warned_repeats:
+            self._warned_repeats = True
+            warnings.warn(
+                RepeatedSampleWarning(
+                    f"{self._owner}: the state of a foreign metric cannot drop the samples "
+                    f"DistributedSampler repeated ({padding.repeats} over {padding.world} "
+                    f"processes); they are counted twice. Use a torchtally Metric with per-sample "
+                    f"values for an exact value"
+                ),
+                stacklevel=4,
+            )
+        return view
+
+    def sync_install(self, prepared: ViewT | str) -> None:
+        """Make ``compute`` read the synced view (or refuse, on a non-destination rank)."""
+        if isinstance(prepared, str):
+            self._synced, self._elsewhere = None, prepared
+        else:
+            self._synced, self._elsewhere = prepared, None
+        self.count_sync()
+
+    def copy(self) -> Self:
+        """An independent deep copy, the wrapped objects and their state included."""
+        return copy.deepcopy(self)
+
+    def __or__(self, other: object) -> Any:
+        """This adapter and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
+        return join(self, other) if is_objective_like(other) else NotImplemented

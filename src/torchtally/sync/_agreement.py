@@ -1,0 +1,267 @@
+"""What ranks must agree on before their states are combined, and how a difference is named.
+
+Each rank describes what it syncs: per participant an *identity* (its kind,
+names, aggregations, callables, formula; see ``sync_identity``) and a
+*stamp* (how often it was reset, and synced since). Only two 64-bit
+fingerprints of these travel in the header; when they differ, the ranks
+exchange the full descriptions (:class:`Diagnostics`) and every rank builds
+the same message from them (:func:`disagreement`).
+
+Example:
+    >>> from torchtally.sync._agreement import callable_identity
+    >>> import math
+    >>> callable_identity(math.sqrt)
+    'math.sqrt'
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchtally.errors import SyncError
+
+__all__ = [
+    "Diagnostics",
+    "Padding",
+    "callable_identity",
+    "describe",
+    "disagreement",
+    "fingerprint",
+    "serial",
+]
+
+_created = 0
+
+
+def serial() -> int:
+    """A number that grows with every participant made in this process (its creation order).
+
+    Twins (participants with equal identities) are told apart by their
+    creation order, so that ``sync_all(train, val)`` on one rank and
+    ``sync_all(val, train)`` on another is refused even when ``train`` and
+    ``val`` are built alike.
+    """
+    global _created
+    _created += 1
+    return _created
+
+
+def callable_identity(fn: Any) -> str:
+    """A description of a callable that is the same in every process running the same code.
+
+    The module and qualified name, and for functions the line they start
+    on (two lambdas differ by their line); for ``functools.partial`` the
+    wrapped callable and its arguments' types; for other callable objects
+    their class.
+
+    Example:
+        >>> import functools
+        >>> from torchtally.sync import callable_identity
+        >>> callable_identity(functools.partial(max, 0))
+        'partial(builtins.max, int)'
+    """
+    if isinstance(fn, functools.partial):
+        arguments = [type(value).__name__ for value in fn.args]
+        arguments += [f"{key}={type(value).__name__}" for key, value in sorted(fn.keywords.items())]
+        return f"partial({callable_identity(fn.func)}, {', '.join(arguments)})"
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', '?')}"
+    code = getattr(fn, "__code__", None)
+    return f"{name}:{code.co_firstlineno}" if code is not None else name
+
+
+def describe(identities: Sequence[dict[str, Any]], serials: Sequence[int]) -> list[str]:
+    """Every identity as canonical JSON, twins numbered by creation order."""
+    texts = [json.dumps(identity, sort_keys=True, separators=(",", ":")) for identity in identities]
+    twins: dict[str, list[int]] = {}
+    for index, text in enumerate(texts):
+        twins.setdefault(text, []).append(index)
+    described = list(texts)
+    for members in twins.values():
+        if len(members) > 1:
+            by_age = sorted(members, key=lambda index: serials[index])
+            for twin, index in enumerate(by_age):
+                described[index] = f'{texts[index][:-1]},"twin":{twin}}}'
+    return described
+
+
+def fingerprint(parts: Sequence[Any]) -> int:
+    """A signed 64-bit digest of JSON-able ``parts`` (equal on every rank for equal parts)."""
+    text = json.dumps(list(parts), sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Where ``DistributedSampler`` repeated samples: ``dataset_size`` samples, ``world`` ranks.
+
+    The sampler gives each rank ``ceil(N / W)`` samples; rank ``r``'s ``i``-th
+    sample is a repeat exactly when ``r + i * W >= N``, which is the last
+    sample of every rank ``r >= N % W`` (when ``N % W`` is not 0).
+
+    Example:
+        >>> from torchtally.sync import Padding
+        >>> padding = Padding(dataset_size=10, world=4)
+        >>> padding.per_rank, padding.repeats, [padding.drops(r) for r in range(4)]
+        (3, 2, [False, False, True, True])
+    """
+
+    dataset_size: int
+    world: int
+    per_rank: int = field(init=False)
+    repeats: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "per_rank", -(-self.dataset_size // self.world))
+        object.__setattr__(self, "repeats", self.per_rank * self.world - self.dataset_size)
+
+    def drops(self, rank: int) -> bool:
+        """Whether ``rank``'s last sample is a repeat."""
+        return rank >= self.world - self.repeats
+
+    def check(self, label: str, counts: dict[str, tuple[int, int, int]]) -> list[str]:
+        """Check every value's counts over all ranks; return the names that kept a repeat.
+
+        ``counts`` maps a name to ``(samples, dropped, kept)``: the samples seen
+        (repeats included), the repeats dropped and the repeats that could not
+        be dropped. Names that saw nothing are not checked.
+
+        Raises:
+            SyncError: a value saw another number of samples than the sampler
+                hands out, or a rank holding a repeat saw none of it.
+        """
+        total = self.per_rank * self.world
+        kept_names = []
+        for name, (samples, dropped, kept) in counts.items():
+            if samples == 0:
+                continue
+            if samples != total:
+                raise SyncError(
+                    f"{label}: value {name!r} saw {samples} samples over {self.world} processes, "
+                    f"but a DistributedSampler over dataset_size={self.dataset_size} samples "
+                    f"hands out {self.per_rank} to each ({total} in all); pass dataset_size only "
+                    f"for objectives updated on one pass over that dataset, once per sample "
+                    f"(reset() before the pass), and none when the sampler has drop_last=True"
+                )
+            if dropped + kept != self.repeats:
+                raise SyncError(
+                    f"{label}: value {name!r}: {self.repeats} processes hold a repeated sample, "
+                    f"but only {dropped + kept} of them saw a value of {name!r}"
+                )
+            if kept:
+                kept_names.append(name)
+        return kept_names
+
+
+@dataclass
+class Diagnostics:
+    """What a rank sends instead of its states when ranks disagree: enough to name the difference.
+
+    Attributes:
+        labels: how each participant is named in messages.
+        identities: each participant's identity (canonical JSON).
+        stamps: each participant's ``(resets, syncs)``.
+        sums: how many float64 numbers each participant adds to the summed vector.
+        options: the ``sync_all`` arguments ranks must agree on.
+        error: why this rank could not take part (``None``: it could).
+    """
+
+    labels: list[str]
+    identities: list[str]
+    stamps: list[list[int]]
+    sums: list[int]
+    options: dict[str, Any]
+    error: str | None = None
+
+    def to_json(self) -> bytes:
+        """The diagnostics as UTF-8 JSON."""
+        return json.dumps(self.__dict__, separators=(",", ":"), default=str).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, rank: int) -> Diagnostics:
+        """Read a rank's diagnostics; anything malformed is a :class:`SyncError` naming the rank."""
+        try:
+            fields = json.loads(data.decode("utf-8"))
+            found = cls(**fields)
+        except (UnicodeDecodeError, ValueError, TypeError) as error:
+            raise SyncError(f"sync_all: rank {rank} sent unreadable diagnostics: {error}") from None
+        lengths = {len(found.labels), len(found.identities), len(found.stamps), len(found.sums)}
+        if found.error is None and len(lengths) != 1:
+            raise SyncError(f"sync_all: rank {rank} sent inconsistent diagnostics")
+        return found
+
+
+def _differing_keys(first: str, second: str) -> str:
+    """Which fields of two identities differ, with both values (abridged)."""
+    try:
+        left, right = json.loads(first), json.loads(second)
+    except ValueError:  # pragma: no cover - identities are always JSON
+        return f"{first[:120]} against {second[:120]}"
+    keys = sorted(set(left) | set(right), key=lambda key: (key != "kind", key))
+    found = [
+        f"{key}: {json.dumps(left.get(key))[:160]} against {json.dumps(right.get(key))[:160]}"
+        for key in keys
+        if left.get(key) != right.get(key)
+    ]
+    return "; ".join(found)
+
+
+def disagreement(every: Sequence[Diagnostics]) -> str:
+    """The one message every rank raises: built from every rank's diagnostics, in rank order."""
+    failed = [(index, item.error) for index, item in enumerate(every) if item.error is not None]
+    if failed:
+        found = "; ".join(f"rank {index}: {error}" for index, error in failed)
+        return f"sync_all: processes could not take part in the sync ({found})"
+    first = every[0]
+    for index, item in enumerate(every[1:], 1):
+        if item.options != first.options:
+            return (
+                f"sync_all: processes pass different arguments: rank 0 {first.options}, "
+                f"rank {index} {item.options}"
+            )
+    for index, item in enumerate(every[1:], 1):
+        if len(item.identities) != len(first.identities):
+            return (
+                f"sync_all: processes sync different numbers of objectives: rank 0 syncs "
+                f"{len(first.identities)} ({', '.join(first.labels)[:300]}), rank {index} "
+                f"{len(item.identities)} ({', '.join(item.labels)[:300]})"
+            )
+    rules: list[tuple[str, Callable[[Diagnostics, int], Any]]] = [
+        ("identities", lambda item, position: item.identities[position]),
+        ("sums", lambda item, position: item.sums[position]),
+    ]
+    for position in range(len(first.identities)):
+        for what, read in rules:
+            for index, item in enumerate(every[1:], 1):
+                if read(item, position) != read(first, position):
+                    detail = (
+                        _differing_keys(first.identities[position], item.identities[position])
+                        if what == "identities"
+                        else f"it sends {first.sums[position]} numbers on rank 0 and "
+                        f"{item.sums[position]} on rank {index}"
+                    )
+                    return (
+                        f"sync_all: objective {position} differs between processes: rank 0 "
+                        f"syncs {first.labels[position]}, rank {index} syncs "
+                        f"{item.labels[position]} "
+                        f"({detail}); pass the same objectives, built alike, in the same order "
+                        f"on every process"
+                    )
+    for position in range(len(first.stamps)):
+        for index, item in enumerate(every[1:], 1):
+            if item.stamps[position] != first.stamps[position]:
+                mine, theirs = first.stamps[position], item.stamps[position]
+                return (
+                    f"sync_all: {first.labels[position]} is at another sync on rank {index} than "
+                    f"on rank 0: rank 0 has reset it {mine[0]} times and synced it {mine[1]} times "
+                    f"since, rank {index} {theirs[0]} and {theirs[1]}; a process called sync() or "
+                    f"reset() more often than the others (a sync only some processes run?), so "
+                    f"the states would pair different epochs"
+                )
+    return "sync_all: processes disagree, but their descriptions match"  # pragma: no cover

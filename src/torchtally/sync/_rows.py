@@ -1,0 +1,256 @@
+"""Syncing the rows of accumulators: what each rank sends, and the combined values.
+
+Rows whose accumulator is :meth:`~torchtally.aggregation.Accumulator.summable`
+(means and sums), of an objective whose names are known before any data,
+travel in the float64 vector that one ``all_reduce`` adds up; their size per
+rank does not grow with the number of ranks. Everything else (minima,
+maxima, concatenations, names learnt from the data) travels in the gathered
+payload and is combined for all ranks at once
+(:meth:`~torchtally.aggregation.Accumulator.combined`).
+
+Each row also carries two counts for ``dataset_size``: whether its repeated
+sample was dropped, and whether one was kept because it could not be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchtally.aggregation import Accumulator
+from torchtally.errors import IncompatibleStateError, StateDictError, SyncError
+
+__all__ = ["Gathered", "SyncState", "export_rows", "merge_rows"]
+
+_F64 = torch.float64
+Groups = Sequence[tuple[Accumulator, list[str]]]
+
+
+@dataclass
+class SyncState:
+    """What a participant sends: numbers to add up over ranks, and a state to gather.
+
+    Attributes:
+        sums: a 1-d float64 tensor added element-wise over the ranks (``None``: none).
+        meta: JSON-able metadata gathered from every rank (``None``: nothing).
+        tensors: tensors gathered from every rank.
+    """
+
+    sums: Tensor | None = None
+    meta: Any = None
+    tensors: list[Tensor] | None = None
+
+
+@dataclass
+class Gathered:
+    """What a participant gets back: the added-up sums and every rank's gathered state.
+
+    Attributes:
+        sums: this participant's part of the added-up vector (``None``: it sent none).
+        states: every rank's ``(meta, tensors)``, in rank order; ``None`` on a
+            rank that is not the destination of ``sync_all(destination=...)``.
+    """
+
+    sums: Tensor | None
+    states: list[tuple[Any, list[Tensor]]] | None
+
+
+def _summed(groups: Groups, summed: bool) -> list[tuple[Accumulator, list[str]]]:
+    """The groups that travel in the sums, in an order every rank shares (by kind)."""
+    if not summed:
+        return []
+    found = [(acc, names) for acc, names in groups if type(acc).summable()]
+    return sorted(found, key=lambda group: (group[0].kind, type(group[0]).__qualname__))
+
+
+def _dropped(accumulator: Accumulator, drop_last: bool) -> tuple[Accumulator, Tensor, Tensor]:
+    """The accumulator to send, and per row whether a repeat was dropped or had to be kept."""
+    device = accumulator.device if accumulator.device is not None else torch.device("cpu")
+    if not drop_last:
+        nothing = torch.zeros(accumulator.rows, dtype=torch.bool, device=device)
+        return accumulator, nothing, nothing
+    held, dropped = accumulator.without_last()
+    seen = torch.tensor(accumulator.samples(), device=device) > 0
+    return held, dropped, seen & ~dropped
+
+
+def export_rows(groups: Groups, *, drop_last: bool, summed: bool, learns: bool) -> SyncState:
+    """What an objective sends for its accumulators (see the module docstring).
+
+    Args:
+        groups: every accumulator with the names of its rows.
+        drop_last: drop each row's last sample, a ``DistributedSampler`` repeat.
+        summed: send summable rows in the sums (the names are the same on every rank).
+        learns: the names may differ between ranks (sent with the state).
+    """
+    columns: list[Tensor] = []
+    parts: list[dict[str, Any]] = []
+    tensors: list[Tensor] = []
+    in_sums = {id(acc) for acc, _ in _summed(groups, summed)}
+    for accumulator, _ in _summed(groups, summed):
+        held, dropped, kept = _dropped(accumulator, drop_last)
+        flags = torch.stack([dropped, kept], 1).to(_F64)
+        columns.append(torch.cat([held.sync_columns(), flags], 1).reshape(-1))
+    updated = False
+    for accumulator, names in groups:
+        updated = updated or any(count > 0 for count in accumulator.samples())
+        if id(accumulator) in in_sums:
+            continue
+        held, dropped, kept = _dropped(accumulator, drop_last)
+        meta, state = held.export()
+        parts.append(
+            {
+                "names": names,
+                "state": meta,
+                "size": len(state),
+                "dropped": dropped.tolist(),
+                "kept": kept.tolist(),
+            }
+        )
+        tensors.extend(state)
+    sums = torch.cat(columns) if columns else None
+    if not parts:
+        return SyncState(sums, None, [])
+    meta_out: dict[str, Any] = {"groups": parts}
+    if learns:
+        meta_out["updated"] = updated
+    return SyncState(sums, meta_out, tensors)
+
+
+def merge_rows(
+    label: str,
+    groups: Groups,
+    gathered: Gathered,
+    accumulator_for: Callable[[str], type[Accumulator]],
+    *,
+    summed: bool,
+) -> tuple[dict[str, Tensor], dict[str, tuple[int, int, int]]]:
+    """Every name's value over all ranks, and its ``(samples, dropped, kept)`` counts.
+
+    Raises:
+        SyncError: a rank's state does not fit (its message is built from the
+            gathered data only, so every rank raises the same one).
+    """
+    values: dict[str, Tensor] = {}
+    counts: dict[str, tuple[int, int, int]] = {}
+    offset = 0
+    sums = gathered.sums
+    for accumulator, names in _summed(groups, summed):
+        assert sums is not None
+        width = type(accumulator).sync_width() + 2
+        block = sums[offset : offset + width * len(names)].view(len(names), width)
+        offset += width * len(names)
+        merged = type(accumulator).from_sync_columns(block[:, :-2], accumulator.labels)
+        flags = block[:, -2:].round().to(torch.int64).tolist()
+        for name, value, samples, (dropped, kept) in zip(
+            names, merged.reduce(), merged.samples(), flags, strict=True
+        ):
+            values[name] = value
+            counts[name] = (samples + dropped, dropped, kept)
+    if gathered.states is None or not any(meta is not None for meta, _ in gathered.states):
+        return values, counts
+    _check_learnt_names(label, gathered.states)
+    collected: dict[type[Accumulator], list[tuple[Accumulator, list[str], list[Any]]]] = {}
+    for rank, (meta, tensors) in enumerate(gathered.states):
+        for accumulator, names, flags in _rank_groups(label, rank, meta, tensors, accumulator_for):
+            collected.setdefault(type(accumulator), []).append((accumulator, names, flags))
+    local = [name for _, names in groups for name in names]
+    for cls, parts in collected.items():
+        order = list(
+            dict.fromkeys(
+                [
+                    *[n for n in local if cls is accumulator_for(n)],
+                    *[name for _, names, _ in parts for name in names],
+                ]
+            )
+        )
+        row_of = {name: row for row, name in enumerate(order)}
+        try:
+            merged = cls.combined(
+                [(acc, [row_of[name] for name in names]) for acc, names, _ in parts],
+                len(order),
+                [f"{label} value {name!r}" for name in order],
+            )
+        except IncompatibleStateError as error:
+            raise SyncError(f"{label}: the processes' states do not combine: {error}") from None
+        tallies = {name: [0, 0] for name in order}
+        for _, names, flags in parts:
+            for name, (dropped, kept) in zip(names, flags, strict=True):
+                tallies[name][0] += int(dropped)
+                tallies[name][1] += int(kept)
+        for name, value, samples in zip(order, merged.reduce(), merged.samples(), strict=True):
+            dropped, kept = tallies[name]
+            values[name] = value
+            counts[name] = (samples + dropped, dropped, kept)
+    return values, counts
+
+
+def _check_learnt_names(label: str, states: list[tuple[Any, list[Tensor]]]) -> None:
+    """Ranks with data must report the same names (a rank without data knows only some)."""
+    found: list[list[str] | None] = []
+    for meta, _ in states:
+        if isinstance(meta, dict) and meta.get("updated"):
+            groups = meta["groups"] if isinstance(meta.get("groups"), list) else []
+            names = [n for g in groups if isinstance(g, dict) for n in g.get("names", ())]
+            found.append(sorted(map(str, names)))
+        else:
+            found.append(None)
+    reported = [names for names in found if names is not None]
+    if any(names != reported[0] for names in reported):
+        described = "; ".join(
+            f"rank {index}: {'no data' if names is None else names}"
+            for index, names in enumerate(found)
+        )
+        raise SyncError(f"{label}: processes report different names ({described})")
+
+
+def _rank_groups(
+    label: str,
+    rank: int,
+    meta: Any,
+    tensors: list[Tensor],
+    accumulator_for: Callable[[str], type[Accumulator]],
+) -> list[tuple[Accumulator, list[str], list[Any]]]:
+    """One rank's gathered accumulators, rebuilt and checked against this objective's rules."""
+    if meta is None:
+        return []
+    where = f"{label}: rank {rank}'s state"
+    groups = meta.get("groups") if isinstance(meta, dict) else None
+    if not isinstance(groups, list):
+        raise SyncError(f"{where} has no list of accumulators")
+    rebuilt = []
+    offset = 0
+    for part in groups:
+        try:
+            names, size = part["names"], part["size"]
+            dropped, kept = part["dropped"], part["kept"]
+            if not (
+                isinstance(names, list)
+                and all(isinstance(name, str) and name for name in names)
+                and isinstance(size, int)
+                and 0 <= size <= len(tensors) - offset
+                and isinstance(dropped, list)
+                and isinstance(kept, list)
+                and len(dropped) == len(kept) == len(names)
+            ):
+                raise StateDictError(f"malformed entry {part!r:.120}")
+            classes = {accumulator_for(name) for name in names}
+            if len(classes) > 1:
+                raise StateDictError(f"{names} are aggregated in different ways here")
+            cls = classes.pop() if classes else None
+            if cls is None:
+                offset += size
+                continue
+            accumulator = cls(rows=0)
+            accumulator.load(part["state"], tensors[offset : offset + size])
+            if accumulator.rows != len(names):
+                raise StateDictError(f"{accumulator.rows} rows for {len(names)} names")
+        except (StateDictError, KeyError, TypeError) as error:
+            raise SyncError(f"{where} does not fit: {error}") from None
+        offset += size
+        rebuilt.append((accumulator, names, list(zip(dropped, kept, strict=True))))
+    return rebuilt
