@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+from torchtally import demo
 from torchtally.demo import DemoConfig, _shard, main, parse_args, train
 
 
@@ -44,16 +46,35 @@ def test_one_epoch_prints_formula_arrows_and_a_row_per_epoch() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "loss formula: [MSE] + 0.5 x [MAE]"
     header = next(line for line in lines if line.startswith("epoch"))
-    for column in ("Combined Loss ↓", "MSE ↓", "MAE ↓", "Within 0.5 ↑", "Max Error ↓", "R2 ↑"):
-        assert column in header
+    columns = [column.strip() for column in header.split("|")]
+    assert columns == [
+        "epoch",
+        "Combined Loss ↓",
+        "MSE ↓",
+        "MAE ↓",
+        "Val Loss ↓",
+        "Within 0.5 ↑",
+        "Max Error ↓",
+        "R2 ↑",
+        "best epoch",
+    ]
     rows = [line for line in lines if line.strip()[:1].isdigit()]
     assert [row.split("|")[0].strip() for row in rows] == ["1", "2"]
-    cells = [float(cell) for cell in rows[-1].split("|")[1:]]
-    assert len(cells) == 6
-    combined, mse, mae = cells[:3]
+    cells = [[float(cell) for cell in row.split("|")[1:]] for row in rows]
+    assert all(len(row) == 8 for row in cells)
+    combined, mse, mae = cells[-1][:3]
     assert combined == pytest.approx(
         mse + 0.5 * mae, abs=2e-5
     )  # the formula holds on the epoch values
+    # The best epoch (from the tracker) is the one with the lowest validation loss so far.
+    validation_losses = [row[3] for row in cells]
+    for index, row in enumerate(cells):
+        so_far = validation_losses[: index + 1]
+        assert row[-1] == 1 + so_far.index(min(so_far))
+    best = int(cells[-1][-1])
+    assert lines[-1] == (
+        f"best epoch by validation loss: {best} (validation loss {validation_losses[best - 1]:.5f})"
+    )
     assert "[" not in result.stdout.split("\n", 4)[-1]  # no progress bar in the table
 
 
@@ -63,6 +84,45 @@ def test_progress_bar_is_drawn_on_stderr(capsys: pytest.CaptureFixture[str]) -> 
     assert "epoch 1 [###############...............] 1/2" in captured.err
     assert "epoch 1 [##############################] 2/2" in captured.err
     assert captured.out == ""
+
+
+def test_progress_bar_shows_the_running_loss_over_the_last_batches(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 120 samples in batches of 16: seven of 16 and a last one of 8. With a window of 3 the
+    # bar shows the size-weighted mean of the last 3 batches' loss; by hand, from the epoch
+    # means m(s) over the n(s) samples of the first s batches: (m(s) n(s) - m(s-3) n(s-3)) /
+    # (n(s) - n(s-3)).
+    monkeypatch.setattr(demo, "_WINDOW", 3)
+    made: list[Any] = []
+    objectives = demo._objectives
+
+    def keep() -> tuple[Any, list[Any]]:
+        loss, metrics = objectives()
+        made.append(loss)
+        return loss, metrics
+
+    shown: list[float] = []
+    by_hand: list[float] = []
+    totals: list[tuple[float, int]] = [(0.0, 0)]
+    progress = demo._progress
+
+    def spy(epoch: int, step: int, steps: int, elapsed: float, running: float) -> None:
+        samples = min(step * 16, 120)
+        totals.append((made[0].compute()["Combined Loss"].item() * samples, samples))
+        (total, count), (before, earlier) = totals[-1], totals[max(0, len(totals) - 4)]
+        by_hand.append((total - before) / (count - earlier))
+        shown.append(running)
+        progress(epoch, step, steps, elapsed, running)
+
+    monkeypatch.setattr(demo, "_objectives", keep)
+    monkeypatch.setattr(demo, "_progress", spy)
+    train(DemoConfig(epochs=1, samples=120, batch_size=16, progress=True))
+    assert len(shown) == 8
+    assert shown == pytest.approx(by_hand, rel=1e-5)
+    assert shown[-1] != pytest.approx(made[0].compute()["Combined Loss"].item(), rel=1e-3)
+    err = capsys.readouterr().err
+    assert "8/8" in err and f"loss {shown[-1]:.4f} (last 3 batches)" in err
 
 
 def test_training_improves_the_loss() -> None:

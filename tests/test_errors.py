@@ -49,6 +49,7 @@ EXPECTED_BASES = {
     "ResultTypeError": TypeError,
     "StateDictError": ValueError,
     "SyncError": RuntimeError,
+    "TrackerError": ValueError,
     "UnsupportedObjectError": TypeError,
     "WeightError": ValueError,
 }

@@ -13,9 +13,15 @@ Example:
     {'MAE': 1.0}
 """
 
-from __future__ import annotations
-
-from torchtally import aggregation, distributed, errors, protocols, schedules, sync
+from torchtally import (
+    aggregation,
+    distributed,
+    errors,
+    protocols,
+    schedules,
+    sync,
+    tracking,
+)
 from torchtally._version import __version__
 from torchtally.losses import CompositionalLoss, DictLoss, Loss, LossBase
 from torchtally.objectives import (
@@ -26,6 +32,7 @@ from torchtally.objectives import (
     compute_metrics,
 )
 from torchtally.sync import sync_all
+from torchtally.tracking import MetricTracker, monitor_mode
 from torchtally.wrap import wrap
 
 __all__ = [
@@ -36,15 +43,18 @@ __all__ = [
     "LossBase",
     "Metric",
     "MetricCollection",
+    "MetricTracker",
     "Objective",
     "__version__",
     "aggregation",
     "compute_metrics",
     "distributed",
     "errors",
+    "monitor_mode",
     "protocols",
     "schedules",
     "sync",
     "sync_all",
+    "tracking",
     "wrap",
 ]

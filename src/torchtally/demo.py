@@ -2,8 +2,11 @@
 
 Run ``python -m torchtally.demo`` (``--help`` lists the options). It trains a
 small MLP on synthetic regression data with the composed loss
-``[MSE] + 0.5 x [MAE]``, tracks validation metrics (one of them a torchmetrics
-metric when torchmetrics is installed) and prints one row per epoch.
+``[MSE] + 0.5 x [MAE]``, tracks the validation loss and validation metrics
+(one of them a torchmetrics metric when torchmetrics is installed) and prints
+one row per epoch, with the best epoch so far by validation loss (a
+``tt.MetricTracker``). The progress bar shows the training loss over the last
+batches (``loss.running(window)``).
 
 ``--processes N`` repeats the same training under N gloo processes on this
 machine: each process sees an uneven shard of every batch, gradients are
@@ -40,6 +43,9 @@ from torchtally.losses import LossBase
 __all__ = ["DemoConfig", "EpochRow", "main", "parse_args", "train"]
 
 _TOLERANCE = 0.5
+_WINDOW = 10
+"""Batches the progress bar's running loss is the mean of."""
+_VALIDATION_LOSS = "Val Loss"
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,20 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class EpochRow:
-    """One epoch's synced values: training loss components and validation metrics.
+    """One epoch's synced values: training loss components, validation loss and metrics.
+
+    ``best_epoch`` is the epoch with the lowest validation loss so far.
 
     Example:
         >>> from torchtally.demo import EpochRow
-        >>> EpochRow(1, {'Combined Loss': 0.5}, {'R2': 0.9}).train
+        >>> EpochRow(1, {'Combined Loss': 0.5}, {'Val Loss': 0.6, 'R2': 0.9}, 1).train
         {'Combined Loss': 0.5}
     """
 
     epoch: int
     train: dict[str, float]
     validation: dict[str, float]
+    best_epoch: int = 0
 
 
 # -- the task -------------------------------------------------------------------------------
@@ -114,8 +123,12 @@ def within_tolerance(outputs: Tensor, targets: Tensor) -> Tensor:
     return ((outputs - targets).abs() <= _TOLERANCE).flatten(1).all(1).float()
 
 
+def _loss() -> LossBase[Tensor, Tensor]:
+    return tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(absolute_error, "MAE")
+
+
 def _objectives() -> tuple[LossBase[Tensor, Tensor], list[Any]]:
-    loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(absolute_error, "MAE")
+    loss = _loss()
     metrics: list[Any] = [
         tt.Metric(within_tolerance, "Within 0.5", higher_is_better=True)
         | tt.Metric(absolute_error, "Max Error", higher_is_better=False, aggregation="max")
@@ -166,13 +179,18 @@ def train(
     model = _model(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss, metrics = _objectives()
+    validation_loss = _loss()
+    # The epoch with the lowest validation loss (a loss: lower is better, known from the loss).
+    best = tt.MetricTracker(validation_loss, "Combined Loss", first_epoch=1)
+    drawing = config.progress and rank == 0
+    if drawing:
+        loss.running(window=_WINDOW)  # remember the last batches from here on
     rows: list[EpochRow] = []
     steps = math.ceil(len(train_x) / config.batch_size)
     widths: list[int] = []
     for epoch in range(1, config.epochs + 1):
-        loss.reset()
-        for metric in metrics:
-            metric.reset()
+        for objective in (loss, validation_loss, *metrics):
+            objective.reset()
         model.train()
         started = time.perf_counter()
         for step in range(steps):
@@ -187,33 +205,45 @@ def train(
                     assert parameter.grad is not None
                     torch.distributed.all_reduce(parameter.grad)
             optimizer.step()
-            if config.progress and rank == 0:
-                _progress(epoch, step + 1, steps, time.perf_counter() - started)
+            if drawing:
+                # The mean over the last batches, read on the host only to draw it.
+                running = float(loss.running(window=_WINDOW)["Combined Loss"])
+                _progress(epoch, step + 1, steps, time.perf_counter() - started, running)
         model.eval()
         with torch.no_grad():
             part = _shard(len(val_x), rank, world)
             outputs = model(val_x[part])
+            validation_loss.update(outputs, val_y[part])
             for metric in metrics:
                 metric.update(outputs, val_y[part])
-        tt.sync_all(loss, *metrics)
-        validation: dict[str, float] = {}
+        tt.sync_all(loss, validation_loss, *metrics)
+        best.update()  # after the sync: every process records the same value
+        validation = {_VALIDATION_LOSS: best.history[-1]}
         for metric in metrics:
             validation.update(tt.compute_metrics(metric))
-        rows.append(EpochRow(epoch, tt.compute_metrics(loss), validation))
-        if config.progress and rank == 0:
+        rows.append(EpochRow(epoch, tt.compute_metrics(loss), validation, best.best_epoch))
+        if drawing:
             sys.stderr.write("\r\033[K")
         if out is not None and rank == 0:
             if epoch == 1:
-                widths = _print_header(loss, metrics, out)
+                widths = _print_header(loss, validation_loss, metrics, out)
             _print_row(rows[-1], widths, out)
+    if out is not None and rank == 0 and rows:
+        out.write(
+            f"\nbest epoch by validation loss: {best.best_epoch} "
+            f"(validation loss {best.best_value:.5f})\n"
+        )
     return rows
 
 
-def _progress(epoch: int, step: int, steps: int, elapsed: float) -> None:
+def _progress(epoch: int, step: int, steps: int, elapsed: float, running: float) -> None:
     width = 30
     filled = width * step // steps
     bar = "#" * filled + "." * (width - filled)
-    sys.stderr.write(f"\repoch {epoch} [{bar}] {step}/{steps} {elapsed:5.2f}s")
+    sys.stderr.write(
+        f"\repoch {epoch} [{bar}] {step}/{steps} {elapsed:5.2f}s "
+        f"loss {running:.4f} (last {min(step, _WINDOW)} batches)"
+    )
     sys.stderr.flush()
 
 
@@ -227,18 +257,26 @@ def _arrow(direction: bool | None) -> str:
 _COLUMN = 13
 
 
-def _print_header(loss: LossBase[Tensor, Tensor], metrics: list[Any], out: TextIO) -> list[int]:
+def _print_header(
+    loss: LossBase[Tensor, Tensor],
+    validation_loss: LossBase[Tensor, Tensor],
+    metrics: list[Any],
+    out: TextIO,
+) -> list[int]:
     """Print the formula and the column names; return the column widths."""
     out.write(f"loss formula: {loss.formula}\n")
-    out.write("columns: the training loss and its components, then validation metrics\n")
+    out.write("columns: training loss and components, validation loss and metrics, best epoch\n")
     out.write("arrows: ↓ lower is better, ↑ higher is better\n\n")
     names = ["epoch"]
     for name in loss.compute():
         names.append(f"{name}{_arrow(_direction(loss, name))}")
+    names.append(f"{_VALIDATION_LOSS}{_arrow(_direction(validation_loss, 'Combined Loss'))}")
     for metric in metrics:
         for name in tt.compute_metrics(metric):
             names.append(f"{name}{_arrow(_direction(metric, name))}")
-    widths = [len(names[0])] + [max(_COLUMN, len(name)) for name in names[1:]]
+    names.append("best epoch")
+    widths = [len(names[0])] + [max(_COLUMN, len(name)) for name in names[1:-1]]
+    widths.append(len(names[-1]))
     out.write(" | ".join(name.rjust(width) for name, width in zip(names, widths, strict=True)))
     out.write("\n" + "-+-".join("-" * width for width in widths) + "\n")
     return widths
@@ -247,7 +285,8 @@ def _print_header(loss: LossBase[Tensor, Tensor], metrics: list[Any], out: TextI
 def _print_row(row: EpochRow, widths: list[int], out: TextIO) -> None:
     values = [*row.train.values(), *row.validation.values()]
     cells = [f"{row.epoch:{widths[0]}d}"]
-    cells += [f"{value:{width}.5f}" for value, width in zip(values, widths[1:], strict=True)]
+    cells += [f"{value:{width}.5f}" for value, width in zip(values, widths[1:-1], strict=True)]
+    cells.append(f"{row.best_epoch:{widths[-1]}d}")
     out.write(" | ".join(cells) + "\n")
     out.flush()
 

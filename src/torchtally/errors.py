@@ -39,6 +39,7 @@ __all__ = [
     "SyncError",
     "TorchTallyError",
     "TorchTallyWarning",
+    "TrackerError",
     "UnsupportedObjectError",
     "WeightError",
 ]
@@ -127,6 +128,15 @@ class SyncError(TorchTallyError, RuntimeError):
     """Processes disagree on the names or state layout of the objectives they sync.
 
     Raised on every rank, with the same message, so that no rank hangs.
+    """
+
+
+class TrackerError(TorchTallyError, ValueError):
+    """A value's direction, or its best so far, is asked for and there is none.
+
+    Raised by :class:`~torchtally.MetricTracker` and :func:`~torchtally.monitor_mode`
+    for a value without a direction (none given, none known to the objective),
+    a best value asked for before any update, or a value that is not one number.
     """
 
 

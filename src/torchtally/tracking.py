@@ -1,0 +1,384 @@
+"""Training-loop companions: the best epoch of a value, and its direction for other tools.
+
+Every torchtally objective knows which way each value it reports is better
+(``higher_is_better_for(name)``), composed losses included: the combined value
+of ``ce - accuracy`` is lower-is-better because the algebra says so. This
+module puts that knowledge to work across epochs:
+
+- :class:`MetricTracker` follows one value of one objective, epoch after
+  epoch: the best value and its epoch, the history, early stopping with
+  ``patience`` and ``min_delta``, a ``state_dict`` for checkpoints.
+- :func:`monitor_mode` spells the direction the way Lightning's
+  ``ModelCheckpoint``/``EarlyStopping``, keras, W&B and Optuna want it.
+
+For a value over the last batches of an epoch (a progress bar), see
+:meth:`Objective.running <torchtally.Objective.running>`; for recipes
+(Lightning, W&B, Optuna, loggers), the "Training loop" page of the docs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from torch import Tensor
+
+from torchtally.errors import InvalidArgumentError, StateDictError, TrackerError
+
+__all__ = ["MetricTracker", "monitor_mode"]
+
+_MODES: dict[str, tuple[str, str]] = {
+    "lightning": ("min", "max"),
+    "keras": ("min", "max"),
+    "wandb": ("min", "max"),
+    "optuna": ("minimize", "maximize"),
+}
+"""For each tool: how it spells (lower is better, higher is better)."""
+
+_STATE_VERSION = 1
+
+
+def monitor_mode(
+    objective: Any,
+    name: str,
+    *,
+    for_: Literal["lightning", "keras", "wandb", "optuna"] = "lightning",
+) -> str:
+    """The direction of the value ``name`` as a tool wants it: ``'min'`` or ``'max'``.
+
+    Read from ``objective.higher_is_better_for(name)``: a composed loss gets
+    the direction its algebra gives (``ce - accuracy``: ``'min'``).
+
+    Args:
+        objective: any torchtally objective (metrics, collections, losses,
+            joins, wrapped and adapted metrics).
+        name: the value's name, as ``compute()`` reports it.
+        for_: ``'lightning'`` (``ModelCheckpoint``/``EarlyStopping(mode=...)``),
+            ``'keras'`` and ``'wandb'`` (``define_metric(name, summary=...)``)
+            get ``'min'``/``'max'``; ``'optuna'`` (``create_study(direction=...)``,
+            a W&B sweep's ``goal``) gets ``'minimize'``/``'maximize'``.
+
+    Raises:
+        TrackerError: the objective knows no direction for ``name`` (or does
+            not report it), or ``for_`` names no known tool.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> ce = tt.Loss(torch.nn.functional.cross_entropy, 'CE')
+        >>> accuracy = tt.Loss(lambda o, t: (o.argmax(1) == t).float(), 'Accuracy',
+        ...                    higher_is_better=True)
+        >>> tt.monitor_mode(ce - accuracy, 'Combined Loss')
+        'min'
+        >>> tt.monitor_mode(ce - accuracy, 'Accuracy', for_='optuna')
+        'maximize'
+    """
+    modes = _MODES.get(for_) if isinstance(for_, str) else None
+    if modes is None:
+        raise TrackerError(f"monitor_mode: for_ must be one of {sorted(_MODES)}, found {for_!r}")
+    return modes[_direction(objective, name, "monitor_mode")]
+
+
+def _direction(objective: Any, name: str, caller: str) -> bool:
+    """The objective's direction of ``name``, or a :class:`TrackerError` saying why not."""
+    finder = getattr(objective, "higher_is_better_for", None)
+    found = finder(name) if callable(finder) else None
+    if isinstance(found, bool):
+        return found
+    known = _known_names(objective)
+    if known and name not in known:
+        why = f"it reports {list(known)}, not {name!r}"
+    else:
+        why = f"it knows no direction for {name!r}"
+    raise TrackerError(
+        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; "
+        f"give the metric higher_is_better= (or pass higher_is_better= here)"
+    )
+
+
+def _known_names(objective: Any) -> tuple[str, ...]:
+    """The names ``objective`` reports, when it can tell without data (else ``()``)."""
+    for attribute in ("reported_names", "names"):
+        names = getattr(objective, attribute, None)
+        if isinstance(names, tuple) and names and all(isinstance(n, str) for n in names):
+            return names
+    return ()
+
+
+class MetricTracker:
+    """Follows one value of an objective across epochs: its best, its epoch, early stopping.
+
+    Call :meth:`update` once per epoch, after the epoch's last ``update`` of
+    the objective (and after ``tt.sync_all`` in a distributed run, so that
+    every process records the same value and stops at the same epoch): it
+    reads ``objective.compute()[name]``. Epochs are counted by the calls to
+    :meth:`update`, from ``first_epoch``. For several values, use one
+    tracker per name (``{name: MetricTracker(metrics, name) for name in ...}``).
+
+    A value improves on the best so far when it is better by more than
+    ``min_delta`` (the convention of Lightning's and keras' early stopping);
+    a NaN never improves. With ``min_delta=0`` the best value is the best
+    of the history (the earliest of equal ones).
+
+    Args:
+        objective: the objective whose value is followed (any torchtally
+            objective, or anything whose ``compute()`` returns a dict).
+        name: the value's name, as ``compute()`` reports it.
+        higher_is_better: the direction; by default the objective's
+            (``objective.higher_is_better_for(name)``). Given, it must agree
+            with the objective's when the objective knows one.
+        patience: epochs in a row without improvement after which
+            :meth:`should_stop` says to stop (``None``: never asked).
+        min_delta: how much better than the best a value must be to count
+            as an improvement (``>= 0``).
+        first_epoch: the number of the first epoch (0, like Lightning's
+            ``current_epoch``; 1 for a table counting from 1).
+
+    Raises:
+        TrackerError: no direction is given and the objective knows none, or
+            the given one contradicts the objective's.
+        InvalidArgumentError: an argument has the wrong type or range.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> loss = tt.Loss(torch.nn.functional.mse_loss, 'MSE')
+        >>> tracker = tt.MetricTracker(loss, 'MSE', first_epoch=1)
+        >>> for error in (3.0, 1.0, 2.0):
+        ...     loss.reset()
+        ...     _ = loss(torch.full((4, 1), error), torch.zeros(4, 1))
+        ...     _ = tracker.update()
+        >>> tracker.history, tracker.best_value, tracker.best_epoch, tracker.is_improving()
+        ([9.0, 1.0, 4.0], 1.0, 2, False)
+    """
+
+    def __init__(
+        self,
+        objective: Any,
+        name: str,
+        *,
+        higher_is_better: bool | None = None,
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        first_epoch: int = 0,
+    ) -> None:
+        if not callable(getattr(objective, "compute", None)):
+            raise InvalidArgumentError(
+                f"MetricTracker: expected an objective (with compute()), "
+                f"found {type(objective).__name__}"
+            )
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(
+                f"MetricTracker: name must be a non-empty string, found {name!r}"
+            )
+        if higher_is_better is not None and not isinstance(higher_is_better, bool):
+            raise InvalidArgumentError(
+                f"MetricTracker: higher_is_better must be True, False or None, "
+                f"found {higher_is_better!r}"
+            )
+        if patience is not None and (not _is_int(patience) or patience < 1):
+            raise InvalidArgumentError(
+                f"MetricTracker: patience must be a whole number >= 1 or None, found {patience!r}"
+            )
+        if not (_is_real(min_delta) and 0 <= min_delta < math.inf):
+            raise InvalidArgumentError(
+                f"MetricTracker: min_delta must be a finite number >= 0, found {min_delta!r}"
+            )
+        if not _is_int(first_epoch):
+            raise InvalidArgumentError(
+                f"MetricTracker: first_epoch must be a whole number, found {first_epoch!r}"
+            )
+        if higher_is_better is None:
+            higher_is_better = _direction(objective, name, f"MetricTracker({name!r})")
+        else:
+            finder = getattr(objective, "higher_is_better_for", None)
+            known = finder(name) if callable(finder) else None
+            if isinstance(known, bool) and known != higher_is_better:
+                raise TrackerError(
+                    f"MetricTracker({name!r}): higher_is_better={higher_is_better} contradicts "
+                    f"{objective!r}, for which a {'higher' if known else 'lower'} {name!r} is "
+                    f"better"
+                )
+        self.objective = objective
+        self.name = name
+        self.higher_is_better: bool = higher_is_better
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.first_epoch = int(first_epoch)
+        self._history: list[float] = []
+        self._best: int | None = None  # the index of the best value in the history
+        self._wait = 0
+        self._improved = False
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def update(self) -> float:
+        """Record the objective's current value of :attr:`name` as the next epoch's; return it.
+
+        Raises:
+            TrackerError: ``compute()`` does not report :attr:`name`, or
+                reports something other than one number for it.
+        """
+        self._record(self._read())
+        return self._history[-1]
+
+    def _read(self) -> float:
+        values = self.objective.compute()
+        label = f"MetricTracker({self.name!r})"
+        if not isinstance(values, Mapping) or self.name not in values:
+            found = list(values) if isinstance(values, Mapping) else type(values).__name__
+            raise TrackerError(
+                f"{label}: {self.objective!r}.compute() does not report {self.name!r} "
+                f"(found {found})"
+            )
+        value = values[self.name]
+        if isinstance(value, Tensor) and value.numel() == 1:
+            return float(value.detach().reshape(()).item())
+        if _is_real(value):
+            return float(value)
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise TrackerError(
+            f"{label}: expected one number for {self.name!r}, found {shape}; follow a single "
+            f"number (compute_metrics names the entries of a vector name_0, name_1, ...)"
+        )
+
+    def _record(self, value: float) -> None:
+        self._history.append(value)
+        best = None if self._best is None else self._history[self._best]
+        if math.isnan(value):
+            improved = False
+        elif best is None:
+            improved = True
+        elif self.higher_is_better:
+            improved = value - self.min_delta > best
+        else:
+            improved = value + self.min_delta < best
+        self._improved = improved
+        if improved:
+            self._best, self._wait = len(self._history) - 1, 0
+        else:
+            self._wait += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[float]:
+        """Every recorded value, oldest first (a copy)."""
+        return list(self._history)
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epoch numbers of :attr:`history`."""
+        return list(range(self.first_epoch, self.first_epoch + len(self._history)))
+
+    @property
+    def best_value(self) -> float:
+        """The best value so far.
+
+        Raises:
+            TrackerError: no value was recorded yet (or every one was NaN).
+        """
+        return self._history[self._best_index()]
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch of :attr:`best_value` (counted from ``first_epoch``).
+
+        Raises:
+            TrackerError: no value was recorded yet (or every one was NaN).
+        """
+        return self.first_epoch + self._best_index()
+
+    def _best_index(self) -> int:
+        if self._best is None:
+            why = "before any update()" if not self._history else "every value so far is NaN"
+            raise TrackerError(f"MetricTracker({self.name!r}): no best value {why}")
+        return self._best
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        """Epochs recorded since the last improvement (0 right after one)."""
+        return self._wait
+
+    def is_improving(self) -> bool:
+        """Whether the latest value improved on every earlier one (the first always does).
+
+        Raises:
+            TrackerError: no value was recorded yet.
+        """
+        if not self._history:
+            raise TrackerError(f"MetricTracker({self.name!r}): is_improving() before any update()")
+        return self._improved
+
+    def should_stop(self) -> bool:
+        """Whether ``patience`` epochs in a row passed without improvement.
+
+        Raises:
+            TrackerError: the tracker was made without ``patience``.
+        """
+        if self.patience is None:
+            raise TrackerError(
+                f"MetricTracker({self.name!r}): should_stop() needs patience= at construction"
+            )
+        return self._wait >= self.patience
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded values, for a checkpoint (plain Python: loads with ``weights_only=True``).
+
+        The objective's own state is not included: save ``objective.state_dict()`` next to it.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "name": self.name,
+            "higher_is_better": self.higher_is_better,
+            "history": list(self._history),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the recorded values with those of :meth:`state_dict`.
+
+        The best value, its epoch and the count towards ``patience`` are
+        replayed from the history with this tracker's ``min_delta``, so a
+        resumed run stops at the same epoch as an uninterrupted one.
+
+        Raises:
+            StateDictError: the state is malformed or follows another value
+                or direction. Nothing changes then.
+        """
+        label = f"MetricTracker({self.name!r})"
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != _STATE_VERSION:
+            raise StateDictError(
+                f"{label}: expected a dict from MetricTracker.state_dict() "
+                f"(version {_STATE_VERSION}), found {state_dict!r:.80}"
+            )
+        for key, mine in (("name", self.name), ("higher_is_better", self.higher_is_better)):
+            if state_dict.get(key) != mine:
+                raise StateDictError(
+                    f"{label}: the state has {key}={state_dict.get(key)!r}, this tracker {mine!r}"
+                )
+        history = state_dict.get("history")
+        if not isinstance(history, (list, tuple)) or not all(map(_is_real, history)):
+            raise StateDictError(f"{label}: expected a list of numbers under 'history'")
+        self._history, self._best, self._wait, self._improved = [], None, 0, False
+        for value in history:
+            self._record(float(value))
+
+    def __repr__(self) -> str:
+        arrow = "↑" if self.higher_is_better else "↓"
+        best = (
+            f"best {self._history[self._best]:.6g} at epoch {self.first_epoch + self._best}"
+            if self._best is not None
+            else "no best yet"
+        )
+        return f"MetricTracker({self.name!r} {arrow}, {len(self._history)} epochs, {best})"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
