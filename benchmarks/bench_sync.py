@@ -2,11 +2,11 @@
 
 Usage::
 
-    python benchmarks/bench_sync.py                      # 2 and 4 gloo processes
+    python benchmarks/bench_sync.py                      # 2, 4 and 8 gloo processes
     python benchmarks/bench_sync.py --worlds 2 --repeats 5
 
 For each world size, gloo processes on 127.0.0.1 each hold N objectives of two
-batch-weighted means (N in 1, 8, 64), fed with an uneven batch per rank:
+batch-weighted means (N in 1, 8, 64, 1024), fed with an uneven batch per rank:
 
 - torchtally: N ``MetricCollection(MAE=..., MSE=...)``, synced with one
   ``tt.sync_all(*collections)``;
@@ -15,9 +15,11 @@ batch-weighted means (N in 1, 8, 64), fed with an uneven batch per rank:
   ``Metric.sync()`` (``unsync()`` runs outside the timed region).
 
 Each round times both, one after the other, between barriers; the table gives
-the median over rounds of rank 0's wall time and the number of
+the median over rounds of rank 0's wall time, the number of
 ``torch.distributed`` calls one sync made (counted by wrapping every
-communication function of ``torch.distributed``). Both sides' synced values
+communication function of ``torch.distributed``) and the bytes one torchtally
+sync brought to rank 0. Counts of 1,024 run at most 3 rounds (torchmetrics
+then makes thousands of calls per sync). Both sides' synced values
 are checked against each other before timing. With more processes than CPU
 cores the processes share cores, so absolute times grow with the world size.
 """
@@ -67,6 +69,7 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
     import torchmetrics
 
     import torchtally as tt
+    from torchtally import distributed
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -106,7 +109,9 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
 
         ours_times, theirs_times = [], []
         ours_calls = theirs_calls = 0
-        for _ in range(repeats):
+        received = distributed.bytes_received()
+        rounds = repeats if count < 1024 else min(repeats, 3)
+        for _ in range(rounds):
             elapsed, ours_calls = _timed(lambda objectives=ours: tt.sync_all(*objectives))
             ours_times.append(elapsed)
             elapsed, theirs_calls = _timed(sync_theirs)
@@ -120,6 +125,7 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
                 "names": 2 * count,
                 "torchtally_ms": 1e3 * statistics.median(ours_times),
                 "torchtally_calls": ours_calls,
+                "torchtally_bytes": (distributed.bytes_received() - received) // rounds,
                 "torchmetrics_ms": 1e3 * statistics.median(theirs_times),
                 "torchmetrics_calls": theirs_calls,
             }
@@ -151,14 +157,15 @@ def run(world: int, counts: list[int], repeats: int) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| processes | objectives (names) | torchtally `sync_all` | calls | "
+        "| processes | objectives (names) | torchtally `sync_all` | calls | bytes received | "
         "torchmetrics `sync()` | calls | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['world']} | {row['objectives']} ({row['names']}) "
             f"| {row['torchtally_ms']:.2f} ms | {row['torchtally_calls']} "
+            f"| {row['torchtally_bytes'] / 1024:.1f} KiB "
             f"| {row['torchmetrics_ms']:.2f} ms | {row['torchmetrics_calls']} "
             f"| {row['torchmetrics_ms'] / row['torchtally_ms']:.0f}x |"
         )
@@ -167,8 +174,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 8, 64, 1024])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -28,6 +28,9 @@ import torchtally as tt
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics
 from torchtally.errors import NameConflictError, WeightError
+from torchtally.losses import JoinedLoss
+from torchtally.objectives import Joined, join
+from torchtally.protocols import LossProtocol
 
 
 def mae(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -167,6 +170,7 @@ def test_weights_go_to_torchtally_parts_and_are_refused_by_foreign_ones() -> Non
 
 # -- sync of every pair on two gloo processes ---------------------------------------------------
 
+
 def sync_scenario(rank: int, world: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     data = batches(seed=rank, sizes=(3 + rank, 2))
@@ -187,3 +191,184 @@ def test_every_pair_syncs_on_two_processes(tmp_path: Path) -> None:
         expected = {**alone(left, every), **alone(right, every)}
         for record in records:
             assert_values(record[f"{left}|{right}"], expected)
+
+
+# -- a loss joined with any objective stays a loss ------------------------------------------------
+
+
+def mse_grad(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The gradient of ``mse_loss`` with respect to the outputs, by hand."""
+    return 2 * (outputs - targets).detach() / outputs.numel()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_loss_on_either_side_of_the_pipe_stays_a_loss(kind: str) -> None:
+    data = batches()
+    for joined in (LOSS() | MAKE[kind](), MAKE[kind]() | LOSS()):
+        assert isinstance(joined, LossProtocol) and joined.is_loss is True
+        assert (joined.name, joined.formula, joined.higher_is_better) == ("Loss", "[Loss]", False)
+        for outputs, targets in data:
+            outputs = outputs.clone().requires_grad_(True)
+            value = joined(outputs, targets)
+            value.backward()
+            torch.testing.assert_close(value, functional.mse_loss(outputs, targets))
+            torch.testing.assert_close(outputs.grad, mse_grad(outputs, targets))
+        computed = joined.compute()
+        assert next(iter(computed)) == "Loss"  # the loss first, whatever the order written
+        assert_values(computed, {**alone("loss", data), **alone(kind, data)})
+
+
+def test_forward_and_update_evaluate_every_part_once_per_batch() -> None:
+    counts = {"loss": 0, "custom": 0, "wrapped": 0}
+
+    def counted_mse(outputs: Tensor, targets: Tensor) -> Tensor:
+        counts["loss"] += 1
+        return functional.mse_loss(outputs, targets)
+
+    def counted_spread(outputs: Tensor, targets: Tensor) -> Tensor:
+        counts["wrapped"] += 1
+        return spread(outputs, targets)
+
+    class CountedPeak(Peak):
+        def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            counts["custom"] += 1
+            return super().calculate(outputs, targets)
+
+    adapter = from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM MAE")
+    joined = tt.Loss(counted_mse, "Loss") | CountedPeak() | tt.wrap(counted_spread) | adapter
+    assert isinstance(joined, JoinedLoss)
+    assert joined.parts[1:] == joined.others and joined.others[-1] is adapter
+    data = batches()
+    for index, (outputs, targets) in enumerate(data):
+        if index % 2:
+            joined.update(outputs, targets)
+        else:
+            joined(outputs, targets)
+    assert counts == {"loss": 3, "custom": 3, "wrapped": 3}
+    assert adapter.metric._update_count == 3
+    assert joined.sync_parts() == (joined, adapter)  # the kept part syncs as its own participant
+    expected = {**alone("loss", data), **alone("custom", data), **alone("torchmetrics", data)}
+    expected["counted_spread"] = alone("wrapped", data)["spread"]
+    assert_values(joined.compute(), expected)
+
+
+def test_a_refused_forward_changes_no_part() -> None:
+    def sometimes_wrong(outputs: Tensor, targets: Tensor) -> Tensor:
+        return outputs.sum(1) if len(outputs) < 3 else outputs  # (B, 3) is not per-sample
+
+    adapter = from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM")
+    joined = LOSS() | adapter | tt.Metric(sometimes_wrong, "Sum") | Peak()
+    data = batches()
+    joined(*data[2])  # a batch of 2: fine
+    before = joined.compute()
+    with pytest.raises(tt.errors.ResultShapeError):
+        joined(*data[0])
+    assert adapter.metric._update_count == 1
+    assert_values(joined.compute(), before)
+
+
+def test_objective_pipe_loss_goes_through_join() -> None:
+    adapter = from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM MAE")
+    for joined in (adapter | LOSS(), join(adapter, LOSS()), tt.wrap(spread) | LOSS()):
+        assert isinstance(joined, JoinedLoss) and joined.parts[0].name == "Loss"
+    assert type(join(adapter, Peak())) is Joined
+
+
+def test_a_loss_tracks_collections_with_dict_valued_callables_and_prefixes() -> None:
+    def errors(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"MAE": mae(outputs, targets), "Bias": bias(outputs, targets)}
+
+    data = batches()
+    collection = tt.MetricCollection(errors, MSE=mse, prefix="val/")
+    reference = tt.MetricCollection(errors, MSE=mse, prefix="val/")
+    for outputs, targets in data:
+        reference.update(outputs, targets)
+    for joined in (LOSS() | collection, collection | LOSS()):
+        for outputs, targets in data:
+            joined(outputs, targets)
+        assert list(joined.compute()) == ["Loss", "val/MSE", "val/MAE", "val/Bias"]
+        assert_values(joined.compute(), {**alone("loss", data), **reference.compute()})
+    plain = LOSS() | tt.MetricCollection(MSE=mse)  # plain callables: the loss tracks them itself
+    assert type(plain) is tt.Loss and [entry.name for entry in plain.tracked] == ["MSE"]
+
+
+def test_a_pipe_takes_one_loss() -> None:
+    with pytest.raises(tt.errors.FormulaError, match="combine losses with arithmetic"):
+        (LOSS() | Peak()) | tt.Loss(mae, "MAE")
+    with pytest.raises(tt.errors.FormulaError, match="combine losses with arithmetic"):
+        tt.Loss(mae, "MAE") | (LOSS() | Peak())
+    with pytest.raises(tt.errors.InvalidArgumentError, match="expected a torchtally loss"):
+        JoinedLoss(Peak(), tt.wrap(spread))
+
+
+def scheduled_joined() -> Any:
+    """A scheduled loss joined with a hand-written objective and a torchmetrics adapter."""
+    loss = tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(functional.mse_loss, "MSE")
+    return loss | Peak() | from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM MAE")
+
+
+def test_a_joined_loss_keeps_its_schedules_through_copies_and_state_dicts() -> None:
+    data = batches(sizes=(4, 7, 2, 5))
+    uninterrupted = scheduled_joined()
+    for outputs, targets in data[:3]:
+        uninterrupted(outputs, targets)
+    joined = scheduled_joined()
+    assert joined.formula == "linear(0→1, 4) x [MSE]"
+    for outputs, targets in data[:2]:
+        joined(outputs, targets)
+    assert joined.schedule_values() == {"linear(0→1, 4)": 0.5}
+    restored = scheduled_joined()
+    restored.load_state_dict(joined.state_dict())
+    for duplicate in [*round_trips(joined), restored]:
+        assert duplicate.schedule_values() == {"linear(0→1, 4)": 0.5}
+        outputs, targets = data[2]
+        torch.testing.assert_close(
+            duplicate(outputs, targets), 0.5 * functional.mse_loss(outputs, targets)
+        )
+        assert duplicate.schedule_values() == uninterrupted.schedule_values()
+        assert_values(duplicate.compute(), uninterrupted.compute())
+    damaged = joined.state_dict()
+    damaged["schedule_position"] = {"step": torch.tensor([-1]), "epoch": torch.tensor([0])}
+    before, position = restored.compute(), restored.schedule_values()
+    with pytest.raises(tt.errors.StateDictError, match="'schedule_position'"):
+        restored.load_state_dict(damaged)
+    assert restored.schedule_values() == position
+    assert_values(restored.compute(), before)
+
+
+def test_arithmetic_on_a_joined_loss_applies_to_the_loss_and_keeps_the_parts() -> None:
+    adapter = from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM MAE")
+    first = tt.Loss(functional.mse_loss, "MSE") | Peak()
+    second = tt.Loss(mae, "MAE") | adapter
+    combined = 2 * first + second / 4
+    assert isinstance(combined, JoinedLoss)
+    assert combined.formula == "2 x [MSE] + [MAE] / 4"
+    assert [type(part).__name__ for part in combined.parts] == [
+        "CompositionalLoss",
+        "Peak",
+        "TorchMetricsAdapter",
+    ]
+    assert combined.parts[2] is adapter
+    outputs, targets = batches()[0]
+    expected = 2 * functional.mse_loss(outputs, targets) + mae(outputs, targets).mean() / 4
+    torch.testing.assert_close(combined(outputs, targets), expected)
+    assert list(combined.compute()) == ["Combined Loss", "MSE", "MAE", "Peak", "TM MAE"]
+    assert (-first).higher_is_better is True
+    hits = tt.Loss(lambda o, t: (o.round() == t).float().mean(1), "Hits", higher_is_better=True)
+    assert (first**2).formula == "[MSE]^2" and (first - hits).formula == "[MSE] - [Hits]"
+    assert (tt.Loss(mae, "MAE") + first).formula == "[MAE] + [MSE]"
+    assert sum([first, second]).formula == "[MSE] + [MAE]"
+    with pytest.raises(tt.errors.FormulaError, match="cannot combine a loss with str"):
+        first + "1"
+
+
+def test_joined_losses_merge_states_of_the_same_formula() -> None:
+    data = batches(sizes=(4, 7, 2, 5))
+    left, right, whole = (tt.Loss(mae, "MAE") | Peak() for _ in range(3))
+    for index, (outputs, targets) in enumerate(data):
+        (left if index % 2 else right)(outputs, targets)
+        whole(outputs, targets)
+    left.merge_state(right)
+    assert_values(left.compute(), whole.compute())
+    with pytest.raises(tt.errors.IncompatibleStateError, match="another formula"):
+        left.merge_state(2 * tt.Loss(mae, "MAE") | Peak())

@@ -42,6 +42,7 @@ from torchtally.errors import (
 )
 from torchtally.formula import Constant
 from torchtally.losses import COMBINED_NAME, CompositionalLoss, DictLoss, Loss, LossBase
+from torchtally.sync import callable_identity
 
 
 def mae_fn(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -536,7 +537,9 @@ def test_construction_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="higher_is_better must be True or False"):
         Loss(mse_loss, "MSE", higher_is_better=None)  # type: ignore[arg-type]
     with pytest.raises(FormulaError, match="at least one component"):
-        CompositionalLoss(Constant(2), ())
+        CompositionalLoss(lambda values: values["A"], "[A]")
+    with pytest.raises(InvalidArgumentError, match="criterion must be a callable"):
+        CompositionalLoss(Constant(2), "2")  # type: ignore[arg-type]
 
 
 def test_loss_pipe_loss_is_refused_and_pipe_with_other_objects_is_a_type_error() -> None:
@@ -1575,9 +1578,13 @@ def test_higher_is_better_must_be_a_bool(value: Any) -> None:
         message = str(caught.value)
         assert message.startswith(prefix) and "higher_is_better must be True or False" in message
         assert isinstance(caught.value, TypeError)
-    if value is not None:
-        with pytest.raises(TypeError, match="higher_is_better"):
+    if value is not None:  # a metric may have no direction; anything else is refused
+        with pytest.raises(InvalidArgumentError) as refused:
             tt.Metric(mae_fn, "MAE", higher_is_better=value)
+        assert str(refused.value).startswith(
+            "Metric: higher_is_better of 'MAE' must be True, False or None, found "
+            f"{type(value).__name__} "
+        )
 
 
 @pytest.mark.parametrize(
@@ -1603,3 +1610,256 @@ def test_constants_that_do_not_fit_are_refused(combine: Callable[[Any], Any]) ->
     assert "does not fit a tensor operation (int64)" in message or "finite constants" in message
     assert (loss * (2**63 - 1)).formula == f"[MSE] x {2**63 - 1}"
     assert (loss * float(10**300)).formula == "[MSE] x 1e+300"
+
+
+# -- a composition from a criterion of your own (DRYTorch's CompositionalLoss) -----------------
+
+
+def mse_fn(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample mean squared error."""
+    return (outputs - targets).pow(2).flatten(1).mean(1)
+
+
+def smooth(values: dict[str, Tensor]) -> Tensor:
+    """A criterion the operators cannot write: log, clamp and max of the components."""
+    mae, mse = values["MAE"], values["MSE"]
+    return torch.log1p(mae) + torch.clamp(mse, max=1.0) + torch.maximum(mae, mse)
+
+
+SMOOTH_FORMULA = "log(1 + [MAE]) + clamp([MSE], max=1) + max([MAE], [MSE])"
+
+
+def smooth_loss(**options: Any) -> CompositionalLoss[Tensor, Tensor]:
+    return CompositionalLoss(
+        criterion=smooth, formula=SMOOTH_FORMULA, MAE=mae_fn, MSE=mse_fn, **options
+    )
+
+
+def smooth_by_hand(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The same criterion written out, per sample."""
+    mae = (outputs - targets).abs().mean(1)
+    mse = (outputs - targets).pow(2).mean(1)
+    return torch.log1p(mae) + mse.clamp(max=1.0) + torch.maximum(mae, mse)
+
+
+def test_a_criterion_composition_optimises_and_reports_its_criterion() -> None:
+    loss = smooth_loss()
+    updated = smooth_loss()
+    assert isinstance(loss, CompositionalLoss) and isinstance(loss, p.LossProtocol)
+    assert loss.formula == SMOOTH_FORMULA and repr(loss) == f"CompositionalLoss({SMOOTH_FORMULA})"
+    assert [entry.name for entry in loss.components] == ["MAE", "MSE"]
+    assert loss.higher_is_better is False and loss.declared_names() == (
+        "Combined Loss",
+        "MAE",
+        "MSE",
+    )
+    data = batches([4, 1, 6], dtype=torch.float64)
+    total, count = torch.tensor(0.0, dtype=torch.float64), 0
+    for outputs, targets in data:
+        outputs = outputs.clone().requires_grad_(True)
+        value = loss(outputs, targets)
+        value.backward()
+        by_hand = outputs.detach().clone().requires_grad_(True)
+        expected = smooth_by_hand(by_hand, targets).mean()
+        expected.backward()
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(outputs.grad, by_hand.grad, rtol=1e-12, atol=0)
+        updated.update(outputs.detach(), targets)
+        total, count = total + expected.detach() * len(targets), count + len(targets)
+    outputs, targets = concatenated(data)
+    expected_values = {
+        "Combined Loss": total / count,  # the weighted epoch mean of what forward returned
+        "MAE": mae_fn(outputs, targets).mean(),
+        "MSE": mse_fn(outputs, targets).mean(),
+    }
+    for found in (loss.compute(), updated.compute()):
+        assert list(found) == list(expected_values)
+        for name, value in expected_values.items():
+            torch.testing.assert_close(found[name], value, rtol=1e-12, atol=0)
+    epoch = {name: expected_values[name] for name in ("MAE", "MSE")}
+    torch.testing.assert_close(loss.formula_value(), smooth(epoch), rtol=1e-12, atol=0)
+    # the criterion of component values, also per sample; other entries are ignored
+    per_sample = {"MAE": mae_fn(outputs, targets), "MSE": mse_fn(outputs, targets), "X": 1}
+    torch.testing.assert_close(loss.criterion(per_sample), smooth_by_hand(outputs, targets))
+
+
+def test_the_criterion_of_operator_built_losses_follows_the_formula() -> None:
+    a, b = Loss(mae_fn, "A"), Loss(mse_fn, "B")
+    loss = a**2 + 0.5 * b - 3
+    assert loss.criterion({"A": torch.tensor(2.0), "B": torch.tensor(4.0)}) == 2.0**2 + 0.5 * 4 - 3
+    vectors = {"A": torch.tensor([1.0, 2.0]), "B": torch.tensor([2.0, 0.0])}
+    torch.testing.assert_close(loss.criterion(vectors), torch.tensor([-1.0, 1.0]))
+    assert isinstance(loss.criterion({"A": 1, "B": 2}), Tensor)
+    scheduled = tt.schedules.piecewise({0: 1.0, 1: 10.0}) * a
+    assert scheduled.criterion({"A": 2.0}) == 2.0
+    scheduled(*batches([2])[0])  # one step on: the schedule's next value is 10
+    assert scheduled.criterion({"A": 2.0}) == 20.0
+    with pytest.raises(ResultTypeError, match="no value for the component 'B'"):
+        loss.criterion({"A": 1.0})
+
+
+def test_criterion_composition_arguments_are_checked() -> None:
+    refusals: list[tuple[Callable[[], Any], type[Exception], str]] = [
+        (lambda: CompositionalLoss(smooth, SMOOTH_FORMULA), FormulaError, "at least one component"),
+        (lambda: CompositionalLoss("smooth", "f", MAE=mae_fn), InvalidArgumentError, "criterion"),
+        (lambda: CompositionalLoss(smooth, "f", MAE="mae"), InvalidArgumentError, "'MAE' must be"),
+        (
+            lambda: CompositionalLoss(smooth, "f", MAE=tt.Metric(mae_fn, "MAE")),
+            InvalidArgumentError,
+            "'MAE' must be a callable of (outputs, targets), found Metric",
+        ),
+        (lambda: CompositionalLoss(smooth, 3, MAE=mae_fn), InvalidArgumentError, "formula must"),
+        (lambda: CompositionalLoss(smooth, "", MAE=mae_fn), InvalidArgumentError, "formula must"),
+        (
+            lambda: CompositionalLoss(smooth, "f", higher_is_better="yes", MAE=mae_fn),
+            InvalidArgumentError,
+            "higher_is_better must be True or False",
+        ),
+        (lambda: CompositionalLoss(smooth, "f", **{"[MAE]": mae_fn}), InvalidNameError, "bracket"),
+        (
+            lambda: CompositionalLoss(smooth, "f", **{COMBINED_NAME: mae_fn}),
+            NameConflictError,
+            "reserved",
+        ),
+        (
+            lambda: CompositionalLoss(smooth, "f", name="MAE", MAE=mae_fn),
+            NameConflictError,
+            "a component is named 'MAE'",
+        ),
+    ]
+    for make, error, fragment in refusals:
+        with pytest.raises(error) as caught:
+            make()
+        assert str(caught.value).startswith("CompositionalLoss") and fragment in str(caught.value)
+    assert CompositionalLoss(smooth, MAE=mae_fn, MSE=mse_fn).formula == "smooth([MAE], [MSE])"
+    assert CompositionalLoss(lambda v: v["A"], A=mae_fn).formula == "criterion([A])"
+
+
+def test_a_failing_criterion_names_the_loss_and_changes_nothing() -> None:
+    loss = CompositionalLoss(lambda values: values["Missing"], "[Missing]", MAE=mae_fn)
+    with pytest.raises(MetricCallError, match="CompositionalLoss \\[Missing\\]: the callable for "):
+        loss(*batches([2])[0])
+    with pytest.warns(ComputedBeforeUpdatedWarning):
+        assert loss.compute()["MAE"].isnan()
+
+
+def test_a_criterion_composition_takes_part_in_arithmetic_under_its_name() -> None:
+    with pytest.raises(FormulaError, match=r"build it with name='\.\.\.'"):
+        smooth_loss() + Loss(mse_fn, "Reg")
+    with pytest.raises(FormulaError, match=r"build it with name='\.\.\.'"):
+        -smooth_loss()
+    named = smooth_loss(name="Smooth")
+    assert named.formula == SMOOTH_FORMULA and named.declared_names()[0] == "Smooth"
+    loss = named + 0.1 * Loss(mse_fn, "Reg")
+    assert loss.formula == "[Smooth] + 0.1 x [Reg]"
+    outputs, targets = batches([5], dtype=torch.float64)[0]
+    expected = (smooth_by_hand(outputs, targets) + 0.1 * mse_fn(outputs, targets)).mean()
+    torch.testing.assert_close(loss(outputs, targets), expected, rtol=1e-12, atol=0)
+    assert list(loss.compute()) == ["Combined Loss", "Smooth", "Reg", "MAE", "MSE"]
+    values = {"MAE": torch.tensor(1.0), "MSE": torch.tensor(2.0), "Reg": torch.tensor(3.0)}
+    torch.testing.assert_close(loss.criterion(values), smooth(values) + 0.3)
+    higher = smooth_loss(name="Score", higher_is_better=True)
+    assert higher.higher_is_better is True and higher.higher_is_better_for("Score") is True
+    assert (Loss(mse_fn, "Reg") - higher).higher_is_better is False
+    with pytest.raises(FormulaError, match="opposite directions"):
+        Loss(mse_fn, "Reg") + higher
+    joined = smooth_loss() | tt.wrap(lambda o, t: (o - t).amax(1), "Worst")
+    torch.testing.assert_close(joined(outputs, targets), smooth_by_hand(outputs, targets).mean())
+    assert list(joined.compute()) == ["Combined Loss", "MAE", "MSE", "Worst"]
+
+
+@pytest.mark.parametrize("how", list(round_trips()))
+def test_a_criterion_composition_round_trips_mid_epoch(how: str) -> None:
+    data = batches([3, 5, 2, 4], dtype=torch.float64)
+    uninterrupted = smooth_loss()
+    for outputs, targets in data:
+        uninterrupted(outputs, targets)
+    interrupted = smooth_loss()
+    for outputs, targets in data[:2]:
+        interrupted(outputs, targets)
+    if how == "state_dict":
+        resumed = smooth_loss()
+        resumed.load_state_dict(torch.load(_saved(interrupted.state_dict()), weights_only=True))
+    else:
+        resumed = round_trips()[how](interrupted)  # type: ignore[assignment]
+    assert resumed.formula == SMOOTH_FORMULA
+    for outputs, targets in data[2:]:
+        resumed(outputs, targets)
+    for name, value in uninterrupted.compute().items():
+        torch.testing.assert_close(resumed.compute()[name], value, rtol=1e-12, atol=0)
+
+
+def _saved(state: dict[str, Any]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_lambda_criterion_copies_but_does_not_pickle() -> None:
+    loss = CompositionalLoss(lambda values: values["MAE"] ** 2, "[MAE]^2", MAE=mae_fn)
+    loss(*batches([3])[0])
+    assert copy.deepcopy(loss).compute() == loss.compute()
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(loss)
+
+
+def test_the_formula_and_the_callables_define_what_syncs() -> None:
+    identity = smooth_loss().sync_identity()
+    assert identity["formula"] == SMOOTH_FORMULA
+    assert identity["produced"] == [[callable_identity(fn) for fn in (smooth, mae_fn, mse_fn)]]
+    other = CompositionalLoss(smooth, "another formula", MAE=mae_fn, MSE=mse_fn)
+    assert other.sync_identity() != identity
+    swapped = CompositionalLoss(smooth, SMOOTH_FORMULA, MAE=mse_fn, MSE=mae_fn)
+    assert swapped.sync_identity() != identity
+
+
+CRITERION_SIZES = {0: [4, 1, 3], 1: []}  # rank 1 sees no data at all
+
+
+def criterion_sync_scenario(rank: int, world: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(rank)
+    loss = smooth_loss()
+    for size in CRITERION_SIZES[rank]:
+        outputs = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+        targets = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+        loss(outputs, targets)
+    loss.sync()
+    loss.sync()  # idempotent
+    record: dict[str, Any] = {"loss": loss.compute()}
+    formula = SMOOTH_FORMULA if rank == 0 else "another formula"
+    mismatched = CompositionalLoss(smooth, formula, MAE=mae_fn, MSE=mse_fn)
+    try:
+        mismatched.sync()
+        record["mismatched"] = "synced"
+    except tt.errors.SyncError as error:
+        record["mismatched"] = str(error)
+    return record
+
+
+@pytest.mark.timeout(120)
+def test_a_criterion_composition_syncs_and_ranks_must_agree_on_its_formula(
+    tmp_path: Path,
+) -> None:
+    records = _dist.launch(2, "test_losses:criterion_sync_scenario", tmp_path, timeout=90.0)
+    generator = torch.Generator().manual_seed(0)
+    data = [
+        (
+            torch.randn(size, 3, generator=generator, dtype=torch.float64),
+            torch.randn(size, 3, generator=generator, dtype=torch.float64),
+        )
+        for size in CRITERION_SIZES[0]
+    ]
+    outputs, targets = concatenated(data)
+    combined = sum(smooth_by_hand(o, t).mean() * len(t) for o, t in data) / len(targets)
+    for record in records:
+        found = record["loss"]
+        assert list(found) == ["Combined Loss", "MAE", "MSE"]
+        torch.testing.assert_close(found["Combined Loss"], combined, rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            found["MAE"], mae_fn(outputs, targets).mean(), rtol=1e-12, atol=0
+        )
+        torch.testing.assert_close(
+            found["MSE"], mse_fn(outputs, targets).mean(), rtol=1e-12, atol=0
+        )
+        assert "another formula" in record["mismatched"]

@@ -222,9 +222,10 @@ def _corrupt(kind: str, packed: Tensor) -> Tensor:
     if kind == "not utf-8":
         raw[9] = 0xFF
     elif kind == "unknown dtype":  # edits of the same length: the layout stays in place
-        raw[8 : 8 + length] = text.replace('"float64"', '"floatXX"').encode()
+        raw[8 : 8 + length] = text.replace('"float32"', '"floatXX"').encode()
     elif kind == "shape too large":
-        raw[8 : 8 + length] = text.replace("[1,", "[9,").encode()
+        assert ",[2]]" in text  # the concatenation's two values, claimed as nine
+        raw[8 : 8 + length] = text.replace(",[2]]", ",[9]]").encode()
     return torch.frombuffer(raw, dtype=torch.uint8).clone()
 
 
@@ -259,6 +260,8 @@ def corrupt(rank: int, world: int) -> dict[str, Any]:
         record[f"header {field}"] = _attempt(metric.sync)
     distributed.exchange_headers = exchange  # type: ignore[assignment]
 
+    described = Sorted()  # a concatenation: its state travels with a description
+    described.update(torch.full((2,), float(rank)), torch.zeros(2))
     pack = distributed.pack
     for kind in CORRUPTIONS:
 
@@ -266,10 +269,10 @@ def corrupt(rank: int, world: int) -> dict[str, Any]:
             return _corrupt(kind, pack(meta, tensors, device))  # noqa: B023
 
         distributed.pack = damaged if last else pack  # type: ignore[assignment]
-        record[f"payload {kind}"] = _attempt(metric.sync)
+        record[f"payload {kind}"] = _attempt(lambda: tt.sync_all(metric, described))
     distributed.pack = pack  # type: ignore[assignment]
 
-    record["recovered"] = _attempt(metric.sync)
+    record["recovered"] = _attempt(lambda: tt.sync_all(metric, described))
     record["value"] = metric.compute()["Worst"].item()
     record["grown"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak  # KiB
     return record

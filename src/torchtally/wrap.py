@@ -63,6 +63,7 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
+from torchtally.losses import LossOperand
 from torchtally.objectives import Objective, is_objective_like, join
 from torchtally.sync import SyncParticipant, sync_all
 
@@ -92,7 +93,7 @@ _AGGREGATIONS = ("mean", "sum", "min", "max")
 # -- stateless forms: torchtally keeps the state ----------------------------------------------
 
 
-class WrappedFunction(Objective[Any, Any]):
+class WrappedFunction(LossOperand, Objective[Any, Any]):
     """A function (or stateless ``nn.Module``) of ``(outputs, targets)`` as an objective.
 
     Its values are accumulated by torchtally, so they get exact batch
@@ -199,7 +200,7 @@ class WrappedFunction(Objective[Any, Any]):
 # -- stateful forms: the object keeps its state -----------------------------------------------
 
 
-class StatefulObjective:
+class StatefulObjective(LossOperand):
     """An object with ``update``/``compute``/``reset`` that keeps its own state.
 
     ``update`` and ``compute`` call the object's and normalise what they return

@@ -46,7 +46,9 @@ from torchtally.aggregation._accumulator import (
     Accumulator,
     ExportedState,
     StateSpec,
+    combine_stacked,
     combine_states,
+    dtypes_from_counts,
 )
 from torchtally.aggregation._cat import Cat
 from torchtally.aggregation._kinds import Max, Mean, Min, Sum
@@ -63,7 +65,9 @@ __all__ = [
     "StateSpec",
     "Sum",
     "accumulator_class",
+    "combine_stacked",
     "combine_states",
+    "dtypes_from_counts",
 ]
 
 # Documented, pickled and shown under the package's name, wherever they are defined.

@@ -25,7 +25,9 @@ __all__ = [
     "Accumulator",
     "ExportedState",
     "StateSpec",
+    "combine_stacked",
     "combine_states",
+    "dtypes_from_counts",
     "is_exact",
     "promote",
     "two_sum_into",
@@ -41,6 +43,7 @@ the smaller or the larger; keep the later one (``latest``: per-rank bookkeeping)
 
 _F64 = torch.float64
 _I64 = torch.int64
+_ADDED = ("sum", "twosum")  # the rules of states that a sum all-reduce combines
 _CPU = torch.device("cpu")
 
 
@@ -133,24 +136,31 @@ def combine_states(
         >>> combined['samples'], combined['float']
         (tensor([[3]]), tensor([[4.]], dtype=torch.float64))
     """
-    count = len(states)
-    took = torch.stack([state["samples"] for state in states]) > 0  # (n, rows, 1)
-    order = torch.arange(count, device=took.device).view(count, 1, 1)
-    last = torch.where(took, order, 0).amax(0, keepdim=True)  # the last state with data
+    return combine_stacked(
+        specs, {spec.name: torch.stack([state[spec.name] for state in states]) for spec in specs}
+    )
+
+
+def combine_stacked(specs: Sequence[StateSpec], stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`combine_states` of states already stacked: ``(n, rows, width)`` per state."""
     combined: dict[str, Tensor] = {}
     for spec in specs:
-        stacked = torch.stack([state[spec.name] for state in states])
+        if spec.name not in stacked:  # a state that does not travel (per-rank bookkeeping)
+            continue
+        parts = stacked[spec.name]
         if spec.rule == "sum":
-            combined[spec.name] = stacked.sum(0)
+            combined[spec.name] = parts.sum(0)
         elif spec.rule == "twosum":
-            combined[spec.name] = _two_sum_all(stacked)
+            combined[spec.name] = _two_sum_all(parts)
         elif spec.rule == "min":
-            combined[spec.name] = stacked.amin(0)
+            combined[spec.name] = parts.amin(0)
         elif spec.rule == "max":
-            combined[spec.name] = stacked.amax(0)
-        else:  # latest
-            index = last.expand(1, *stacked.shape[1:])
-            combined[spec.name] = stacked.gather(0, index)[0]
+            combined[spec.name] = parts.amax(0)
+        else:  # latest: from the last state whose row has seen anything
+            took = stacked["samples"] > 0  # (n, rows, 1)
+            order = torch.arange(took.shape[0], device=took.device).view(-1, 1, 1)
+            last = torch.where(took, order, 0).amax(0, keepdim=True)
+            combined[spec.name] = parts.gather(0, last.expand(1, *parts.shape[1:]))[0]
     return combined
 
 
@@ -469,7 +479,7 @@ class Accumulator(ABC):
 
     @classmethod
     def summable(cls) -> bool:
-        """Whether every state combines by addition, so a sum all-reduce can sync it.
+        """Whether every state combines by addition, so a sum all-reduce alone can sync it.
 
         True for :class:`Mean` and :class:`Sum` (and custom kinds whose states
         all use the ``'sum'`` and ``'twosum'`` rules; ``'latest'`` states stay
@@ -481,20 +491,34 @@ class Accumulator(ABC):
             >>> Mean.summable(), Max.summable()
             (True, False)
         """
-        rules = {spec.rule for spec in cls.states}
-        return bool(cls.states) and rules <= {"sum", "twosum", "latest"}
+        return bool(cls.states) and not cls.fixed_layout(1)
 
     @classmethod
     def sync_width(cls) -> int:
-        """Columns per row in :meth:`sync_columns`: the summed states, then 3 dtype counts."""
-        return sum(spec.width for spec in cls.states if spec.rule != "latest") + 3
+        """Columns per row of :meth:`sync_columns`: the added-up states, then 3 dtype counts."""
+        return sum(spec.width for spec in cls.states if spec.rule in _ADDED) + 3
 
     def sync_columns(self) -> Tensor:
-        """The summed states and the dtype seen, ``(rows, sync_width())`` float64 on the device.
+        """The states that add up, and the dtype counts: ``(rows, sync_width())`` float64.
 
-        The last three columns count the kinds of input dtype a row has seen
-        (float64, another floating dtype, integers or booleans), so that adding
-        the columns of several processes tells the reported dtype.
+        Added up over ranks (one all-reduce), they give those states over all
+        ranks (exactly for integer counts below 2**53; for float64 sums, to the
+        rounding of adding one number per rank) and the reported dtype
+        (:meth:`dtype_counts`).
+        """
+        device = self.device if self.device is not None else _CPU
+        added = [spec for spec in self.states if spec.rule in _ADDED]
+        if self._state is None:
+            width = sum(spec.width for spec in added)
+            values = [torch.zeros(self.rows, width, dtype=_F64, device=device)]
+        else:
+            values = [self._state[spec.name].to(_F64) for spec in added]
+        return torch.cat([*values, self.dtype_counts()], 1)
+
+    def dtype_counts(self) -> Tensor:
+        """Per row, whether it saw float64, another floating dtype, integers: ``(rows, 3)``.
+
+        Added up over ranks, they tell the reported dtype (:func:`dtypes_from_counts`).
         """
         device = self.device if self.device is not None else _CPU
         flags = [
@@ -507,39 +531,78 @@ class Accumulator(ABC):
             ]
             for dtype in self.dtypes
         ]
-        kinds = torch.tensor(flags, dtype=_F64, device=device).reshape(self.rows, 3)
-        if self._state is None:
-            return torch.cat(
-                [torch.zeros(self.rows, self.sync_width() - 3, dtype=_F64, device=device), kinds], 1
-            )
-        summed = [self._state[spec.name].to(_F64) for spec in self.states if spec.rule != "latest"]
-        return torch.cat([*summed, kinds], 1)
+        return torch.tensor(flags, dtype=_F64, device=device).reshape(self.rows, 3)
 
     @classmethod
-    def from_sync_columns(cls, columns: Tensor, labels: Sequence[str]) -> Self:
-        """An accumulator holding the state that (added-up) :meth:`sync_columns` describe."""
+    def fixed_layout(cls, rows: int) -> list[tuple[StateSpec, int, int]]:
+        """Where the states that do not add up lie in :meth:`fixed_bytes`: ``(spec, offset, size)``.
+
+        The ``'min'`` and ``'max'`` states (``'latest'`` ones stay on their
+        process), each at a multiple of 8 bytes so it can be viewed in its dtype.
+        """
+        layout = []
+        offset = 0
+        for spec in cls.states:
+            if spec.rule in _ADDED or spec.rule == "latest":
+                continue
+            size = rows * spec.width * spec.dtype.itemsize
+            layout.append((spec, offset, size))
+            offset += -(-size // 8) * 8
+        return layout
+
+    @classmethod
+    def fixed_size(cls, rows: int) -> int:
+        """The number of bytes :meth:`fixed_bytes` gives for ``rows`` rows."""
+        layout = cls.fixed_layout(rows)
+        return 0 if not layout else layout[-1][1] + -(-layout[-1][2] // 8) * 8
+
+    def fixed_bytes(self) -> Tensor:
+        """The states that do not add up, as one uint8 tensor of :meth:`fixed_size` bytes.
+
+        A layout known from the rows alone: ranks holding the same rows send
+        blocks that line up, gathered and combined without any metadata.
+        """
+        device = self.device if self.device is not None else _CPU
+        state = self._state if self._state is not None else self._fresh(self.rows, device)
+        block = torch.zeros(self.fixed_size(self.rows), dtype=torch.uint8, device=device)
+        for spec, offset, size in self.fixed_layout(self.rows):
+            block[offset : offset + size] = state[spec.name].contiguous().view(-1).view(torch.uint8)
+        return block
+
+    @classmethod
+    def from_synced(cls, columns: Tensor, blocks: Tensor | None, labels: Sequence[str]) -> Self:
+        """An accumulator holding every rank's state combined.
+
+        Args:
+            columns: the added-up :meth:`sync_columns`, ``(rows, sync_width())``.
+            blocks: every rank's :meth:`fixed_bytes`, ``(ranks, fixed_size)``
+                (``None`` for a kind without such states).
+            labels: how messages name the rows.
+        """
         result = cls(rows=columns.shape[0])
         result.labels = list(labels)
-        kinds = columns[:, -3:].tolist()
-        result.dtypes = [
-            _F64 if f64 else torch.float32 if floating else _I64 if exact else None
-            for f64, floating, exact in kinds
-        ]
+        result.dtypes = dtypes_from_counts(columns[:, -3:])
         if all(dtype is None for dtype in result.dtypes):
             return result
         result.device = columns.device
         state = result._fresh(result.rows, columns.device)
         offset = 0
         for spec in cls.states:
-            if spec.rule == "latest":
-                continue
-            part = columns[:, offset : offset + spec.width]
-            state[spec.name] = (
-                part.round().to(spec.dtype)
-                if not spec.dtype.is_floating_point
-                else (part.to(spec.dtype))
-            )
-            offset += spec.width
+            if spec.rule in _ADDED:
+                part = columns[:, offset : offset + spec.width]
+                exact = not spec.dtype.is_floating_point
+                state[spec.name] = part.round().to(spec.dtype) if exact else part.to(spec.dtype)
+                offset += spec.width
+        if blocks is not None:
+            ranks = blocks.shape[0]
+            stacked = {
+                spec.name: blocks[:, start : start + size]
+                .contiguous()
+                .view(spec.dtype)
+                .view(ranks, result.rows, spec.width)
+                for spec, start, size in cls.fixed_layout(result.rows)
+            }
+            state.update(combine_stacked(cls.states, stacked))
         result._state = state
         return result
 
@@ -690,6 +753,21 @@ class Accumulator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rows={self.rows})"
+
+
+def dtypes_from_counts(counts: Tensor) -> list[torch.dtype | None]:
+    """The dtype each row reports from, given its added-up :meth:`Accumulator.dtype_counts`.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation._accumulator import dtypes_from_counts
+        >>> dtypes_from_counts(torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 0.0]]))
+        [torch.float32, None]
+    """
+    return [
+        _F64 if f64 else torch.float32 if floating else _I64 if exact else None
+        for f64, floating, exact in counts.tolist()
+    ]
 
 
 def _replace(state: dict[str, Tensor], combined: Mapping[str, Tensor]) -> None:

@@ -46,6 +46,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result
 from torchtally.contrib._adapter import SyncedAdapter
+from torchtally.losses import LossOperand
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import SyncState, callable_identity
@@ -68,7 +69,7 @@ def _json_key(key: Any, where: str) -> Any:
     )
 
 
-class TorchEvalAdapter(SyncedAdapter[dict[str, Any]]):
+class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     """A torcheval ``Metric`` (or a dict of them) for torchtally.
 
     Build it with :func:`from_torcheval`.
@@ -212,7 +213,7 @@ class TorchEvalAdapter(SyncedAdapter[dict[str, Any]]):
                 else:  # int or float
                     states.append([state_name, "number", value])
             entries.append({"key": key, "class": type(metric).__name__, "states": states})
-        return SyncState(None, {"metrics": entries}, tensors)
+        return SyncState(meta={"metrics": entries}, tensors=tensors)
 
     def _split_states(self, states: list[tuple[Any, list[Any]]]) -> list[dict[str, dict[str, Any]]]:
         """Every rank's state dict of every metric, from the gathered metadata and tensors."""

@@ -54,6 +54,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally.contrib._adapter import SyncedAdapter
+from torchtally.losses import LossOperand
 from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
@@ -96,7 +97,7 @@ def _leaves(root: TorchMetricsObject) -> tuple[torchmetrics.Metric, ...]:
     return tuple(seen.values())
 
 
-class TorchMetricsAdapter(SyncedAdapter[tuple[TorchMetricsObject, tuple[Any, ...]]]):
+class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, tuple[Any, ...]]]):
     """A torchmetrics ``Metric``, ``CompositionalMetric`` or ``MetricCollection`` for torchtally.
 
     It satisfies :class:`~torchtally.protocols.LossProtocol`: ``forward`` (and
@@ -285,7 +286,7 @@ class TorchMetricsAdapter(SyncedAdapter[tuple[TorchMetricsObject, tuple[Any, ...
             leaves.append(
                 {"class": type(leaf).__name__, "count": int(leaf._update_count), "states": states}
             )
-        return SyncState(None, {"leaves": leaves}, tensors)
+        return SyncState(meta={"leaves": leaves}, tensors=tensors)
 
     def combine(
         self, states: list[tuple[Any, list[Any]]]

@@ -6,8 +6,16 @@ with a :meth:`LossBase.forward` that returns the differentiable value to
 optimise. :class:`Loss` wraps one callable; ``+ - * / **``, unary ``-``,
 numbers and schedules on either side and builtin ``sum`` compose losses into
 a :class:`CompositionalLoss` whose :attr:`~LossBase.formula` reads like the
-expression you wrote. :class:`DictLoss` wraps a callable that returns a dict
-of values (the loss and the components it wants tracked).
+expression you wrote; ``CompositionalLoss(criterion, formula, **components)``
+combines named components with a criterion of your own (``log``, ``clamp``,
+``max``). :class:`DictLoss` wraps a callable that returns a dict of values
+(the loss and the components it wants tracked).
+
+``loss | objective`` keeps a loss: plain metrics are tracked by the loss
+itself, any other objective (hand-written, ``tt.wrap()``, adapters) gives a
+:class:`JoinedLoss`. :func:`as_loss` turns a ``tt.wrap()``ed callable or a
+differentiable foreign loss (a torchmetrics adapter) into a component of the
+algebra; :class:`LossOperand` gives such objects the arithmetic operators.
 
 Each component is evaluated once per batch and accumulated like a metric;
 ``compute()`` reports the combined value first (the exact epoch mean of what
@@ -37,19 +45,28 @@ from torchtally.losses._algebra import (
     check_loss_name,
 )
 from torchtally.losses._base import CompositionalLoss, LossBase
+from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import MultiCall, Produced
+from torchtally.losses._joined import JoinedLoss
 from torchtally.losses._kinds import DictCall, DictLoss, Loss
+from torchtally.losses._operands import BatchForward, LossOperand, as_loss
 
 __all__ = [
     "COMBINED_NAME",
+    "BatchForward",
     "ComponentTable",
     "CompositionalLoss",
+    "Criterion",
+    "CriterionCall",
     "DictCall",
     "DictLoss",
+    "JoinedLoss",
     "Loss",
     "LossBase",
+    "LossOperand",
     "MultiCall",
     "Produced",
+    "as_loss",
     "check_direction",
     "check_loss_name",
 ]

@@ -8,6 +8,12 @@ under its own name, so that its epoch value is the exact mean of what was
 optimised. Arithmetic on losses builds a :class:`CompositionalLoss` in
 constant time per operator; its formula, compiled program and state are
 made on first use.
+
+``loss | objective`` keeps a loss: with metrics built from callables the
+result is a loss of the same kind tracking them; with any other objective a
+:class:`~torchtally.losses.JoinedLoss`. A composition from an arbitrary
+criterion (``CompositionalLoss(criterion=..., formula=..., **components)``)
+is one component computed by a :class:`~torchtally.losses.CriterionCall`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import WeightFn, callable_error, check_name
+from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name, default_name
 from torchtally._lazy import lazy
 from torchtally.errors import (
     FormulaError,
     IncompatibleStateError,
+    InvalidArgumentError,
+    InvalidNameError,
     NameConflictError,
     StateDictError,
 )
@@ -43,11 +51,20 @@ from torchtally.formula import (
 from torchtally.losses._algebra import (
     COMBINED_NAME,
     ComponentTable,
+    check_direction,
     check_loss_name,
     constant_or_schedule,
 )
+from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import MultiCall, Produced, batch_value, criterion
-from torchtally.objectives import CallableObjective, NamedCallable, merge_named_callables
+from torchtally.objectives import (
+    CallableObjective,
+    Metric,
+    MetricCollection,
+    NamedCallable,
+    is_objective_like,
+    merge_named_callables,
+)
 from torchtally.sync import callable_identity
 
 __all__ = ["CompositionalLoss", "LossBase"]
@@ -255,7 +272,10 @@ class LossBase(CallableObjective[OutputT, TargetT]):
 
     @property
     def components(self) -> tuple[NamedCallable, ...]:
-        """The named callables of the formula's leaves, in the order they are written."""
+        """The named callables of the formula's leaves, in the order they are written.
+
+        For a loss built from a criterion, the components the criterion combines.
+        """
         return tuple(self._entries[name] for name in self._component_names)
 
     @property
@@ -266,7 +286,8 @@ class LossBase(CallableObjective[OutputT, TargetT]):
     @property
     @override
     def learns_names(self) -> bool:
-        return bool(self._multi_calls)  # a dict-valued callable may return entries not declared
+        # a dict-valued callable may return entries not declared; a criterion's call may not
+        return any(call.learns for call in self._multi_calls)
 
     @override
     def declared_names(self) -> tuple[str, ...]:
@@ -314,8 +335,8 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             taken = values.keys() & produced.keys()
             if self._combined_row and self.name in produced:
                 taken.add(self.name)
-            if COMBINED_NAME in produced:
-                taken.add(COMBINED_NAME)
+            if COMBINED_NAME in produced and self._table.get(COMBINED_NAME) is None:
+                taken.add(COMBINED_NAME)  # reserved, unless a criterion's value is the loss
             if taken:
                 raise NameConflictError(
                     f"{self._ledger.label}: a dict-valued callable returned entries named like "
@@ -369,9 +390,13 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         size, weight = self._batch(outputs, targets, weight)
         value = batch_value(values[self.name], weight)  # before anything changes
         self._accumulate(values, size, weight, not self._multi_calls)
+        self._step()
+        return value
+
+    def _step(self) -> None:
+        """Move the schedules counted in steps one step on (after each ``forward``)."""
         if self._program.factors:
             self._position["step"].add_(1)
-        return value
 
     @override
     def __call__(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
@@ -440,7 +465,32 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             >>> squared.compute()['Combined Loss'], squared.formula_value()
             (tensor(5.), tensor(4.))
         """
-        values = self.compute()
+        return self.criterion(self.compute())
+
+    def criterion(self, values: Mapping[str, Any]) -> Tensor:
+        """The loss's criterion on a dict of component values (and the schedules' current values).
+
+        ``values`` holds every component's value by name: tensors (per-sample
+        ``(B,)`` values combine element-wise) or numbers; other entries are
+        ignored. A value a criterion computes from components (see
+        :class:`CompositionalLoss`) is computed from theirs.
+
+        Raises:
+            ResultTypeError: a component's value is missing or not a number.
+            MetricCallError: a criterion raised.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> a = tt.Loss(lambda o, t: (o - t).abs(), 'A')
+            >>> b = tt.Loss(lambda o, t: (o - t).pow(2), 'B')
+            >>> (a + 0.5 * b**2).criterion({'A': torch.tensor(1.0), 'B': torch.tensor(2.0)})
+            tensor(3.)
+        """
+        values = dict(values)
+        label = self._label()
+        for call in self._multi_calls:
+            call.complete(values, label)
         return torch.as_tensor(self._criterion(values))
 
     # -- combining, persistence ---------------------------------------------------------------
@@ -458,33 +508,51 @@ class LossBase(CallableObjective[OutputT, TargetT]):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        if self._program.factors:
-            state["schedule_position"] = {
-                unit: position.clone() for unit, position in self._position.items()
-            }
+        state.update(self._schedule_state())
         return state
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        positions: dict[str, Tensor] = {}
-        if self._program.factors:
-            stored = (
-                state_dict.get("schedule_position") if isinstance(state_dict, Mapping) else None
-            )
-            for unit in ("step", "epoch"):
-                value = stored.get(unit) if isinstance(stored, Mapping) else None
-                if (
-                    not isinstance(value, Tensor)
-                    or value.shape != (1,)
-                    or value.dtype != torch.int64
-                    or int(value) < 0
-                ):
-                    raise StateDictError(
-                        f"{self._label()}: expected the schedules' {unit} position (a (1,) int64 "
-                        f"tensor >= 0) under 'schedule_position', found {value!r:.60}"
-                    )
-                positions[unit] = value.clone()
+        positions = self._checked_schedule_state(state_dict, self._label())
         super().load_state_dict(state_dict)
+        self._install_schedule_state(positions)
+
+    def _schedule_state(self) -> dict[str, Any]:
+        """The schedules' positions as state-dict entries (none without schedules)."""
+        if not self._program.factors:
+            return {}
+        return {
+            "schedule_position": {
+                unit: position.clone() for unit, position in self._position.items()
+            }
+        }
+
+    def _checked_schedule_state(self, state_dict: Any, label: str) -> dict[str, Tensor]:
+        """The positions stored in ``state_dict``, checked; nothing changes here.
+
+        Raises:
+            StateDictError: a position is missing or not a ``(1,)`` int64 tensor ``>= 0``.
+        """
+        positions: dict[str, Tensor] = {}
+        if not self._program.factors:
+            return positions
+        stored = state_dict.get("schedule_position") if isinstance(state_dict, Mapping) else None
+        for unit in ("step", "epoch"):
+            value = stored.get(unit) if isinstance(stored, Mapping) else None
+            if (
+                not isinstance(value, Tensor)
+                or value.shape != (1,)
+                or value.dtype != torch.int64
+                or int(value) < 0
+            ):
+                raise StateDictError(
+                    f"{label}: expected the schedules' {unit} position (a (1,) int64 tensor "
+                    f">= 0) under 'schedule_position', found {value!r:.60}"
+                )
+            positions[unit] = value.clone()
+        return positions
+
+    def _install_schedule_state(self, positions: Mapping[str, Tensor]) -> None:
         for unit, value in positions.items():
             self._position[unit].copy_(value)
 
@@ -494,7 +562,7 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         identity = super().sync_identity()
         identity["formula"] = self._formula
         identity["produced"] = [
-            callable_identity(getattr(call, "fn", call)) for call in self._multi_calls
+            [callable_identity(fn) for fn in call.callables()] for call in self._multi_calls
         ]
         return identity
 
@@ -512,19 +580,40 @@ class LossBase(CallableObjective[OutputT, TargetT]):
             )
         return derived
 
-    def _operand(self, value: object) -> LossBase[Any, Any] | Expression:
+    def _operand(self, value: object) -> LossBase[Any, Any] | Expression | None:
+        """An operand as a loss or an expression node; ``None`` for a joined loss (it composes)."""
         if isinstance(value, LossBase):
-            return value
-        hint = (
-            "; to track a metric next to a loss use loss | metric"
-            if isinstance(value, CallableObjective)
-            else ""
-        )
-        return constant_or_schedule(value, self._label, hint)  # the label is made on error only
+            return value._composable()
+        if getattr(value, "is_loss", False) is True:
+            return None  # a JoinedLoss: its own operators compose it
+        if is_objective_like(value):
+            # Imported on first use: the module builds tt.Loss, defined above this one.
+            from torchtally.losses._operands import as_loss
+
+            try:
+                return as_loss(value)._composable()
+            except FormulaError as error:
+                raise FormulaError(f"{self._label()}: {error}") from None
+        return constant_or_schedule(value, self._label)  # the label is made on error only
+
+    def _composable(self) -> Self:
+        """``self``, checked to be usable in a larger expression.
+
+        Raises:
+            FormulaError: a composition from a criterion that has no name of its own.
+        """
+        if self._table.get(COMBINED_NAME) is not None:
+            raise FormulaError(
+                f"{self._label()}: a loss built from a criterion takes part in a larger formula "
+                f"under a name of its own; build it with name='...'"
+            )
+        return self
 
     def _compose(self, op: str, left: object, right: object) -> CompositionalLoss[Any, Any]:
         """``left <op> right`` in constant time (one of the operands is ``self``)."""
         first, second = self._operand(left), self._operand(right)
+        if first is None or second is None:
+            return NotImplemented  # type: ignore[no-any-return]
         losses = [item for item in (first, second) if isinstance(item, LossBase)]
         node = Operation(op, _tree(first), _tree(second))
         try:
@@ -592,6 +681,7 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         return self._compose("**", other, self)
 
     def __neg__(self) -> CompositionalLoss[Any, Any]:
+        self._composable()
         node = Negation(self._expression)
         composed: CompositionalLoss[Any, Any] = CompositionalLoss.__new__(CompositionalLoss)
         composed._define(
@@ -599,40 +689,110 @@ class LossBase(CallableObjective[OutputT, TargetT]):
         )
         return composed
 
-    def __or__(self, other: object) -> LossBase[Any, Any]:  # type: ignore[override, unused-ignore]
-        """A loss of the same kind that also tracks ``other``'s metrics (fresh state).
+    def __or__(self, other: object) -> Any:
+        """A loss that also tracks ``other`` (any objective), with fresh state.
 
-        ``loss | loss`` is refused: combine losses with arithmetic instead.
+        With a ``tt.Metric`` or a plain ``MetricCollection``, a loss of the
+        same kind tracking its callables; with any other objective (a
+        hand-written one, a ``tt.wrap()`` result, an adapter, a collection with
+        dict-valued callables or a prefix), a :class:`JoinedLoss`. ``loss |
+        loss`` is refused: combine losses with arithmetic instead.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> class Worst(tt.Objective[torch.Tensor, torch.Tensor]):
+            ...     aggregation = 'max'
+            ...     def calculate(self, outputs, targets):
+            ...         return {'Worst': (outputs - targets).abs()}
+            >>> loss = tt.Loss(lambda o, t: (o - t).abs(), 'MAE') | Worst()
+            >>> loss(torch.tensor([1.0, 3.0]), torch.zeros(2))
+            tensor(2.)
+            >>> loss.compute()
+            {'MAE': tensor(2.), 'Worst': tensor(3.)}
         """
-        tracking = self._track(other, before=False)
-        return NotImplemented if tracking is None else tracking
+        return self._track(other, before=False)
 
-    def __ror__(self, other: object) -> LossBase[Any, Any]:
-        tracking = self._track(other, before=True)
-        return NotImplemented if tracking is None else tracking
+    def __ror__(self, other: object) -> Any:
+        return self._track(other, before=True)
 
-    def _track(self, other: object, *, before: bool) -> LossBase[Any, Any] | None:
-        """``self`` also tracking ``other``'s metrics, listed in the order they were written."""
+    def _track(self, other: object, *, before: bool) -> Any:
+        """``self`` also tracking ``other``, listed in the order they were written."""
         if getattr(other, "is_loss", False) is True:
             formula = getattr(other, "formula", type(other).__name__)
             raise FormulaError(
                 f"{self._label()}: '|' tracks metrics next to a loss, and {formula} is a loss; "
                 f"combine losses with arithmetic (for example {self._formula} + {formula})"
             )
-        if not isinstance(other, CallableObjective):
-            return None
-        if before:
-            return self._derive((*other.entries, *self._tracked_entries))
-        return self._derive((*self._tracked_entries, *other.entries))
+        if _plain_entries(other):
+            assert isinstance(other, CallableObjective)
+            if before:
+                return self._derive((*other.entries, *self._tracked_entries))
+            return self._derive((*self._tracked_entries, *other.entries))
+        if not is_objective_like(other):
+            return NotImplemented
+        return self.joined(other, self) if before else self.joined(self, other)
+
+    def joined(self, *parts: Any) -> Any:
+        """The parts (this loss among them) as one loss, a :class:`JoinedLoss` (fresh state).
+
+        What ``loss | objective`` and :func:`torchtally.objectives.join` build
+        when a part is not a metric made of callables.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> mae = tt.Loss(lambda o, t: (o - t).abs(), 'MAE')
+            >>> both = mae.joined(mae, tt.wrap(lambda o, t: (o - t).max(), 'Max'))
+            >>> both
+            JoinedLoss(Loss([MAE]) | WrappedFunction 'Max')
+        """
+        # Imported on first use: JoinedLoss builds on this class.
+        from torchtally.losses._joined import JoinedLoss
+
+        return JoinedLoss(*parts)
 
 
 class CompositionalLoss(LossBase[OutputT, TargetT]):
-    """A loss combining other losses, numbers and schedules; built by arithmetic on losses.
+    """A loss combining components: by arithmetic on losses, or by a criterion of your own.
+
+    Arithmetic on losses, numbers and schedules builds one (its formula is
+    the expression). For a criterion the operators cannot express (``log``,
+    ``clamp``, ``max``), build it from the criterion, a callable of the dict
+    of component values, and the components, callables of ``(outputs,
+    targets)`` given as keyword arguments (DRYTorch's form). Each component is
+    evaluated once per batch and the criterion on their values is what
+    :meth:`forward` returns as a batch mean (per-sample ``(B,)`` values make
+    the criterion per sample, so combine them element-wise).
 
     ``compute()`` reports the combined value under ``'Combined Loss'`` (the
     exact epoch mean of the criterion ``forward`` returned, batch by batch),
     then every component, then the tracked metrics. :meth:`formula_value`
-    gives the formula evaluated on the components' epoch values instead.
+    gives the criterion on the components' epoch values instead.
+
+    Args:
+        criterion: callable of the dict of component values returning the
+            combined value (a ``(B,)`` tensor or a scalar).
+        formula: how :attr:`formula` and ``repr`` show it (default:
+            ``criterion([A], [B])`` with the criterion's name).
+        higher_is_better: direction of the combined value (``False``: lower is better).
+        name: the name ``compute()`` reports it under. A composition from a
+            criterion takes part in arithmetic with other losses under a name
+            of its own (it is then ``[name]`` in their formula).
+        weight: a callable of ``(outputs, targets)`` returning each batch's weight.
+        **components: the component callables by name (names other than the
+            arguments above; no ``[`` or ``]``).
+
+    Raises:
+        InvalidArgumentError: the criterion or a component is not a callable,
+            the formula is not a non-empty string, or ``higher_is_better`` is not a bool.
+        FormulaError: no component is given.
+        InvalidNameError, NameConflictError: a name is not usable in a formula
+            (or a component is named ``'Combined Loss'`` or like the loss).
+
+    ``pickle`` and ``torch.save`` of the loss pickle the criterion and the
+    components too: use functions defined at module level; a lambda cannot
+    be pickled (deep copies and ``state_dict`` work with any callable).
 
     Example:
         >>> import torch
@@ -650,12 +810,107 @@ class CompositionalLoss(LossBase[OutputT, TargetT]):
         ... except tt.errors.FormulaError as error:
         ...     print(error)  # doctest: +ELLIPSIS
         CompositionalLoss [Error] - 0.1 x [Accuracy] + [Accuracy]: cannot add [Error] - ...
+        >>> def log_error(values):
+        ...     return torch.log1p(values['Error'])
+        >>> custom = tt.CompositionalLoss(log_error, 'log(1 + [Error])', Error=hits.fn)
+        >>> custom(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
+        tensor(0.3466)
+        >>> custom.compute()
+        {'Combined Loss': tensor(0.3466), 'Error': tensor(0.5000)}
     """
+
+    _definition: ClassVar[tuple[str, ...]] = (*LossBase._definition, "_name", "_formula_text")
+
+    _name: str = COMBINED_NAME
+    _formula_text: str | None = None  # the formula given with a criterion (None: the expression)
+
+    def __init__(
+        self,
+        criterion: Criterion,
+        formula: str | None = None,
+        higher_is_better: bool = False,
+        *,
+        name: str = COMBINED_NAME,
+        weight: WeightFn | None = None,
+        **components: MetricFn,
+    ) -> None:
+        owner = "CompositionalLoss"
+        if not callable(criterion):
+            raise InvalidArgumentError(
+                f"{owner}: criterion must be a callable of the dict of component values, found "
+                f"{type(criterion).__name__} {criterion!r:.60}"
+            )
+        if not components:
+            raise FormulaError(
+                f"{owner}: a loss expression needs at least one component; pass the component "
+                f"callables as keyword arguments (CompositionalLoss(criterion, formula, CE=fn))"
+            )
+        for key, fn in components.items():
+            check_loss_name(key, owner)
+            if not callable(fn) or is_objective_like(fn):
+                raise InvalidArgumentError(
+                    f"{owner}: the component {key!r} must be a callable of (outputs, targets), "
+                    f"found {type(fn).__name__} {fn!r:.60}"
+                )
+        if name != COMBINED_NAME:
+            name = check_loss_name(name, owner)
+        if name in components:
+            raise NameConflictError(
+                f"{owner}: a component is named {name!r}, the name of the combined value; give "
+                f"one of them another name"
+            )
+        if formula is None:
+            try:
+                called = default_name(criterion, owner)
+            except InvalidNameError:  # a lambda
+                called = "criterion"
+            formula = f"{called}({', '.join(f'[{key}]' for key in components)})"
+        elif not isinstance(formula, str) or not formula:
+            raise InvalidArgumentError(
+                f"{owner}: formula must be a non-empty string, found {type(formula).__name__} "
+                f"{formula!r:.60}"
+            )
+        direction = check_direction(higher_is_better, f"{owner} {formula}", optional=False)
+        assert direction is not None
+        call = CriterionCall(criterion, name, components)
+        entry = NamedCallable(name, Produced(call, name), direction)
+        self._name, self._formula_text = name, formula
+        self._define(Component(name), ComponentTable.of([entry], owner), (), direction, weight)
 
     @property
     @override
     def name(self) -> str:
-        return COMBINED_NAME
+        return self._name
+
+    @lazy
+    @override
+    def _formula(self) -> str:
+        return self._formula_text if self._formula_text is not None else render(self._expression)
+
+    @property
+    @override
+    def components(self) -> tuple[NamedCallable, ...]:
+        if self._formula_text is not None:  # built from a criterion: the components it combines
+            entry = self._table.get(self._name)
+            assert entry is not None and isinstance(entry.fn, Produced)
+            assert isinstance(entry.fn.call, CriterionCall)
+            return entry.fn.call.entries
+        return super().components
+
+
+def _plain_entries(other: object) -> bool:
+    """Whether ``other`` is exactly its named callables (what a loss can track by itself).
+
+    A ``Metric``, or a ``MetricCollection`` without dict-valued callables and
+    without a prefix or postfix (those need the collection's own ``finalize``).
+    """
+    if type(other) is Metric:
+        return True
+    return (
+        type(other) is MetricCollection
+        and not other.learns_names
+        and other.reported_names == other.declared_names()
+    )
 
 
 def _tree(operand: LossBase[Any, Any] | Expression) -> Expression:

@@ -42,9 +42,23 @@ class MultiCall:
 
     declared: tuple[str, ...] = ()
 
+    learns: bool = True
+    """Whether the call may produce names besides :attr:`declared` (a dict-valued callable may)."""
+
     def evaluate(self, outputs: Any, targets: Any, owner: str) -> dict[str, Any]:
         """Every value the call produces for the batch, by name (``owner`` names the loss)."""
         raise NotImplementedError
+
+    def callables(self) -> tuple[Any, ...]:
+        """The user callables it calls (what processes that sync must agree on)."""
+        return (getattr(self, "fn", self),)
+
+    def complete(self, values: dict[str, Any], owner: str) -> None:
+        """Add the values it derives from others in ``values`` (default: none).
+
+        :meth:`LossBase.criterion <torchtally.LossBase.criterion>` calls it, so
+        that a value computed from components (a criterion's) follows theirs.
+        """
 
 
 class Produced:

@@ -427,10 +427,7 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
 
     def sync_export(self, drop_last: bool) -> SyncState:
         """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
-        learns = self.learns_names
-        return export_rows(
-            self._ledger.groups(), drop_last=drop_last, summed=not learns, learns=learns
-        )
+        return export_rows(self._ledger.groups(), drop_last=drop_last, known=not self.learns_names)
 
     def sync_merge(self, gathered: Gathered, padding: Padding | None) -> dict[str, Tensor] | str:
         """Every value over all ranks (``self`` unchanged), or why this rank has none."""
@@ -438,13 +435,13 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
         groups = ledger.groups()
         if gathered.states is None and (
             self.learns_names or any(not type(acc).summable() for acc, _ in groups)
-        ):
+        ):  # this rank is not sync_all's destination: only the means and sums reached it
             return (
                 f"{ledger.label}: synced with sync_all(destination=...) to another rank; only "
                 f"that rank has its values over all processes"
             )
         values, counts = merge_rows(
-            ledger.label, groups, gathered, self.accumulator_for, summed=not self.learns_names
+            ledger.label, groups, gathered, self.accumulator_for, known=not self.learns_names
         )
         if padding is not None:
             kept = padding.check(ledger.label, counts)

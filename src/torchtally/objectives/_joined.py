@@ -17,6 +17,11 @@ torchmetrics or torcheval adapter, a wrapped stateful object, another
 Each value's name may appear once: two parts reporting the same name are a
 :class:`~torchtally.errors.NameConflictError` (at construction for names known
 up front, at the first batch for names learnt from data).
+
+A loss among the parts makes the result a loss: :func:`join` leaves such a
+join to the loss (``LossBase.joined``, in the layer above), which returns a
+``JoinedLoss`` (a ``Joined`` whose ``forward`` returns the loss's
+differentiable value).
 """
 
 from __future__ import annotations
@@ -115,7 +120,8 @@ class Joined(Objective[Any, Any]):
 
     @override
     def _label(self) -> str:
-        text = "Joined(" + " | ".join(repr(part) for part in getattr(self, "_order", ())) + ")"
+        parts = " | ".join(repr(part) for part in getattr(self, "_order", ()))
+        text = f"{type(self).__name__}({parts})"
         return text if len(text) <= 160 else text[:157] + "..."
 
     # -- hooks, delegated to the part that owns each name -------------------------------------
@@ -192,6 +198,15 @@ class Joined(Objective[Any, Any]):
     def update(self, outputs: Any, targets: Any, *, weight: Any = None) -> dict[str, Tensor]:
         values = self.calculate(outputs, targets)
         size, weight = self._batch(outputs, targets, weight)
+        return self._record(outputs, targets, values, size, weight)
+
+    def _record(
+        self, outputs: Any, targets: Any, values: dict[str, Tensor], size: int, weight: Any
+    ) -> dict[str, Tensor]:
+        """Accumulate a calculated batch and give it to every kept part (see :meth:`update`).
+
+        The batch is checked in full before any kept part sees it.
+        """
         if not self._kept:
             return self._accumulate(values, size, weight, not self.learns_names)
         if weight is not None:
@@ -300,6 +315,10 @@ class Joined(Objective[Any, Any]):
 def join(*parts: Any) -> Joined:
     """Join objectives of any kind into one (what ``a | b`` does when it is not a collection).
 
+    With a torchtally loss among the parts, the loss builds the result
+    (``loss.joined(*parts)``), which is a loss: its ``forward`` returns the
+    loss's differentiable value.
+
     Example:
         >>> import torch
         >>> import torchtally as tt
@@ -310,4 +329,9 @@ def join(*parts: Any) -> Joined:
         >>> both.compute()
         {'MAE': tensor(2.), 'MSE': tensor(5.)}
     """
+    for part in parts:
+        if getattr(part, "is_loss", False) is True:
+            # Losses live in the layer above and mark themselves: the loss keeps the result a loss.
+            joined: Joined = part.joined(*parts)
+            return joined
     return Joined(*parts)

@@ -229,6 +229,10 @@ def _check_options(dataset_size: Any, destination: Any, world: int) -> None:
             raise InvalidArgumentError(f"sync_all: {what} must be {expected}, found {value!r}")
 
 
+def _numel(tensor: Tensor | None) -> int:
+    return 0 if tensor is None else tensor.numel()
+
+
 def agreeing(headers: list[list[int]]) -> bool:
     """Whether the (checked) headers show ranks ready to combine their states.
 
@@ -275,7 +279,7 @@ class _Exchange:
         labels: list[str] = []
         identities: list[str] = []
         stamps: list[list[int]] = []
-        sizes: list[int] = []
+        sizes: list[list[int]] = []
         options = {"dataset_size": dataset_size, "destination": destination}
         try:
             labels = [_label(item) for item in self.participants]
@@ -292,7 +296,7 @@ class _Exchange:
             stamps = [list(item.sync_stamp()) for item in self.participants]
             drop = self.padding is not None and self.padding.drops(self.me)
             self.states = [item.sync_export(drop) for item in self.participants]
-            sizes = [0 if state.sums is None else state.sums.numel() for state in self.states]
+            sizes = [[_numel(state.sums), _numel(state.fixed)] for state in self.states]
         except Exception as error:
             self.failure = error
         self.diagnostics = Diagnostics(labels, identities, stamps, sizes, options)
@@ -352,22 +356,28 @@ class _Exchange:
         ]
 
     def outgoing(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The float64 vector to add up and the payload to gather (empty after a failure)."""
+        """The float64 vector to add up and the payload to gather (empty after a failure).
+
+        The payload is every participant's fixed block, then (if any participant
+        described a state) the packed descriptions.
+        """
         empty = torch.empty(0, dtype=torch.uint8, device=device)
+        nothing = torch.empty(0, dtype=torch.float64, device=device)
         if self.failure is not None:
-            return torch.empty(0, dtype=torch.float64, device=device), empty
+            return nothing, empty
         sums = [state.sums.to(device) for state in self.states if state.sums is not None]
-        vector = torch.cat(sums) if sums else torch.empty(0, dtype=torch.float64, device=device)
-        if all(state.meta is None and not state.tensors for state in self.states):
-            return vector, empty
-        metas = [[state.meta, len(state.tensors or [])] for state in self.states]
-        tensors = [tensor for state in self.states for tensor in (state.tensors or [])]
-        try:
-            return vector, distributed.pack(metas, tensors, device)
-        except SyncError as error:  # sent as a failure, like any other
-            self.failure = error
-            self.diagnostics.error = f"{type(error).__name__}: {error}"
-            return torch.empty(0, dtype=torch.float64, device=device), empty
+        vector = torch.cat(sums) if sums else nothing
+        parts = [state.fixed.to(device) for state in self.states if state.fixed is not None]
+        if any(state.meta is not None or state.tensors for state in self.states):
+            metas = [[state.meta, len(state.tensors or [])] for state in self.states]
+            tensors = [tensor for state in self.states for tensor in (state.tensors or [])]
+            try:
+                parts.append(distributed.pack(metas, tensors, device))
+            except SyncError as error:  # sent as a failure, like any other
+                self.failure = error
+                self.diagnostics.error = f"{type(error).__name__}: {error}"
+                return nothing, empty
+        return vector, torch.cat(parts) if parts else empty
 
     def raise_disagreement(self, received: list[Tensor]) -> None:
         """Raise the one message every rank builds from every rank's diagnostics."""
@@ -382,26 +392,47 @@ class _Exchange:
 
         ``received`` is ``None`` on a rank that is not the destination.
         """
+        fixed: Tensor | None = None
         per_rank: list[list[tuple[Any, list[Tensor]]]] | None = None
         if received is not None:
-            per_rank = [self._split(rank, part) for rank, part in enumerate(received)]
+            fixed, per_rank = self._received(received)
         prepared = []
-        offset = 0
+        offset = block = 0
         for index, (item, state) in enumerate(zip(self.participants, self.states, strict=True)):
-            size = 0 if state.sums is None else state.sums.numel()
+            size, width = _numel(state.sums), _numel(state.fixed)
             part = None if reduced is None or not size else reduced[offset : offset + size]
-            offset += size
-            states = None if per_rank is None else [rank_parts[index] for rank_parts in per_rank]
-            prepared.append(item.sync_merge(Gathered(part, states), self.padding))
+            blocks = None if fixed is None or not width else fixed[:, block : block + width]
+            offset, block = offset + size, block + width
+            states: list[tuple[Any, list[Tensor]]] | None = None
+            if per_rank is not None:
+                # What the identities agree on: a participant that describes nothing here
+                # describes nothing on any rank; it is not handed a list as long as the world.
+                sends = state.meta is not None or bool(state.tensors)
+                states = [rank_parts[index] for rank_parts in per_rank] if sends else []
+            prepared.append(item.sync_merge(Gathered(part, states, blocks), self.padding))
         # Every participant is merged before any is installed: an error leaves all as they were.
         for item, result in zip(self.participants, prepared, strict=True):
             item.sync_install(result)
 
+    def _received(
+        self, received: list[Tensor]
+    ) -> tuple[Tensor | None, list[list[tuple[Any, list[Tensor]]]]]:
+        """Every rank's fixed blocks, ``(ranks, bytes)``, and described states, checked."""
+        width = sum(_numel(state.fixed) for state in self.states)
+        for rank, part in enumerate(received):
+            if part.numel() and part.numel() < width:
+                raise SyncError(
+                    f"sync_all: rank {rank}'s payload holds {part.numel()} bytes, fewer than the "
+                    f"{width} bytes of fixed states every rank sends"
+                )
+        fixed = torch.stack([part[:width] for part in received]) if width else None
+        described = [(rank, part[width:]) for rank, part in enumerate(received)]
+        per_rank = [self._split(rank, part) for rank, part in described if part.numel()]
+        return fixed, per_rank
+
     def _split(self, rank: int, part: Tensor) -> list[tuple[Any, list[Tensor]]]:
         """One rank's payload, checked, as ``(meta, tensors)`` per participant."""
         count = len(self.participants)
-        if part.numel() == 0:
-            return [(None, []) for _ in range(count)]
         metas, tensors = distributed.unpack(part, rank)
         if (
             not isinstance(metas, list)

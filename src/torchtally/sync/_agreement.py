@@ -167,7 +167,7 @@ class Diagnostics:
         labels: how each participant is named in messages.
         identities: each participant's identity (canonical JSON).
         stamps: each participant's ``(resets, syncs)``.
-        sums: how many float64 numbers each participant adds to the summed vector.
+        sums: each participant's float64 numbers added up and bytes of fixed states.
         options: the ``sync_all`` arguments ranks must agree on.
         error: why this rank could not take part (``None``: it could).
     """
@@ -175,7 +175,7 @@ class Diagnostics:
     labels: list[str]
     identities: list[str]
     stamps: list[list[int]]
-    sums: list[int]
+    sums: list[list[int]]
     options: dict[str, Any]
     error: str | None = None
 
@@ -243,7 +243,7 @@ def disagreement(every: Sequence[Diagnostics]) -> str:
                     detail = (
                         _differing_keys(first.identities[position], item.identities[position])
                         if what == "identities"
-                        else f"it sends {first.sums[position]} numbers on rank 0 and "
+                        else f"it sends [numbers, bytes] {first.sums[position]} on rank 0 and "
                         f"{item.sums[position]} on rank {index}"
                     )
                     return (

@@ -1,15 +1,22 @@
 """Syncing the rows of accumulators: what each rank sends, and the combined values.
 
-Rows whose accumulator is :meth:`~torchtally.aggregation.Accumulator.summable`
-(means and sums), of an objective whose names are known before any data,
-travel in the float64 vector that one ``all_reduce`` adds up; their size per
-rank does not grow with the number of ranks. Everything else (minima,
-maxima, concatenations, names learnt from the data) travels in the gathered
-payload and is combined for all ranks at once
-(:meth:`~torchtally.aggregation.Accumulator.combined`).
+An objective whose names are known before any data (the same on every rank)
+sends each accumulator by the cheapest route its kind allows:
 
-Each row also carries two counts for ``dataset_size``: whether its repeated
-sample was dropped, and whether one was kept because it could not be.
+- **summed** (:meth:`~torchtally.aggregation.Accumulator.summable`: means and
+  sums): the states go in the float64 vector that one ``all_reduce`` adds up,
+  whose size per rank does not grow with the number of ranks;
+- **fixed** (other kinds with declared states: minima, maxima): the states go
+  as raw bytes in a block whose layout follows from the rows alone
+  (:meth:`~torchtally.aggregation.Accumulator.fixed_bytes`), gathered without
+  metadata and combined for all ranks in a few tensor operations;
+- **described** (concatenations, and every row of an objective that learns its
+  names from the data): an export with its metadata, gathered and combined
+  for all ranks at once (:meth:`~torchtally.aggregation.Accumulator.combined`).
+
+Each row also tells, in the added-up vector (or the metadata), the dtypes it
+has seen and, for ``dataset_size``, whether its repeated sample was dropped or
+had to be kept.
 """
 
 from __future__ import annotations
@@ -28,42 +35,54 @@ __all__ = ["Gathered", "SyncState", "export_rows", "merge_rows"]
 
 _F64 = torch.float64
 Groups = Sequence[tuple[Accumulator, list[str]]]
+_SUMMED, _FIXED, _DESCRIBED = "summed", "fixed", "described"
 
 
 @dataclass
 class SyncState:
-    """What a participant sends: numbers to add up over ranks, and a state to gather.
+    """What a participant sends.
 
     Attributes:
         sums: a 1-d float64 tensor added element-wise over the ranks (``None``: none).
+        fixed: a 1-d uint8 tensor whose layout every rank shares, gathered (``None``: none).
         meta: JSON-able metadata gathered from every rank (``None``: nothing).
-        tensors: tensors gathered from every rank.
+        tensors: tensors gathered with the metadata.
     """
 
     sums: Tensor | None = None
+    fixed: Tensor | None = None
     meta: Any = None
     tensors: list[Tensor] | None = None
 
 
 @dataclass
 class Gathered:
-    """What a participant gets back: the added-up sums and every rank's gathered state.
+    """What a participant gets back.
 
     Attributes:
-        sums: this participant's part of the added-up vector (``None``: it sent none).
-        states: every rank's ``(meta, tensors)``, in rank order; ``None`` on a
-            rank that is not the destination of ``sync_all(destination=...)``.
+        sums: its part of the added-up vector (``None``: it sent none).
+        fixed: every rank's fixed block, ``(ranks, bytes)`` (``None``: it sent none).
+        states: every rank's ``(meta, tensors)``, in rank order (an empty list
+            when no rank sent any).
+
+    ``fixed`` and ``states`` are ``None`` on a rank that is not the destination
+    of ``sync_all(destination=...)``.
     """
 
     sums: Tensor | None
     states: list[tuple[Any, list[Tensor]]] | None
+    fixed: Tensor | None = None
 
 
-def _summed(groups: Groups, summed: bool) -> list[tuple[Accumulator, list[str]]]:
-    """The groups that travel in the sums, in an order every rank shares (by kind)."""
-    if not summed:
-        return []
-    found = [(acc, names) for acc, names in groups if type(acc).summable()]
+def _route(accumulator: Accumulator, known: bool) -> str:
+    if not known or not type(accumulator).states:  # learnt names, or no declared states (Cat)
+        return _DESCRIBED
+    return _SUMMED if type(accumulator).summable() else _FIXED
+
+
+def _routed(groups: Groups, known: bool, route: str) -> list[tuple[Accumulator, list[str]]]:
+    """The groups taking ``route``, in an order every rank shares (by kind)."""
+    found = [(acc, names) for acc, names in groups if _route(acc, known) == route]
     return sorted(found, key=lambda group: (group[0].kind, type(group[0]).__qualname__))
 
 
@@ -78,28 +97,26 @@ def _dropped(accumulator: Accumulator, drop_last: bool) -> tuple[Accumulator, Te
     return held, dropped, seen & ~dropped
 
 
-def export_rows(groups: Groups, *, drop_last: bool, summed: bool, learns: bool) -> SyncState:
+def export_rows(groups: Groups, *, drop_last: bool, known: bool) -> SyncState:
     """What an objective sends for its accumulators (see the module docstring).
 
     Args:
         groups: every accumulator with the names of its rows.
         drop_last: drop each row's last sample, a ``DistributedSampler`` repeat.
-        summed: send summable rows in the sums (the names are the same on every rank).
-        learns: the names may differ between ranks (sent with the state).
+        known: the names are the same on every rank (declared, none learnt).
     """
     columns: list[Tensor] = []
+    blocks: list[Tensor] = []
+    for route in (_SUMMED, _FIXED):
+        for accumulator, _ in _routed(groups, known, route):
+            held, dropped, kept = _dropped(accumulator, drop_last)
+            flags = torch.stack([dropped, kept], 1).to(_F64)
+            columns.append(torch.cat([held.sync_columns(), flags], 1).reshape(-1))
+            if route == _FIXED:
+                blocks.append(held.fixed_bytes())
     parts: list[dict[str, Any]] = []
     tensors: list[Tensor] = []
-    in_sums = {id(acc) for acc, _ in _summed(groups, summed)}
-    for accumulator, _ in _summed(groups, summed):
-        held, dropped, kept = _dropped(accumulator, drop_last)
-        flags = torch.stack([dropped, kept], 1).to(_F64)
-        columns.append(torch.cat([held.sync_columns(), flags], 1).reshape(-1))
-    updated = False
-    for accumulator, names in groups:
-        updated = updated or any(count > 0 for count in accumulator.samples())
-        if id(accumulator) in in_sums:
-            continue
+    for accumulator, names in _routed(groups, known, _DESCRIBED):
         held, dropped, kept = _dropped(accumulator, drop_last)
         meta, state = held.export()
         parts.append(
@@ -113,12 +130,15 @@ def export_rows(groups: Groups, *, drop_last: bool, summed: bool, learns: bool) 
         )
         tensors.extend(state)
     sums = torch.cat(columns) if columns else None
-    if not parts:
-        return SyncState(sums, None, [])
+    fixed = torch.cat(blocks) if blocks else None
+    if not parts and known:
+        return SyncState(sums, fixed, None, [])
     meta_out: dict[str, Any] = {"groups": parts}
-    if learns:
-        meta_out["updated"] = updated
-    return SyncState(sums, meta_out, tensors)
+    if not known:
+        meta_out["updated"] = any(
+            count > 0 for accumulator, _ in groups for count in accumulator.samples()
+        )
+    return SyncState(sums, fixed, meta_out, tensors)
 
 
 def merge_rows(
@@ -127,7 +147,7 @@ def merge_rows(
     gathered: Gathered,
     accumulator_for: Callable[[str], type[Accumulator]],
     *,
-    summed: bool,
+    known: bool,
 ) -> tuple[dict[str, Tensor], dict[str, tuple[int, int, int]]]:
     """Every name's value over all ranks, and its ``(samples, dropped, kept)`` counts.
 
@@ -137,21 +157,28 @@ def merge_rows(
     """
     values: dict[str, Tensor] = {}
     counts: dict[str, tuple[int, int, int]] = {}
-    offset = 0
-    sums = gathered.sums
-    for accumulator, names in _summed(groups, summed):
-        assert sums is not None
-        width = type(accumulator).sync_width() + 2
-        block = sums[offset : offset + width * len(names)].view(len(names), width)
-        offset += width * len(names)
-        merged = type(accumulator).from_sync_columns(block[:, :-2], accumulator.labels)
-        flags = block[:, -2:].round().to(torch.int64).tolist()
-        for name, value, samples, (dropped, kept) in zip(
-            names, merged.reduce(), merged.samples(), flags, strict=True
-        ):
-            values[name] = value
-            counts[name] = (samples + dropped, dropped, kept)
-    if gathered.states is None or not any(meta is not None for meta, _ in gathered.states):
+    offset = block = 0
+    for route in (_SUMMED, _FIXED):
+        for accumulator, names in _routed(groups, known, route):
+            cls = type(accumulator)
+            width = cls.sync_width() + 2
+            assert gathered.sums is not None
+            columns = gathered.sums[offset : offset + width * len(names)].view(len(names), width)
+            offset += width * len(names)
+            blocks = None
+            if route == _FIXED:
+                assert gathered.fixed is not None
+                size = cls.fixed_size(len(names))
+                blocks = gathered.fixed[:, block : block + size]
+                block += size
+            merged = cls.from_synced(columns[:, :-2], blocks, accumulator.labels)
+            flags = columns[:, -2:].round().to(torch.int64).tolist()
+            for name, value, samples, (dropped, kept) in zip(
+                names, merged.reduce(), merged.samples(), flags, strict=True
+            ):
+                values[name] = value
+                counts[name] = (samples + dropped, dropped, kept)
+    if not gathered.states:
         return values, counts
     _check_learnt_names(label, gathered.states)
     collected: dict[type[Accumulator], list[tuple[Accumulator, list[str], list[Any]]]] = {}
@@ -163,7 +190,7 @@ def merge_rows(
         order = list(
             dict.fromkeys(
                 [
-                    *[n for n in local if cls is accumulator_for(n)],
+                    *[name for name in local if cls is accumulator_for(name)],
                     *[name for _, names, _ in parts for name in names],
                 ]
             )
