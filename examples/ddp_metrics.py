@@ -8,29 +8,28 @@ or alone (world size 1: the sync is a no-op)::
 
     python examples/ddp_metrics.py
 
-A tiny regression model is trained for a few epochs on synthetic data. Every
-rank sees its own shard of the training and validation data; the shards are
-uneven (97 and 61 samples do not split evenly into 2 ranks of batches of 16),
-and no sample is repeated. After each epoch every rank calls ``tt.sync_all``
-on the training loss and the validation metrics; then rank 0 prints the
-synced values next to the same metrics computed with plain torch on the whole
-validation set in one process, and checks that they agree.
+A tiny regression model is trained for a few epochs on synthetic data, each
+rank reading its shard through PyTorch's own ``DistributedSampler``. The
+sampler evens out the shards by repeating samples: 61 validation samples over
+2 ranks give each rank 31, and rank 1's last one repeats sample 0. After each
+epoch every rank calls ``tt.sync_all`` on the validation metrics with
+``dataset_size=61``, which drops that repeat, then on the training loss (whose
+value is over what was trained on, repeats included). Rank 0 prints the synced
+validation values next to the same metrics computed with plain torch on the
+whole validation set in one process, and checks that they agree.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.algorithms.join import Join
 from torch.nn import functional
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import torchtally as tt
 from torchtally.distributed import end_distributed_run
@@ -42,36 +41,13 @@ EPOCHS = 2
 FEATURES = 8
 
 
-class ShardSampler(Sampler[int]):
-    """This rank's share of the samples: every sample on exactly one rank.
-
-    ``DistributedSampler`` pads the shards to equal length by repeating
-    samples (or drops the tail with ``drop_last=True``); either way a metric
-    synced over the ranks would not be the full-data one. Here shards differ
-    by at most one sample and nothing is repeated or dropped.
-    """
-
-    def __init__(self, size: int, rank: int, world: int, shuffle: bool, seed: int = 0) -> None:
-        self.size, self.rank, self.world = size, rank, world
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:  # the same permutation on every rank: a seed per epoch
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        return iter(order[self.rank :: self.world].tolist())
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world))
-
-
 def absolute_error(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).abs().flatten(1).mean(1)  # per sample: exact weighting
+
+
+def squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    # Per sample, not functional.mse_loss's batch mean: a repeated sample can then be dropped.
+    return (outputs - targets).pow(2).flatten(1).mean(1)
 
 
 def worst_error(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -125,34 +101,35 @@ def main() -> None:
 
     train_data = synthetic_data(TRAIN_SAMPLES, seed=1)
     validation_data = synthetic_data(VALIDATION_SAMPLES, seed=2)
-    train_sampler = ShardSampler(TRAIN_SAMPLES, rank, world, shuffle=True)
-    validation_sampler = ShardSampler(VALIDATION_SAMPLES, rank, world, shuffle=False)
+    # PyTorch's sampler, as it comes (drop_last=False): equal shards, a few samples repeated.
+    train_sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True)
+    validation_sampler = DistributedSampler(
+        validation_data, num_replicas=world, rank=rank, shuffle=False
+    )
     train_loader = DataLoader(train_data, batch_size=BATCH, sampler=train_sampler)
     validation_loader = DataLoader(validation_data, batch_size=BATCH, sampler=validation_sampler)
 
     loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(absolute_error, "MAE")
-    metrics = tt.MetricCollection(MSE=functional.mse_loss, MAE=absolute_error)
+    metrics = tt.MetricCollection(MSE=squared_error, MAE=absolute_error)
     worst = tt.Metric(worst_error, "Max error", aggregation="max")
     median = MedianError()
     validation = [metrics, worst, median]
 
     if rank == 0:
-        shards = [len(range(r, TRAIN_SAMPLES, world)) for r in range(world)]
-        print(f"world size {world}: training shards {shards}, batches of {BATCH}")
+        print(
+            f"world size {world}: {len(validation_sampler)} validation samples per rank for "
+            f"{VALIDATION_SAMPLES} in all, batches of {BATCH}"
+        )
 
     for epoch in range(1, EPOCHS + 1):
         train_sampler.set_epoch(epoch)
         loss.reset()
         trained.train()
-        # Shards of different lengths give ranks different numbers of steps: Join lets DDP
-        # finish the epoch on the ranks that still have batches.
-        joined = Join([trained]) if distributed_run else contextlib.nullcontext()
-        with joined:
-            for inputs, targets in train_loader:
-                optimizer.zero_grad()
-                value = loss(trained(inputs), targets)  # updates the loss's running state
-                value.backward()
-                optimizer.step()
+        for inputs, targets in train_loader:  # equal shards: every rank takes the same steps
+            optimizer.zero_grad()
+            value = loss(trained(inputs), targets)  # updates the loss's running state
+            value.backward()
+            optimizer.step()
 
         for objective in validation:
             objective.reset()
@@ -163,8 +140,10 @@ def main() -> None:
                 for objective in validation:
                     objective.update(outputs, targets)
 
-        # Every rank, once per epoch, before compute(): two collectives for everything.
-        tt.sync_all(loss, *validation)
+        # Every rank, once per epoch, before compute(). dataset_size drops the samples the
+        # sampler repeated; the training loss is over what was trained on, repeats included.
+        tt.sync_all(*validation, dataset_size=len(validation_data))
+        tt.sync_all(loss)
         synced = {
             name: value.item()
             for objective in validation

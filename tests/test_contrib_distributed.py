@@ -226,6 +226,12 @@ def run_sync_all(rank: int) -> Record:
     # again: same values, still three collectives
     record["calls twice"] = counted_sync_all(*objectives)
     record["te twice"] = snapshot(te)
+    # states that add up (torchmetrics' sum reductions) travel with the native means
+    sums = from_torchmetrics(torchmetrics.MeanSquaredError() + torchmetrics.MeanAbsoluteError())
+    for batch in first[rank]:
+        sums.update(*batch)
+    record["sums calls"] = counted_sync_all(native, sums)
+    record["sums"] = snapshot(sums)
     return record
 
 
@@ -353,6 +359,13 @@ def test_sync_all_moves_native_and_both_adapters_in_three_collectives(
         assert_values(record["te_rank0"], only0, "torcheval, data on rank 0 only")
         assert record["calls twice"] == (3, 3), (rank, record["calls twice"])
         assert_values(record["te twice"], expected_te, "torcheval twice")
+        assert record["sums calls"] == (2, 2), (rank, record["sums calls"])  # headers, sums
+        expected_sums = reference(
+            from_torchmetrics,
+            lambda: torchmetrics.MeanSquaredError() + torchmetrics.MeanAbsoluteError(),
+            data,
+        )
+        assert_values(record["sums"], expected_sums, "torchmetrics sum states")
 
 
 def test_errors_are_raised_on_every_rank_without_hanging(records: list[Record]) -> None:

@@ -65,18 +65,22 @@ class SyncedAdapter(SyncCounters, Generic[ViewT]):
         """
         sync_all(self, process_group=process_group, dataset_size=dataset_size)
 
-    def combine(self, states: list[tuple[Any, list[Any]]]) -> ViewT:
-        """Every rank's exported state (rank order) as one view; ``self`` unchanged."""
+    def combine(self, gathered: Gathered) -> ViewT | None:
+        """Every rank's state as one view (``self`` unchanged).
+
+        ``None`` when what it needs was gathered to another rank
+        (``sync_all(destination=...)``).
+        """
         raise NotImplementedError
 
     def sync_merge(self, gathered: Gathered, padding: Padding | None) -> ViewT | str:
         """The synced view, or why this rank has none (``sync_all(destination=...)``)."""
-        if gathered.states is None:
+        view = self.combine(gathered)
+        if view is None:
             return (
                 f"{self._owner}: synced with sync_all(destination=...) to another rank; only "
                 f"that rank has its values over all processes"
             )
-        view = self.combine(gathered.states)
         if padding is not None and padding.repeats and not self._warned_repeats:
             self._warned_repeats = True
             warnings.warn(

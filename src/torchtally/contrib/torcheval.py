@@ -46,10 +46,10 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result
 from torchtally.contrib._adapter import SyncedAdapter
-from torchtally.losses import LossOperand
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
+from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import SyncState, callable_identity
+from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
@@ -254,8 +254,11 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             per_rank.append(rank_states)
         return per_rank
 
-    def combine(self, states: list[tuple[Any, list[Any]]]) -> dict[str, Any]:
+    def combine(self, gathered: Gathered) -> dict[str, Any] | None:
         """Copies of the metrics holding every rank's state, merged with ``merge_state``."""
+        if gathered.states is None:
+            return None  # gathered to another rank (sync_all(destination=...))
+        states = gathered.states
         try:
             per_rank = self._split_states(states)
         except (KeyError, TypeError, ValueError, IndexError) as error:

@@ -5,7 +5,8 @@ torchtally training loop expects: ``compute()`` returning ``dict[str, Tensor]``
 (a composition reports its combined value and each of its leaf metrics),
 and an explicit, idempotent ``sync()`` that takes part in
 :func:`torchtally.sync_all`, so torchmetrics, torcheval and native objectives
-are synced together in two collective calls.
+are synced together in one exchange (states reduced by a sum travel with the
+native means in one all-reduce; other states are gathered).
 
 Sync happens in exactly one place. ``from_torchmetrics`` switches off
 torchmetrics' own implicit sync (``sync_on_compute`` and
@@ -46,7 +47,7 @@ from typing_extensions import Self
 try:
     import torchmetrics
     from torchmetrics.metric import CompositionalMetric
-    from torchmetrics.utilities import dim_zero_cat
+    from torchmetrics.utilities import dim_zero_cat, dim_zero_sum
 except ImportError as error:  # pragma: no cover - exercised with the library hidden
     raise ImportError(
         'torchtally.contrib.torchmetrics needs torchmetrics: pip install "torchtally[torchmetrics]"'
@@ -54,7 +55,6 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally.contrib._adapter import SyncedAdapter
-from torchtally.losses import LossOperand
 from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
@@ -62,8 +62,9 @@ from torchtally.errors import (
     SyncError,
     UnsupportedObjectError,
 )
+from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import SyncState, callable_identity
+from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 
@@ -252,7 +253,15 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                 [
                     callable_identity(type(leaf)),
                     [
-                        [state, callable_identity(reduction), type(leaf._defaults[state]).__name__]
+                        [
+                            state,
+                            callable_identity(reduction),
+                            type(leaf._defaults[state]).__name__,
+                            # a summed state's shape fixes the numbers it adds up
+                            list(getattr(leaf, state).shape)
+                            if _summed(getattr(leaf, state), reduction)
+                            else None,
+                        ]
                         for state, reduction in leaf._reductions.items()
                     ],
                 ]
@@ -261,7 +270,14 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         }
 
     def sync_export(self, drop_last: bool) -> SyncState:
-        """Every leaf's states (a list state concatenated once); ``drop_last`` cannot apply."""
+        """Every leaf's states; ``drop_last`` cannot apply (a state holds no samples).
+
+        Update counts and tensor states reduced by a sum travel in the summed
+        vector (float64, one all-reduce; exact for integer states below
+        2**53); other states (concatenated lists, other reductions) are
+        gathered, a list state concatenated once.
+        """
+        sums: list[Tensor] = []
         leaves: list[dict[str, Any]] = []
         tensors: list[Tensor] = []
         for leaf in self._leaves:
@@ -271,9 +287,14 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                     f"_sync_dist, which from_torchmetrics cannot reproduce; sync it with "
                     f"torchmetrics itself"
                 )
+            count = torch.tensor([float(leaf._update_count)], dtype=torch.float64)
+            sums.append(count.to(leaf.device))
             states: list[list[Any]] = []
             for state_name, reduction in leaf._reductions.items():
                 value = getattr(leaf, state_name)
+                if _summed(value, reduction):
+                    sums.append(value.detach().to(leaf.device, torch.float64).reshape(-1))
+                    continue
                 if isinstance(value, Tensor):
                     states.append([state_name, "tensor", 1])
                     tensors.append(value.detach())
@@ -283,15 +304,62 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                     parts = [dim_zero_cat(parts)]  # one tensor per rank instead of one per batch
                 states.append([state_name, "list", len(parts)])
                 tensors.extend(parts)
-            leaves.append(
-                {"class": type(leaf).__name__, "count": int(leaf._update_count), "states": states}
-            )
-        return SyncState(meta={"leaves": leaves}, tensors=tensors)
+            leaves.append({"class": type(leaf).__name__, "states": states})
+        described = any(leaf["states"] for leaf in leaves)
+        return SyncState(
+            sums=torch.cat(sums),
+            meta={"leaves": leaves} if described else None,
+            tensors=tensors,
+        )
 
-    def combine(
-        self, states: list[tuple[Any, list[Any]]]
-    ) -> tuple[TorchMetricsObject, tuple[Any, ...]]:
+    def combine(self, gathered: Gathered) -> tuple[TorchMetricsObject, tuple[Any, ...]] | None:
         """A copy of the metric holding every rank's states, reduced as torchmetrics does."""
+        assert gathered.sums is not None
+        summed = self._from_sums(gathered.sums)
+        described: list[dict[str, Any]] = [{} for _ in self._leaves]
+        if any(_described(leaf) for leaf in self._leaves):
+            if gathered.states is None:
+                return None  # gathered to another rank (sync_all(destination=...))
+            described = self._from_states(gathered.states)
+        # A copy of the metric holding the global states; the local tensors are not copied
+        # (they are replaced in the copy right away) and not touched.
+        memo: dict[int, Any] = {}
+        for leaf in self._leaves:
+            for state_name in leaf._reductions:
+                value = getattr(leaf, state_name)
+                memo[id(value)] = value
+        root = copy.deepcopy(self._metric, memo)
+        leaves = _leaves(root)
+        for leaf, (values, count), others in zip(leaves, summed, described, strict=True):
+            for state_name, value in {**values, **others}.items():
+                setattr(leaf, state_name, value)
+            leaf._update_count = count
+            leaf._computed = None
+            leaf._forward_cache = None
+        return root, leaves
+
+    def _from_sums(self, sums: Tensor) -> list[tuple[dict[str, Tensor], int]]:
+        """Every leaf's summed states and update count, from the added-up vector."""
+        found = []
+        offset = 0
+        for leaf in self._leaves:
+            count = int(sums[offset].round().item())
+            offset += 1
+            values: dict[str, Tensor] = {}
+            for state_name, reduction in leaf._reductions.items():
+                local = getattr(leaf, state_name)
+                if not _summed(local, reduction):
+                    continue
+                part = sums[offset : offset + local.numel()].reshape(local.shape)
+                offset += local.numel()
+                if not local.dtype.is_floating_point:
+                    part = part.round()
+                values[state_name] = part.to(local.device, local.dtype)
+            found.append((values, count))
+        return found
+
+    def _from_states(self, states: list[tuple[Any, list[Any]]]) -> list[dict[str, Any]]:
+        """Every leaf's gathered states (rank order), reduced as the metric's states say."""
         label = self._owner
         layouts = []
         for rank, (meta, tensors) in enumerate(states):
@@ -301,8 +369,6 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                     for leaf in meta["leaves"]
                 ]
                 sizes = [entry[2] for leaf in meta["leaves"] for entry in leaf["states"]]
-                for leaf in meta["leaves"]:
-                    int(leaf["count"])
                 if sum(sizes) != len(tensors) or any(
                     not isinstance(size, int) or size < 0 for size in sizes
                 ):
@@ -325,10 +391,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                     offset += size
                 rank_leaves.append(split)
             per_rank.append(rank_leaves)
-
-        reduced: list[tuple[dict[str, Any], int]] = []
+        reduced: list[dict[str, Any]] = []
         for index, (leaf, (cls, entries)) in enumerate(zip(self._leaves, layouts[0], strict=True)):
-            count = sum(int(meta["leaves"][index]["count"]) for meta, _ in states)
             values: dict[str, Any] = {}
             for state_name, kind in entries:
                 where = f"{label}: state {state_name!r} of {cls} (leaf {index})"
@@ -346,24 +410,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
                     device = local[0].device if local else leaf.device
                     flat = [part.to(device) for parts in gathered for part in parts]
                     values[state_name] = _reduce(flat, reduction, where) if flat else []
-            reduced.append((values, count))
-
-        # A copy of the metric holding the global states; the local tensors are not copied
-        # (they are replaced in the copy right away) and not touched.
-        memo: dict[int, Any] = {}
-        for leaf in self._leaves:
-            for state_name in leaf._reductions:
-                value = getattr(leaf, state_name)
-                memo[id(value)] = value
-        root = copy.deepcopy(self._metric, memo)
-        leaves = _leaves(root)
-        for leaf, (values, count) in zip(leaves, reduced, strict=True):
-            for state_name, value in values.items():
-                setattr(leaf, state_name, value)
-            leaf._update_count = count
-            leaf._computed = None
-            leaf._forward_cache = None
-        return root, leaves
+            reduced.append(values)
+        return reduced
 
     # -- persistence and devices --------------------------------------------------------------
 
@@ -474,6 +522,23 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented
+
+
+def _summed(value: Any, reduction: Any) -> bool:
+    """A tensor state reduced by a sum: it travels in the all-reduced vector."""
+    return (
+        isinstance(value, Tensor)
+        and reduction is dim_zero_sum
+        and not value.dtype.is_complex
+        and value.dtype != torch.bool
+    )
+
+
+def _described(leaf: Any) -> bool:
+    """Whether a leaf has states that travel in the gathered payload."""
+    return any(
+        not _summed(getattr(leaf, name), reduction) for name, reduction in leaf._reductions.items()
+    )
 
 
 def _reduce(values: Any, reduction: Any, where: str) -> Any:
