@@ -24,8 +24,8 @@ Example:
     >>> loss = tt.schedules.linear(0.0, 1.0, steps=4) * mse
     >>> loss.formula
     'linear(0→1, 4) x [MSE]'
-    >>> [float(loss(torch.ones(2, 1), torch.zeros(2, 1))) for _ in range(6)]
-    [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    >>> tuple(float(loss(torch.ones(2, 1), torch.zeros(2, 1))) for _ in range(6))
+    (0.0, 0.25, 0.5, 0.75, 1.0, 1.0)
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ class StateSpec:
     Example:
         >>> import torch
         >>> from torchtally.aggregation import Mean
-        >>> [(spec.name, spec.width, spec.rule) for spec in Mean.states]
-        [('samples', 1, 'sum'), ('total', 2, 'twosum'), ('weight', 1, 'sum'), ('last', 3, 'latest')]
+        >>> tuple((spec.name, spec.width, spec.rule) for spec in Mean.states)
+        (('samples', 1, 'sum'), ('total', 2, 'twosum'), ('weight', 1, 'sum'), ('last', 3, 'latest'))
     """
 
     name: str

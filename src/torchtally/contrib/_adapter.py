@@ -100,7 +100,7 @@ class SyncedAdapter(SyncCounters, Generic[ViewT]):
             self._synced, self._elsewhere = None, prepared
         else:
             self._synced, self._elsewhere = prepared, None
-        self.count_sync()
+        self._count_sync()
 
     def copy(self) -> Self:
         """An independent deep copy, the wrapped objects and their state included."""

@@ -176,7 +176,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         self.drop_view()
         for metric in self._metrics.values():
             metric.reset()
-        self.count_reset()
+        self._count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 

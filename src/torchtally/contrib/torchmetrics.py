@@ -239,7 +239,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """Reset the metric and drop the synced view."""
         self.drop_view()
         self._metric.reset()
-        self.count_reset()
+        self._count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 

@@ -371,7 +371,7 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""
         self._ledger.reset()
-        self.count_reset()
+        self._count_reset()
 
     # -- combining ----------------------------------------------------------------------------
 
@@ -471,7 +471,7 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
             ledger.add_names(list(prepared))
             ledger.synced = prepared
         ledger.computed = None
-        self.count_sync()
+        self._count_sync()
 
     # -- persistence and devices --------------------------------------------------------------
 

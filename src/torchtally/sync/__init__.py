@@ -97,13 +97,13 @@ class SyncParticipant(Protocol):
 class SyncCounters:
     """The bookkeeping behind :meth:`SyncParticipant.sync_stamp`: resets, syncs, creation order.
 
-    A mixin: call :meth:`count_reset` from ``reset`` and :meth:`count_sync`
+    A mixin: call :meth:`_count_reset` from ``reset`` and :meth:`_count_sync`
     from ``sync_install``.
 
     Example:
         >>> from torchtally.sync import SyncCounters
         >>> counters = SyncCounters()
-        >>> counters.count_sync(); counters.count_reset(); counters.count_sync()
+        >>> counters._count_sync(); counters._count_reset(); counters._count_sync()
         >>> counters.sync_stamp()
         (1, 1)
     """
@@ -124,12 +124,12 @@ class SyncCounters:
         """``(resets, syncs since the last reset)``."""
         return self._resets, self._syncs
 
-    def count_reset(self) -> None:
+    def _count_reset(self) -> None:
         """Note a reset."""
         self._resets += 1
         self._syncs = 0
 
-    def count_sync(self) -> None:
+    def _count_sync(self) -> None:
         """Note a completed sync."""
         self._syncs += 1
 
