@@ -1,0 +1,173 @@
+"""A compiled training step with torchtally against the same step written by hand and compiled.
+
+Usage::
+
+    taskset -c 1 python benchmarks/bench_compile.py            # 64x10 and 4096x10
+    taskset -c 1 python benchmarks/bench_compile.py --steps 400 --repeats 7
+
+The step: a linear model, a loss, backward, an SGD step, and the epoch state
+of two metrics updated with the detached outputs.
+
+- **torchtally**: ``tt.Loss(mse_loss, 'MSE') + 0.5 * tt.Loss(mae, 'MAE')`` called on
+  the outputs (its ``forward``: the value to optimise, accumulated with its
+  components) and ``tt.MetricCollection(MSE=..., MAE=...)`` updated;
+- **by hand**: the same expression, and the same exact epoch state kept by
+  hand as float64 running sums and counts updated in place (what a careful
+  user would write to have epoch values at all).
+
+Both steps go through ``torch.compile`` (default mode) once, are warmed up,
+then timed over ``--steps`` steps; each variant runs in a fresh process
+(``--child``), one CPU thread, the two interleaved over ``--repeats`` rounds,
+and the table gives the medians. The recompilations each compiled step made
+are counted (``torch._dynamo`` counters) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+FEATURES = 10
+
+
+def mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).mean(1)
+
+
+def _steps(variant: str, batch: int) -> tuple[Any, list[Any]]:
+    import torchtally as tt
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(FEATURES, FEATURES)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if variant == "torchtally":
+        loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+        metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+
+        def step(inputs: Tensor, targets: Tensor) -> None:
+            outputs = model(inputs)
+            value = loss(outputs, targets)
+            metrics.update(outputs.detach(), targets)
+            value.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+        return step, [loss, metrics]
+
+    # By hand: float64 running sums and counts, updated in place (compile-friendly).
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, MSE, MAE, metric MSE, metric MAE
+    counts = torch.zeros(1, dtype=torch.float64)
+
+    def by_hand(inputs: Tensor, targets: Tensor) -> None:
+        outputs = model(inputs)
+        _per_mse, per_mae = mse(outputs, targets), mae(outputs, targets)
+        batch_mse = functional.mse_loss(outputs, targets)
+        value = batch_mse + 0.5 * per_mae.mean()
+        size = outputs.shape[0]
+        detached = outputs.detach()
+        stacked = torch.stack(
+            [
+                value.detach() * size,
+                batch_mse.detach() * size,
+                per_mae.detach().sum(),
+                mse(detached, targets).sum(),
+                mae(detached, targets).sum(),
+            ]
+        )
+        sums.add_(stacked.to(torch.float64))
+        counts.add_(size)
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    return by_hand, [sums, counts]
+
+
+def _child(variant: str, batch: int, steps: int) -> dict[str, Any]:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch.set_num_threads(1)
+    step, _ = _steps(variant, batch)
+    compiled = torch.compile(step)
+    generator = torch.Generator().manual_seed(1)
+    data = [
+        (
+            torch.randn(batch, FEATURES, generator=generator),
+            torch.randn(batch, FEATURES, generator=generator),
+        )
+        for _ in range(16)
+    ]
+    for inputs, targets in data:  # compile and warm up
+        compiled(inputs, targets)
+    start = time.perf_counter()
+    for index in range(steps):
+        compiled(*data[index % len(data)])
+    elapsed = (time.perf_counter() - start) / steps
+    return {
+        "variant": variant,
+        "batch": batch,
+        "us": elapsed * 1e6,
+        "graphs": counters["stats"]["unique_graphs"],
+        "breaks": sum(counters["graph_break"].values()),
+    }
+
+
+def run(variant: str, batch: int, steps: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", variant, str(batch), str(steps)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 4096])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rows = []
+    for batch in args.batches:
+        times: dict[str, list[float]] = {"torchtally": [], "by hand": []}
+        graphs: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            for variant in times:  # interleaved, each in a fresh process
+                result = run(variant, batch, args.steps)
+                times[variant].append(result["us"])
+                graphs[variant] = (result["graphs"], result["breaks"])
+        ours, theirs = statistics.median(times["torchtally"]), statistics.median(times["by hand"])
+        rows.append((batch, ours, theirs, graphs))
+    print(
+        f"torch {torch.__version__}, one CPU thread, compiled training step, median of "
+        f"{args.repeats} fresh processes x {args.steps} steps\n"
+    )
+    print("| batch | torchtally | by hand | ratio | graphs (breaks): torchtally, by hand |")
+    print("|---|---|---|---|---|")
+    for batch, ours, theirs, graphs in rows:
+        print(
+            f"| {batch}x{FEATURES} | {ours:.1f} µs | {theirs:.1f} µs | {ours / theirs:.2f}x "
+            f"| {graphs['torchtally'][0]} ({graphs['torchtally'][1]}), "
+            f"{graphs['by hand'][0]} ({graphs['by hand'][1]}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
