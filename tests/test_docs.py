@@ -1,8 +1,9 @@
 """Every ``python`` code block in README.md and docs/ runs, so the docs cannot drift from the code.
 
 Blocks of one file run in order in one namespace (a page reads as one
-session). A block whose fence line is ```` ```python skip-test ```` is shown but
-not run (for commands needing several processes, for example).
+session). A block whose fence line is ```` ```{.python .skip-test} ```` is shown (the
+fence syntax pymdownx.superfences renders) but not run (for commands needing
+several processes, for example).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^```(?:python|\{\.python)([^\n]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
 

@@ -534,4 +534,9 @@ def test_a_run_resumed_from_its_state_dict_matches_an_uninterrupted_run(
         assert torch.equal(a, b) if isinstance(a, Tensor) else a == b
     assert resumed.schedule_values() == uninterrupted.schedule_values()
     if any(event != "epoch" for event in events):
-        assert resumed.compute() == uninterrupted.compute()
+        # Saving folds the queued batches, so the float64 sums are grouped differently:
+        # equal up to their rounding, not bit for bit.
+        found_values, expected_values = resumed.compute(), uninterrupted.compute()
+        assert found_values.keys() == expected_values.keys()
+        for name, value in found_values.items():
+            torch.testing.assert_close(value, expected_values[name], rtol=1e-13, atol=0)

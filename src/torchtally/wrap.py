@@ -43,29 +43,21 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import sys
 import types
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from typing_extensions import Self, override
+from typing_extensions import override
 
-from torchtally import distributed
 from torchtally._conventions import callable_error, check_name, normalize_result
+from torchtally._stateful import StatefulObjective
 from torchtally.aggregation import Accumulator, accumulator_class
-from torchtally.errors import (
-    InvalidNameError,
-    MetricCallError,
-    StateDictError,
-    SyncError,
-    UnsupportedObjectError,
-)
+from torchtally.errors import InvalidNameError, UnsupportedObjectError
 from torchtally.losses import LossOperand
-from torchtally.objectives import Objective, is_objective_like, join
-from torchtally.sync import SyncParticipant, sync_all
+from torchtally.objectives import Objective
+from torchtally.sync import SyncParticipant
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -86,8 +78,10 @@ ACCEPTED_FORMS = (
 )
 """The forms :func:`wrap` accepts, as its error messages list them."""
 
-_STATE_VERSION = 1
 _AGGREGATIONS = ("mean", "sum", "min", "max")
+
+# Documented, pickled and shown under this module's name, where it was first defined.
+StatefulObjective.__module__ = __name__
 
 
 # -- stateless forms: torchtally keeps the state ----------------------------------------------
@@ -195,195 +189,6 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
     @override
     def _label(self) -> str:
         return self._owner
-
-
-# -- stateful forms: the object keeps its state -----------------------------------------------
-
-
-class StatefulObjective(LossOperand):
-    """An object with ``update``/``compute``/``reset`` that keeps its own state.
-
-    ``update`` and ``compute`` call the object's and normalise what they return
-    into ``dict[str, Tensor]`` (``update`` returns ``None`` when the object's
-    does). The object's state is its own business: torchtally cannot combine
-    it across processes, so :meth:`sync` raises
-    :class:`~torchtally.errors.SyncError` in a distributed run (on every rank,
-    also within :func:`torchtally.sync_all`); outside one it does nothing.
-    Build it with :func:`wrap`.
-
-    Example:
-        >>> import torch
-        >>> import torchtally as tt
-        >>> class Hits:
-        ...     def __init__(self):
-        ...         self.hits = 0
-        ...     def update(self, outputs, targets):
-        ...         self.hits += int((outputs.argmax(1) == targets).sum())
-        ...     def compute(self):
-        ...         return self.hits
-        ...     def reset(self):
-        ...         self.hits = 0
-        >>> hits = tt.wrap(Hits())
-        >>> hits.update(torch.eye(2), torch.tensor([0, 0]))
-        >>> hits.compute()
-        {'Hits': tensor(1)}
-    """
-
-    can_sync = False
-    """Whether :meth:`sync` can combine this objective's state across processes."""
-
-    def __init__(self, obj: Any, name: str) -> None:
-        self._object = obj
-        self._name = check_name(name, "wrap")
-        self._owner = f"{type(self).__name__} {name!r}"
-
-    @property
-    def name(self) -> str:
-        """The name of a single value (the prefix of a sequence's names)."""
-        return self._name
-
-    @property
-    def wrapped(self) -> Any:
-        """The wrapped object."""
-        return self._object
-
-    def _call_error(self, method: str, error: Exception) -> MetricCallError:
-        return MetricCallError(
-            f"{self._owner}: {type(self._object).__name__}.{method}() raised "
-            f"{type(error).__name__}: {error}"
-        )
-
-    def update(self, outputs: Any, targets: Any) -> dict[str, Tensor] | None:
-        """Call the object's ``update``; return what it returned, normalised (or ``None``)."""
-        try:
-            result = self._object.update(outputs, targets)
-        except Exception as error:
-            raise self._call_error("update", error) from error
-        if result is None:
-            return None
-        return normalize_result(result, self._name, self._owner)
-
-    def compute(self) -> dict[str, Tensor]:
-        """The object's ``compute()`` as ``dict[str, Tensor]`` of 0-d tensors.
-
-        Raises:
-            MetricCallError: the object's ``compute`` raised.
-            ResultTypeError: it returned something other than the accepted types.
-            ResultShapeError: a value has more than one element.
-        """
-        try:
-            result = self._object.compute()
-        except Exception as error:
-            raise self._call_error("compute", error) from error
-        return normalize_result(result, self._name, self._owner, scalars=True)
-
-    def reset(self) -> None:
-        """Call the object's ``reset``."""
-        self._object.reset()
-
-    def higher_is_better_for(self, name: str) -> bool | None:
-        """The object's ``higher_is_better`` attribute if it has one, else ``None``."""
-        direction = getattr(self._object, "higher_is_better", None)
-        return direction if isinstance(direction, bool) else None
-
-    # -- sync: not reachable ------------------------------------------------------------------
-
-    def _sync_refusal(self) -> SyncError:
-        return SyncError(
-            f"{self._owner}: the state of this {type(self._object).__name__} lives inside the "
-            f"object, where torchtally cannot combine it across processes; wrap a function "
-            f"of (outputs, targets) instead (torchtally then keeps and syncs the state), use a "
-            f"torchmetrics or torcheval metric, or sync the object yourself"
-        )
-
-    def sync(self, process_group: distributed.ProcessGroup = None) -> None:
-        """Refuse to sync in a distributed run; do nothing outside one.
-
-        Raises:
-            SyncError: in a distributed run, on every rank.
-        """
-        sync_all(self, process_group=process_group)
-
-    # Every hook refuses: sync_all sends the refusal to the other ranks, which raise it too.
-
-    def sync_identity(self) -> dict[str, Any]:
-        """Refuse (see :meth:`sync`)."""
-        raise self._sync_refusal()
-
-    def sync_stamp(self) -> tuple[int, int]:
-        """Refuse (see :meth:`sync`)."""
-        raise self._sync_refusal()
-
-    def sync_export(self, drop_last: bool) -> Any:
-        """Refuse (see :meth:`sync`)."""
-        raise self._sync_refusal()
-
-    def sync_merge(self, gathered: Any, padding: Any) -> Any:
-        """Refuse (see :meth:`sync`)."""
-        raise self._sync_refusal()
-
-    def sync_install(self, prepared: Any) -> None:
-        """Refuse (see :meth:`sync`)."""
-        raise self._sync_refusal()
-
-    # -- persistence and devices --------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """The object's state: its ``state_dict()`` if it has one, else a copy of its attributes."""
-        if callable(getattr(self._object, "state_dict", None)):
-            return {"version": _STATE_VERSION, "state_dict": self._object.state_dict()}
-        try:
-            attributes = vars(self._object)
-        except TypeError:
-            raise StateDictError(
-                f"{self._owner}: a {type(self._object).__name__} has neither state_dict() nor "
-                f"attributes to save"
-            ) from None
-        return {"version": _STATE_VERSION, "attributes": copy.deepcopy(attributes)}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`.
-
-        Raises:
-            StateDictError: the state is not one :meth:`state_dict` made for this kind of object.
-        """
-        if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
-            loader = getattr(self._object, "load_state_dict", None)
-            if callable(loader):
-                loader(state_dict["state_dict"])
-                return
-        elif (
-            isinstance(state_dict, Mapping)
-            and "attributes" in state_dict
-            and hasattr(self._object, "__dict__")
-        ):
-            vars(self._object).update(copy.deepcopy(dict(state_dict["attributes"])))
-            return
-        raise StateDictError(
-            f"{self._owner}: expected a dict from StatefulObjective.state_dict() for a "
-            f"{type(self._object).__name__}, found {type(state_dict).__name__}"
-        )
-
-    def to(self, device: torch.device | str) -> Self:
-        """Move the object (if it has a ``to`` method, as modules do) and return ``self``."""
-        mover = getattr(self._object, "to", None)
-        if callable(mover):
-            mover(device)
-        return self
-
-    def copy(self) -> Self:
-        """An independent deep copy, the wrapped object included."""
-        return copy.deepcopy(self)
-
-    def __or__(self, other: object) -> Any:
-        """This object and ``other`` (any objective) as one (``torchtally.objectives.Joined``)."""
-        return join(self, other) if is_objective_like(other) else NotImplemented
-
-    def __ror__(self, other: object) -> Any:
-        return join(other, self) if is_objective_like(other) else NotImplemented
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self._object).__name__}, name={self._name!r})"
 
 
 # -- wrap -------------------------------------------------------------------------------------

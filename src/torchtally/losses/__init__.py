@@ -38,13 +38,16 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+
 from torchtally.losses._algebra import (
     COMBINED_NAME,
     ComponentTable,
     check_direction,
     check_loss_name,
 )
-from torchtally.losses._base import CompositionalLoss, LossBase
+from torchtally.losses._base import LossBase
+from torchtally.losses._compositional import CompositionalLoss
 from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import MultiCall, Produced
 from torchtally.losses._joined import JoinedLoss
@@ -70,3 +73,11 @@ __all__ = [
     "check_direction",
     "check_loss_name",
 ]
+
+# CompositionalLoss moved out of _base.py: it is pickled and shown under the package's name
+# (its methods too, so that any example in them runs as this package's doctest). Pickles
+# written before name torchtally.losses._base.CompositionalLoss, which _base still answers.
+for _member in vars(CompositionalLoss).values():
+    if inspect.isfunction(_member) and _member.__module__ == CompositionalLoss.__module__:
+        _member.__module__ = __name__
+CompositionalLoss.__module__ = __name__

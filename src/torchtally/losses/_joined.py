@@ -23,6 +23,7 @@ from torchtally.errors import IncompatibleStateError, InvalidArgumentError
 from torchtally.formula import Expression
 from torchtally.losses._base import LossBase
 from torchtally.losses._evaluation import batch_value
+from torchtally.losses._operators import builders
 from torchtally.objectives import Joined, NamedCallable, is_objective_like
 
 __all__ = ["JoinedLoss"]
@@ -248,3 +249,7 @@ class JoinedLoss(Joined):
         positions = self._loss._checked_schedule_state(state_dict, self._label())
         super().load_state_dict(state_dict)
         self._loss._install_schedule_state(positions)
+
+
+# What the loss operators build (see torchtally.losses._operators.Builders).
+builders.joined = JoinedLoss

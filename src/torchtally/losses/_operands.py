@@ -37,6 +37,7 @@ from torchtally.errors import FormulaError
 from torchtally.losses._algebra import check_direction
 from torchtally.losses._base import LossBase
 from torchtally.losses._kinds import Loss
+from torchtally.losses._operators import builders
 from torchtally.objectives import CallableObjective, Objective, is_objective_like
 
 __all__ = ["BatchForward", "LossOperand", "as_loss"]
@@ -250,3 +251,7 @@ class LossOperand:
 
     def __neg__(self) -> LossBase[Any, Any]:
         return as_loss(self).__neg__()
+
+
+# What the loss operators build (see torchtally.losses._operators.Builders).
+builders.as_loss = as_loss

@@ -5,7 +5,10 @@ An objective turns one batch of ``(outputs, targets)`` into named values
 reports epoch values (:meth:`Objective.compute`). Its state lives in a
 :class:`~torchtally.objectives._ledger.Ledger`; this module only decides
 *when* things happen: reading the batch size and weight, choosing the hot
-path or the checked path, invalidating cached values, syncing.
+path or the checked path, invalidating cached values. Merging and syncing
+(:class:`~torchtally.objectives._syncing.SyncHooks`) and state dicts, devices
+and copies (:class:`~torchtally.objectives._persistence.Persistence`) are
+mixins of their own.
 
 Hooks for subclasses, all public: :meth:`~Objective.calculate` (required),
 :attr:`~Objective.aggregation` or :meth:`~Objective.accumulator_for` (how a
@@ -16,7 +19,6 @@ value aggregates), :meth:`~Objective.finalize` (post-process epoch values),
 
 from __future__ import annotations
 
-import copy
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -24,9 +26,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
-from typing_extensions import Self
 
-from torchtally import sync as _sync
 from torchtally._conventions import (
     Weight,
     WeightFn,
@@ -40,22 +40,17 @@ from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     HookError,
-    IncompatibleStateError,
-    RepeatedSampleWarning,
     ResultTypeError,
-    StateDictError,
     SyncError,
 )
 from torchtally.objectives._ledger import Ledger
-from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, export_rows, merge_rows
+from torchtally.objectives._persistence import STATE_VERSION, Persistence
+from torchtally.objectives._syncing import SyncHooks
 
 __all__ = ["STATE_VERSION", "AverageObjective", "Objective"]
 
 OutputT = TypeVar("OutputT")
 TargetT = TypeVar("TargetT")
-
-STATE_VERSION = 2
-"""The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
 
 Aggregation = str | type[Accumulator]
 
@@ -70,7 +65,7 @@ _RENAMED_HOOKS = {
 """Hooks of DRYTorch and torchtally 0.1, and what to write instead."""
 
 
-class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
+class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
     """Base class: named values per batch, accumulated into exact epoch values.
 
     Subclasses implement :meth:`calculate`, returning a dict of per-sample
@@ -96,9 +91,6 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
         {'worst': tensor(5.)}
     """
 
-    _warned_repeats = False  # RepeatedSampleWarning is given once per objective
-    _elsewhere: str | None = None  # why compute() has no synced value here (destination=)
-
     aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
     """How values aggregate: a kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``, ``'cat'``), an
     :class:`~torchtally.aggregation.Accumulator` subclass, or a mapping from names to those
@@ -122,7 +114,7 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
                 f"update(..., weight=...) instead"
             )
         self._weight_fn = weight
-        SyncCounters.__init__(self)
+        SyncHooks.__init__(self)
 
     @lazy
     def _ledger(self) -> Ledger:
@@ -373,179 +365,6 @@ class Objective(SyncCounters, ABC, Generic[OutputT, TargetT]):
         self._ledger.reset()
         self._count_reset()
 
-    # -- combining ----------------------------------------------------------------------------
-
-    def merge_state(self, other: Self) -> None:
-        """Add another instance's updates to this one's, as if this one had seen them.
-
-        Raises:
-            IncompatibleStateError: ``other`` is of another type or aggregates
-                a shared name differently.
-        """
-        if type(other) is not type(self):
-            raise IncompatibleStateError(
-                f"{self._ledger.label}: cannot merge the state of a {type(other).__name__}"
-            )
-        self._ledger.merge(other._ledger)
-
-    def sync(self, process_group: Any = None, *, dataset_size: int | None = None) -> None:
-        """Make :meth:`compute` report the value over all ranks (see :func:`~torchtally.sync_all`).
-
-        Example:
-            >>> import torch
-            >>> import torchtally as tt
-            >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
-            >>> _ = metric.update(torch.ones(2), torch.zeros(2))
-            >>> metric.sync()   # no-op outside a distributed run
-            >>> metric.compute()
-            {'MAE': tensor(1.)}
-        """
-        _sync.sync_all(self, process_group=process_group, dataset_size=dataset_size)
-
-    # -- sync hooks (torchtally.sync.SyncParticipant) -----------------------------------------
-
-    def sync_identity(self) -> dict[str, Any]:
-        """What the counterpart of this objective on every other rank must equal.
-
-        Its class, declared names, their aggregations and whether it learns
-        names from the data; subclasses add what else defines them (callables,
-        formula). Override to add more, calling ``super()``.
-
-        Example:
-            >>> import torchtally as tt
-            >>> identity = tt.Metric(lambda o, t: o - t, 'Bias').sync_identity()
-            >>> identity['names'], identity['aggregations']
-            (['Bias'], ['mean'])
-        """
-        names = list(self.declared_names())
-        return {
-            "kind": f"{type(self).__module__}.{type(self).__qualname__}",
-            "names": names,
-            "aggregations": [_aggregation_identity(self.accumulator_for(name)) for name in names],
-            "learns_names": self.learns_names,
-        }
-
-    def sync_export(self, drop_last: bool) -> SyncState:
-        """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
-        return export_rows(self._ledger.groups(), drop_last=drop_last, known=not self.learns_names)
-
-    def sync_merge(self, gathered: Gathered, padding: Padding | None) -> dict[str, Tensor] | str:
-        """Every value over all ranks (``self`` unchanged), or why this rank has none."""
-        ledger = self._ledger
-        groups = ledger.groups()
-        if gathered.states is None and (
-            self.learns_names or any(not type(acc).summable() for acc, _ in groups)
-        ):  # this rank is not sync_all's destination: only the means and sums reached it
-            return (
-                f"{ledger.label}: synced with sync_all(destination=...) to another rank; only "
-                f"that rank has its values over all processes"
-            )
-        values, counts = merge_rows(
-            ledger.label, groups, gathered, self.accumulator_for, known=not self.learns_names
-        )
-        if padding is not None:
-            kept = padding.check(ledger.label, counts)
-            if kept and not self._warned_repeats:
-                self._warned_repeats = True
-                warnings.warn(
-                    RepeatedSampleWarning(
-                        f"{ledger.label}: {kept} saw only batch values (a scalar per batch) on "
-                        f"the processes holding a sample DistributedSampler repeated, so the "
-                        f"repeat cannot be dropped and is counted twice; return per-sample "
-                        f"values (B,) to have it dropped"
-                    ),
-                    stacklevel=4,
-                )
-        device = ledger.device
-        order = [*ledger.names, *[name for name in values if name not in ledger.rows]]
-        return {name: values[name] if device is None else values[name].to(device) for name in order}
-
-    def sync_install(self, prepared: dict[str, Tensor] | str) -> None:
-        """Make :meth:`compute` report what :meth:`sync_merge` prepared."""
-        ledger = self._ledger
-        if isinstance(prepared, str):
-            self._elsewhere = prepared
-            ledger.synced = {}
-        else:
-            self._elsewhere = None
-            ledger.add_names(list(prepared))
-            ledger.synced = prepared
-        ledger.computed = None
-        self._count_sync()
-
-    # -- persistence and devices --------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """This process's accumulated state (pending batches included), ``torch.save``-able.
-
-        Plain metadata and tensors only: it loads with ``torch.load(weights_only=True)``.
-
-        Example:
-            >>> import torch
-            >>> import torchtally as tt
-            >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
-            >>> _ = metric.update(torch.ones(2), torch.zeros(2))
-            >>> restored = tt.Metric(metric.fn, 'MAE')
-            >>> restored.load_state_dict(metric.state_dict())
-            >>> restored.compute()
-            {'MAE': tensor(1.)}
-        """
-        meta, tensors = self._ledger.export()
-        return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Replace the state with one from :meth:`state_dict`, after checking all of it.
-
-        Raises:
-            StateDictError: the state is malformed, misses a name this objective
-                declares, holds one it does not, aggregates a value differently
-                or holds tensors of the wrong shape, dtype or count. Nothing
-                changes then.
-        """
-        label = self._ledger.label
-        if not isinstance(state_dict, Mapping) or state_dict.get("version") != STATE_VERSION:
-            found = (
-                f"version {state_dict.get('version')!r}"
-                if isinstance(state_dict, Mapping)
-                else type(state_dict).__name__
-            )
-            raise StateDictError(
-                f"{label}: expected a dict from state_dict() of format version {STATE_VERSION}, "
-                f"found {found}"
-            )
-        tensors = state_dict.get("tensors")
-        if not isinstance(tensors, (list, tuple)):
-            raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
-        rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
-        stored = {name for _, names in rebuilt.values() for name in names}
-        declared = set(self.declared_names())
-        missing = sorted(declared - stored)
-        unexpected = [] if self.learns_names else sorted(stored - declared)
-        if missing or unexpected:
-            raise StateDictError(
-                f"{label}: the state must hold every name this objective reports "
-                f"{sorted(declared)}; missing {missing}, unexpected {unexpected}"
-            )
-        self._ledger.install(rebuilt)
-
-    def to(self, device: torch.device | str) -> Self:
-        """Move the accumulated state to ``device`` (in place) and return ``self``.
-
-        Not needed to follow a model: the state is created on the device of the
-        first values it receives. Needed to move a state that already exists.
-        """
-        self._ledger.to(device)
-        return self
-
-    def copy(self) -> Self:
-        """An independent deep copy, state included."""
-        return copy.deepcopy(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickles and deep copies carry folded state, never a queue of batches.
-        self._ledger.prepare_pickle()
-        return self.__dict__.copy()
-
 
 class AverageObjective(Objective[OutputT, TargetT]):
     """An objective whose every value is a batch-weighted mean; implement :meth:`calculate`.
@@ -565,13 +384,6 @@ class AverageObjective(Objective[OutputT, TargetT]):
     """
 
     aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
-
-
-def _aggregation_identity(cls: type[Accumulator]) -> str:
-    """A built-in kind by its name, a custom accumulator by its qualified class name."""
-    if cls.__module__.startswith("torchtally.aggregation"):
-        return cls.kind
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _as_dict(values: Any, label: str) -> dict[str, Any]:

@@ -1,32 +1,31 @@
-"""Objectives built from plain callables: ``Metric``, ``MetricCollection``, ``compute_metrics``.
+"""The metrics built from plain callables: ``Metric``, ``MetricCollection``, ``compute_metrics``.
 
-A callable of ``(outputs, targets)`` returns per-sample values of shape
-``(B,)`` (preferred: exact weighting) or a scalar that is already a batch
-mean; its name, direction and aggregation travel with it in a
-:class:`NamedCallable`. Objectives built from callables know their names
-before any data, so a process that saw no batch still takes part in a sync.
+A :class:`Metric` is one named callable; a :class:`MetricCollection` several,
+each under its own name, or dict-valued callables whose names are learnt from
+the first batch. Both are callable objectives
+(:class:`~torchtally.objectives.CallableObjective`); joined with ``|`` they
+make one collection. :func:`compute_metrics` flattens the computed values of
+any objectives into one dict of floats for loggers.
 """
 
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import Tensor
 from typing_extensions import override
 
-from torchtally._conventions import (
-    MetricFn,
-    WeightFn,
-    callable_error,
-    check_name,
-    default_name,
-)
-from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
-from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
+from torchtally._conventions import MetricFn, WeightFn, check_name, default_name
+from torchtally.aggregation import Accumulator
+from torchtally.errors import InvalidArgumentError, NameConflictError
 from torchtally.objectives._base import Objective
-from torchtally.sync import callable_identity
+from torchtally.objectives._named import (
+    CallableObjective,
+    NamedCallable,
+    is_loss,
+    merge_named_callables,
+)
 
 __all__ = [
     "CallableObjective",
@@ -39,232 +38,6 @@ __all__ = [
 
 OutputT = TypeVar("OutputT")
 TargetT = TypeVar("TargetT")
-
-
-@dataclass(frozen=True)
-class NamedCallable:
-    """A callable of ``(outputs, targets)`` with the name and direction of its value.
-
-    Attributes:
-        name: the value's name.
-        fn: the callable.
-        higher_is_better: direction of the value (``None``: no direction).
-        aggregation: accumulator kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``) or class.
-
-    Example:
-        >>> import torch
-        >>> from torchtally.objectives import NamedCallable
-        >>> entry = NamedCallable('MAE', lambda o, t: (o - t).abs(), higher_is_better=False)
-        >>> entry.fn(torch.ones(2), torch.zeros(2))
-        tensor([1., 1.])
-    """
-
-    name: str
-    fn: MetricFn
-    higher_is_better: bool | None = None
-    aggregation: str | type[Accumulator] = "mean"
-
-    def same_callable(self, other: NamedCallable) -> bool:
-        """Whether both wrap the same callable."""
-        return self.fn is other.fn or self.fn == other.fn
-
-
-def merge_named_callables(
-    first: Iterable[NamedCallable], second: Iterable[NamedCallable], owner: str
-) -> dict[str, NamedCallable]:
-    """The union of two sets of named callables, keyed by name.
-
-    Raises:
-        NameConflictError: one name is given to two different callables.
-
-    Example:
-        >>> from torchtally.objectives import NamedCallable, merge_named_callables
-        >>> def mae(o, t):
-        ...     return (o - t).abs()
-        >>> entry = NamedCallable('MAE', mae)
-        >>> list(merge_named_callables([entry], [NamedCallable('MAE', mae)], 'x'))
-        ['MAE']
-    """
-    merged: dict[str, NamedCallable] = {}
-    for entry in (*first, *second):
-        present = merged.get(entry.name)
-        if present is None:
-            merged[entry.name] = entry
-        elif not present.same_callable(entry):
-            raise NameConflictError(
-                f"{owner}: the name {entry.name!r} is given to two different callables "
-                f"({present.fn!r} and {entry.fn!r}); give one of them another name"
-            )
-    return merged
-
-
-class CallableObjective(Objective[OutputT, TargetT]):
-    """An objective evaluating a fixed set of named callables (shared by metrics and losses).
-
-    Args:
-        entries: the named callables; one name per callable.
-        weight: a callable of ``(outputs, targets)`` returning each batch's weight.
-
-    Example:
-        >>> import torch
-        >>> from torchtally.objectives import CallableObjective, NamedCallable
-        >>> both = CallableObjective([NamedCallable('Bias', lambda o, t: o - t)])
-        >>> both.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
-        {'Bias': tensor([1., 2.])}
-        >>> both.compute()
-        {'Bias': tensor(1.5000)}
-    """
-
-    _entries: dict[str, NamedCallable]
-
-    def __init__(
-        self,
-        entries: Iterable[NamedCallable],
-        *,
-        weight: WeightFn | None = None,
-        multi: Iterable[MetricFn] = (),
-    ) -> None:
-        owner = type(self).__name__
-        self._multi = tuple(multi)
-        for fn in self._multi:
-            if not callable(fn) or isinstance(fn, Objective):
-                raise InvalidArgumentError(
-                    f"{owner}: a positional argument must be a callable of (outputs, targets) "
-                    f"returning a dict of values by name, found {type(fn).__name__}; join "
-                    f"objectives with |"
-                )
-        self._entries = merge_named_callables(entries, (), owner)
-        for entry in self._entries.values():
-            check_name(entry.name, owner)
-            if not callable(entry.fn):
-                raise TypeError(
-                    f"{owner}: the value {entry.name!r} needs a callable of (outputs, targets), "
-                    f"found {type(entry.fn).__name__}"
-                )
-            if entry.higher_is_better is not None and not isinstance(entry.higher_is_better, bool):
-                raise InvalidArgumentError(
-                    f"{owner}: higher_is_better of {entry.name!r} must be True, False or None, "
-                    f"found {type(entry.higher_is_better).__name__} {entry.higher_is_better!r:.40}"
-                )
-            if issubclass(accumulator_class(entry.aggregation, f"{owner} {entry.name!r}"), Cat):
-                raise ValueError(
-                    f"{owner}: {entry.name!r} cannot use the 'cat' aggregation: it reports every "
-                    f"value, not an epoch value; subclass tt.Objective and finalize() them"
-                )
-        self._calls = tuple((entry.name, entry.fn) for entry in self._entries.values())
-        super().__init__(weight=weight)
-
-    @override
-    def declared_names(self) -> tuple[str, ...]:
-        return tuple(self._entries)
-
-    @property
-    @override
-    def learns_names(self) -> bool:
-        return bool(self._multi)  # dict-valued callables name their values themselves
-
-    @override
-    def sync_identity(self) -> dict[str, Any]:
-        identity = super().sync_identity()
-        identity["callables"] = [callable_identity(fn) for _, fn in self._calls]
-        identity["multi"] = [callable_identity(fn) for fn in getattr(self, "_multi", ())]
-        return identity
-
-    @property
-    def _multi_valued(self) -> bool:
-        return bool(getattr(self, "_multi", ()))
-
-    @override
-    def accumulator_for(self, name: str) -> type[Accumulator]:
-        entry = self._entries.get(name)
-        if entry is None:
-            return Mean
-        return accumulator_class(entry.aggregation, lambda: f"{self._label()} {name!r}")
-
-    @override
-    def higher_is_better_for(self, name: str) -> bool | None:
-        entry = self._entries.get(name)
-        return None if entry is None else entry.higher_is_better
-
-    @override
-    def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
-        # One loop, one try: this runs every step. Python numbers are converted by update.
-        values: dict[str, Any] = {}
-        name = ""
-        try:
-            for name, fn in self._calls:
-                values[name] = fn(outputs, targets)
-        except Exception as error:
-            raise callable_error(self._ledger.label, name, error) from error
-        for fn in self._multi:
-            self._merge_produced(values, fn, outputs, targets)
-        return values
-
-    def _merge_produced(
-        self, values: dict[str, Any], fn: MetricFn, outputs: Any, targets: Any
-    ) -> None:
-        """Add the values a dict-valued callable returns, refusing a name given twice."""
-        label = self._ledger.label
-        owner = getattr(fn, "__name__", type(fn).__name__)
-        try:
-            produced = fn(outputs, targets)
-        except Exception as error:
-            raise callable_error(label, owner, error) from error
-        if not isinstance(produced, Mapping):
-            raise ResultTypeError(
-                f"{label}: the positional callable {owner} must return a dict of values by name, "
-                f"found {type(produced).__name__}"
-            )
-        for key in produced:
-            check_name(key, label)
-            if key in values:
-                raise NameConflictError(
-                    f"{label}: two callables returned a value named {key!r}; give one another name"
-                )
-        values.update(produced)
-
-    @override
-    def update(
-        self, outputs: OutputT, targets: TargetT, *, weight: Any = None
-    ) -> dict[str, Tensor]:
-        # calculate() returns the names in the same order every time: the queue may trust it.
-        values = self.calculate(outputs, targets)
-        size, weight = self._batch(outputs, targets, weight)
-        return self._accumulate(values, size, weight, not self._multi)
-
-    @property
-    def entries(self) -> tuple[NamedCallable, ...]:
-        """The named callables, in order."""
-        return tuple(self._entries.values())
-
-    @override
-    def __or__(self, other: object) -> Objective[Any, Any]:
-        """A new collection with the entries of both (state is not carried over).
-
-        With another kind of objective the result is a
-        :class:`~torchtally.objectives.Joined`; a loss on the right makes the
-        result a loss (see ``LossBase.__ror__``).
-        """
-        if _is_loss(other) or _is_loss(self):
-            return NotImplemented
-        if not isinstance(other, CallableObjective) or type(other) not in (
-            Metric,
-            MetricCollection,
-        ):
-            return super().__or__(other)
-        if type(self) not in (Metric, MetricCollection):
-            return super().__or__(other)
-        weights = {id(fn): fn for fn in (self._weight_fn, other._weight_fn) if fn is not None}
-        if len(weights) > 1:
-            raise ValueError(
-                "MetricCollection: the two have different weight= callables; join objectives "
-                "that share one, or pass weight= to update"
-            )
-        return _collection(
-            merge_named_callables(self.entries, other.entries, "MetricCollection").values(),
-            next(iter(weights.values()), None),
-            (*self._multi, *other._multi),
-        )
 
 
 class MetricCollection(CallableObjective[OutputT, TargetT]):
@@ -343,11 +116,7 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """
         for name in named_fns:
             check_name(name, cls.__name__)
-        collection: MetricCollection[Any, Any] = MetricCollection.__new__(MetricCollection)
-        collection._prefix, collection._postfix = "", ""
-        CallableObjective.__init__(
-            collection, (_entry(name, fn) for name, fn in named_fns.items()), weight=weight
-        )
+        collection = _collection((_entry(name, fn) for name, fn in named_fns.items()), weight)
         if prefix or postfix:
             return collection.renamed(prefix=prefix, postfix=postfix)
         return collection
@@ -425,6 +194,10 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """``(name, entry)`` pairs."""
         return self._entries.items()
 
+    @override
+    def __or__(self, other: object) -> Objective[Any, Any]:
+        return _union(self, other)
+
 
 def _entry(name: str, fn: Any) -> NamedCallable:
     """A collection's entry from a keyword argument: a callable, or a ``Metric`` renamed."""
@@ -497,6 +270,10 @@ class Metric(CallableObjective[OutputT, TargetT]):
     def _label(self) -> str:
         return f"Metric {next(iter(self._entries))!r}"
 
+    @override
+    def __or__(self, other: object) -> Objective[Any, Any]:
+        return _union(self, other)
+
 
 def _collection(
     entries: Iterable[NamedCallable],
@@ -509,9 +286,28 @@ def _collection(
     return collection
 
 
-def _is_loss(objective: object) -> bool:
-    # Losses live in the layer above; they mark themselves so that metric | loss defers to them.
-    return getattr(objective, "is_loss", False) is True
+def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, Any]:
+    """``first | other`` for a ``Metric`` or ``MetricCollection``: one collection of both's entries.
+
+    Only for two of exactly these classes, neither a loss; the new collection
+    starts with fresh state. Anything else joins as any callable objective
+    does (``CallableObjective.__or__``).
+    """
+    plain = (Metric, MetricCollection)
+    if is_loss(other) or is_loss(first) or type(first) not in plain or type(other) not in plain:
+        return CallableObjective.__or__(first, other)
+    assert isinstance(other, CallableObjective)
+    weights = {id(fn): fn for fn in (first._weight_fn, other._weight_fn) if fn is not None}
+    if len(weights) > 1:
+        raise ValueError(
+            "MetricCollection: the two have different weight= callables; join objectives "
+            "that share one, or pass weight= to update"
+        )
+    return _collection(
+        merge_named_callables(first.entries, other.entries, "MetricCollection").values(),
+        next(iter(weights.values()), None),
+        (*first._multi, *other._multi),
+    )
 
 
 def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:

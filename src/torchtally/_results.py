@@ -1,0 +1,180 @@
+"""What a user callable returned, as tensors: one value, or a foreign metric's result as a dict.
+
+The rules, once each: a value is a tensor or a real Python number
+(:func:`as_value_tensor`); a foreign metric's result is a number, a tensor, a
+tuple or list of them or a dict with string keys (:func:`normalize_result`);
+two results joined must not share a name (:func:`merge_results`), and leaf
+metrics of one class get unique names (:func:`unique_names`). They are named
+in :mod:`torchtally._conventions` too, with the other input rules.
+
+Example:
+    >>> from torchtally._results import normalize_result
+    >>> normalize_result({'MAE': 0.5}, 'errors', 'example')
+    {'MAE': tensor(0.5000, dtype=torch.float64)}
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchtally.errors import (
+    InvalidNameError,
+    NameConflictError,
+    ResultShapeError,
+    ResultTypeError,
+)
+
+__all__ = [
+    "FORMS_HINT",
+    "as_value_tensor",
+    "merge_results",
+    "normalize_result",
+    "unique_names",
+]
+
+FORMS_HINT = "callables returning tuples, lists or dicts can be wrapped with torchtally.wrap"
+_RESULT_FORMS = (
+    "a result may be a number, a tensor, a tuple or list of them, or a dict of string keys to them"
+)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -> Tensor:
+    """A callable's result as a tensor: tensors pass, real Python numbers become 0-d tensors.
+
+    Integers and booleans are accepted (counts, hits) and stay integers;
+    other real numbers (floats, fractions, NumPy scalars) become float64, so
+    that no digit of a Python float is lost. NaN and infinities are kept: they
+    are real signals, and checking for them would need a host
+    synchronisation every step.
+
+    Raises:
+        ResultTypeError: the value is complex, an integer outside int64, or
+            neither a tensor nor a real number.
+
+    Example:
+        >>> from fractions import Fraction
+        >>> from torchtally._conventions import as_value_tensor
+        >>> as_value_tensor(Fraction(1, 4), 'Metric', 'score')
+        tensor(0.2500, dtype=torch.float64)
+    """
+    if isinstance(value, Tensor):
+        if value.is_complex():
+            raise ResultTypeError(
+                f"{owner}: {name!r} is a complex tensor ({value.dtype}); averaging would drop "
+                f"the imaginary part: return its real part, its absolute value or both"
+            )
+        return value
+    if isinstance(value, bool):
+        return torch.tensor(value)
+    if isinstance(value, numbers.Integral):
+        integer = int(value)
+        if not _INT64[0] <= integer <= _INT64[1]:
+            raise ResultTypeError(
+                f"{owner}: {name!r} is the integer {integer}, outside the int64 range a tensor "
+                f"can hold; return it as a float"
+            )
+        return torch.tensor(integer)
+    if isinstance(value, numbers.Real):
+        return torch.tensor(float(value), dtype=torch.float64)
+    what = "a complex number" if isinstance(value, numbers.Complex) else type(value).__name__
+    raise ResultTypeError(
+        f"{owner}: {name!r} must be a tensor or a real Python number, found {what} "
+        f"({value!r:.80}); {hint}"
+    )
+
+
+def normalize_result(
+    result: Any, name: str, owner: str, *, scalars: bool = False
+) -> dict[str, Tensor]:
+    """A foreign metric's result as ``dict[str, Tensor]``.
+
+    A number or a tensor becomes ``{name: value}``; a tuple or list becomes
+    ``{name_0: ..., name_1: ...}``; a dict keeps its keys, which must be
+    non-empty strings. Python numbers become tensors (:func:`as_value_tensor`).
+
+    Args:
+        result: what the metric returned.
+        name: the name of a single value, and the prefix of a sequence's names.
+        owner: how error messages name the metric.
+        scalars: require every value to hold one element (returned 0-d).
+
+    Raises:
+        InvalidNameError: a dict key is not a non-empty string.
+        ResultTypeError: a value is neither a tensor nor a real number.
+        ResultShapeError: ``scalars`` is set and a value has more than one element.
+
+    Example:
+        >>> from torchtally._conventions import normalize_result
+        >>> normalize_result((1, 0.5), 'loss', 'example')
+        {'loss_0': tensor(1), 'loss_1': tensor(0.5000, dtype=torch.float64)}
+    """
+    if isinstance(result, Mapping):
+        items = list(result.items())
+        for key, _ in items:
+            if not isinstance(key, str) or not key:
+                raise InvalidNameError(
+                    f"{owner}: the keys of a returned dict must be non-empty strings, found "
+                    f"{type(key).__name__} {key!r}"
+                )
+    elif isinstance(result, (tuple, list)):
+        items = [(f"{name}_{index}", value) for index, value in enumerate(result)]
+    else:
+        items = [(name, result)]
+    normalized: dict[str, Tensor] = {}
+    for key, value in items:
+        tensor = as_value_tensor(value, owner, key, _RESULT_FORMS)
+        if scalars:
+            if tensor.numel() != 1:
+                raise ResultShapeError(
+                    f"{owner}: the value {key!r} must be a scalar (one element), found a tensor "
+                    f"of shape {tuple(tensor.shape)}"
+                )
+            tensor = tensor.reshape(())
+        normalized[key] = tensor
+    return normalized
+
+
+def unique_names(base: list[str]) -> list[str]:
+    """``base`` with repeats made unique: ``A``, ``A_2``, ``A_3``.
+
+    Example:
+        >>> from torchtally._conventions import unique_names
+        >>> unique_names(['MSE', 'MAE', 'MSE'])
+        ['MSE', 'MAE', 'MSE_2']
+    """
+    seen: set[str] = set()
+    unique: list[str] = []
+    for name in base:
+        candidate, index = name, 1
+        while candidate in seen:
+            index += 1
+            candidate = f"{name}_{index}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def merge_results(target: dict[str, Tensor], extra: Mapping[str, Tensor], owner: str) -> None:
+    """Add ``extra`` to ``target``; a name present in both is a :class:`NameConflictError`.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import merge_results
+        >>> values = {'MSE': torch.tensor(1.0)}
+        >>> merge_results(values, {'MAE': torch.tensor(2.0)}, 'example')
+        >>> sorted(values)
+        ['MAE', 'MSE']
+    """
+    for key, value in extra.items():
+        if key in target:
+            raise NameConflictError(
+                f"{owner}: two values are reported under the name {key!r}; give the metrics "
+                f"distinct names"
+            )
+        target[key] = value

@@ -1,0 +1,175 @@
+"""State tensors: how each is declared (:class:`StateSpec`), and the one place states combine.
+
+An accumulator's state is a few ``(rows, width)`` tensors, each combining with
+its counterpart by one of :data:`MERGE_RULES`. :func:`combine_states` applies
+those rules to any number of states at once; ``Accumulator.merge``,
+``Objective.merge_state`` and ``sync_all`` all combine through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MERGE_RULES",
+    "StateHolder",
+    "StateSpec",
+    "combine_stacked",
+    "combine_states",
+    "fresh_state",
+    "is_exact",
+    "promote",
+    "two_sum_into",
+]
+
+MERGE_RULES = ("sum", "twosum", "min", "max", "latest")
+"""How two states combine: add them; add compensated ``(high, low)`` pairs exactly; keep
+the smaller or the larger; keep the later one (``latest``: per-rank bookkeeping)."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor of an accumulator: shape ``(rows, width)``, its dtype and merge rule.
+
+    Attributes:
+        name: the key of the tensor in exports and state dicts.
+        width: columns per row.
+        dtype: the tensor's dtype.
+        rule: one of :data:`MERGE_RULES`.
+        fill: the value of a row that has seen nothing.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Mean
+        >>> tuple((spec.name, spec.width, spec.rule) for spec in Mean.states)
+        (('samples', 1, 'sum'), ('total', 2, 'twosum'), ('weight', 1, 'sum'), ('last', 3, 'latest'))
+    """
+
+    name: str
+    width: int
+    dtype: torch.dtype
+    rule: str
+    fill: float = 0.0
+
+
+class StateHolder:
+    """What an accumulator holds, declared once for its parts written in other modules.
+
+    Annotations only, for the type checker (``Accumulator.__init__`` sets
+    them): the kind and its declared :attr:`states`, the rows with their
+    labels and dtypes, the device and the state tensors (``None`` before any
+    value).
+    """
+
+    kind: ClassVar[str]
+    states: ClassVar[tuple[StateSpec, ...]]
+    rows: int
+    labels: list[str]
+    dtypes: list[torch.dtype | None]
+    device: torch.device | None
+    _state: dict[str, Tensor] | None
+
+
+def fresh_state(specs: Sequence[StateSpec], rows: int, device: torch.device) -> dict[str, Tensor]:
+    """The state of ``rows`` rows that have seen nothing: every tensor filled with its ``fill``."""
+    return {
+        spec.name: torch.full((rows, spec.width), spec.fill, dtype=spec.dtype, device=device)
+        for spec in specs
+    }
+
+
+def two_sum_into(total: Tensor, addend: Tensor) -> None:
+    """``total[:, 0] + total[:, 1] += addend``, exactly (Knuth's TwoSum), in place.
+
+    ``total`` holds a high word and a low word per row; the rounding error of
+    adding to the high word is recovered exactly and kept in the low word.
+    Where the sum is not finite the error is not defined (``inf - inf``) and
+    is dropped, so that infinities propagate as torch propagates them.
+    """
+    high, low = total.unbind(1)
+    summed = high + addend
+    virtual = summed - high
+    error = (high - (summed - virtual)).add_(addend - virtual)
+    low.add_(error.nan_to_num_(0.0, 0.0, 0.0))
+    high.copy_(summed)
+
+
+def is_exact(dtype: torch.dtype) -> bool:
+    """Integers and booleans: values whose sums, minima and maxima are reported exactly."""
+    return not dtype.is_floating_point and not dtype.is_complex
+
+
+def promote(first: torch.dtype | None, second: torch.dtype) -> torch.dtype:
+    """The dtype of a row that has seen ``first`` (``None``: nothing yet) and then ``second``."""
+    return second if first is None else torch.promote_types(first, second)
+
+
+def _two_sum_all(stacked: Tensor) -> Tensor:
+    """The compensated sum of ``(n, rows, 2)`` ``(high, low)`` pairs, as ``(rows, 2)``.
+
+    Pairs are added as a balanced tree of TwoSums, so ``n`` states take
+    ``log2(n)`` vectorised steps, each exact up to the low words' own rounding.
+    """
+    high, low = stacked[..., 0], stacked[..., 1]
+    while high.shape[0] > 1:
+        if high.shape[0] % 2:
+            high = torch.cat([high, torch.zeros_like(high[:1])])
+            low = torch.cat([low, torch.zeros_like(low[:1])])
+        first, second = high[0::2], high[1::2]
+        summed = first + second
+        virtual = summed - first
+        error = (first - (summed - virtual)) + (second - virtual)
+        low = low[0::2] + low[1::2] + error.nan_to_num(0.0, 0.0, 0.0)
+        high = summed
+    return torch.stack([high[0], low[0]], 1)
+
+
+def combine_states(
+    specs: Sequence[StateSpec], states: Sequence[Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """Combine the states of any number of accumulators holding the same rows, in one pass.
+
+    Each state tensor combines by its declared rule (:data:`MERGE_RULES`);
+    ``latest`` takes the last state whose row has seen anything. This is the
+    one place states combine: ``merge``, ``merge_state`` and ``sync_all`` use it.
+
+    Example:
+        >>> import torch
+        >>> from torchtally.aggregation import Max, combine_states
+        >>> parts = [Max(), Max()]
+        >>> parts[0].add(torch.tensor([1.0])); parts[1].add(torch.tensor([4.0, 2.0]))
+        >>> combined = combine_states(Max.states, [part.state for part in parts])
+        >>> combined['samples'], combined['float']
+        (tensor([[3]]), tensor([[4.]], dtype=torch.float64))
+    """
+    return combine_stacked(
+        specs, {spec.name: torch.stack([state[spec.name] for state in states]) for spec in specs}
+    )
+
+
+def combine_stacked(specs: Sequence[StateSpec], stacked: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`combine_states` of states already stacked: ``(n, rows, width)`` per state."""
+    combined: dict[str, Tensor] = {}
+    for spec in specs:
+        if spec.name not in stacked:  # a state that does not travel (per-rank bookkeeping)
+            continue
+        parts = stacked[spec.name]
+        if spec.rule == "sum":
+            combined[spec.name] = parts.sum(0)
+        elif spec.rule == "twosum":
+            combined[spec.name] = _two_sum_all(parts)
+        elif spec.rule == "min":
+            combined[spec.name] = parts.amin(0)
+        elif spec.rule == "max":
+            combined[spec.name] = parts.amax(0)
+        else:  # latest: from the last state whose row has seen anything
+            took = stacked["samples"] > 0  # (n, rows, 1)
+            order = torch.arange(took.shape[0], device=took.device).view(-1, 1, 1)
+            last = torch.where(took, order, 0).amax(0, keepdim=True)
+            combined[spec.name] = parts.gather(0, last.expand(1, *parts.shape[1:]))[0]
+    return combined

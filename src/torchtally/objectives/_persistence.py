@@ -1,0 +1,103 @@
+"""An objective's state outside the process: state dicts, devices, copies and pickles.
+
+:class:`Persistence` is the part of :class:`~torchtally.objectives.Objective`
+that saves and restores its accumulated state (:meth:`Persistence.state_dict`,
+checked in full by :meth:`Persistence.load_state_dict` before anything
+changes), moves it between devices and copies it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from typing_extensions import Self
+
+from torchtally.errors import StateDictError
+from torchtally.objectives._holder import LedgerHolder
+
+__all__ = ["STATE_VERSION", "Persistence"]
+
+STATE_VERSION = 2
+"""The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
+
+
+class Persistence(LedgerHolder):
+    """Saving, loading, moving and copying (a mixin of :class:`~torchtally.objectives.Objective`).
+
+    It works on the objective's ledger, and reads its declared names and
+    whether it learns names from the data.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's accumulated state (pending batches included), ``torch.save``-able.
+
+        Plain metadata and tensors only: it loads with ``torch.load(weights_only=True)``.
+
+        Example:
+            >>> import torch
+            >>> import torchtally as tt
+            >>> metric = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+            >>> _ = metric.update(torch.ones(2), torch.zeros(2))
+            >>> restored = tt.Metric(metric.fn, 'MAE')
+            >>> restored.load_state_dict(metric.state_dict())
+            >>> restored.compute()
+            {'MAE': tensor(1.)}
+        """
+        meta, tensors = self._ledger.export()
+        return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the state with one from :meth:`state_dict`, after checking all of it.
+
+        Raises:
+            StateDictError: the state is malformed, misses a name this objective
+                declares, holds one it does not, aggregates a value differently
+                or holds tensors of the wrong shape, dtype or count. Nothing
+                changes then.
+        """
+        label = self._ledger.label
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != STATE_VERSION:
+            found = (
+                f"version {state_dict.get('version')!r}"
+                if isinstance(state_dict, Mapping)
+                else type(state_dict).__name__
+            )
+            raise StateDictError(
+                f"{label}: expected a dict from state_dict() of format version {STATE_VERSION}, "
+                f"found {found}"
+            )
+        tensors = state_dict.get("tensors")
+        if not isinstance(tensors, (list, tuple)):
+            raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
+        rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
+        stored = {name for _, names in rebuilt.values() for name in names}
+        declared = set(self.declared_names())
+        missing = sorted(declared - stored)
+        unexpected = [] if self.learns_names else sorted(stored - declared)
+        if missing or unexpected:
+            raise StateDictError(
+                f"{label}: the state must hold every name this objective reports "
+                f"{sorted(declared)}; missing {missing}, unexpected {unexpected}"
+            )
+        self._ledger.install(rebuilt)
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move the accumulated state to ``device`` (in place) and return ``self``.
+
+        Not needed to follow a model: the state is created on the device of the
+        first values it receives. Needed to move a state that already exists.
+        """
+        self._ledger.to(device)
+        return self
+
+    def copy(self) -> Self:
+        """An independent deep copy, state included."""
+        return copy.deepcopy(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies carry folded state, never a queue of batches.
+        self._ledger.prepare_pickle()
+        return self.__dict__.copy()

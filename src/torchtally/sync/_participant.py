@@ -1,0 +1,110 @@
+"""What ``sync_all`` needs from an object, and which objects take part in a sync.
+
+:class:`SyncParticipant` is the five public hooks an object implements to
+sync (every objective and adapter does); :class:`SyncCounters` keeps the
+bookkeeping behind one of them, ``sync_stamp``. A composite takes part
+through the parts it names (``sync_parts()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torchtally.sync._agreement import Padding, serial
+from torchtally.sync._rows import Gathered, SyncState
+
+__all__ = ["SyncCounters", "SyncParticipant"]
+
+
+@runtime_checkable
+class SyncParticipant(Protocol):
+    """What :func:`sync_all` needs from an object to sync it in its shared exchange.
+
+    Every objective implements it, and the torchmetrics and torcheval
+    adapters do too, so that one ``sync_all`` moves everything in one
+    exchange. Implement it to sync a state of your own.
+
+    Example:
+        >>> import torchtally as tt
+        >>> from torchtally.sync import SyncParticipant
+        >>> isinstance(tt.Metric(lambda o, t: o - t, 'Bias'), SyncParticipant)
+        True
+    """
+
+    def sync_identity(self) -> dict[str, Any]:
+        """What every rank's counterpart must equal (JSON-able).
+
+        The same in every process running the same code: kinds, names,
+        layouts; no addresses, no values.
+        """
+
+    def sync_stamp(self) -> tuple[int, int]:
+        """Where it is in its sequence of syncs: ``(resets, syncs since the last reset)``."""
+
+    def sync_export(self, drop_last: bool) -> SyncState:
+        """This process's state, without its last sample when ``drop_last`` (a sampler's repeat)."""
+
+    def sync_merge(self, gathered: Gathered, padding: Padding | None) -> Any:
+        """Combine every rank's state without changing ``self``.
+
+        Raise only :class:`~torchtally.errors.SyncError`, with messages built
+        from ``gathered`` alone, so that every rank raises the same.
+        """
+
+    def sync_install(self, prepared: Any) -> None:
+        """Make ``compute()`` report what :meth:`sync_merge` prepared."""
+
+
+class SyncCounters:
+    """The bookkeeping behind :meth:`SyncParticipant.sync_stamp`: resets, syncs, creation order.
+
+    A mixin: call :meth:`_count_reset` from ``reset`` and :meth:`_count_sync`
+    from ``sync_install``.
+
+    Example:
+        >>> from torchtally.sync import SyncCounters
+        >>> counters = SyncCounters()
+        >>> counters._count_sync(); counters._count_reset(); counters._count_sync()
+        >>> counters.sync_stamp()
+        (1, 1)
+    """
+
+    _resets = 0
+    _syncs = 0
+    _serial = 0
+
+    def __init__(self) -> None:
+        self._serial = serial()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy or an unpickled object is a new participant, made now.
+        self.__dict__.update(state)
+        self._serial = serial()
+
+    def sync_stamp(self) -> tuple[int, int]:
+        """``(resets, syncs since the last reset)``."""
+        return self._resets, self._syncs
+
+    def _count_reset(self) -> None:
+        """Note a reset."""
+        self._resets += 1
+        self._syncs = 0
+
+    def _count_sync(self) -> None:
+        """Note a completed sync."""
+        self._syncs += 1
+
+
+def _participants(item: object) -> tuple[Any, ...]:
+    """What syncs for ``item``: itself, or the parts a composite names (``sync_parts()``)."""
+    parts = getattr(item, "sync_parts", None)
+    return tuple(parts()) if callable(parts) else (item,)
+
+
+def _check_participant(item: object) -> None:
+    if not isinstance(item, SyncParticipant):
+        raise TypeError(
+            f"sync_all takes torchtally objectives and adapters, found "
+            f"{type(item).__name__}; wrap foreign metrics with torchtally.wrap, "
+            f"from_torchmetrics or from_torcheval"
+        )
