@@ -1582,7 +1582,7 @@ def test_higher_is_better_must_be_a_bool(value: Any) -> None:
         with pytest.raises(InvalidArgumentError) as refused:
             tt.Metric(mae_fn, "MAE", higher_is_better=value)
         assert str(refused.value).startswith(
-            "Metric: higher_is_better of 'MAE' must be True, False or None, found "
+            "Metric value 'MAE': higher_is_better must be True, False or None, found "
             f"{type(value).__name__} "
         )
 

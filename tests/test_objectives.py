@@ -1103,3 +1103,21 @@ def test_running_values_span_folds_leave_out_other_aggregations_and_restart_at_r
     assert both.running(3) == {}
     with pytest.raises(ValueError, match="window of at least 1"):
         both.running(0)
+
+
+def test_running_values_carry_the_prefix_and_postfix_compute_reports() -> None:
+    mae = tt.Metric(lambda o, t: (o - t).abs().mean(1), "MAE")
+    train = tt.MetricCollection(MAE=mae, prefix="val/", postfix="_ep")
+    train.running(2)
+    joined = train.renamed(prefix="val/", postfix="_ep") | tt.Metric(lambda o, t: o.mean(1), "Lvl")
+    joined.running(2)
+    for value in (1.0, 2.0, 4.0):
+        train.update(torch.full((2, 1), value), torch.zeros(2, 1))
+        joined.update(torch.full((2, 1), value), torch.zeros(2, 1))
+    assert train.running(2) == {"val/MAE_ep": torch.tensor(3.0, dtype=torch.float64)}
+    # joining a prefixed collection keeps its names (it used to merge them away)
+    assert set(joined.compute()) == {"val/MAE_ep", "Lvl"}
+    assert joined.running(2) == {
+        "val/MAE_ep": torch.tensor(3.0, dtype=torch.float64),
+        "Lvl": torch.tensor(3.0, dtype=torch.float64),
+    }

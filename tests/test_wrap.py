@@ -464,3 +464,17 @@ def test_torchtally_objectives_pass_through_unchanged() -> None:
     assert tt.wrap(wrapped) is wrapped
     with pytest.raises(ValueError, match="already a torchtally objective"):
         tt.wrap(native, "other")
+
+
+@pytest.mark.parametrize(
+    ("direction", "refused"),
+    [("yes", "'yes'"), (1, "1"), ({"Acc": "up"}, "'up'")],
+)
+def test_wrap_refuses_a_direction_that_is_not_a_bool_or_none(direction: Any, refused: str) -> None:
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        tt.wrap(lambda o, t: (o == t).float(), "Acc", higher_is_better=direction)
+    message = str(caught.value)
+    assert message.startswith("WrappedFunction 'Acc'") and "must be True, False or None" in message
+    assert refused in message
+    kept = tt.wrap(lambda o, t: (o == t).float(), "Acc", higher_is_better={"Acc": True})
+    assert kept.higher_is_better_for("Acc") is True

@@ -37,7 +37,13 @@ from torchtally._results import (
     normalize_result,
     unique_names,
 )
-from torchtally.errors import BatchSizeError, InvalidNameError, MetricCallError, WeightError
+from torchtally.errors import (
+    BatchSizeError,
+    InvalidArgumentError,
+    InvalidNameError,
+    MetricCallError,
+    WeightError,
+)
 
 __all__ = [
     "DTYPES",
@@ -49,6 +55,7 @@ __all__ = [
     "batch_size",
     "batch_weight",
     "callable_error",
+    "check_direction",
     "check_name",
     "default_name",
     "dtype_from_name",
@@ -302,3 +309,25 @@ def callable_error(owner: str, name: str, error: Exception) -> MetricCallError:
     return MetricCallError(
         f"{owner}: the callable for {name!r} raised {type(error).__name__}: {error}"
     )
+
+
+def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
+    """``higher_is_better`` checked: ``True`` or ``False`` (or ``None`` when ``optional``).
+
+    Raises:
+        InvalidArgumentError: anything else (``'yes'``, ``1``).
+
+    Example:
+        >>> from torchtally._conventions import check_direction
+        >>> check_direction(False, 'Loss', optional=False)
+        False
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        expected = "True, False or None" if optional else "True or False"
+        raise InvalidArgumentError(
+            f"{owner}: higher_is_better must be {expected}, found {type(value).__name__} "
+            f"{value!r:.40}"
+        )
+    return value

@@ -51,7 +51,7 @@ from typing import Any
 from torch import Tensor, nn
 from typing_extensions import override
 
-from torchtally._conventions import callable_error, check_name, normalize_result
+from torchtally._conventions import callable_error, check_direction, check_name, normalize_result
 from torchtally._stateful import StatefulObjective
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import InvalidNameError, UnsupportedObjectError
@@ -137,6 +137,11 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
         self._fn = fn
         self._default_aggregation = default
         self._aggregations = per_name
+        if isinstance(higher_is_better, Mapping):
+            for key, direction in higher_is_better.items():
+                check_direction(direction, f"{owner} value {key!r}", optional=True)
+        else:
+            check_direction(higher_is_better, owner, optional=True)
         self._higher_is_better = higher_is_better
         self._owner = owner
         self._sequence_names: tuple[str, ...] = ()

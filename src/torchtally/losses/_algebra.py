@@ -14,12 +14,11 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any, Final
+from typing import Final
 
-from torchtally._conventions import check_name
+from torchtally._conventions import check_direction, check_name
 from torchtally.errors import (
     FormulaError,
-    InvalidArgumentError,
     InvalidNameError,
     NameConflictError,
 )
@@ -64,28 +63,6 @@ def check_loss_name(name: object, owner: str) -> str:
             f"compositions; give the value another name"
         )
     return name
-
-
-def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
-    """``higher_is_better`` checked: ``True`` or ``False`` (or ``None`` when ``optional``).
-
-    Raises:
-        InvalidArgumentError: anything else (``'yes'``, ``1``).
-
-    Example:
-        >>> from torchtally.losses import check_direction
-        >>> check_direction(False, 'Loss', optional=False)
-        False
-    """
-    if value is None and optional:
-        return None
-    if not isinstance(value, bool):
-        expected = "True, False or None" if optional else "True or False"
-        raise InvalidArgumentError(
-            f"{owner}: higher_is_better must be {expected}, found {type(value).__name__} "
-            f"{value!r:.40}"
-        )
-    return value
 
 
 def constant_or_schedule(

@@ -358,7 +358,23 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
             >>> loss.compute()
             {'MAE': tensor(2.)}
         """
-        return self._ledger.running(window)
+        values = self._ledger.running(window)
+        return {self.reported_name(name): value for name, value in values.items()}
+
+    def reported_name(self, name: str) -> str:
+        """The name under which :meth:`compute` and :meth:`running` report the value ``name``.
+
+        A hook: override it beside :meth:`finalize` when the reported names
+        differ from the calculated ones (a collection's ``prefix``), so the
+        running values carry the names of the epoch values. Default: ``name``.
+
+        Example:
+            >>> import torchtally as tt
+            >>> metrics = tt.MetricCollection(MAE=lambda o, t: (o - t).abs(), prefix='val/')
+            >>> metrics.reported_name('MAE')
+            'val/MAE'
+        """
+        return name
 
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""

@@ -149,7 +149,11 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         if not (self._prefix or self._postfix):
             return values
-        return {f"{self._prefix}{name}{self._postfix}": value for name, value in values.items()}
+        return {self.reported_name(name): value for name, value in values.items()}
+
+    @override
+    def reported_name(self, name: str) -> str:
+        return f"{self._prefix}{name}{self._postfix}"
 
     @override
     def higher_is_better_for(self, name: str) -> bool | None:
@@ -289,12 +293,21 @@ def _collection(
 def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, Any]:
     """``first | other`` for a ``Metric`` or ``MetricCollection``: one collection of both's entries.
 
-    Only for two of exactly these classes, neither a loss; the new collection
-    starts with fresh state. Anything else joins as any callable objective
-    does (``CallableObjective.__or__``).
+    Only for two of exactly these classes, neither a loss nor a collection
+    with a prefix or postfix (one merged collection would report every name
+    under one naming); the new collection starts with fresh state. Anything
+    else joins as any callable objective does (``CallableObjective.__or__``),
+    each part keeping the names it reports.
     """
     plain = (Metric, MetricCollection)
-    if is_loss(other) or is_loss(first) or type(first) not in plain or type(other) not in plain:
+    if (
+        is_loss(other)
+        or is_loss(first)
+        or type(first) not in plain
+        or type(other) not in plain
+        or first.reported_name("") != ""
+        or other.reported_name("") != ""
+    ):
         return CallableObjective.__or__(first, other)
     assert isinstance(other, CallableObjective)
     weights = {id(fn): fn for fn in (first._weight_fn, other._weight_fn) if fn is not None}

@@ -183,6 +183,11 @@ class Joined(Objective[Any, Any]):
         return values
 
     @override
+    def reported_name(self, name: str) -> str:
+        owner = self._owners.get(name)
+        return name if owner is None else owner.reported_name(name)
+
+    @override
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         result: dict[str, Tensor] = {}
         for template in self._templates:

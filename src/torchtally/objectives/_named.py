@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 from typing_extensions import override
 
-from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name
+from torchtally._conventions import MetricFn, WeightFn, callable_error, check_direction, check_name
 from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives._base import Objective
@@ -130,11 +130,7 @@ class CallableObjective(Objective[OutputT, TargetT]):
                     f"{owner}: the value {entry.name!r} needs a callable of (outputs, targets), "
                     f"found {type(entry.fn).__name__}"
                 )
-            if entry.higher_is_better is not None and not isinstance(entry.higher_is_better, bool):
-                raise InvalidArgumentError(
-                    f"{owner}: higher_is_better of {entry.name!r} must be True, False or None, "
-                    f"found {type(entry.higher_is_better).__name__} {entry.higher_is_better!r:.40}"
-                )
+            check_direction(entry.higher_is_better, f"{owner} value {entry.name!r}", optional=True)
             if issubclass(accumulator_class(entry.aggregation, f"{owner} {entry.name!r}"), Cat):
                 raise ValueError(
                     f"{owner}: {entry.name!r} cannot use the 'cat' aggregation: it reports every "
