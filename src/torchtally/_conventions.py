@@ -59,6 +59,7 @@ __all__ = [
     "check_name",
     "default_name",
     "dtype_from_name",
+    "is_objective_like",
     "dtype_name",
     "merge_results",
     "normalize_result",
@@ -331,3 +332,8 @@ def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
             f"{value!r:.40}"
         )
     return value
+
+
+def is_objective_like(item: object) -> bool:
+    """Whether ``item`` has ``update``, ``compute`` and ``reset`` (what ``|`` can join)."""
+    return all(callable(getattr(item, method, None)) for method in ("update", "compute", "reset"))

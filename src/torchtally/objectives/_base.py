@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from torchtally._conventions import (
     batch_size,
     batch_weight,
     callable_error,
+    is_objective_like,
 )
 from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, accumulator_class
@@ -48,6 +49,23 @@ from torchtally.objectives._persistence import STATE_VERSION, Persistence
 from torchtally.objectives._syncing import SyncHooks
 
 __all__ = ["STATE_VERSION", "AverageObjective", "Objective"]
+
+
+class Composites:
+    """What ``a | b`` builds, filled in by the module that defines it.
+
+    ``Joined`` subclasses :class:`Objective`, so it lives in the module above
+    this one; that module sets :attr:`joined` when imported (and
+    ``torchtally.objectives`` imports it), so that no module imports upward.
+
+    Attributes:
+        joined: ``Joined``, called with the two operands in order.
+    """
+
+    joined: Callable[..., Objective[Any, Any]]
+
+
+composites: Final = Composites()
 
 OutputT = TypeVar("OutputT")
 TargetT = TypeVar("TargetT")
@@ -245,19 +263,14 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
             >>> both.compute()
             {'Peak': tensor(3.), 'Mean': tensor(2.)}
         """
-        # The composite is built from this class: imported on first use, not at import time.
-        from torchtally.objectives._joined import Joined, is_objective_like
-
         if not is_objective_like(other) or getattr(other, "is_loss", False) is True:
             return NotImplemented
-        return Joined(self, other)
+        return composites.joined(self, other)
 
     def __ror__(self, other: object) -> Objective[Any, Any]:
-        from torchtally.objectives._joined import Joined, is_objective_like
-
         if not is_objective_like(other):
             return NotImplemented
-        return Joined(other, self)
+        return composites.joined(other, self)
 
     def __call__(
         self, outputs: OutputT, targets: TargetT, *, weight: Any = None

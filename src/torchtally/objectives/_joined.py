@@ -33,7 +33,7 @@ from typing import Any
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import merge_results, normalize_result
+from torchtally._conventions import is_objective_like, merge_results, normalize_result
 from torchtally.aggregation import Accumulator
 from torchtally.errors import (
     IncompatibleStateError,
@@ -42,14 +42,9 @@ from torchtally.errors import (
     UnsupportedObjectError,
     WeightError,
 )
-from torchtally.objectives._base import Objective
+from torchtally.objectives._base import Objective, composites
 
 __all__ = ["Joined", "is_objective_like", "join"]
-
-
-def is_objective_like(item: object) -> bool:
-    """Whether ``item`` has ``update``, ``compute`` and ``reset`` (what ``|`` can join)."""
-    return all(callable(getattr(item, method, None)) for method in ("update", "compute", "reset"))
 
 
 class Joined(Objective[Any, Any]):
@@ -340,3 +335,6 @@ def join(*parts: Any) -> Joined:
             joined: Joined = part.joined(*parts)
             return joined
     return Joined(*parts)
+
+
+composites.joined = Joined
