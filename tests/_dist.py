@@ -99,8 +99,9 @@ def _child(rank: int, world: int, port: int, target: str, out: str, kwargs: dict
             rank=rank,
             world_size=world,
             # A collective that waits longer than this raises in the child (belt and braces:
-            # the parent's deadline kills it anyway).
-            timeout=datetime.timedelta(seconds=30),
+            # the parent's deadline kills it anyway). Generous: on a loaded 2-core machine a
+            # rank can be descheduled for seconds between collectives.
+            timeout=datetime.timedelta(seconds=120),
         )
         count_collectives()
         module_name, function_name = target.split(":")

@@ -11,7 +11,7 @@ any objectives into one dict of floats for loggers.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import Tensor
 from typing_extensions import override
@@ -306,7 +306,7 @@ def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, 
         or type(first) not in plain
         or type(other) not in plain
         or first.reported_name("") != ""
-        or other.reported_name("") != ""
+        or cast("CallableObjective[Any, Any]", other).reported_name("") != ""
     ):
         return CallableObjective.__or__(first, other)
     assert isinstance(other, CallableObjective)

@@ -1,15 +1,14 @@
-"""The state ledger of an objective: rows by name, accumulators, pending batches, views.
+"""The ledger of an objective: its rows behind a queue of pending batches, and the hot path.
 
-An objective's values live in :class:`~torchtally.aggregation.Accumulator`
-rows, one per name, the rows of one accumulator class kept together. The
-hot path (:meth:`Ledger.queue`) does the least it can per batch: it compares
-the values' metadata with the plan in use and copies them into buffers the
-objective owns, one operation per dtype (per-sample vectors and scalars side
-by side); the buffers are folded into the accumulators together
-(:meth:`Ledger.flush`) once the queue holds :data:`PENDING_ELEMENTS` elements
-or :data:`PENDING_BATCHES` batches, or when anything reads the state. The
-state never shares storage with a tensor the user can reach, and what is
-held between updates is bounded whatever the tensors the values view.
+The hot path (:meth:`Ledger.queue`) does the least it can per batch: it
+compares the values' metadata with the plan in use and copies them into
+buffers the objective owns, one operation per dtype (per-sample vectors and
+scalars side by side); the buffers are folded into the accumulators
+together (:meth:`Ledger.flush`) once the queue holds
+:data:`PENDING_ELEMENTS` elements or :data:`PENDING_BATCHES` batches, or
+when anything reads the state. The state never shares storage with a
+tensor the user can reach, and what is held between updates is bounded
+whatever the tensors the values view.
 
 How a batch becomes blocks (a :class:`~._plan.Plan`) is worked out when a
 batch of its kind (names, dtypes, shape classes, device) is first validated,
@@ -17,8 +16,12 @@ and kept: the slow path (:meth:`Ledger.queue_checked`) validates every value
 and raises the library's errors before changing anything, but plans only
 kinds of batches it has not seen since the rows last changed. So a stream
 that mixes scalar batch means and per-sample vectors, or changes batch size,
-is validated once, not batch by batch. Planning lives in :mod:`._plan`, the
-buffers in :mod:`._queue`.
+is validated once, not batch by batch.
+
+Modules below this one, each with one job: the rows and the state as a
+whole (:mod:`._rows`, its format :mod:`._state_io`), planning
+(:mod:`._plan`), the buffers (:mod:`._queue`), folding blocks into
+accumulators (:mod:`._fold`), running values (:mod:`._running`).
 """
 
 from __future__ import annotations
@@ -31,34 +34,15 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
-from torchtally.errors import (
-    DeviceMismatchError,
-    IncompatibleStateError,
-    StateDictError,
-    WeightError,
-)
-from torchtally.objectives._plan import (
-    SCALAR,
-    VECTOR,
-    Part,
-    Plan,
-    copy_batch,
-    make_plan,
-    plan_key,
-)
-from torchtally.objectives._queue import (
-    PENDING_BATCHES,
-    PENDING_ELEMENTS,
-    Queue,
-    Queued,
-    batch_weights,
-    per_sample,
-)
+from torchtally.errors import DeviceMismatchError, WeightError
+from torchtally.objectives._fold import fold_now, fold_queued, keep
+from torchtally.objectives._plan import Plan, make_plan, plan_key
+from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
+from torchtally.objectives._rows import Rows
 from torchtally.objectives._running import Recent, batch_means
 
 __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Ledger", "Plan"]
 
-_F64 = torch.float64
 # Leaving autograd around a copy without a context object, looked up once (the hot path).
 _grad_enabled, _set_grad_enabled = torch.is_grad_enabled, torch._C._set_grad_enabled
 _PLANS_KEPT = 32
@@ -67,8 +51,8 @@ _PLANS_KEPT = 32
 PlanKey = tuple[Any, ...]
 
 
-class Ledger:
-    """Rows by name over accumulators, the pending queue, and the synced and computed views.
+class Ledger(Rows):
+    """Rows by name over accumulators (see :class:`~._rows.Rows`) behind a pending queue.
 
     Args:
         label: how error messages name the objective.
@@ -76,14 +60,7 @@ class Ledger:
     """
 
     def __init__(self, label: str, accumulator_for: Callable[[str], type[Accumulator]]) -> None:
-        self.label = label
-        self._accumulator_for = accumulator_for
-        self.rows: dict[str, tuple[Accumulator, int]] = {}
-        self.accumulators: dict[type[Accumulator], Accumulator] = {}
-        self.device: torch.device | None = None
-        self.updated = False
-        self.synced: dict[str, Tensor] | None = None
-        self.computed: dict[str, Tensor] | None = None
+        super().__init__(label, accumulator_for)
         self._plans: dict[PlanKey, Plan] = {}  # validated kinds of batches, for the rows as is
         self._pending = Queue()
         self._recent: Recent | None = None  # the last batches, once running values are asked for
@@ -102,31 +79,7 @@ class Ledger:
     def _sample_weights(self) -> Tensor | None:
         return self._pending.sample_weights
 
-    # -- names --------------------------------------------------------------------------------
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every name with a row, in the order the rows were made."""
-        return tuple(self.rows)
-
-    def add_names(self, names: Sequence[str]) -> None:
-        """Make a row for each new name (an accumulator of its class is made when needed)."""
-        new = [check_name(name, self.label) for name in names if name not in self.rows]
-        by_class: dict[type[Accumulator], list[str]] = {}
-        for name in dict.fromkeys(new):
-            by_class.setdefault(self._accumulator_for(name), []).append(name)
-        if not by_class:
-            return
-        self._forget_plans()  # they were made against the rows as they are
-        for cls, members in by_class.items():
-            accumulator = self.accumulators.get(cls)
-            if accumulator is None:
-                accumulator = self.accumulators[cls] = cls(rows=0)
-            first = accumulator.grow([f"{self.label} value {name!r}" for name in members])
-            for offset, name in enumerate(members):
-                self.rows[name] = (accumulator, first + offset)
-
-    def _forget_plans(self) -> None:
+    def _rows_changing(self) -> None:
         """Fold what is queued and drop every plan (the rows, accumulators or device change)."""
         self.flush()
         self._plans.clear()
@@ -154,12 +107,11 @@ class Ledger:
         forms = pending.forms if size == pending.cut else plan.forms_at(size)
         if forms is None or len(vals) != len(forms):
             return False
-        # The values' metadata against the plan's, inline: this runs every batch (indexing,
-        # not zip(..., strict=), which costs as much as the checks themselves).
+        # The values' metadata against the plan's, inline: this runs every batch (zip without
+        # strict=: the lengths are equal, and strict= costs as much as the checks themselves).
         grad = False
         on_cpu, device = plan.on_cpu, plan.device
-        for line, value in enumerate(vals):
-            dtype, shape = forms[line]
+        for value, (dtype, shape) in zip(vals, forms, strict=False):
             if (
                 type(value) is not Tensor
                 or value.dtype is not dtype
@@ -169,19 +121,38 @@ class Ledger:
                 return False
             if value.requires_grad:
                 grad = True
+        sizes = pending.sizes
+        index = len(sizes)
+        if weight is None and size == pending.size and index < len(pending.slots):
+            # A steady stream of one batch size, unweighted (the common case): the slot is cut
+            # already and counting the batch is one append, all inline.
+            slot = pending.slots[index]
+            try:
+                if grad and _grad_enabled():  # out= refuses autograd
+                    _set_grad_enabled(False)
+                    try:
+                        plan.copy(vals, slot)
+                    finally:
+                        _set_grad_enabled(True)
+                else:
+                    plan.copy(vals, slot)
+            except RuntimeError:  # a layout the metadata does not tell (sparse): not counted
+                return False
+            self.computed = self.synced = None
+            self.updated = True
+            if not pending.weighted:
+                sizes.append(size)
+                if index >= pending.room - 1:
+                    self.flush()
+                return True
+            self._committed(size, weight)
+            return True
         if weight is not None and not self._weight_fits(plan, weight):
             return False  # the checked path says why
-        index = len(pending.sizes)
-        if size == pending.size and index < len(pending.slots):
-            slot = pending.slots[index]  # a steady stream of one batch size: cut already
-        else:
-            slot = self._slot(plan, size)
+        slot = self._slot(plan, size)
         try:
-            if grad and _grad_enabled():
-                self._copy_detached(plan, vals, slot)
-            else:
-                copy_batch(plan.groups, vals, slot)
-        except RuntimeError:  # a layout the metadata does not tell (sparse): not counted
+            self._copy(plan, vals, slot)
+        except RuntimeError:  # as above
             return False
         self._committed(size, weight)
         return True
@@ -205,7 +176,7 @@ class Ledger:
             plan = self._plan_for(returned, size)
         tensors = [value.to(plan.device) for value in returned.values()]
         self._copy(plan, tensors, self._slot(plan, size))  # not counted until committed
-        self._keep(plan, tensors, size)
+        keep(plan, tensors, size)
         self._committed(size, weight)
         return returned
 
@@ -239,13 +210,13 @@ class Ledger:
         if _grad_enabled() and any(value.requires_grad for value in values):
             Ledger._copy_detached(plan, values, slot)
         else:
-            copy_batch(plan.groups, values, slot)
+            plan.copy(values, slot)
 
     @staticmethod
     def _copy_detached(plan: Plan, values: Sequence[Tensor], slot: tuple[Tensor, ...]) -> None:
         _set_grad_enabled(False)  # out= refuses autograd
         try:
-            copy_batch(plan.groups, values, slot)
+            plan.copy(values, slot)
         finally:
             _set_grad_enabled(True)
 
@@ -279,31 +250,13 @@ class Ledger:
         plan = self._plan(returned, size)
         self._check_weight(plan, weight)
         tensors = [value.to(plan.device) for value in returned.values()]
-        for group in plan.groups:
-            for part in group.parts:
-                block = _stacked(part, tensors).detach()
-                if part.kind == VECTOR:
-                    self._fold_vectors(part, block, per_sample(weight, size, block.device), size)
-                else:
-                    self._fold_scalars(part, block.unsqueeze(1), [size], [weight])
-        self._keep(plan, tensors, size)
+        fold_now(plan, tensors, size, weight)
+        keep(plan, tensors, size)
         self.device = plan.device
         self.computed = None
         self.synced = None
         self.updated = True
         self.compiled = True
-
-    @staticmethod
-    def _keep(plan: Plan, tensors: Sequence[Tensor], size: Any) -> None:
-        """Add the values concatenations keep whole to their accumulators."""
-        for item in plan.kept:
-            value = tensors[item.position]
-            item.accumulator.add(
-                value.reshape(1, 1) if value.ndim == 0 else value.unsqueeze(0),
-                rows=(item.row,),
-                samples=size,
-                droppable=value.ndim > 0,
-            )
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -366,11 +319,7 @@ class Ledger:
         if self._recent is not None:
             self._recent.push(self._batch_means(queued))
         pending.clear()  # the views in `queued` stay valid until the next batch is copied
-        for part, values, weights, sizes in queued:
-            if part.kind == VECTOR:
-                self._fold_vectors(part, values, weights, sum(sizes))
-            else:
-                self._fold_scalars(part, values, sizes, weights)
+        fold_queued(queued)
 
     # -- the last batches (running values) ----------------------------------------------------
 
@@ -398,43 +347,6 @@ class Ledger:
             return {}
         return batch_means(queued, plan.names, lambda name: type(self.rows[name][0]) is Mean)
 
-    def _fold_vectors(
-        self, part: Part, values: Tensor, weights: Tensor | None, samples: Any
-    ) -> None:
-        """Fold per-sample values ``(m, ...)`` (``weights``: one per sample)."""
-        for target in part.targets:
-            target.accumulator.add(
-                _select(values, target.lines),
-                weights,
-                samples=samples,
-                rows=target.rows,
-                droppable=True,
-            )
-
-    def _fold_scalars(
-        self, part: Part, values: Tensor, sizes: list[Any], weights: list[Weight]
-    ) -> None:
-        """Fold scalar values ``(m, K)``, one per batch, weighted as their accumulator says."""
-        for target in part.targets:
-            target.accumulator.add(
-                _select(values, target.lines),
-                batch_weights(sizes, weights, values.device, target.accumulator.scalar_is_mean),
-                samples=sum(sizes),
-                rows=target.rows,
-            )
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def reduced(self) -> dict[str, Tensor]:
-        """Every name's value (synced view if there is one), before an objective finalises it."""
-        if self.synced is not None:
-            return {name: value.clone() for name, value in self.synced.items()}
-        self.flush()
-        values = {cls: accumulator.reduce() for cls, accumulator in self.accumulators.items()}
-        return {
-            name: values[type(accumulator)][row] for name, (accumulator, row) in self.rows.items()
-        }
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -445,155 +357,16 @@ class Ledger:
         if self._recent is not None:
             self._recent = Recent(self._recent.window)
         self.compiled = False
-        for accumulator in self.accumulators.values():
-            accumulator.reset()
-        self.device = None
-        self.updated = False
-        self.synced = None
-        self.computed = None
+        super().reset()
 
     def to(self, device: torch.device | str) -> None:
         """Move the state and the views to ``device``."""
-        self._forget_plans()
+        super().to(device)  # folds the queue first
         self._pending.release()  # buffers on the old device
-        for accumulator in self.accumulators.values():
-            accumulator.to(device)
-        if self.synced is not None:
-            self.synced = {name: value.to(device) for name, value in self.synced.items()}
-        if self.device is not None:
-            self.device = torch.device(device)
-        self.computed = None
-
-    def merge(self, other: Ledger) -> None:
-        """Add ``other``'s state, name by name.
-
-        Raises:
-            IncompatibleStateError: a shared name is aggregated differently.
-        """
-        self._forget_plans()  # concatenations' trailing shapes and the device may change
-        other.flush()
-        for name, (theirs, _) in other.rows.items():
-            mine = self.rows.get(name)
-            expected = type(mine[0]) if mine is not None else self._accumulator_for(name)
-            if expected is not type(theirs):
-                raise IncompatibleStateError(
-                    f"{self.label}: cannot merge {name!r} aggregated as {theirs.kind!r} into "
-                    f"{name!r} aggregated as {expected.kind!r}"
-                )
-        self.add_names(list(other.rows))
-        for cls, accumulator in other.accumulators.items():
-            names = [name for name, (held, _) in other.rows.items() if held is accumulator]
-            self.accumulators[cls].merge(accumulator, [self.rows[name][1] for name in names])
-        if other.device is not None and self.device is None:
-            self.device = other.device
-        self.updated = self.updated or other.updated
-        self.synced = None
-        self.computed = None
-
-    # -- export and import --------------------------------------------------------------------
-
-    def groups(self) -> list[tuple[Accumulator, list[str]]]:
-        """Every accumulator with the names of its rows, in row order (the queue folded first)."""
-        self.flush()
-        found: list[tuple[Accumulator, list[str]]] = []
-        for accumulator in self.accumulators.values():
-            rows = [(row, name) for name, (held, row) in self.rows.items() if held is accumulator]
-            found.append((accumulator, [name for _, name in sorted(rows)]))
-        return found
-
-    def export(self) -> tuple[dict[str, Any], list[Tensor]]:
-        """The state as JSON-able metadata plus tensors (copies), accumulator by accumulator."""
-        self.flush()
-        parts: list[dict[str, Any]] = []
-        tensors: list[Tensor] = []
-        for accumulator in self.accumulators.values():
-            meta, state = accumulator.export()
-            names = [name for name, (held, _) in self.rows.items() if held is accumulator]
-            parts.append({"names": names, "state": meta, "size": len(state)})
-            tensors.extend(state)
-        return {"names": list(self.rows), "updated": self.updated, "accumulators": parts}, tensors
-
-    def imported(
-        self, meta: Any, tensors: Sequence[Any], device: torch.device | str | None = None
-    ) -> dict[type[Accumulator], tuple[Accumulator, list[str]]]:
-        """Accumulators rebuilt from :meth:`export`'s output, checked against this ledger's rules.
-
-        Nothing of this ledger changes. Raises :class:`StateDictError`.
-        """
-        if not isinstance(meta, Mapping) or not isinstance(meta.get("accumulators"), list):
-            raise StateDictError(
-                f"{self.label}: expected state metadata with an 'accumulators' list, found "
-                f"{type(meta).__name__}"
-            )
-        rebuilt: dict[type[Accumulator], tuple[Accumulator, list[str]]] = {}
-        offset = 0
-        seen: set[str] = set()
-        for part in meta["accumulators"]:
-            names = part.get("names") if isinstance(part, Mapping) else None
-            size = part.get("size") if isinstance(part, Mapping) else None
-            if (
-                not isinstance(names, list)
-                or not isinstance(size, int)
-                or isinstance(size, bool)
-                or not 0 <= size <= len(tensors) - offset
-            ):
-                raise StateDictError(f"{self.label}: malformed accumulator entry {part!r:.120}")
-            for name in names:
-                check_name_state(name, self.label)
-                if name in seen:
-                    raise StateDictError(f"{self.label}: the name {name!r} appears twice")
-                seen.add(name)
-            classes = {self._accumulator_for(name) for name in names}
-            kind = part["state"].get("kind") if isinstance(part.get("state"), Mapping) else None
-            if len(classes) != 1 or next(iter(classes)).kind != kind:
-                expected = {name: self._accumulator_for(name).kind for name in names}
-                raise StateDictError(
-                    f"{self.label}: the state aggregates {names} as {kind!r}, this objective as "
-                    f"{expected}"
-                )
-            cls = classes.pop()
-            accumulator = cls(rows=0)
-            accumulator.load(part["state"], list(tensors[offset : offset + size]), device)
-            if accumulator.rows != len(names):
-                raise StateDictError(
-                    f"{self.label}: the {kind!r} state holds {accumulator.rows} rows for "
-                    f"{len(names)} names"
-                )
-            accumulator.labels = [f"{self.label} value {name!r}" for name in names]
-            offset += size
-            rebuilt[cls] = (accumulator, names)
-        if offset != len(tensors):
-            raise StateDictError(
-                f"{self.label}: the state holds {len(tensors) - offset} tensors no accumulator uses"
-            )
-        return rebuilt
-
-    def install(self, rebuilt: Mapping[type[Accumulator], tuple[Accumulator, list[str]]]) -> None:
-        """Replace the state with accumulators from :meth:`imported` (which checked them)."""
-        self.reset()
-        names = [name for _, members in rebuilt.values() for name in members]
-        self.add_names(names)
-        for cls, (accumulator, members) in rebuilt.items():
-            target = self.accumulators[cls]
-            fresh = type(target)(rows=target.rows)
-            fresh.labels = list(target.labels)
-            fresh.merge(accumulator, [self.rows[name][1] for name in members])
-            self.accumulators[cls] = fresh
-            for name, (held, row) in list(self.rows.items()):
-                if held is target:
-                    self.rows[name] = (fresh, row)
-            if fresh.device is not None:
-                self.device = fresh.device
-        self._forget_plans()  # they point at the accumulators just replaced
-        self.updated = any(
-            count > 0
-            for accumulator in self.accumulators.values()
-            for count in accumulator.samples()
-        )
 
     def prepare_pickle(self) -> None:
         """Fold the queue and drop the plans and buffers, so copies and pickles carry state only."""
-        self._forget_plans()
+        self._rows_changing()
         self._pending.release()
 
 
@@ -601,24 +374,3 @@ class Ledger:
 def _register_outside_graph(ledger: Ledger, names: list[str]) -> None:
     """Make rows for new names outside a compiled graph (a graph break, once)."""
     ledger.add_names(names)
-
-
-def check_name_state(name: Any, label: str) -> str:
-    """A name read from a state: a non-empty string, else :class:`StateDictError`."""
-    if not isinstance(name, str) or not name:
-        raise StateDictError(f"{label}: names in a state must be non-empty strings, found {name!r}")
-    return name
-
-
-def _select(block: Tensor, lines: slice | tuple[int, ...]) -> Tensor:
-    if isinstance(lines, slice):
-        return block if lines == slice(0, block.shape[0]) else block[lines]
-    return block.index_select(0, torch.tensor(lines, device=block.device))
-
-
-def _stacked(part: Part, tensors: Sequence[Tensor]) -> Tensor:
-    """A part's values of one batch stacked: ``(m, B)`` for vectors, ``(m,)`` for scalars."""
-    members = [tensors[position] for position in part.members]
-    if part.kind == SCALAR:
-        members = [member.reshape(()) for member in members]
-    return torch.stack(members)

@@ -15,6 +15,7 @@ the hot path needs no validation then.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,9 @@ class Plan:
     dtypes: tuple[torch.dtype, ...] = field(init=False)  # per value
     shapes: tuple[tuple[int, ...] | None, ...] = field(init=False)  # per value; None: (B,)
     on_cpu: bool = field(init=False)
+    copy: Callable[[Sequence[Tensor], Sequence[Tensor]], Any] = field(
+        init=False, repr=False, compare=False
+    )  # copy_batch for these groups, one call (call without autograd)
 
     def __post_init__(self) -> None:
         dtypes: list[Any] = [None] * len(self.names)
@@ -151,6 +155,7 @@ class Plan:
         object.__setattr__(self, "dtypes", tuple(dtypes))
         object.__setattr__(self, "shapes", tuple(shapes))
         object.__setattr__(self, "on_cpu", self.device.type == "cpu")
+        object.__setattr__(self, "copy", _copier(self.groups))
 
     @property
     def vectors(self) -> bool:
@@ -185,6 +190,24 @@ def copy_batch(groups: Sequence[Group], values: Sequence[Tensor], slot: Sequence
             out.copy_(values[group.single])
         else:
             group.join(values if group.everything else group.pick(values), out=out)
+
+
+def _copier(groups: tuple[Group, ...]) -> Callable[[Sequence[Tensor], Sequence[Tensor]], Any]:
+    """:func:`copy_batch` for ``groups``; for one group (one dtype: the common case), inline."""
+    if len(groups) != 1 or groups[0].single is not None:
+        return functools.partial(copy_batch, groups)
+    join, pick = groups[0].join, groups[0].pick
+    if groups[0].everything:
+
+        def copy_all(values: Sequence[Tensor], slot: Sequence[Tensor]) -> Any:
+            return join(values, out=slot[0])
+
+        return copy_all
+
+    def copy_picked(values: Sequence[Tensor], slot: Sequence[Tensor]) -> Any:
+        return join(pick(values), out=slot[0])  # vectors first: another order than the batch's
+
+    return copy_picked
 
 
 def plan_key(values: Mapping[str, Tensor], size: int) -> Any:

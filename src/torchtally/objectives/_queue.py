@@ -14,7 +14,7 @@ fold, and folds what :meth:`Queue.items` views.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -209,15 +209,15 @@ class Queue:
         A group with per-sample vectors gives one item per part and run of
         consecutive batches of one size ``B`` (``K`` batches): values
         ``(m, K, B)`` and per-sample weights ``(K, B)`` or ``None`` for its
-        vectors, values ``(m, K)`` and the batches' weights (a list) for its
-        scalars, and the ``K`` sizes. A group of scalars only gives one item
-        for all the queued batches.
+        vectors, values ``(m, K)`` and the batches' weights (a list, ``None``
+        when no batch had one) for its scalars, and the ``K`` sizes. A group
+        of scalars only gives one item for all the queued batches.
         """
         plan, sizes = self.plan, self.sizes
         if plan is None or not sizes:
             return
-        weights: list[Weight] = self.weights if self.weighted else [None] * len(sizes)
-        runs = _runs(sizes)
+        weights = self.weights if self.weighted else None
+        runs = [(self.size, len(sizes))] if self.size else _runs(sizes)  # one size: one run
         for group, buffer in zip(plan.groups, self.buffers, strict=True):
             pieces = runs if group.vectors else [(sizes[0], len(sizes))]  # any size: one piece
             offset = first = start = 0  # in the buffer, in the batches, in the samples
@@ -226,7 +226,7 @@ class Queue:
                 block = buffer[offset : offset + batches * length].view(batches, length)
                 run = slice(first, first + batches)
                 for part in group.parts:
-                    found: Any = weights[run]  # scalars: the batches' weights
+                    found: Any = None if weights is None else weights[run]  # scalars: per batch
                     if part.kind == VECTOR:
                         found = self._sample_weights_of(start, batches, size)
                     yield part, group.folded(part, block, size), found, sizes[run]
@@ -276,16 +276,18 @@ def per_sample(weight: Weight, size: Any, device: torch.device) -> Tensor | None
 
 
 def batch_weights(
-    sizes: list[int], weights: list[Weight], device: torch.device, mean_like: bool
+    sizes: list[int], weights: Sequence[Weight] | None, device: torch.device, mean_like: bool
 ) -> Tensor | None:
-    """One float64 weight per queued batch for scalar values.
+    """One float64 weight per queued batch for scalar values (``weights``: None if none had one).
 
     A batch mean weighs its batch size (or its weight); a batch total or an
     extremum candidate weighs 1 (or its weight: 0 excludes it).
     """
-    if all(weight is None for weight in weights):
+    if weights is None or all(weight is None for weight in weights):
         if not mean_like:
             return None
+        if sizes.count(sizes[0]) == len(sizes):  # one batch size: no list to convert
+            return torch.full((len(sizes),), sizes[0], dtype=F64, device=device)
         return torch.tensor(sizes, dtype=F64, device=device)
     parts = []
     for size, weight in zip(sizes, weights, strict=True):
