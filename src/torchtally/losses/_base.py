@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import WeightFn, callable_error
+from torchtally._conventions import WeightFn
 from torchtally._lazy import lazy
 from torchtally.errors import IncompatibleStateError, NameConflictError
 from torchtally.formula import Component, Expression
@@ -159,13 +159,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
 
         The criterion comes with them, under the loss's name, when it is not a component itself.
         """
-        values: dict[str, Any] = {}
-        name = ""
-        try:
-            for name, fn in self._calls:
-                values[name] = fn(outputs, targets)
-        except Exception as error:
-            raise callable_error(self._ledger.label, name, error) from error
+        values = self._call_each(outputs, targets)
         for call in self._multi_calls:
             produced = call.evaluate(outputs, targets, self._ledger.label)
             taken = values.keys() & produced.keys()

@@ -173,7 +173,16 @@ class CallableObjective(Objective[OutputT, TargetT]):
 
     @override
     def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
-        # One loop, one try: this runs every step. Python numbers are converted by update.
+        values = self._call_each(outputs, targets)
+        for fn in self._multi:
+            self._merge_produced(values, fn, outputs, targets)
+        return values
+
+    def _call_each(self, outputs: Any, targets: Any) -> dict[str, Any]:
+        """The value of every single-value callable (``self._calls``) for the batch.
+
+        One loop, one try: this runs every step. Python numbers are converted by update.
+        """
         values: dict[str, Any] = {}
         name = ""
         try:
@@ -181,8 +190,6 @@ class CallableObjective(Objective[OutputT, TargetT]):
                 values[name] = fn(outputs, targets)
         except Exception as error:
             raise callable_error(self._ledger.label, name, error) from error
-        for fn in self._multi:
-            self._merge_produced(values, fn, outputs, targets)
         return values
 
     def _merge_produced(
