@@ -70,6 +70,7 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
 
     import torchtally as tt
     from torchtally import distributed
+    from torchtally.distributed import end_distributed_run
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -132,7 +133,7 @@ def _worker(rank: int, world: int, port: int, counts: list[int], repeats: int, o
         )
     if rank == 0:
         Path(out).write_text(json.dumps(rows))
-    dist.destroy_process_group()
+    end_distributed_run()  # no abort at exit (see torchtally.distributed)
 
 
 def _free_port() -> int:
