@@ -187,14 +187,6 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         ]
         return criterion(program, values, factors, self._ledger.label)
 
-    @override
-    def update(
-        self, outputs: OutputT, targets: TargetT, *, weight: Any = None
-    ) -> dict[str, Tensor]:
-        values = self.calculate(outputs, targets)
-        size, weight = self._batch(outputs, targets, weight)
-        return self._accumulate(values, size, weight, not self._multi_calls)
-
     def forward(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
         """The batch's differentiable loss; the values are accumulated (copied, detached).
 
@@ -219,7 +211,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         values = self.calculate(outputs, targets)
         size, weight = self._batch(outputs, targets, weight)
         value = batch_value(values[self.name], weight)  # before anything changes
-        self._accumulate(values, size, weight, not self._multi_calls)
+        self._accumulate(values, size, weight, self._names_ordered)
         self._step()
         return value
 

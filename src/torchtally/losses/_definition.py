@@ -165,6 +165,11 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
         )
 
     @lazy
+    def _names_ordered(self) -> bool:
+        # Only a dict-valued call may return other names from one batch to the next.
+        return not self._multi_calls
+
+    @lazy
     def _multi_calls(self) -> tuple[MultiCall, ...]:
         calls: dict[int, MultiCall] = {}
         for entry in self._entries.values():

@@ -115,6 +115,8 @@ class CallableObjective(Objective[OutputT, TargetT]):
     ) -> None:
         owner = type(self).__name__
         self._multi = tuple(multi)
+        # calculate() returns the same names in the same order every batch: the queue may trust it.
+        self._names_ordered: bool = not self._multi
         for fn in self._multi:
             if not callable(fn) or isinstance(fn, Objective):
                 raise InvalidArgumentError(
@@ -154,10 +156,6 @@ class CallableObjective(Objective[OutputT, TargetT]):
         identity["callables"] = [callable_identity(fn) for _, fn in self._calls]
         identity["multi"] = [callable_identity(fn) for fn in getattr(self, "_multi", ())]
         return identity
-
-    @property
-    def _multi_valued(self) -> bool:
-        return bool(getattr(self, "_multi", ()))
 
     @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
@@ -219,10 +217,9 @@ class CallableObjective(Objective[OutputT, TargetT]):
     def update(
         self, outputs: OutputT, targets: TargetT, *, weight: Any = None
     ) -> dict[str, Tensor]:
-        # calculate() returns the names in the same order every time: the queue may trust it.
         values = self.calculate(outputs, targets)
         size, weight = self._batch(outputs, targets, weight)
-        return self._accumulate(values, size, weight, not self._multi)
+        return self._accumulate(values, size, weight, self._names_ordered)
 
     @property
     def entries(self) -> tuple[NamedCallable, ...]:
