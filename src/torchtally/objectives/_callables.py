@@ -11,7 +11,7 @@ any objectives into one dict of floats for loggers.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from torch import Tensor
 from typing_extensions import override
@@ -290,6 +290,11 @@ def _collection(
     return collection
 
 
+def _affixed(objective: object) -> bool:
+    """Whether ``objective`` is a collection that reports its names with a prefix or postfix."""
+    return isinstance(objective, MetricCollection) and bool(objective._prefix or objective._postfix)
+
+
 def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, Any]:
     """``first | other`` for a ``Metric`` or ``MetricCollection``: one collection of both's entries.
 
@@ -305,8 +310,8 @@ def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, 
         or is_loss(first)
         or type(first) not in plain
         or type(other) not in plain
-        or first.reported_name("") != ""
-        or cast("CallableObjective[Any, Any]", other).reported_name("") != ""
+        or _affixed(first)
+        or _affixed(other)
     ):
         return CallableObjective.__or__(first, other)
     assert isinstance(other, CallableObjective)
