@@ -128,12 +128,8 @@ class Ledger(Rows):
             # already and counting the batch is one append, all inline.
             slot = pending.slots[index]
             try:
-                if grad and _grad_enabled():  # out= refuses autograd
-                    _set_grad_enabled(False)
-                    try:
-                        plan.copy(vals, slot)
-                    finally:
-                        _set_grad_enabled(True)
+                if grad and _grad_enabled():
+                    self._copy_detached(plan, vals, slot)
                 else:
                     plan.copy(vals, slot)
             except RuntimeError:  # a layout the metadata does not tell (sparse): not counted
