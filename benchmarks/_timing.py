@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,6 +47,7 @@ __all__ = [
     "in_fresh_processes",
     "markdown_table",
     "measure",
+    "run_child",
     "single_thread",
 ]
 
@@ -218,6 +220,18 @@ class Fresh:
     faults_per_call: float
 
 
+def run_child(script: str, *args: str) -> Any:
+    """Run ``python script --child *args`` on one thread; the JSON its last line prints."""
+    done = subprocess.run(
+        [sys.executable, script, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def in_fresh_processes(
     script: str, cases: list[str], baseline: str, args: list[str], rounds: int = 5
 ) -> dict[str, Fresh]:
@@ -231,14 +245,7 @@ def in_fresh_processes(
     for round_index in range(rounds):
         shift = round_index % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            done = subprocess.run(
-                [sys.executable, script, "--child", case, *args],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
-            )
-            results[case].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results[case].append(run_child(script, case, *args))
     fresh = {}
     for case in cases:
         ratios = [

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_child
 
 FEATURES = 10
 
@@ -128,10 +130,7 @@ def _child(variant: str, batch: int, steps: int) -> dict[str, Any]:
 
 
 def run(variant: str, batch: int, steps: int) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", variant, str(batch), str(steps)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_child(__file__, variant, str(batch), str(steps))
     return result
 
 

@@ -26,12 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_child
 
 STEPS = 512
 SHAPES = {"64x10": (64, 10), "4096x10": (4096, 10), "views": (64, 50_000)}
@@ -84,9 +87,7 @@ def main() -> None:
         return
 
     def peak(case: str, library: str) -> float:
-        command = [sys.executable, __file__, "--child", case, library]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"])
+        return float(run_child(__file__, case, library)["peak_mib"])
 
     print(f"torch {torch.__version__}, Python {sys.version.split()[0]}, {STEPS} steps per process")
     print()

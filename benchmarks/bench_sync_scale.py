@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_child
 
 
 def _case(case: str, world: int, repeats: int) -> dict[str, Any]:
@@ -106,10 +108,7 @@ def _case(case: str, world: int, repeats: int) -> dict[str, Any]:
 
 def run(case: str, world: int, repeats: int) -> dict[str, Any]:
     """One row, measured in a fresh process (no heap state carried between cases)."""
-    command = [sys.executable, __file__, "--child", case, str(world), str(repeats)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    row: dict[str, Any] = run_child(__file__, case, str(world), str(repeats))
     return row
 
 
