@@ -207,3 +207,23 @@ def test_a_damaged_adapter_state_changes_nothing(library: str) -> None:
     after = adapter.compute()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_an_adapter_refuses_a_state_of_the_wrong_shape_alone() -> None:
+    # torchtally 0.1 loaded a (5,) sum where a (1,) one belongs; compute() then gave [inf] * 5.
+    def make() -> Any:
+        return from_torchmetrics(
+            torchmetrics.MeanSquaredError() + torchmetrics.MeanAbsoluteError(), "Sum"
+        )
+
+    adapter = make()
+    adapter.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
+    before = adapter.compute()
+    state = make()
+    state.update(torch.tensor([5.0]), torch.zeros(1))
+    damaged = state.state_dict()
+    damaged["leaves"][1]["states"]["sum_abs_error"] = torch.zeros(5)  # every key, one wrong shape
+    with pytest.raises(StateDictError, match=r"shape \(1,\), found \(5,\)"):
+        adapter.load_state_dict(damaged)
+    after = adapter.compute()
+    assert all(torch.equal(after[name], before[name]) for name in before)
