@@ -76,6 +76,29 @@ def test_rows_of_one_accumulator_are_independent() -> None:
     assert acc.samples() == [2, 1, 2]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from([Mean, Sum, Min, Max]),
+    rows=st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_adding_to_some_rows_equals_adding_to_each_row_alone(
+    kind: type[Accumulator], rows: list[int], seed: int
+) -> None:
+    # Evenly spaced ascending rows are changed through views, the others through copies.
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(len(rows), 5, generator=generator)
+    together, alone = kind(rows=6), kind(rows=6)
+    together.add(values, rows=rows)
+    together.add(values * 2, rows=rows)
+    for line, row in enumerate(rows):
+        alone.add(values[line], rows=[row])
+        alone.add(values[line] * 2, rows=[row])
+    assert together.samples() == alone.samples()
+    for mine, theirs in zip(together.reduce(), alone.reduce(), strict=True):
+        torch.testing.assert_close(mine, theirs, equal_nan=True, rtol=0, atol=0)
+
+
 def test_entries_may_have_several_dimensions() -> None:
     acc = Mean(rows=2)
     acc.add(torch.arange(12.0).reshape(2, 2, 3))  # (rows, batches, samples)

@@ -136,3 +136,28 @@ def test_weighted_updates_and_schedules_compile_without_breaks() -> None:
     assert_same(metric.compute(), eager_metric.compute())
     assert_same(loss.compute(), eager.compute())
     assert loss.schedule_values() == eager.schedule_values() == {"linear(0→1, 6)": 1.0}
+
+
+@pytest.mark.timeout(300)
+def test_values_folded_into_some_rows_of_an_accumulator_compile_without_breaks() -> None:
+    # Per-sample maxima on rows 0 and 2 and a batch maximum on row 1: each part of the batch
+    # changes every other row of the Max accumulator (a strided view of its state).
+    def build() -> tt.MetricCollection[Tensor, Tensor]:
+        return (
+            tt.Metric(mae, "A", aggregation="max")
+            | tt.Metric(functional.l1_loss, "B", aggregation="max")
+            | tt.Metric(mse, "C", aggregation="max")
+            | tt.Metric(mse, "D")
+        )
+
+    metrics, eager = build(), build()
+
+    def step(outputs: Tensor, targets: Tensor) -> None:
+        metrics.update(outputs, targets)
+
+    data = [(outputs[:, :1], targets) for outputs, targets in batches(12)]
+    stats = run_compiled(step, data, fullgraph=True)
+    for outputs, targets in data:
+        eager.update(outputs, targets)
+    assert stats["graph_breaks"] == 0
+    assert_same(metrics.compute(), eager.compute())

@@ -227,6 +227,10 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if rows is None:
             change(self._state)
             return
+        evenly = _as_slice(rows)
+        if evenly is not None:  # rows evenly spaced: views, changed in place (no copies)
+            change({name: tensor[evenly] for name, tensor in self._state.items()})
+            return
         index = torch.tensor(list(rows), dtype=_I64, device=self.device)
         part = {name: tensor.index_select(0, index) for name, tensor in self._state.items()}
         change(part)
@@ -397,3 +401,14 @@ class Accumulator(SyncLayout, Exportable, ABC):
 def _replace(state: dict[str, Tensor], combined: Mapping[str, Tensor]) -> None:
     for name, tensor in combined.items():
         state[name].copy_(tensor)
+
+
+def _as_slice(rows: Sequence[int]) -> slice | None:
+    """``rows`` as a slice when they are evenly spaced and ascending (a view selects them)."""
+    first = rows[0]
+    if len(rows) == 1:
+        return slice(first, first + 1)
+    step = rows[1] - first
+    if step <= 0 or list(rows) != list(range(first, rows[-1] + 1, step)):
+        return None
+    return slice(first, rows[-1] + 1, step)

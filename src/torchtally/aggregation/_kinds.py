@@ -77,7 +77,8 @@ class Mean(Accumulator):
         two_sum_into(state["total"], sums)
         state["samples"].add_(samples)
         flag = torch.full_like(sums, 1.0 if droppable else 0.0)
-        torch.stack([last_value, last_weight, flag], 1, out=state["last"])
+        # copy_, not out=: the rows may be a strided view, which out= refuses under torch.compile
+        state["last"].copy_(torch.stack([last_value, last_weight, flag], 1))
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
@@ -161,10 +162,10 @@ class _Extremum(Accumulator):
             values = torch.where(weights > 0, values, values.new_full((), self._neutral(exact)))
         if self.pick == "max":
             found = values.amax(entries).to(target.dtype).unsqueeze(1)
-            torch.maximum(target, found, out=target)
+            target.copy_(torch.maximum(target, found))  # copy_: see Mean._add
         else:
             found = values.amin(entries).to(target.dtype).unsqueeze(1)
-            torch.minimum(target, found, out=target)
+            target.copy_(torch.minimum(target, found))
         state["samples"].add_(samples)
 
     @override

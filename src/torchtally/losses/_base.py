@@ -209,9 +209,12 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
             (2.0, tensor([ 1., -1.]))
         """
         values = self.calculate(outputs, targets)
-        size, weight = self._batch(outputs, targets, weight)
-        value = batch_value(values[self.name], weight)  # before anything changes
-        self._accumulate(values, size, weight, self._names_ordered)
+        if self._queued_at_once(values, targets, weight):  # tensors only: the mean cannot fail
+            value = batch_value(values[self.name], None)
+        else:
+            size, weight = self._batch(outputs, targets, weight)
+            value = batch_value(values[self.name], weight)  # before anything changes
+            self._accumulate(values, size, weight, self._names_ordered)
         self._step()
         return value
 

@@ -131,12 +131,15 @@ def criterion(
             f"{owner}: no value for the component {error.args[0]!r}; the callables returned "
             f"{sorted(values)}"
         ) from None
-    dtype = common_dtype(components, program.names, owner)
+    dtype = shared = _one_floating_dtype(components)  # the common case, checked cheaply
+    if shared is None:
+        dtype = common_dtype(components, program.names, owner)
+        if dtype is not None:
+            components = [
+                value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
+                for value in components
+            ]
     if dtype is not None:
-        components = [
-            value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
-            for value in components
-        ]
         factors = [factor.to(dtype) for factor in factors]
     try:
         result = program.run_list(components, factors)
@@ -144,6 +147,8 @@ def criterion(
         result = None  # Python numbers only: evaluated as tensors below
     except RuntimeError as error:
         raise _combine_error(program.names, components, error, owner) from error
+    if shared is not None:  # real floating tensors only: the result is one too
+        return result
     complex_result = type(result) is complex or (type(result) is Tensor and result.is_complex())
     if result is None or complex_result:
         float_dtype = dtype or torch.get_default_dtype()
@@ -153,6 +158,19 @@ def criterion(
         ]
         result = program.run_list(components, factors)
     return result
+
+
+def _one_floating_dtype(components: list[Any]) -> torch.dtype | None:
+    """The dtype of the components if all are tensors of one floating dtype, else ``None``."""
+    if not components or type(components[0]) is not Tensor:
+        return None
+    dtype = components[0].dtype
+    if not dtype.is_floating_point:
+        return None
+    for value in components:
+        if type(value) is not Tensor or value.dtype is not dtype:
+            return None
+    return dtype
 
 
 def _combine_error(

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -23,6 +24,8 @@ from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives._base import Objective
 from torchtally.sync import callable_identity
+
+_is_compiling = torch.compiler.is_compiling
 
 __all__ = ["CallableObjective", "NamedCallable", "is_loss", "merge_named_callables"]
 
@@ -218,8 +221,30 @@ class CallableObjective(Objective[OutputT, TargetT]):
         self, outputs: OutputT, targets: TargetT, *, weight: Any = None
     ) -> dict[str, Tensor]:
         values = self.calculate(outputs, targets)
+        if self._queued_at_once(values, targets, weight):
+            return values
         size, weight = self._batch(outputs, targets, weight)
         return self._accumulate(values, size, weight, self._names_ordered)
+
+    def _queued_at_once(self, values: Any, targets: Any, weight: Any) -> bool:
+        """Queue a batch of a kind validated before, by the shortest path; whether it was.
+
+        The batch of nearly every training step: no weight, tensor targets
+        (their leading dimension is the batch size), values matching the
+        queue's plan (:meth:`~._ledger.Ledger.queue` checks their metadata).
+        ``False``: nothing changed, and :meth:`_batch` and :meth:`_accumulate`
+        take it (they check everything and raise the library's errors).
+        """
+        return bool(
+            weight is None
+            and type(targets) is Tensor
+            and targets.ndim
+            and targets.shape[0]  # an empty batch changes nothing: the full path says so
+            and self._weight_fn is None
+            and type(values) is dict
+            and not _is_compiling()
+            and self._ledger.queue(values, targets.shape[0], self._names_ordered)
+        )
 
     @property
     def entries(self) -> tuple[NamedCallable, ...]:

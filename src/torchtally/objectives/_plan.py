@@ -317,9 +317,23 @@ def _group(
     names: list[str],
     rows: Mapping[str, tuple[Accumulator, int]],
 ) -> Group:
-    """A group of values of one dtype: the vectors first, then the scalars, each in order."""
-    vectors = [position for position, shape in members if shape is None]
-    scalars = [(position, tuple(shape)) for position, shape in members if shape is not None]
+    """A group of values of one dtype: the vectors first, then the scalars.
+
+    Each kind is laid out accumulator by accumulator and row by row, so that
+    a part's lines for one accumulator are a range of its rows (folded
+    through views, see ``Accumulator.add``), whatever order the batch has.
+    """
+    order: dict[int, int] = {}  # accumulators, in the order they first appear
+
+    def by_row(member: tuple[int, Any]) -> tuple[int, int]:
+        held = rows.get(names[member[0]])
+        if held is None:  # no row yet (a plan for checking only): keep the batch's order
+            return (len(names), member[0])
+        return (order.setdefault(id(held[0]), len(order)), held[1])
+
+    ordered = sorted(members, key=by_row)
+    vectors = [position for position, shape in ordered if shape is None]
+    scalars = [(position, tuple(shape)) for position, shape in ordered if shape is not None]
     parts = [
         Part(kind, tuple(found), _targets([names[position] for position in found], rows))
         for kind, found in ((VECTOR, vectors), (SCALAR, [position for position, _ in scalars]))
