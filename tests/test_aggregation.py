@@ -99,6 +99,37 @@ def test_adding_to_some_rows_equals_adding_to_each_row_alone(
         torch.testing.assert_close(mine, theirs, equal_nan=True, rtol=0, atol=0)
 
 
+class OutOfPlaceSum(Sum):
+    """A user's accumulator whose ``_add`` rebinds its state entries instead of changing them."""
+
+    def _add(
+        self,
+        state: dict[str, Tensor],
+        values: Tensor,
+        weights: Tensor | None,
+        samples: Any,
+        droppable: bool,
+    ) -> None:
+        sums = values.sum(tuple(range(1, values.ndim)), dtype=torch.float64)
+        state["total"] = state["total"] + torch.stack([sums, torch.zeros_like(sums)], 1)
+        state["samples"] = state["samples"] + samples
+
+
+@pytest.mark.parametrize("rows", [None, [0, 2], [2, 0], [1]])
+def test_an_add_that_rebinds_state_entries_changes_the_targeted_rows(
+    rows: list[int] | None,
+) -> None:
+    # All rows, evenly spaced rows (views), other rows (copies): each keeps what _add rebinds.
+    targets = [0, 1, 2] if rows is None else rows
+    acc = OutOfPlaceSum(rows=3)
+    acc.add(torch.arange(len(targets) * 2.0).reshape(len(targets), 2), rows=rows)
+    expected = [math.nan] * 3
+    for line, row in enumerate(targets):
+        expected[row] = 4.0 * line + 1.0
+    assert [value.item() for value in acc.reduce()] == pytest.approx(expected, nan_ok=True)
+    assert acc.samples() == [2 if row in targets else 0 for row in range(3)]
+
+
 def test_entries_may_have_several_dimensions() -> None:
     acc = Mean(rows=2)
     acc.add(torch.arange(12.0).reshape(2, 2, 3))  # (rows, batches, samples)

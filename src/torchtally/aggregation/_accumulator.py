@@ -229,7 +229,12 @@ class Accumulator(SyncLayout, Exportable, ABC):
             return
         evenly = _as_slice(rows)
         if evenly is not None:  # rows evenly spaced: views, changed in place (no copies)
-            change({name: tensor[evenly] for name, tensor in self._state.items()})
+            views = {name: tensor[evenly] for name, tensor in self._state.items()}
+            part = dict(views)
+            change(part)
+            for name, tensor in part.items():
+                if tensor is not views[name]:  # an _add that rebinds an entry: copy it back
+                    self._state[name][evenly] = tensor
             return
         index = torch.tensor(list(rows), dtype=_I64, device=self.device)
         part = {name: tensor.index_select(0, index) for name, tensor in self._state.items()}
