@@ -23,6 +23,7 @@ from torch import Tensor
 from typing_extensions import override
 
 import torchtally as tt
+from _held import queued_elements  # tests/_held.py
 from torchtally.aggregation import Accumulator
 from torchtally.errors import ResultShapeError, ResultTypeError, WeightError
 from torchtally.objectives import PENDING_BATCHES, PENDING_ELEMENTS
@@ -101,14 +102,6 @@ def exact_mean(pairs: list[tuple[float, float]]) -> float:
     """``sum(weight * value) / sum(weight)``, computed exactly, then rounded once."""
     total = sum(Fraction(weight) * Fraction(value) for value, weight in pairs)
     return float(total / sum(Fraction(weight) for _, weight in pairs))
-
-
-def queued_elements(objective: Any) -> int:
-    ledger = objective._ledger
-    held = sum(buffer.numel() for buffer in ledger._buffers)
-    if ledger._sample_weights is not None:
-        held += ledger._sample_weights.numel()
-    return held
 
 
 UNEVEN = [8, 8, 8, 5, 8, 3, 8, 8, 2, 8]

@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 import torchtally as tt
+from _held import queued_elements  # tests/_held.py
 from _sync import simulate_sync  # tests/_sync.py
 from torchtally._conventions import batch_size
 from torchtally.aggregation import Cat, Mean
@@ -374,15 +375,6 @@ def test_state_dict_size_does_not_grow_with_updates() -> None:
     per_name = sum(spec.width * spec.dtype.itemsize for spec in Mean.states)
     assert tensor_bytes(many) == tensor_bytes(few) == 2 * per_name
     assert many._ledger.accumulators[Mean].samples() == [80_000, 80_000]
-
-
-def queued_elements(objective: Any) -> int:
-    """Elements the objective holds between updates, besides its accumulators' state."""
-    ledger = objective._ledger
-    held = sum(buffer.numel() for buffer in ledger._buffers)
-    if ledger._sample_weights is not None:
-        held += ledger._sample_weights.numel()
-    return held
 
 
 def test_the_pending_queue_is_bounded_by_elements() -> None:
