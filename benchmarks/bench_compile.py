@@ -3,10 +3,13 @@
 Usage::
 
     taskset -c 1 python benchmarks/bench_compile.py            # 64x10 and 4096x10
-    taskset -c 1 python benchmarks/bench_compile.py --steps 400 --repeats 7
+    taskset -c 1 python benchmarks/bench_compile.py --parts loss --steps 400 --repeats 7
 
 The step: a linear model, a loss, backward, an SGD step, and the epoch state
-of two metrics updated with the detached outputs.
+of two metrics updated with the detached outputs. ``--parts`` picks what keeps
+epoch values (all three by default, one table row each): ``both``, the loss
+and the collection; ``loss``, the composed loss only (the metrics left out);
+``collection``, the collection only (the loss written by hand in both steps).
 
 - **torchtally**: ``tt.Loss(mse_loss, 'MSE') + 0.5 * tt.Loss(mae, 'MAE')`` called on
   the outputs (its ``forward``: the value to optimise, accumulated with its
@@ -50,20 +53,34 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).pow(2).mean(1)
 
 
-def _steps(variant: str, batch: int) -> tuple[Any, list[Any]]:
+PARTS = ("both", "loss", "collection")
+WHAT = {"both": "loss and collection", "loss": "composed loss", "collection": "collection"}
+
+
+def _steps(variant: str, batch: int, parts: str = "both") -> tuple[Any, list[Any]]:
+    """The step of ``variant`` keeping the epoch values of ``parts``.
+
+    ``both``: the composed loss and the metric collection; ``loss``: the loss
+    only; ``collection``: the collection only, the loss written by hand.
+    """
     import torchtally as tt
 
     torch.manual_seed(0)
     model = torch.nn.Linear(FEATURES, FEATURES)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with_loss, with_metrics = parts in ("both", "loss"), parts in ("both", "collection")
     if variant == "torchtally":
         loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
         metrics = tt.MetricCollection(MSE=mse, MAE=mae)
 
         def step(inputs: Tensor, targets: Tensor) -> None:
             outputs = model(inputs)
-            value = loss(outputs, targets)
-            metrics.update(outputs.detach(), targets)
+            if with_loss:
+                value = loss(outputs, targets)
+            else:
+                value = functional.mse_loss(outputs, targets) + 0.5 * mae(outputs, targets).mean()
+            if with_metrics:
+                metrics.update(outputs.detach(), targets)
             value.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
@@ -71,26 +88,22 @@ def _steps(variant: str, batch: int) -> tuple[Any, list[Any]]:
         return step, [loss, metrics]
 
     # By hand: float64 running sums and counts, updated in place (compile-friendly).
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, MSE, MAE, metric MSE, metric MAE
+    sums = torch.zeros(3 * with_loss + 2 * with_metrics, dtype=torch.float64)
     counts = torch.zeros(1, dtype=torch.float64)
 
     def by_hand(inputs: Tensor, targets: Tensor) -> None:
         outputs = model(inputs)
-        _per_mse, per_mae = mse(outputs, targets), mae(outputs, targets)
+        per_mae = mae(outputs, targets)
         batch_mse = functional.mse_loss(outputs, targets)
         value = batch_mse + 0.5 * per_mae.mean()
         size = outputs.shape[0]
         detached = outputs.detach()
-        stacked = torch.stack(
-            [
-                value.detach() * size,
-                batch_mse.detach() * size,
-                per_mae.detach().sum(),
-                mse(detached, targets).sum(),
-                mae(detached, targets).sum(),
-            ]
-        )
-        sums.add_(stacked.to(torch.float64))
+        totals = []
+        if with_loss:  # the loss, MSE and MAE
+            totals += [value.detach() * size, batch_mse.detach() * size, per_mae.detach().sum()]
+        if with_metrics:  # metric MSE and MAE
+            totals += [mse(detached, targets).sum(), mae(detached, targets).sum()]
+        sums.add_(torch.stack(totals).to(torch.float64))
         counts.add_(size)
         value.backward()
         optimizer.step()
@@ -99,12 +112,12 @@ def _steps(variant: str, batch: int) -> tuple[Any, list[Any]]:
     return by_hand, [sums, counts]
 
 
-def _child(variant: str, batch: int, steps: int) -> dict[str, Any]:
+def _child(variant: str, batch: int, steps: int, parts: str) -> dict[str, Any]:
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch.set_num_threads(1)
-    step, _ = _steps(variant, batch)
+    step, _ = _steps(variant, batch, parts)
     compiled = torch.compile(step)
     generator = torch.Generator().manual_seed(1)
     data = [
@@ -123,47 +136,54 @@ def _child(variant: str, batch: int, steps: int) -> dict[str, Any]:
     return {
         "variant": variant,
         "batch": batch,
+        "parts": parts,
         "us": elapsed * 1e6,
         "graphs": counters["stats"]["unique_graphs"],
         "breaks": sum(counters["graph_break"].values()),
     }
 
 
-def run(variant: str, batch: int, steps: int) -> dict[str, Any]:
-    result: dict[str, Any] = run_child(__file__, variant, str(batch), str(steps))
+def run(variant: str, batch: int, steps: int, parts: str) -> dict[str, Any]:
+    result: dict[str, Any] = run_child(__file__, variant, str(batch), str(steps), parts)
     return result
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 4096])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = []
-    for batch in args.batches:
-        times: dict[str, list[float]] = {"torchtally": [], "by hand": []}
-        graphs: dict[str, Any] = {}
-        for _ in range(args.repeats):
-            for variant in times:  # interleaved, each in a fresh process
-                result = run(variant, batch, args.steps)
-                times[variant].append(result["us"])
-                graphs[variant] = (result["graphs"], result["breaks"])
-        ours, theirs = statistics.median(times["torchtally"]), statistics.median(times["by hand"])
-        rows.append((batch, ours, theirs, graphs))
+    for parts in args.parts:
+        for batch in args.batches:
+            times: dict[str, list[float]] = {"torchtally": [], "by hand": []}
+            graphs: dict[str, Any] = {}
+            for _ in range(args.repeats):
+                for variant in times:  # interleaved, each in a fresh process
+                    result = run(variant, batch, args.steps, parts)
+                    times[variant].append(result["us"])
+                    graphs[variant] = (result["graphs"], result["breaks"])
+            ours = statistics.median(times["torchtally"])
+            theirs = statistics.median(times["by hand"])
+            rows.append((parts, batch, ours, theirs, graphs))
     print(
         f"torch {torch.__version__}, one CPU thread, compiled training step, median of "
         f"{args.repeats} fresh processes x {args.steps} steps\n"
     )
-    print("| batch | torchtally | by hand | ratio | graphs (breaks): torchtally, by hand |")
-    print("|---|---|---|---|---|")
-    for batch, ours, theirs, graphs in rows:
+    print(
+        "| epoch values kept | batch | torchtally | by hand | ratio "
+        "| graphs (breaks): torchtally, by hand |"
+    )
+    print("|---|---|---|---|---|---|")
+    for parts, batch, ours, theirs, graphs in rows:
         print(
-            f"| {batch}x{FEATURES} | {ours:.1f} µs | {theirs:.1f} µs | {ours / theirs:.2f}x "
-            f"| {graphs['torchtally'][0]} ({graphs['torchtally'][1]}), "
+            f"| {WHAT[parts]} | {batch}x{FEATURES} | {ours:.1f} µs | {theirs:.1f} µs "
+            f"| {ours / theirs:.2f}x | {graphs['torchtally'][0]} ({graphs['torchtally'][1]}), "
             f"{graphs['by hand'][0]} ({graphs['by hand'][1]}) |"
         )
 

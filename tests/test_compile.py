@@ -161,3 +161,26 @@ def test_values_folded_into_some_rows_of_an_accumulator_compile_without_breaks()
         eager.update(outputs, targets)
     assert stats["graph_breaks"] == 0
     assert_same(metrics.compute(), eager.compute())
+
+
+@pytest.mark.timeout(300)
+def test_compute_and_reset_between_compiled_steps_see_every_batch() -> None:
+    # A compute() caches the values; the next compiled step must drop the cache, and a reset
+    # must empty the state the graph folds into.
+    metrics = tt.MetricCollection(MAE=mae, Scalar=functional.mse_loss)
+    eager = tt.MetricCollection(MAE=mae, Scalar=functional.mse_loss)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(metrics.update, fullgraph=True)
+    data = [(outputs[:, :1], targets) for outputs, targets in batches(20)]
+    for _epoch in range(2):
+        for index, (outputs, targets) in enumerate(data):
+            compiled(outputs, targets)
+            eager.update(outputs, targets)
+            if index % 7 == 6:  # a look at the running value mid-epoch
+                assert_same(metrics.compute(), eager.compute())
+        assert_same(metrics.compute(), eager.compute())
+        metrics.reset()
+        eager.reset()
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["stats"]["unique_graphs"] <= 8
