@@ -1863,3 +1863,18 @@ def test_a_criterion_composition_syncs_and_ranks_must_agree_on_its_formula(
             found["MSE"], mse_fn(outputs, targets).mean(), rtol=1e-12, atol=0
         )
         assert "another formula" in record["mismatched"]
+
+
+def test_the_criterion_fast_path_for_one_floating_dtype_never_returns_nothing() -> None:
+    # Floating tensors of one dtype skip the promotion step; a step on Python constants
+    # that fails (the algebra refuses 1 / 0, a hand-compiled program need not) must end
+    # the same way on that path as on the general one, never as a None criterion.
+    from torchtally.formula import Component, Operation, compile_expression
+    from torchtally.losses._evaluation import criterion
+
+    program = compile_expression(
+        Operation("+", Component("A"), Operation("/", Constant(1), Constant(0)))
+    )
+    for value in (torch.ones(2), torch.ones(2, dtype=torch.int64)):  # fast path, general one
+        with pytest.raises(ZeroDivisionError):
+            criterion(program, {"A": value}, [], "example")

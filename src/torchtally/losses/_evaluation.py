@@ -147,7 +147,7 @@ def criterion(
         result = None  # Python numbers only: evaluated as tensors below
     except RuntimeError as error:
         raise _combine_error(program.names, components, error, owner) from error
-    if shared is not None:  # real floating tensors only: the result is one too
+    if shared is not None and result is not None:  # real floating tensors: the result is too
         return result
     complex_result = type(result) is complex or (type(result) is Tensor and result.is_complex())
     if result is None or complex_result:
