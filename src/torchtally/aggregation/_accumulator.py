@@ -198,8 +198,11 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if values[0].numel() == 0 or not targets:
             return
         self._ensure_state(values.device)
+        dtypes = self.dtypes
         for row in targets:
-            self.dtypes[row] = promote(self.dtypes[row], values.dtype)
+            dtype = promote(dtypes[row], values.dtype)
+            if dtype is not dtypes[row]:  # stored only when it changes: no store to replay per
+                dtypes[row] = dtype  # step after a torch.compile graph (the dtype is guarded)
         if samples is None:
             samples = values[0].numel()
         values = values.detach()

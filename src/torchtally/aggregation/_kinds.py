@@ -64,21 +64,24 @@ class Mean(Accumulator):
         droppable: bool,
     ) -> None:
         entries = tuple(range(1, values.ndim))
-        last: tuple[slice | int, ...] = (slice(None), *(-1 for _ in entries))
+        final: tuple[slice | int, ...] = (slice(None), *(-1 for _ in entries))
+        # The last entry goes column by column: no stacked temporary (under torch.compile each
+        # temporary is a buffer the graph allocates every step).
+        last = state["last"]
         if weights is None:
             sums = values.sum(entries, dtype=_F64)
             state["weight"].add_(values[0].numel())
-            last_value, last_weight = values[last].to(_F64), torch.ones_like(sums)
+            last[:, 0].copy_(values[final])
+            last[:, 1].fill_(1.0)
         else:
             weighted = values.to(_F64) * weights
             sums = weighted.sum(entries)
             state["weight"].add_(weights.sum())
-            last_value, last_weight = weighted[last], weights[last[1:]].expand_as(sums)
+            last[:, 0].copy_(weighted[final])
+            last[:, 1].copy_(weights[final[1:]])
+        last[:, 2].fill_(1.0 if droppable else 0.0)
         two_sum_into(state["total"], sums)
         state["samples"].add_(samples)
-        flag = torch.full_like(sums, 1.0 if droppable else 0.0)
-        # copy_, not out=: the rows may be a strided view, which out= refuses under torch.compile
-        state["last"].copy_(torch.stack([last_value, last_weight, flag], 1))
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:

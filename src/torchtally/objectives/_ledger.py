@@ -248,7 +248,8 @@ class Ledger(Rows):
         tensors = [value.to(plan.device) for value in returned.values()]
         fold_now(plan, tensors, size, weight)
         keep(plan, tensors, size)
-        self.device = plan.device
+        if self.device != plan.device:  # read by the plan, so guarded: no store to replay
+            self.device = plan.device
         self.computed = None
         self.synced = None
         self.updated = True
