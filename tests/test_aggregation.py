@@ -561,3 +561,59 @@ def test_accumulator_class_accepts_kinds_and_classes_only() -> None:
     assert accumulator_class(Sum, "x") is Sum
     with pytest.raises(ValueError, match=r"Metric 'X'.*'median'"):
         accumulator_class("median", "Metric 'X'")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.integers(-1000, 1000), min_size=1, max_size=6), min_size=1, max_size=4
+    ),
+    weighted=st.booleans(),
+    rows=st.sampled_from([None, (0, 2), (1,), (2, 0)]),
+)
+def test_mean_without_last_drops_exactly_the_last_sample_of_the_last_batch(
+    batches: list[list[int]], weighted: bool, rows: tuple[int, ...] | None
+) -> None:
+    """The last entry Mean keeps (value, weight, droppable) is the last sample's, on any rows.
+
+    Reference: Python fractions of the data with the last sample left out.
+    """
+    from fractions import Fraction
+
+    acc = Mean(rows=3)
+    lines = 3 if rows is None else len(rows)
+    kept: list[tuple[int, int]] = []  # (value, weight) per sample, row 0 of the lines
+    for index, batch in enumerate(batches):
+        values = torch.tensor(batch, dtype=torch.float32) / 8
+        weights = torch.tensor(
+            [1 + (index + at) % 3 for at in range(len(batch))], dtype=torch.float64
+        )
+        acc.add(
+            values.expand(lines, -1),
+            weights if weighted else None,
+            rows=rows,
+            droppable=True,
+        )
+        kept += [
+            (value, int(weight) if weighted else 1)
+            for value, weight in zip(batch, weights.tolist(), strict=True)
+        ]
+    copied, dropped = acc.without_last()
+    touched = [0, 1, 2] if rows is None else sorted(rows)
+    assert dropped.tolist() == [row in touched for row in range(3)]
+    remaining = kept[:-1]
+    for row, value in enumerate(copied.reduce()):
+        if row not in touched or not remaining:
+            assert value.isnan()
+        else:
+            expected = sum(Fraction(v, 8) * w for v, w in remaining) / sum(w for _, w in remaining)
+            assert value.item() == pytest.approx(float(expected), rel=1e-6)
+    assert [value.item() for value in acc.reduce()] == pytest.approx(
+        [
+            float(sum(Fraction(v, 8) * w for v, w in kept) / sum(w for _, w in kept))
+            if row in touched
+            else math.nan
+            for row in range(3)
+        ],
+        nan_ok=True,
+    )
