@@ -10,6 +10,8 @@ of two metrics updated with the detached outputs. ``--parts`` picks what keeps
 epoch values (all three by default, one table row each): ``both``, the loss
 and the collection; ``loss``, the composed loss only (the metrics left out);
 ``collection``, the collection only (the loss written by hand in both steps).
+``--call-only`` compiles the loss call and the collection update alone (no
+model, backward or optimizer step), to see the objectives' own cost.
 
 - **torchtally**: ``tt.Loss(mse_loss, 'MSE') + 0.5 * tt.Loss(mae, 'MAE')`` called on
   the outputs (its ``forward``: the value to optimise, accumulated with its
@@ -112,17 +114,53 @@ def _steps(variant: str, batch: int, parts: str = "both") -> tuple[Any, list[Any
     return by_hand, [sums, counts]
 
 
-def _child(variant: str, batch: int, steps: int, parts: str) -> dict[str, Any]:
+def _calls(variant: str, parts: str) -> Any:
+    """The objectives' calls of ``_steps`` alone: the loss on outputs that need grad, the update."""
+    import torchtally as tt
+
+    with_loss, with_metrics = parts in ("both", "loss"), parts in ("both", "collection")
+    if variant == "torchtally":
+        loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+        metrics = tt.MetricCollection(MSE=mse, MAE=mae)
+
+        def calls(outputs: Tensor, targets: Tensor) -> Tensor | None:
+            if with_metrics:
+                metrics.update(outputs.detach(), targets)
+            return loss(outputs, targets) if with_loss else None
+
+        return calls
+    sums = torch.zeros(3 * with_loss + 2 * with_metrics, dtype=torch.float64)
+    counts = torch.zeros(1, dtype=torch.float64)
+
+    def by_hand(outputs: Tensor, targets: Tensor) -> Tensor | None:
+        size, totals, value = outputs.shape[0], [], None
+        if with_metrics:
+            detached = outputs.detach()
+            totals += [mse(detached, targets).sum(), mae(detached, targets).sum()]
+        if with_loss:
+            per_mae, batch_mse = mae(outputs, targets), functional.mse_loss(outputs, targets)
+            value = batch_mse + 0.5 * per_mae.mean()
+            totals += [value.detach() * size, batch_mse.detach() * size, per_mae.detach().sum()]
+        sums.add_(torch.stack(totals).to(torch.float64))
+        counts.add_(size)
+        return value
+
+    return by_hand
+
+
+def _child(
+    variant: str, batch: int, steps: int, parts: str, call_only: bool = False
+) -> dict[str, Any]:
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch.set_num_threads(1)
-    step, _ = _steps(variant, batch, parts)
+    step = _calls(variant, parts) if call_only else _steps(variant, batch, parts)[0]
     compiled = torch.compile(step)
     generator = torch.Generator().manual_seed(1)
     data = [
         (
-            torch.randn(batch, FEATURES, generator=generator),
+            torch.randn(batch, FEATURES, generator=generator).requires_grad_(call_only),
             torch.randn(batch, FEATURES, generator=generator),
         )
         for _ in range(16)
@@ -143,20 +181,26 @@ def _child(variant: str, batch: int, steps: int, parts: str) -> dict[str, Any]:
     }
 
 
-def run(variant: str, batch: int, steps: int, parts: str) -> dict[str, Any]:
-    result: dict[str, Any] = run_child(__file__, variant, str(batch), str(steps), parts)
+def run(variant: str, batch: int, steps: int, parts: str, call_only: bool) -> dict[str, Any]:
+    result: dict[str, Any] = run_child(
+        __file__, variant, str(batch), str(steps), parts, "call" if call_only else "step"
+    )
     return result
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
+        arguments = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        print(json.dumps(_child(*arguments, call_only=sys.argv[6] == "call")))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 4096])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--call-only", action="store_true", help="time the objectives' calls alone, not a step"
+    )
     args = parser.parse_args()
     rows = []
     for parts in args.parts:
@@ -165,14 +209,15 @@ def main() -> None:
             graphs: dict[str, Any] = {}
             for _ in range(args.repeats):
                 for variant in times:  # interleaved, each in a fresh process
-                    result = run(variant, batch, args.steps, parts)
+                    result = run(variant, batch, args.steps, parts, args.call_only)
                     times[variant].append(result["us"])
                     graphs[variant] = (result["graphs"], result["breaks"])
             ours = statistics.median(times["torchtally"])
             theirs = statistics.median(times["by hand"])
             rows.append((parts, batch, ours, theirs, graphs))
     print(
-        f"torch {torch.__version__}, one CPU thread, compiled training step, median of "
+        f"torch {torch.__version__}, one CPU thread, compiled "
+        f"{'calls of the objectives' if args.call_only else 'training step'}, median of "
         f"{args.repeats} fresh processes x {args.steps} steps\n"
     )
     print(
