@@ -11,6 +11,7 @@ import io
 import math
 import pickle
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -578,11 +579,9 @@ def test_mean_without_last_drops_exactly_the_last_sample_of_the_last_batch(
 
     Reference: Python fractions of the data with the last sample left out.
     """
-    from fractions import Fraction
-
     acc = Mean(rows=3)
     lines = 3 if rows is None else len(rows)
-    kept: list[tuple[int, int]] = []  # (value, weight) per sample, row 0 of the lines
+    kept: list[tuple[int, int]] = []  # (value, weight) per sample; every line holds them
     for index, batch in enumerate(batches):
         values = torch.tensor(batch, dtype=torch.float32) / 8
         weights = torch.tensor(

@@ -198,11 +198,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if values[0].numel() == 0 or not targets:
             return
         self._ensure_state(values.device)
-        dtypes = self.dtypes
-        for row in targets:
-            dtype = promote(dtypes[row], values.dtype)
-            if dtype is not dtypes[row]:  # stored only when it changes: no store to replay per
-                dtypes[row] = dtype  # step after a torch.compile graph (the dtype is guarded)
+        self._promote_rows(targets, values.dtype)
         if samples is None:
             samples = values[0].numel()
         values = values.detach()
@@ -212,6 +208,14 @@ class Accumulator(SyncLayout, Exportable, ABC):
             rows,
             lambda state: self._add(state, values, weights, samples, droppable),
         )
+
+    def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None:
+        """Promote the recorded dtype of ``rows`` by ``dtype`` (values of it were added)."""
+        dtypes = self.dtypes
+        for row in rows:
+            promoted = promote(dtypes[row], dtype)
+            if promoted is not dtypes[row]:  # stored only when it changes: no store to replay
+                dtypes[row] = promoted  # after each torch.compile graph (the dtype is guarded)
 
     def _ensure_state(self, device: torch.device) -> None:
         if self._state is None:
@@ -339,7 +343,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         for source, target in enumerate(targets):
             dtype = other.dtypes[source]
             if dtype is not None:
-                self.dtypes[target] = promote(self.dtypes[target], dtype)
+                self._promote_rows((target,), dtype)
         self._update_rows(
             None if rows is None else targets,
             lambda mine: _replace(mine, combine_states(self.states, [mine, theirs])),
@@ -373,7 +377,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
             for source, target in enumerate(targets):
                 dtype = part.dtypes[source]
                 if dtype is not None:
-                    result.dtypes[target] = promote(result.dtypes[target], dtype)
+                    result._promote_rows((target,), dtype)
         result.device = device
         result._state = combine_states(cls.states, aligned)
         return result

@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import Self, override
 
 from torchtally._conventions import dtype_from_name, dtype_name
-from torchtally.aggregation._accumulator import Accumulator, ExportedState, StateSpec, promote
+from torchtally.aggregation._accumulator import Accumulator, ExportedState, StateSpec
 from torchtally.errors import IncompatibleStateError, ResultShapeError, StateDictError, WeightError
 
 __all__ = ["Cat"]
@@ -91,9 +91,9 @@ class Cat(Accumulator):
         if values.shape[1] == 0:
             return
         self.device = values.device
+        self._promote_rows(targets, values.dtype)
         for line, row in enumerate(targets):
             self._chunks[row].append(values[line].detach().clone())
-            self.dtypes[row] = promote(self.dtypes[row], values.dtype)
             self._counts[row] += int(values.shape[1]) if samples is None else int(samples)
             self._droppable[row] = droppable
 
@@ -170,7 +170,7 @@ class Cat(Accumulator):
             device = self.device if self.device is not None else joined.device
             self.device = device
             held.append(joined.to(device, copy=True))
-            self.dtypes[target] = promote(self.dtypes[target], joined.dtype)
+            self._promote_rows((target,), joined.dtype)
             self._counts[target] += other._counts[source]
             self._droppable[target] = other._droppable[source]
 
@@ -211,7 +211,7 @@ class Cat(Accumulator):
                         f"{tuple(joined.shape[1:])} with {tuple(held[0].shape[1:])}"
                     )
                 held.append(joined)
-                result.dtypes[target] = promote(result.dtypes[target], joined.dtype)
+                result._promote_rows((target,), joined.dtype)
                 result._counts[target] += part._counts[source]
         for row, held in enumerate(pieces):
             if held:
