@@ -59,63 +59,14 @@ PARTS = ("both", "loss", "collection")
 WHAT = {"both": "loss and collection", "loss": "composed loss", "collection": "collection"}
 
 
-def _steps(variant: str, batch: int, parts: str = "both") -> tuple[Any, list[Any]]:
-    """The step of ``variant`` keeping the epoch values of ``parts``.
-
-    ``both``: the composed loss and the metric collection; ``loss``: the loss
-    only; ``collection``: the collection only, the loss written by hand.
-    """
-    import torchtally as tt
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(FEATURES, FEATURES)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    with_loss, with_metrics = parts in ("both", "loss"), parts in ("both", "collection")
-    if variant == "torchtally":
-        loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
-        metrics = tt.MetricCollection(MSE=mse, MAE=mae)
-
-        def step(inputs: Tensor, targets: Tensor) -> None:
-            outputs = model(inputs)
-            if with_loss:
-                value = loss(outputs, targets)
-            else:
-                value = functional.mse_loss(outputs, targets) + 0.5 * mae(outputs, targets).mean()
-            if with_metrics:
-                metrics.update(outputs.detach(), targets)
-            value.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
-
-        return step, [loss, metrics]
-
-    # By hand: float64 running sums and counts, updated in place (compile-friendly).
-    sums = torch.zeros(3 * with_loss + 2 * with_metrics, dtype=torch.float64)
-    counts = torch.zeros(1, dtype=torch.float64)
-
-    def by_hand(inputs: Tensor, targets: Tensor) -> None:
-        outputs = model(inputs)
-        per_mae = mae(outputs, targets)
-        batch_mse = functional.mse_loss(outputs, targets)
-        value = batch_mse + 0.5 * per_mae.mean()
-        size = outputs.shape[0]
-        detached = outputs.detach()
-        totals = []
-        if with_loss:  # the loss, MSE and MAE
-            totals += [value.detach() * size, batch_mse.detach() * size, per_mae.detach().sum()]
-        if with_metrics:  # metric MSE and MAE
-            totals += [mse(detached, targets).sum(), mae(detached, targets).sum()]
-        sums.add_(torch.stack(totals).to(torch.float64))
-        counts.add_(size)
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-
-    return by_hand, [sums, counts]
-
-
 def _calls(variant: str, parts: str) -> Any:
-    """The objectives' calls of ``_steps`` alone: the loss on outputs that need grad, the update."""
+    """What keeps the epoch values of ``parts``: a function of ``(outputs, targets)``.
+
+    It returns the loss to optimise when ``parts`` keeps the loss's values
+    (``both`` or ``loss``), else ``None``. **torchtally**: the composed loss and
+    the collection's update; **by hand**: the same expression, and float64
+    running sums and counts updated in place (compile-friendly).
+    """
     import torchtally as tt
 
     with_loss, with_metrics = parts in ("both", "loss"), parts in ("both", "collection")
@@ -134,10 +85,10 @@ def _calls(variant: str, parts: str) -> Any:
 
     def by_hand(outputs: Tensor, targets: Tensor) -> Tensor | None:
         size, totals, value = outputs.shape[0], [], None
-        if with_metrics:
+        if with_metrics:  # metric MSE and MAE
             detached = outputs.detach()
             totals += [mse(detached, targets).sum(), mae(detached, targets).sum()]
-        if with_loss:
+        if with_loss:  # the loss, MSE and MAE
             per_mae, batch_mse = mae(outputs, targets), functional.mse_loss(outputs, targets)
             value = batch_mse + 0.5 * per_mae.mean()
             totals += [value.detach() * size, batch_mse.detach() * size, per_mae.detach().sum()]
@@ -148,6 +99,26 @@ def _calls(variant: str, parts: str) -> Any:
     return by_hand
 
 
+def _steps(variant: str, parts: str = "both") -> Any:
+    """The training step of ``variant`` around :func:`_calls` (the loss written by hand if
+    ``parts`` is ``collection``): a linear model, backward, an SGD step."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(FEATURES, FEATURES)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    calls = _calls(variant, parts)
+
+    def step(inputs: Tensor, targets: Tensor) -> None:
+        outputs = model(inputs)
+        value = calls(outputs, targets)
+        if value is None:  # the loss's values are not kept: the same expression by hand
+            value = functional.mse_loss(outputs, targets) + 0.5 * mae(outputs, targets).mean()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    return step
+
+
 def _child(
     variant: str, batch: int, steps: int, parts: str, call_only: bool = False
 ) -> dict[str, Any]:
@@ -155,7 +126,7 @@ def _child(
     from torch._dynamo.utils import counters
 
     torch.set_num_threads(1)
-    step = _calls(variant, parts) if call_only else _steps(variant, batch, parts)[0]
+    step = _calls(variant, parts) if call_only else _steps(variant, parts)
     compiled = torch.compile(step)
     generator = torch.Generator().manual_seed(1)
     data = [
