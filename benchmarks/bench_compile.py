@@ -12,6 +12,9 @@ and the collection; ``loss``, the composed loss only (the metrics left out);
 ``collection``, the collection only (the loss written by hand in both steps).
 ``--call-only`` compiles the loss call and the collection update alone (no
 model, backward or optimizer step), to see the objectives' own cost.
+``--skip-global-guards`` compiles both steps with
+``options={'guard_filter_fn': torch.compiler.skip_guard_on_globals_unsafe}``
+(torch drops its checks that module globals are unchanged before each call).
 
 - **torchtally**: ``tt.Loss(mse_loss, 'MSE') + 0.5 * tt.Loss(mae, 'MAE')`` called on
   the outputs (its ``forward``: the value to optimise, accumulated with its
@@ -120,14 +123,15 @@ def _steps(variant: str, parts: str = "both") -> Any:
 
 
 def _child(
-    variant: str, batch: int, steps: int, parts: str, call_only: bool = False
+    variant: str, batch: int, steps: int, parts: str, call_only: bool, skip_globals: bool
 ) -> dict[str, Any]:
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch.set_num_threads(1)
     step = _calls(variant, parts) if call_only else _steps(variant, parts)
-    compiled = torch.compile(step)
+    options = {"guard_filter_fn": torch.compiler.skip_guard_on_globals_unsafe}
+    compiled = torch.compile(step, options=options if skip_globals else None)
     generator = torch.Generator().manual_seed(1)
     data = [
         (
@@ -152,9 +156,13 @@ def _child(
     }
 
 
-def run(variant: str, batch: int, steps: int, parts: str, call_only: bool) -> dict[str, Any]:
+def run(
+    variant: str, batch: int, steps: int, parts: str, call_only: bool, skip_globals: bool
+) -> dict[str, Any]:
+    what = "call" if call_only else "step"
+    guards = "no-globals" if skip_globals else "all"
     result: dict[str, Any] = run_child(
-        __file__, variant, str(batch), str(steps), parts, "call" if call_only else "step"
+        __file__, variant, str(batch), str(steps), parts, what, guards
     )
     return result
 
@@ -162,7 +170,8 @@ def run(variant: str, batch: int, steps: int, parts: str, call_only: bool) -> di
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         arguments = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-        print(json.dumps(_child(*arguments, call_only=sys.argv[6] == "call")))
+        only, skip = sys.argv[6] == "call", sys.argv[7] == "no-globals"
+        print(json.dumps(_child(*arguments, call_only=only, skip_globals=skip)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 4096])
@@ -172,6 +181,11 @@ def main() -> None:
     parser.add_argument(
         "--call-only", action="store_true", help="time the objectives' calls alone, not a step"
     )
+    parser.add_argument(
+        "--skip-global-guards",
+        action="store_true",
+        help="compile with torch.compiler.skip_guard_on_globals_unsafe as the guard filter",
+    )
     args = parser.parse_args()
     rows = []
     for parts in args.parts:
@@ -180,7 +194,9 @@ def main() -> None:
             graphs: dict[str, Any] = {}
             for _ in range(args.repeats):
                 for variant in times:  # interleaved, each in a fresh process
-                    result = run(variant, batch, args.steps, parts, args.call_only)
+                    result = run(
+                        variant, batch, args.steps, parts, args.call_only, args.skip_global_guards
+                    )
                     times[variant].append(result["us"])
                     graphs[variant] = (result["graphs"], result["breaks"])
             ours = statistics.median(times["torchtally"])
@@ -188,7 +204,8 @@ def main() -> None:
             rows.append((parts, batch, ours, theirs, graphs))
     print(
         f"torch {torch.__version__}, one CPU thread, compiled "
-        f"{'calls of the objectives' if args.call_only else 'training step'}, median of "
+        f"{'calls of the objectives' if args.call_only else 'training step'}"
+        f"{', no guards on globals' if args.skip_global_guards else ''}, median of "
         f"{args.repeats} fresh processes x {args.steps} steps\n"
     )
     print(
