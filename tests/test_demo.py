@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from torchtally import demo
-from torchtally.demo import DemoConfig, _shard, main, parse_args, train
+from torchtally.demo import DemoConfig, main, parse_args, train
+from torchtally.demo import _training as demo
+from torchtally.demo._training import _shard
 
 
 def run_demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -36,6 +36,7 @@ from torchtally._results import (
     merge_results,
     normalize_result,
     unique_names,
+    values_dict,
 )
 from torchtally.errors import (
     BatchSizeError,
@@ -63,7 +64,9 @@ __all__ = [
     "dtype_name",
     "merge_results",
     "normalize_result",
+    "size_and_weight",
     "unique_names",
+    "values_dict",
 ]
 
 MetricFn = Callable[[Any, Any], Any]
@@ -244,6 +247,29 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
     if not math.isfinite(number) or number < 0:
         raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
     return number
+
+
+def size_and_weight(targets: Any, outputs: Any, weight: Any, owner: str) -> tuple[int, Weight]:
+    """A batch's size and its weight, checked (see :func:`batch_size`, :func:`batch_weight`).
+
+    Per-sample weights tell the batch size themselves (their length), which
+    is how data whose batch is not the leading dimension is weighted.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._conventions import size_and_weight
+        >>> size_and_weight(torch.zeros(7, 4), None, torch.ones(4), 'Metric')  # (T, B) targets
+        (4, tensor([1., 1., 1., 1.]))
+    """
+    if type(weight) is Tensor and weight.ndim == 1:
+        size = weight.shape[0]
+    elif type(targets) is Tensor and targets.ndim:  # the common case, read inline
+        size = targets.shape[0]
+    else:
+        size = batch_size(targets, outputs, owner)
+    if weight is None:
+        return size, None
+    return size, batch_weight(weight, size, owner)
 
 
 # -- names -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 The rules, once each: a value is a tensor or a real Python number
 (:func:`as_value_tensor`); a foreign metric's result is a number, a tensor, a
 tuple or list of them or a dict with string keys (:func:`normalize_result`);
+what ``calculate()`` returns is a mapping (:func:`values_dict`);
 two results joined must not share a name (:func:`merge_results`), and leaf
 metrics of one class get unique names (:func:`unique_names`). They are named
 in :mod:`torchtally._conventions` too, with the other input rules.
@@ -35,6 +36,7 @@ __all__ = [
     "merge_results",
     "normalize_result",
     "unique_names",
+    "values_dict",
 ]
 
 FORMS_HINT = "callables returning tuples, lists or dicts can be wrapped with torchtally.wrap"
@@ -178,3 +180,16 @@ def merge_results(target: dict[str, Tensor], extra: Mapping[str, Tensor], owner:
                 f"distinct names"
             )
         target[key] = value
+
+
+def values_dict(values: Any, owner: str) -> dict[str, Any]:
+    """What ``calculate()`` returned, as a dict (any mapping is accepted).
+
+    Raises:
+        ResultTypeError: ``values`` is not a mapping.
+    """
+    if isinstance(values, Mapping):
+        return dict(values)
+    raise ResultTypeError(
+        f"{owner}: calculate() must return a dict of values by name, found {type(values).__name__}"
+    )

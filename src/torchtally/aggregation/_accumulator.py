@@ -8,7 +8,7 @@ of their own; how states combine is :mod:`torchtally.aggregation._states`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -20,11 +20,13 @@ from torchtally.aggregation._layout import SyncLayout, dtypes_from_counts
 from torchtally.aggregation._states import (
     MERGE_RULES,
     StateSpec,
+    change_rows,
     combine_stacked,
     combine_states,
     fresh_state,
     is_exact,
     promote,
+    replace_state,
     two_sum_into,
 )
 from torchtally.errors import (
@@ -204,9 +206,9 @@ class Accumulator(SyncLayout, Exportable, ABC):
         values = values.detach()
         if weights is not None:
             weights = weights.detach().to(_F64)
-        self._update_rows(
-            rows,
-            lambda state: self._add(state, values, weights, samples, droppable),
+        assert self._state is not None
+        change_rows(
+            self._state, rows, lambda state: self._add(state, values, weights, samples, droppable)
         )
 
     def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None:
@@ -227,27 +229,6 @@ class Accumulator(SyncLayout, Exportable, ABC):
                 f"{self.device} but values arrived on {device}; call .to({str(device)!r}) on the "
                 f"objective (or reset() it) before feeding values from another device"
             )
-
-    def _update_rows(self, rows: Sequence[int] | None, change: Any) -> None:
-        """Apply ``change`` (a function of a state dict, in place) to all rows or some rows."""
-        assert self._state is not None
-        if rows is None:
-            change(self._state)
-            return
-        evenly = _as_slice(rows)
-        if evenly is not None:  # rows evenly spaced: views, changed in place (no copies)
-            views = {name: tensor[evenly] for name, tensor in self._state.items()}
-            part = dict(views)
-            change(part)
-            for name, tensor in part.items():
-                if tensor is not views[name]:  # an _add that rebinds an entry: copy it back
-                    self._state[name][evenly] = tensor
-            return
-        index = torch.tensor(list(rows), dtype=_I64, device=self.device)
-        part = {name: tensor.index_select(0, index) for name, tensor in self._state.items()}
-        change(part)
-        for name, tensor in part.items():
-            self._state[name].index_copy_(0, index, tensor)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -344,9 +325,11 @@ class Accumulator(SyncLayout, Exportable, ABC):
             dtype = other.dtypes[source]
             if dtype is not None:
                 self._promote_rows((target,), dtype)
-        self._update_rows(
+        assert self._state is not None
+        change_rows(
+            self._state,
             None if rows is None else targets,
-            lambda mine: _replace(mine, combine_states(self.states, [mine, theirs])),
+            lambda mine: replace_state(mine, combine_states(self.states, [mine, theirs])),
         )
 
     @classmethod
@@ -408,19 +391,3 @@ class Accumulator(SyncLayout, Exportable, ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rows={self.rows})"
-
-
-def _replace(state: dict[str, Tensor], combined: Mapping[str, Tensor]) -> None:
-    for name, tensor in combined.items():
-        state[name].copy_(tensor)
-
-
-def _as_slice(rows: Sequence[int]) -> slice | None:
-    """``rows`` as a slice when they are evenly spaced and ascending (a view selects them)."""
-    first = rows[0]
-    if len(rows) == 1:
-        return slice(first, first + 1)
-    step = rows[1] - first
-    if step <= 0 or list(rows) != list(range(first, rows[-1] + 1, step)):
-        return None
-    return slice(first, rows[-1] + 1, step)

@@ -3,12 +3,14 @@
 An accumulator's state is a few ``(rows, width)`` tensors, each combining with
 its counterpart by one of :data:`MERGE_RULES`. :func:`combine_states` applies
 those rules to any number of states at once; ``Accumulator.merge``,
-``Objective.merge_state`` and ``sync_all`` all combine through it.
+``Objective.merge_state`` and ``sync_all`` all combine through it. A change to
+some rows of a state (an add or a merge into them) goes through
+:func:`change_rows`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,11 +21,13 @@ __all__ = [
     "MERGE_RULES",
     "StateHolder",
     "StateSpec",
+    "change_rows",
     "combine_stacked",
     "combine_states",
     "fresh_state",
     "is_exact",
     "promote",
+    "replace_state",
     "two_sum_into",
 ]
 
@@ -173,3 +177,50 @@ def combine_stacked(specs: Sequence[StateSpec], stacked: Mapping[str, Tensor]) -
             last = torch.where(took, order, 0).amax(0, keepdim=True)
             combined[spec.name] = parts.gather(0, last.expand(1, *parts.shape[1:]))[0]
     return combined
+
+
+def change_rows(
+    state: dict[str, Tensor],
+    rows: Sequence[int] | None,
+    change: Callable[[dict[str, Tensor]], None],
+) -> None:
+    """Apply ``change`` (a function of a state dict, in place) to all rows or to ``rows``.
+
+    Evenly spaced rows are changed through views, in place; other rows are
+    gathered, changed and written back.
+    """
+    if rows is None:
+        change(state)
+        return
+    evenly = _as_slice(rows)
+    if evenly is not None:
+        views = {name: tensor[evenly] for name, tensor in state.items()}
+        part = dict(views)
+        change(part)
+        for name, tensor in part.items():
+            if tensor is not views[name]:  # a change that rebinds an entry: copy it back
+                state[name][evenly] = tensor
+        return
+    first = next(iter(state.values()))
+    index = torch.tensor(list(rows), dtype=torch.int64, device=first.device)
+    part = {name: tensor.index_select(0, index) for name, tensor in state.items()}
+    change(part)
+    for name, tensor in part.items():
+        state[name].index_copy_(0, index, tensor)
+
+
+def replace_state(state: dict[str, Tensor], combined: Mapping[str, Tensor]) -> None:
+    """Copy ``combined`` into ``state``'s tensors, in place."""
+    for name, tensor in combined.items():
+        state[name].copy_(tensor)
+
+
+def _as_slice(rows: Sequence[int]) -> slice | None:
+    """``rows`` as a slice when they are evenly spaced and ascending (a view selects them)."""
+    first = rows[0]
+    if len(rows) == 1:
+        return slice(first, first + 1)
+    step = rows[1] - first
+    if step <= 0 or list(rows) != list(range(first, rows[-1] + 1, step)):
+        return None
+    return slice(first, rows[-1] + 1, step)

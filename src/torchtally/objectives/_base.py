@@ -31,19 +31,18 @@ from torchtally._conventions import (
     Weight,
     WeightFn,
     as_value_tensor,
-    batch_size,
-    batch_weight,
     callable_error,
     is_objective_like,
+    size_and_weight,
+    values_dict,
 )
 from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
-    HookError,
-    ResultTypeError,
     SyncError,
 )
+from torchtally.objectives._holder import refuse_renamed_hooks
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
 from torchtally.objectives._syncing import SyncHooks
@@ -71,16 +70,6 @@ OutputT = TypeVar("OutputT")
 TargetT = TypeVar("TargetT")
 
 Aggregation = str | type[Accumulator]
-
-_RENAMED_HOOKS = {
-    "_get_aggregator": (
-        "set the class attribute aggregation ('max', an Accumulator class, or a dict of them by "
-        "name), or override accumulator_for(self, name) to return an Accumulator class"
-    ),
-    "_compute": "override finalize(self, values), which turns aggregated values into reported ones",
-    "_declared_names": "override declared_names(self)",
-}
-"""Hooks of DRYTorch and torchtally 0.1, and what to write instead."""
 
 
 class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
@@ -116,13 +105,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for hook, instead in _RENAMED_HOOKS.items():
-            if hook in cls.__dict__:
-                raise HookError(
-                    f"{cls.__name__} overrides {hook}(), a hook of DRYTorch and torchtally 0.1 "
-                    f"that torchtally does not call (its values would be aggregated as the default "
-                    f"mean, silently); {instead}"
-                )
+        refuse_renamed_hooks(cls)
 
     def __init__(self, *, weight: WeightFn | None = None) -> None:
         if weight is not None and not callable(weight):
@@ -279,25 +262,13 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         return self.update(outputs, targets, weight=weight)
 
     def _batch(self, outputs: Any, targets: Any, weight: Any) -> tuple[int, Weight]:
-        """The batch size and the batch's weight, checked (see :meth:`update`).
-
-        Per-sample weights tell the batch size themselves (their length), which
-        is how data whose batch is not the leading dimension is weighted.
-        """
+        """The batch size and weight (:func:`size_and_weight`), or the constructor's weight."""
         if weight is None and self._weight_fn is not None:
             try:
                 weight = self._weight_fn(outputs, targets)
             except Exception as error:
                 raise callable_error(self._ledger.label, "weight", error) from error
-        if type(weight) is Tensor and weight.ndim == 1:
-            size = weight.shape[0]
-        elif type(targets) is Tensor and targets.ndim:  # the common case, read inline
-            size = targets.shape[0]
-        else:
-            size = batch_size(targets, outputs, self._ledger.label)
-        if weight is None:
-            return size, None
-        return size, batch_weight(weight, size, self._ledger.label)
+        return size_and_weight(targets, outputs, weight, self._ledger.label)
 
     def _accumulate(
         self, values: Any, size: int, weight: Weight, ordered: bool
@@ -309,7 +280,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         """
         ledger = self._ledger
         if type(values) is not dict:
-            values = _as_dict(values, ledger.label)
+            values = values_dict(values, ledger.label)
         if not size:  # an empty batch changes nothing, not even a synced view
             label = ledger.label
             return {name: as_value_tensor(value, label, name) for name, value in values.items()}
@@ -413,11 +384,3 @@ class AverageObjective(Objective[OutputT, TargetT]):
     """
 
     aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
-
-
-def _as_dict(values: Any, label: str) -> dict[str, Any]:
-    if isinstance(values, Mapping):
-        return dict(values)
-    raise ResultTypeError(
-        f"{label}: calculate() must return a dict of values by name, found {type(values).__name__}"
-    )

@@ -1,34 +1,14 @@
-"""A two-minute tour: train a small model with a composed loss and synced metrics.
+"""The demo's training: its data, model and objectives, the epoch loop, the printed table.
 
-Run ``python -m torchtally.demo`` (``--help`` lists the options). It trains a
-small MLP on synthetic regression data with the composed loss
-``[MSE] + 0.5 x [MAE]``, tracks the validation loss and validation metrics
-(one of them a torchmetrics metric when torchmetrics is installed) and prints
-one row per epoch, with the best epoch so far by validation loss (a
-``tt.MetricTracker``). The progress bar shows the training loss over the last
-batches (``loss.running(window)``).
-
-``--processes N`` repeats the same training under N gloo processes on this
-machine: each process sees an uneven shard of every batch, gradients are
-summed across processes, and ``torchtally.sync_all`` makes every epoch value
-the one over all shards. The demo then checks that those values equal the
-single-process ones.
-
-Example:
-    >>> from torchtally.demo import main
-    >>> main(['--epochs', '1', '--quiet'])
-    0
+One process trains on its shard of every batch (:func:`train`); running
+several processes and the command line are :mod:`torchtally.demo._cli`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import socket
 import sys
 import time
-import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -37,10 +17,9 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 import torchtally as tt
-from torchtally.distributed import end_distributed_run
 from torchtally.losses import LossBase
 
-__all__ = ["DemoConfig", "EpochRow", "main", "parse_args", "train"]
+__all__ = ["DemoConfig", "EpochRow", "absolute_error", "train", "within_tolerance"]
 
 _TOLERANCE = 0.5
 _WINDOW = 10
@@ -289,180 +268,3 @@ def _print_row(row: EpochRow, widths: list[int], out: TextIO) -> None:
     cells.append(f"{row.best_epoch:{widths[-1]}d}")
     out.write(" | ".join(cells) + "\n")
     out.flush()
-
-
-# -- several processes ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, config: DemoConfig, results: Any) -> None:
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.set_num_threads(1)
-        rows = train(config, rank, world, sys.stdout if rank == 0 else None)
-        if rank == 0:
-            results.put(rows)  # a SimpleQueue: written to the pipe before put() returns
-    except BaseException:
-        traceback.print_exc()  # the exit below skips multiprocessing's own report
-        end_distributed_run(1)
-        raise
-    # Ends the process: returning would let the interpreter's shutdown race with gloo's
-    # threads and now and then abort after correct output (see torchtally.distributed).
-    end_distributed_run()
-
-
-def _train_distributed(config: DemoConfig) -> list[EpochRow]:
-    context = torch.multiprocessing.get_context("spawn")
-    results = context.SimpleQueue()
-    port = _free_port()
-    workers = [
-        context.Process(target=_worker, args=(rank, config.processes, port, config, results))
-        for rank in range(config.processes)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    failed = [rank for rank, worker in enumerate(workers) if worker.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"demo processes {failed} failed; see their messages above")
-    return results.get()  # type: ignore[no-any-return]
-
-
-def _largest_difference(first: list[EpochRow], second: list[EpochRow]) -> float:
-    worst = 0.0
-    for one, other in zip(first, second, strict=True):
-        for mine, theirs in ((one.train, other.train), (one.validation, other.validation)):
-            for name, value in mine.items():
-                scale = max(1.0, abs(value))
-                worst = max(worst, abs(value - theirs[name]) / scale)
-    return worst
-
-
-# -- command line ---------------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, found {value}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not 0 < value < 10:
-        raise argparse.ArgumentTypeError(f"expected a learning rate in (0, 10), found {value}")
-    return value
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
-    """Parse the command line into a :class:`DemoConfig` and the ``--quiet`` flag.
-
-    Example:
-        >>> from torchtally.demo import parse_args
-        >>> config, quiet = parse_args(['--epochs', '2', '--processes', '2'])
-        >>> config.epochs, config.processes, quiet
-        (2, 2, False)
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m torchtally.demo",
-        description=(
-            "Train a small model on synthetic data with the composed loss [MSE] + 0.5 x [MAE] "
-            "and a few validation metrics, printing one row of exact epoch values per epoch."
-        ),
-    )
-    parser.add_argument(
-        "--epochs", type=_positive, default=3, help="passes over the data (default: 3)"
-    )
-    parser.add_argument(
-        "--processes",
-        type=_positive,
-        default=1,
-        help=(
-            "train under N gloo processes on this machine, each on an uneven shard of every "
-            "batch, and check that the synced values equal the single-process ones (default: 1)"
-        ),
-    )
-    parser.add_argument(
-        "--batch-size", type=_positive, default=48, help="samples per step (default: 48)"
-    )
-    parser.add_argument(
-        "--samples", type=_positive, default=1000, help="training samples (default: 1000)"
-    )
-    parser.add_argument(
-        "--lr", type=_learning_rate, default=0.01, help="Adam learning rate (default: 0.01)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and model (default: 0)")
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="do not draw the progress bar (drawn on stderr when it is a terminal)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="print nothing; exit code only")
-    options = parser.parse_args(argv)
-    if options.processes > 1 and options.batch_size < options.processes:
-        parser.error(
-            f"--batch-size ({options.batch_size}) must be at least --processes "
-            f"({options.processes}) so that every process gets samples"
-        )
-    config = DemoConfig(
-        epochs=options.epochs,
-        processes=options.processes,
-        batch_size=options.batch_size,
-        samples=options.samples,
-        learning_rate=options.lr,
-        seed=options.seed,
-        # The bar redraws one line with carriage returns: only worth it on a terminal.
-        progress=sys.stderr.isatty() and not (options.no_progress or options.quiet),
-    )
-    return config, bool(options.quiet)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; return the process exit code (0 on success).
-
-    Example:
-        >>> from torchtally.demo import main
-        >>> main(['--epochs', '1', '--quiet'])
-        0
-    """
-    config, quiet = parse_args(argv)
-    out = None if quiet else sys.stdout
-    if config.processes == 1:
-        train(config, out=out)
-        return 0
-    if out is not None:
-        out.write("== one process\n")
-    single = train(DemoConfig(**{**config.__dict__, "processes": 1}), out=out)
-    if out is not None:
-        out.write(
-            f"\n== {config.processes} gloo processes, uneven shards, synced with tt.sync_all\n"
-        )
-    several = _train_distributed(config)
-    difference = _largest_difference(single, several)
-    agree = difference <= 1e-4
-    if out is not None:
-        verdict = "equal" if agree else "DIFFERENT"
-        out.write(
-            f"\nsynced values vs one process: {verdict} "
-            f"(largest relative difference {difference:.1e})\n"
-        )
-    return 0 if agree else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
