@@ -184,3 +184,47 @@ def test_compute_and_reset_between_compiled_steps_see_every_batch() -> None:
         eager.reset()
     assert sum(counters["graph_break"].values()) == 0
     assert counters["stats"]["unique_graphs"] <= 8
+
+
+@pytest.mark.timeout(300)
+def test_a_step_compiled_without_guards_on_globals_keeps_every_value_exact() -> None:
+    # torch.compiler.skip_guard_on_globals_unsafe drops dynamo's checks on module globals (the
+    # docs' faster option): the values must still see every batch, across compute() and reset().
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+    metrics = tt.MetricCollection(MAE=mae, Scalar=functional.mse_loss)
+    eager_loss = tt.Loss(functional.mse_loss, "MSE") + 0.5 * tt.Loss(mae, "MAE")
+
+    def step(inputs: Tensor, targets: Tensor) -> Tensor:
+        outputs = model(inputs)
+        value = loss(outputs, targets)
+        metrics.update(outputs.detach(), targets)
+        return value
+
+    torch._dynamo.reset()
+    counters.clear()
+    options = {"guard_filter_fn": torch.compiler.skip_guard_on_globals_unsafe}
+    compiled = torch.compile(step, options=options)
+    data = batches(24)
+    for _epoch in range(2):
+        maes: list[Tensor] = []
+        for index, (inputs, targets) in enumerate(data):
+            compiled(inputs, targets).backward()
+            with torch.no_grad():
+                outputs = model(inputs)
+            eager_loss(outputs, targets)
+            maes.append(mae(outputs, targets).double())
+            if index % 9 == 8:  # a look mid-epoch: the next step must drop the cached values
+                expected = torch.cat(maes).mean()
+                torch.testing.assert_close(
+                    metrics.compute()["MAE"].double(), expected, rtol=1e-6, atol=0
+                )
+        assert_same(loss.compute(), eager_loss.compute())
+        expected = torch.cat(maes).mean()
+        torch.testing.assert_close(metrics.compute()["MAE"].double(), expected, rtol=1e-6, atol=0)
+        for objective in (loss, metrics, eager_loss):
+            objective.reset()
+    assert sum(counters["graph_break"].values()) == 0
+    assert counters["frames"]["total"] == counters["frames"]["ok"]
+    assert counters["stats"]["unique_graphs"] <= 8

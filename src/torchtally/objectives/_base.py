@@ -263,6 +263,8 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
     def _batch(self, outputs: Any, targets: Any, weight: Any) -> tuple[int, Weight]:
         """The batch size and weight (:func:`size_and_weight`), or the constructor's weight."""
+        if weight is None and self._weight_fn is None and type(targets) is Tensor and targets.ndim:
+            return targets.shape[0], None  # the common case, inline: this runs every step
         if weight is None and self._weight_fn is not None:
             try:
                 weight = self._weight_fn(outputs, targets)
