@@ -985,6 +985,71 @@ def test_a_weight_callable_given_at_construction() -> None:
         broken.update(torch.ones(2), torch.ones(2))
 
 
+def tokens(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (targets >= 0).sum()
+
+
+def token_mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs()[targets >= 0].mean()
+
+
+def sequence_right(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.round() == targets.clamp_min(0)).all(1).float()
+
+
+def token_batches() -> list[tuple[Tensor, Tensor]]:
+    # Two sequences right (6 tokens), then one wrong (1 token, padding -1 after it).
+    return [
+        (torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), torch.tensor([[1.0, 0, 1], [0, 1, 1]])),
+        (torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, -1, -1]])),
+    ]
+
+
+def test_a_metric_keeps_its_weight_callable_in_a_collection() -> None:
+    # A Metric given to a collection lost its weight= callable: a token-weighted mean became a
+    # batch-size-weighted one (1.2222 instead of 7/6... here 0.5 instead of 1/7).
+    by_hand = (0.0 * 6 + 1.0 * 1) / 7  # 7 tokens: six exact, one off by 1
+    makers = [
+        lambda: tt.Metric(token_mae, "TokenMAE", weight=tokens),
+        lambda: tt.MetricCollection(TokenMAE=tt.Metric(token_mae, weight=tokens)),
+        lambda: tt.MetricCollection.from_dict({"TokenMAE": tt.Metric(token_mae, weight=tokens)}),
+        lambda: tt.MetricCollection(TokenMAE=tt.Metric(token_mae), weight=tokens),
+    ]
+    for make in makers:
+        objective = make()
+        for outputs, targets in token_batches():
+            objective.update(outputs, targets)
+        assert objective.compute()["TokenMAE"].item() == pytest.approx(by_hand)
+
+
+def test_values_weighted_otherwise_are_not_joined_into_one_objective() -> None:
+    # Joining a token-weighted metric and a per-sample accuracy weighted the accuracy by tokens
+    # too, silently (6/7 instead of 2/3).
+    weighted = tt.Metric(token_mae, "Token MAE", weight=tokens)
+    plain = tt.Metric(sequence_right, "Acc")
+    attempts = [
+        lambda: weighted | plain,
+        lambda: plain | weighted,
+        lambda: weighted | tt.MetricCollection(Acc=sequence_right),
+        lambda: tt.objectives.Joined(weighted, plain),
+        lambda: tt.MetricCollection(TokenMAE=weighted, Acc=sequence_right),
+        lambda: tt.MetricCollection(TokenMAE=weighted, Acc=plain),
+        lambda: tt.MetricCollection(TokenMAE=weighted, weight=lambda o, t: t.numel()),
+        lambda: tt.MetricCollection(lambda o, t: {"Acc": sequence_right(o, t)}, TokenMAE=weighted),
+    ]
+    for attempt in attempts:
+        with pytest.raises(WeightError, match="different weight= callables"):
+            attempt()
+    both = weighted | tt.Metric(token_mae, "Again", weight=tokens)  # one callable: joined
+    for outputs, targets in token_batches():
+        both.update(outputs, targets)
+    assert both.compute()["Again"].item() == pytest.approx(1 / 7)
+    separate = tt.Metric(sequence_right, "Acc")
+    for outputs, targets in token_batches():
+        separate.update(outputs, targets)
+    assert separate.compute()["Acc"].item() == pytest.approx(2 / 3)
+
+
 # -- smaller points -------------------------------------------------------------------------------
 
 

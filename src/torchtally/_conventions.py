@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -64,6 +64,7 @@ __all__ = [
     "dtype_name",
     "merge_results",
     "normalize_result",
+    "shared_weight_fn",
     "size_and_weight",
     "unique_names",
     "values_dict",
@@ -247,6 +248,36 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
     if not math.isfinite(number) or number < 0:
         raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
     return number
+
+
+def shared_weight_fn(fns: Iterable[WeightFn | None], owner: str) -> WeightFn | None:
+    """The one ``weight=`` callable of values made one objective (``None``: none of them has one).
+
+    Values joined into one objective are weighted alike, so they must share their
+    weight callable: with some weighted and some not, the unweighted ones would
+    silently be weighted by the others' callable.
+
+    Raises:
+        WeightError: two of ``fns`` differ (a callable and ``None`` included).
+
+    Example:
+        >>> from torchtally._conventions import shared_weight_fn
+        >>> tokens = lambda o, t: (t >= 0).sum()
+        >>> shared_weight_fn([tokens, tokens], 'MetricCollection') is tokens
+        True
+    """
+    distinct = {id(fn): fn for fn in fns}
+    if len(distinct) > 1:
+        found = ", ".join(
+            "none" if fn is None else getattr(fn, "__name__", type(fn).__name__)
+            for fn in distinct.values()
+        )
+        raise WeightError(
+            f"{owner}: the values joined have different weight= callables ({found}), and one "
+            f"objective weighs all its values alike; give them the same weight=, or keep them "
+            f"apart"
+        )
+    return next(iter(distinct.values()), None)
 
 
 def size_and_weight(targets: Any, outputs: Any, weight: Any, owner: str) -> tuple[int, Weight]:

@@ -86,7 +86,11 @@ class BatchSizeError(TorchTallyError, ValueError):
 
 
 class WeightError(TorchTallyError, ValueError):
-    """A ``weight=`` is not a non-negative number, a 0-d tensor or a ``(B,)`` tensor."""
+    r"""A ``weight=`` that cannot weigh the batch, or values joined with different ``weight=``\ s.
+
+    A weight must be a non-negative number, a 0-d tensor or a ``(B,)`` tensor;
+    values joined into one objective must share one ``weight=`` callable.
+    """
 
 
 class DeviceMismatchError(TorchTallyError, RuntimeError):

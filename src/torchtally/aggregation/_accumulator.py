@@ -25,6 +25,7 @@ from torchtally.aggregation._states import (
     combine_states,
     fresh_state,
     is_exact,
+    outside_inference_mode,
     promote,
     replace_state,
     two_sum_into,
@@ -271,6 +272,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
 
     # -- rows ---------------------------------------------------------------------------------
 
+    @outside_inference_mode
     def grow(self, labels: Sequence[str]) -> int:
         """Add one empty row per label; returns the index of the first new row.
 
@@ -333,6 +335,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         )
 
     @classmethod
+    @outside_inference_mode
     def combined(
         cls, parts: Sequence[tuple[Accumulator, Sequence[int]]], rows: int, labels: Sequence[str]
     ) -> Self:
@@ -373,12 +376,14 @@ class Accumulator(SyncLayout, Exportable, ABC):
         self.device = None
         self._state = None
 
+    @outside_inference_mode
     def to(self, device: torch.device | str) -> None:
         """Move the state to ``device``, in place (a state not made yet follows the values)."""
         if self._state is not None:
             self.device = torch.device(device)
             self._state = {name: tensor.to(self.device) for name, tensor in self._state.items()}
 
+    @outside_inference_mode
     def copy(self) -> Self:
         """An independent copy (state tensors cloned)."""
         other = type(self).__new__(type(self))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import dtype_from_name, dtype_name
-from torchtally.aggregation._states import StateHolder, StateSpec
+from torchtally.aggregation._states import StateHolder, StateSpec, outside_inference_mode
 from torchtally.errors import StateDictError
 
 __all__ = ["ExportedState", "Exportable"]
@@ -53,6 +53,7 @@ class Exportable(StateHolder):
             return meta, []
         return meta, [self._state[spec.name].clone() for spec in self.states]
 
+    @outside_inference_mode
     def load(
         self, meta: Any, tensors: Sequence[Any], device: torch.device | str | None = None
     ) -> None:

@@ -25,6 +25,7 @@ from torchtally.aggregation._states import (
     combine_stacked,
     fresh_state,
     is_exact,
+    outside_inference_mode,
 )
 
 __all__ = ["SyncLayout", "dtypes_from_counts"]
@@ -143,6 +144,7 @@ class SyncLayout(StateHolder):
         return block
 
     @classmethod
+    @outside_inference_mode
     def from_synced(cls, columns: Tensor, blocks: Tensor | None, labels: Sequence[str]) -> Self:
         """An accumulator holding every rank's state combined.
 

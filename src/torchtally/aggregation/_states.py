@@ -10,9 +10,10 @@ some rows of a state (an add or a merge into them) goes through
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ __all__ = [
     "combine_states",
     "fresh_state",
     "is_exact",
+    "outside_inference_mode",
     "promote",
     "replace_state",
     "two_sum_into",
@@ -79,6 +81,32 @@ class StateHolder:
     _state: dict[str, Tensor] | None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def outside_inference_mode(make: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``make`` run with ``torch.inference_mode`` turned off: what it makes is kept and changed.
+
+    A tensor made under ``torch.inference_mode()`` can never be changed in place
+    outside it, so a state or buffer first made there (a validation loop, a
+    ``compute()`` in a logging hook) would make every later update fail. The
+    functions that make tensors an objective keeps are wrapped in this; values
+    made in inference mode may still be copied into them.
+    """
+
+    @functools.wraps(make)
+    def made(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        # (dynamo cannot trace the test; inside a compiled graph it is not needed)
+        if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return make(*args, **kwargs)
+        return make(*args, **kwargs)
+
+    return made
+
+
+@outside_inference_mode
 def fresh_state(specs: Sequence[StateSpec], rows: int, device: torch.device) -> dict[str, Tensor]:
     """The state of ``rows`` rows that have seen nothing: every tensor filled with its ``fill``."""
     return {

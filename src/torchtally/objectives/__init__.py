@@ -32,11 +32,11 @@ from torchtally.objectives._callables import (
     Metric,
     MetricCollection,
     NamedCallable,
-    compute_metrics,
     merge_named_callables,
 )
 from torchtally.objectives._joined import Joined, is_objective_like, join
 from torchtally.objectives._ledger import PENDING_BATCHES, PENDING_ELEMENTS
+from torchtally.objectives._logged import compute_metrics
 
 __all__ = [
     "PENDING_BATCHES",

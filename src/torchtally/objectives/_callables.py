@@ -1,11 +1,10 @@
-"""The metrics built from plain callables: ``Metric``, ``MetricCollection``, ``compute_metrics``.
+"""The metrics built from plain callables: ``Metric`` and ``MetricCollection``.
 
 A :class:`Metric` is one named callable; a :class:`MetricCollection` several,
 each under its own name, or dict-valued callables whose names are learnt from
 the first batch. Both are callable objectives
 (:class:`~torchtally.objectives.CallableObjective`); joined with ``|`` they
-make one collection. :func:`compute_metrics` flattens the computed values of
-any objectives into one dict of floats for loggers.
+make one collection.
 """
 
 from __future__ import annotations
@@ -16,9 +15,15 @@ from typing import Any, TypeVar
 from torch import Tensor
 from typing_extensions import override
 
-from torchtally._conventions import MetricFn, WeightFn, check_name, default_name
+from torchtally._conventions import (
+    MetricFn,
+    WeightFn,
+    check_name,
+    default_name,
+    shared_weight_fn,
+)
 from torchtally.aggregation import Accumulator
-from torchtally.errors import InvalidArgumentError, NameConflictError
+from torchtally.errors import InvalidArgumentError
 from torchtally.objectives._base import Objective
 from torchtally.objectives._named import (
     CallableObjective,
@@ -32,7 +37,6 @@ __all__ = [
     "Metric",
     "MetricCollection",
     "NamedCallable",
-    "compute_metrics",
     "merge_named_callables",
 ]
 
@@ -59,6 +63,8 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
     Raises:
         InvalidArgumentError: an argument that is not a callable (or a
             ``Metric``), or a prefix or postfix that is not a string.
+        WeightError: a ``Metric`` entry has a ``weight=`` callable that other
+            entries (or the collection's ``weight=``) do not share.
 
     Example:
         >>> import torch
@@ -89,7 +95,9 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
                 )
         self._prefix, self._postfix = prefix, postfix
         super().__init__(
-            (_entry(name, fn) for name, fn in named_fns.items()), weight=weight, multi=fns
+            (_entry(name, fn) for name, fn in named_fns.items()),
+            weight=_entries_weight(named_fns, weight, bool(fns)),
+            multi=fns,
         )
 
     @classmethod
@@ -116,6 +124,7 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """
         for name in named_fns:
             check_name(name, cls.__name__)
+        weight = _entries_weight(named_fns, weight, False)
         collection = _collection((_entry(name, fn) for name, fn in named_fns.items()), weight)
         if prefix or postfix:
             return collection.renamed(prefix=prefix, postfix=postfix)
@@ -201,6 +210,27 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
     @override
     def __or__(self, other: object) -> Objective[Any, Any]:
         return _union(self, other)
+
+
+def _entries_weight(
+    named_fns: Mapping[str, Any], weight: WeightFn | None, multi: bool
+) -> WeightFn | None:
+    r"""A collection's ``weight=`` callable, shared with the ``Metric`` entries that have one.
+
+    A ``Metric`` entry keeps its callable (the collection then has it); entries
+    without one (plain callables, dict-valued ``multi`` callables, ``Metric``\ s
+    without one) take the collection's, so they must agree with it.
+    """
+    own = [
+        fn._weight_fn
+        for fn in named_fns.values()
+        if isinstance(fn, Metric) and fn._weight_fn is not None
+    ]
+    if not own:
+        return weight
+    taking = multi or len(own) < len(named_fns)  # entries weighted by the collection's callable
+    shared = [*own, weight] if weight is not None or taking else own
+    return shared_weight_fn(shared, "MetricCollection")
 
 
 def _entry(name: str, fn: Any) -> NamedCallable:
@@ -315,77 +345,9 @@ def _union(first: CallableObjective[Any, Any], other: object) -> Objective[Any, 
     ):
         return CallableObjective.__or__(first, other)
     assert isinstance(other, CallableObjective)
-    weights = {id(fn): fn for fn in (first._weight_fn, other._weight_fn) if fn is not None}
-    if len(weights) > 1:
-        raise ValueError(
-            "MetricCollection: the two have different weight= callables; join objectives "
-            "that share one, or pass weight= to update"
-        )
+    weight = shared_weight_fn((first._weight_fn, other._weight_fn), "MetricCollection")
     return _collection(
         merge_named_callables(first.entries, other.entries, "MetricCollection").values(),
-        next(iter(weights.values()), None),
+        weight,
         (*first._multi, *other._multi),
     )
-
-
-def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
-    """The computed values of any objectives as one dict of plain Python floats, for loggers.
-
-    Accepts torchtally objectives and foreign ones (torchmetrics, torcheval,
-    anything with ``compute``) returning a tensor, a number or a dict of them.
-    A value with several elements (per-class scores, say) is flattened: its
-    entries are named ``name_0``, ``name_1``, ... (``name_0_1`` for a matrix,
-    row by row). Each name may appear once across the objectives.
-
-    Args:
-        *objectives: the objectives, in the order their values should appear.
-        prefix: put before every name (``'val/'``).
-
-    Raises:
-        NameConflictError: two objectives report the same name.
-
-    Example:
-        >>> import torch
-        >>> import torchtally as tt
-        >>> mae = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
-        >>> per_class = tt.Metric(lambda o, t: o, 'Score', aggregation='max')
-        >>> _ = mae.update(torch.tensor([1.0, 2.0]), torch.zeros(2))
-        >>> _ = per_class.update(torch.tensor([0.5, 0.25]), torch.zeros(2))
-        >>> tt.compute_metrics(mae, per_class, prefix='val/')
-        {'val/MAE': 1.5, 'val/Score': 0.5}
-    """
-    flat: dict[str, float] = {}
-    for objective in objectives:
-        result = objective.compute()
-        if not isinstance(result, Mapping):
-            name = getattr(objective, "name", None) or type(objective).__name__
-            result = {str(name): result}
-        for name, value in result.items():
-            for key, number in _flattened(str(name), value):
-                key = f"{prefix}{key}"
-                if key in flat:
-                    raise NameConflictError(
-                        f"compute_metrics: two values are reported under {key!r}; give the "
-                        f"metrics distinct names (or the collections a prefix)"
-                    )
-                flat[key] = number
-    return flat
-
-
-def _flattened(name: str, value: Any) -> list[tuple[str, float]]:
-    if not isinstance(value, Tensor) or value.numel() == 1:
-        return [(name, float(value))]
-    if value.ndim == 1:
-        return [(f"{name}_{index}", float(item)) for index, item in enumerate(value.tolist())]
-    entries = value.reshape(-1).tolist()
-    return [
-        (f"{name}_" + "_".join(map(str, index)), float(item))
-        for index, item in zip(_indices(tuple(value.shape)), entries, strict=True)
-    ]
-
-
-def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    indices: list[tuple[int, ...]] = [()]
-    for size in shape:
-        indices = [(*index, position) for index in indices for position in range(size)]
-    return indices

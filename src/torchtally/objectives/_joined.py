@@ -33,7 +33,12 @@ from typing import Any
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import is_objective_like, merge_results, normalize_result
+from torchtally._conventions import (
+    is_objective_like,
+    merge_results,
+    normalize_result,
+    shared_weight_fn,
+)
 from torchtally.aggregation import Accumulator
 from torchtally.errors import (
     IncompatibleStateError,
@@ -59,7 +64,8 @@ class Joined(Objective[Any, Any]):
     Raises:
         UnsupportedObjectError: a part is not an objective.
         NameConflictError: two parts declare the same name.
-        ValueError: the torchtally parts have different ``weight=`` callables.
+        WeightError: the torchtally parts have different ``weight=`` callables (one
+            with a callable and one without included).
 
     Example:
         >>> import torch
@@ -87,18 +93,12 @@ class Joined(Objective[Any, Any]):
         self._templates = [part for part in flat if isinstance(part, Objective)]
         self._kept = [part for part in flat if not isinstance(part, Objective)]
         self._order = flat
-        weights = {id(part._weight_fn): part._weight_fn for part in self._templates}
-        weights.pop(id(None), None)
-        if len(weights) > 1:
-            raise ValueError(
-                "Joined: the objectives have different weight= callables; join objectives "
-                "that share one, or pass weight= to update"
-            )
+        weight = shared_weight_fn((part._weight_fn for part in self._templates), "Joined")
         self._owners: dict[str, Objective[Any, Any]] = {}
         for template in self._templates:
             for name in template.declared_names():
                 self._claim(name, template)
-        super().__init__(weight=next(iter(weights.values()), None))
+        super().__init__(weight=weight)
 
     def _claim(self, name: str, template: Objective[Any, Any]) -> None:
         owner = self._owners.setdefault(name, template)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight
+from torchtally.aggregation._states import outside_inference_mode
 from torchtally.objectives._plan import VECTOR, Part, Plan
 
 __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Queue", "Queued", "batch_weights", "per_sample"]
@@ -98,6 +99,7 @@ class Queue:
             for buffer, group, length in zip(self.buffers, plan.groups, lengths, strict=True)
         )
 
+    @outside_inference_mode
     def _allocate(self, plan: Plan, lengths: list[int], batches: int) -> None:
         """Buffers for ``batches`` batches of these lengths (within bounds, never smaller)."""
         old = self.buffers if len(self.buffers) == len(plan.groups) else []
@@ -191,17 +193,24 @@ class Queue:
         assert self.plan is not None
         held = self.sample_weights
         if held is None or held.numel() < queued + size:
-            grown = torch.empty(
-                max(self.room * self.cut, queued + size), dtype=F64, device=self.plan.device
-            )
-            if held is not None and self.weighted:
-                grown[:queued] = held[:queued]
-            self.sample_weights = held = grown
+            self.sample_weights = held = self._grown_sample_weights(queued, size)
         if not self.weighted:
             held[:queued].fill_(1.0)
         return held[queued : queued + size]
 
     # -- reading and emptying -----------------------------------------------------------------
+
+    @outside_inference_mode
+    def _grown_sample_weights(self, queued: int, size: int) -> Tensor:
+        """A per-sample weight buffer with room for ``queued + size``, the queued ones kept."""
+        assert self.plan is not None
+        held = self.sample_weights
+        grown = torch.empty(
+            max(self.room * self.cut, queued + size), dtype=F64, device=self.plan.device
+        )
+        if held is not None and self.weighted:
+            grown[:queued] = held[:queued]
+        return grown
 
     def items(self) -> Iterator[Queued]:
         """The queued values part by part, as views of the buffers (nothing is copied).

@@ -1,0 +1,121 @@
+"""Objectives touched under ``torch.inference_mode()`` keep working outside it.
+
+A tensor made in inference mode can never be changed in place outside it: state or queue
+buffers first made there (a validation loop run under ``trainer.validate``, a ``compute()`` in
+a logging hook) made every later update raise a raw ``RuntimeError``, and the batch that
+raised was half folded, so the next ``compute()`` reported a wrong value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+import torchtally as tt
+
+
+def mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def batches() -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(3)
+    return [
+        (torch.randn(size, 3, generator=generator), torch.randn(size, 3, generator=generator))
+        for size in (4, 4, 2, 5, 4, 1)
+    ]
+
+
+def reference(data: list[tuple[Tensor, Tensor]]) -> Tensor:
+    return torch.cat([mae(o.double(), t.double()) for o, t in data]).mean()
+
+
+def first_update(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.update(*data[0])
+
+
+def compute_then_update(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.compute()
+
+
+def state_dict(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.state_dict()
+
+
+def weighted_update(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.update(*data[0], weight=torch.ones(len(data[0][0])))
+
+
+def load_state_dict(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.load_state_dict(objective.state_dict())
+
+
+def copy_back(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.merge_state(objective.copy())
+    objective.reset()
+    objective.update(*data[0])
+
+
+def move(objective: Any, data: list[tuple[Tensor, Tensor]]) -> None:
+    objective.to("cpu")
+    objective.compute()
+
+
+STEPS: list[Callable[[Any, list[tuple[Tensor, Tensor]]], None]] = [
+    first_update,
+    compute_then_update,
+    state_dict,
+    weighted_update,
+    load_state_dict,
+    copy_back,
+    move,
+]
+
+
+@pytest.mark.filterwarnings("ignore::torchtally.errors.ComputedBeforeUpdatedWarning")
+@pytest.mark.parametrize("step", STEPS, ids=lambda step: step.__name__)
+@pytest.mark.parametrize("make", ["metric", "collection", "loss"])
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "used before"])
+def test_an_objective_touched_in_inference_mode_keeps_counting_outside_it(
+    step: Callable[[Any, list[tuple[Tensor, Tensor]]], None], make: str, warm: bool
+) -> None:
+    data = batches()
+    objective: Any = {
+        "metric": lambda: tt.Metric(mae, "MAE"),
+        "collection": lambda: tt.MetricCollection(MAE=mae, MSE=functional.mse_loss),
+        "loss": lambda: tt.Loss(mae, "MAE") * 2,
+    }[make]()
+    if warm:
+        objective.update(*data[0])  # some state before, as in a training loop
+    with torch.inference_mode():
+        step(objective, data)
+    objective.reset()
+    for outputs, targets in data:
+        objective.update(outputs, targets)
+    with torch.inference_mode():
+        objective.update(*data[-1])  # and a last batch under inference mode again
+    expected = reference([*data, data[-1]])
+    value = objective.compute()["MAE"]
+    torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=0)
+
+
+def test_a_loss_validated_in_inference_mode_then_trained_returns_its_gradient() -> None:
+    # Lightning's trainer.validate() runs under inference mode; trainer.fit() then trains.
+    data = batches()
+    loss = tt.Loss(mae, "MAE") + 0.5 * tt.Loss(functional.mse_loss, "MSE")
+    with torch.inference_mode():
+        for outputs, targets in data:
+            loss.update(outputs, targets)
+    loss.reset()
+    outputs = data[0][0].clone().requires_grad_(True)
+    loss(outputs, data[0][1]).backward()
+    by_hand = outputs.detach().clone().requires_grad_(True)
+    target = data[0][1]
+    (mae(by_hand, target).mean() + 0.5 * functional.mse_loss(by_hand, target)).backward()
+    torch.testing.assert_close(outputs.grad, by_hand.grad)
+    assert loss.compute()["MAE"] == pytest.approx(mae(data[0][0], target).mean().item())
