@@ -240,13 +240,16 @@ class JoinedLoss(Joined):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(self._loss._schedule_state())
+        state.update(self._loss._loss_state())
         return state
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore every part and the schedules' positions, or nothing (see ``Joined``)."""
-        positions = self._loss._checked_schedule_state(state_dict, self._label())
+        """Restore every part and the schedules' positions, or nothing (see ``Joined``).
+
+        The state must hold the loss's formula (see ``LossBase.load_state_dict``).
+        """
+        positions = self._loss._checked_loss_state(state_dict, self._label())
         super().load_state_dict(state_dict)
         self._loss._install_schedule_state(positions)
 
