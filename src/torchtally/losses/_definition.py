@@ -167,7 +167,9 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
     @lazy
     def _names_ordered(self) -> bool:
         # Only a dict-valued call may return other names from one batch to the next.
-        return not self._multi_calls
+        # len(), not `not`: first read inside torch.compile, dynamo cannot trace `not` on a
+        # tuple of calls (fullgraph=True failed on a fresh DictLoss or criterion loss).
+        return len(self._multi_calls) == 0
 
     @lazy
     def _multi_calls(self) -> tuple[MultiCall, ...]:
