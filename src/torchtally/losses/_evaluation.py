@@ -251,6 +251,12 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
 
     A criterion that is not floating (a loss made of one integer or boolean
     component, or a Python number) is brought to the default float dtype.
+    The result has the criterion's floating dtype. Per-sample weights are
+    normalised to sum to 1 in float32 (or the criterion's dtype, if wider)
+    before they meet the values, and the weighted sum is taken in that dtype:
+    float16 values with weights summing beyond 65504 (1000 per sample in a
+    batch of 128) give their mean, not ``inf / inf``. All device work, no
+    host sync; weights that all are 0 give NaN, as the hand-written mean does.
 
     Example:
         >>> import torch
@@ -258,6 +264,9 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         tensor(1.5000)
         >>> batch_value(torch.tensor([1, 2]), None)
         tensor(1.5000)
+        >>> half = torch.ones(128, dtype=torch.float16)
+        >>> batch_value(half, torch.full((128,), 1000))
+        tensor(1., dtype=torch.float16)
     """
     value: Tensor = (
         criterion
@@ -269,6 +278,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     if value.ndim == 0:
         return value
     if isinstance(weight, Tensor) and weight.ndim == 1:
-        weights = weight.to(value.dtype)
-        return (value * weights).sum() / weights.sum()
+        dtype = value.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        weights = weight.to(wide)
+        return (value.to(wide) * (weights / weights.sum())).sum().to(dtype)
     return value.mean()
