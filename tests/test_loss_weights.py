@@ -6,13 +6,15 @@ expression ``(v * w).sum() / w.sum()`` differentiated by torch.autograd.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from torchtally.losses import Loss
+import torchtally as tt
+from torchtally.losses import COMBINED_NAME, Loss
 
 
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -74,3 +76,64 @@ def test_a_float16_weight_tensor_summing_beyond_its_range_is_read_in_float32() -
     weight = torch.full((200,), 60000.0, dtype=torch.float16)  # sum 1.2e7, beyond float16
     value = Loss(lambda o, t: o, "Id")(values, values, weight=weight)
     assert value.dtype == torch.float16 and value.item() == 3.0
+
+
+# (4) the weight's gradient ---------------------------------------------------------------------
+
+
+def softmax_weights(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, 0) * logits.shape[0]
+
+
+CASES: dict[str, Callable[[], Any]] = {
+    "composed": composed,
+    "joined": lambda: composed() | tt.Metric(mae, "Tracked"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_forward_keeps_the_gradient_of_a_weight_that_requires_grad(kind: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    outputs = torch.randn(8, 3, generator=generator, requires_grad=True)
+    targets = torch.randn(8, 3, generator=generator)
+    logits = torch.randn(8, generator=generator, requires_grad=True)
+    loss = CASES[kind]()
+    value = loss(outputs, targets, weight=softmax_weights(logits))
+    value.backward()
+    assert logits.grad is not None and outputs.grad is not None
+    hand_outputs = outputs.detach().clone().requires_grad_(True)
+    hand_logits = logits.detach().clone().requires_grad_(True)
+    reference = by_hand(hand_outputs, targets, softmax_weights(hand_logits))
+    reference.backward()
+    torch.testing.assert_close(value, reference)
+    torch.testing.assert_close(logits.grad, hand_logits.grad)
+    torch.testing.assert_close(outputs.grad, hand_outputs.grad)
+    # the accumulated state holds no graph
+    state = loss.state_dict()
+    assert not any(tensor.requires_grad for tensor in state["tensors"])
+    computed = loss.compute()
+    assert not any(tensor.requires_grad for tensor in computed.values())
+    torch.testing.assert_close(computed[COMBINED_NAME], reference.detach())
+
+
+def test_a_weight_callable_keeps_the_gradient_too() -> None:
+    generator = torch.Generator().manual_seed(5)
+    outputs = torch.randn(6, 2, generator=generator)
+    targets = torch.randn(6, 2, generator=generator)
+    logits = torch.randn(6, generator=generator, requires_grad=True)
+    loss = Loss(mse, "MSE", weight=lambda o, t: softmax_weights(logits))
+    loss(outputs, targets).backward()
+    hand_logits = logits.detach().clone().requires_grad_(True)
+    weight = softmax_weights(hand_logits)
+    ((mse(outputs, targets) * weight).sum() / weight.sum()).backward()
+    torch.testing.assert_close(logits.grad, hand_logits.grad)
+
+
+def test_a_weight_without_grad_gives_the_same_value_as_before() -> None:
+    generator = torch.Generator().manual_seed(4)
+    outputs = torch.randn(8, 3, generator=generator)
+    targets = torch.randn(8, 3, generator=generator)
+    weight = torch.rand(8, generator=generator)
+    value = composed()(outputs, targets, weight=weight)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, by_hand(outputs, targets, weight))

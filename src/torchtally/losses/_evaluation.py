@@ -21,7 +21,7 @@ from torchtally._conventions import Weight, as_value_tensor
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 
-__all__ = ["MultiCall", "Produced", "batch_value", "criterion"]
+__all__ = ["MultiCall", "Produced", "batch_value", "criterion", "differentiable_weight"]
 
 
 class MultiCall:
@@ -283,3 +283,23 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         weights = weight.to(wide)
         return (value.to(wide) * (weights / weights.sum())).sum().to(dtype)
     return value.mean()
+
+
+def differentiable_weight(given: Any, checked: Weight) -> Weight:
+    """The per-sample weights the returned batch value is taken with.
+
+    ``checked`` is ``given`` after :func:`~torchtally._conventions.batch_weight`
+    (detached: it goes into the state). A ``(B,)`` tensor that requires grad
+    is used as given, so that the returned value keeps its graph (the
+    gradient with respect to the weights is that of ``(v * w).sum() / w.sum()``);
+    otherwise ``checked``, at the cost of one attribute read.
+
+    Example:
+        >>> import torch
+        >>> given = torch.ones(2, requires_grad=True)
+        >>> differentiable_weight(given, given.detach()) is given
+        True
+    """
+    if isinstance(given, Tensor) and given.requires_grad and isinstance(checked, Tensor):
+        return given if checked.ndim == 1 else checked
+    return checked
