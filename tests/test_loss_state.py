@@ -9,6 +9,7 @@ under with the loss's (the rendered formula, which ``merge_state`` and
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable
 from typing import Any
@@ -171,3 +172,33 @@ def test_a_metric_state_is_refused_by_a_loss_of_the_same_names() -> None:
     loss: LossBase[Tensor, Tensor] = a()
     with pytest.raises(StateDictError, match="no 'formula'"):
         loss.load_state_dict(metric.state_dict())
+
+
+# Directions of negated operands (through the loss operators, and for MetricTracker) ---------
+
+
+def test_products_and_powers_of_negated_losses_point_the_right_way() -> None:
+    mae_loss, mse_loss = Loss(mae, "MAE"), Loss(mse, "MSE")
+    product = (-mae_loss) * (-mse_loss)
+    assert product.higher_is_better is False
+    assert tt.monitor_mode(product, COMBINED_NAME) == "min"
+    assert ((-mae_loss) ** 2).higher_is_better is False
+    assert ((-mae_loss) ** -2).higher_is_better is True
+    assert ((-mae_loss) ** 3).higher_is_better is True
+    assert (mae_loss * (-mse_loss)).higher_is_better is True  # -(MAE x MSE)
+    assert (-(-mae_loss * mse_loss)).higher_is_better is False
+    # a copy keeps the sign: composing it again gives the same direction
+    again = copy.deepcopy(-mae_loss) * (-mse_loss)
+    assert again.higher_is_better is False
+    with pytest.raises(tt.errors.FormulaError, match="may be positive or negative"):
+        _ = (mae_loss - Loss(mae, "Acc", higher_is_better=True)) ** 2
+
+
+def test_a_tracker_of_a_product_of_negated_losses_keeps_the_lowest_epoch() -> None:
+    loss = (-Loss(mae, "MAE")) * (-Loss(mse, "MSE"))
+    tracker = tt.MetricTracker(loss, COMBINED_NAME)
+    for error in (2.0, 1.0, 3.0):
+        loss.reset()
+        loss(torch.zeros(2, 1), torch.full((2, 1), error))
+        tracker.update()
+    assert tracker.best_epoch == 1 and float(tracker.best_value) == 1.0

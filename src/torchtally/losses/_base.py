@@ -84,8 +84,8 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         *,
         weight: WeightFn | None = None,
     ) -> None:
-        table, checked, found = self._checked_definition(expression, components, tracked)
-        self._define(expression, table, checked, found, weight)
+        table, checked, found, sign = self._checked_definition(expression, components, tracked)
+        self._define(expression, table, checked, found, weight, sign)
 
     @lazy
     def _combined_row(self) -> bool:
