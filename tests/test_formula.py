@@ -269,10 +269,25 @@ ACCEPTED: list[tuple[Expression, bool]] = [
     (op("**", LOW, k(2)), False),
     (op("**", LOW, k(-1)), True),  # a negative power flips
     (op("**", LOW, k(0)), False),
+    (op("**", LOW, M), False),  # loss ** loss, positive base and exponent: like a product
     (op("**", k(2), LOW), False),  # c ** loss, c > 1: increasing
     (op("**", k(1), LOW), False),  # c == 1: constant, keeps the direction
     (op("**", k(0.5), LOW), True),  # 0 < c < 1: decreasing
-    (op("**", LOW, M), False),  # loss ** loss: like a product
+    # signs: a negated operand is negative, given positive components
+    (op("*", Negation(LOW), Negation(M)), False),  # (-L) x (-M) = L x M
+    (op("*", LOW, Negation(M)), True),  # -(L x M)
+    (op("*", Negation(LOW), M), True),  # -(L x M)
+    (op("/", Negation(LOW), Negation(HIGH)), False),  # L / H
+    (op("/", k(1), Negation(LOW)), False),  # -1 / L
+    (op("**", Negation(LOW), k(2)), False),  # L^2
+    (op("**", Negation(LOW), k(-2)), True),  # 1 / L^2
+    (op("**", Negation(LOW), k(3)), True),  # -(L^3)
+    (op("**", Negation(LOW), k(-1)), False),  # -1 / L
+    (op("**", Negation(LOW), k(2.0)), False),  # an integral float exponent
+    (op("*", op("**", Negation(LOW), k(2)), M), False),  # L^2 x M: the square is positive
+    (op("**", op("-", LOW, HIGH), k(3)), False),  # an odd power of either sign keeps the order
+    (op("*", op("-", LOW, HIGH), k(2)), False),  # a constant factor needs no sign
+    (op("+", op("-", k(1), HIGH), LOW), False),
     (op("+", LOW, k(3)), False),
     (op("-", k(3), LOW), True),
     (op("+", op("**", LOW, k(-1)), HIGH), True),
@@ -293,7 +308,19 @@ REFUSED: list[tuple[Expression, list[str]]] = [
     (op("-", LOW, M), ["cannot subtract [M] (lower is better) from [L]", "flips", "[L] + [M]"]),
     (op("*", HIGH, LOW), ["cannot multiply [H] (higher is better) by [L]", "[H] / [L]"]),
     (op("/", LOW, M), ["cannot divide [L] (lower is better) by [M]", "denominator", "[L] x [M]"]),
-    (op("**", LOW, HIGH), ["cannot raise [L] (lower is better) to the power [H]", "[L]^-[H]"]),
+    (op("**", LOW, HIGH), ["cannot raise [L] (lower is better) to the power [H]"]),
+    (op("**", LOW, Negation(M)), ["cannot tell", "-[M] is negative", "positive base and exponent"]),
+    (op("**", op("-", LOW, HIGH), M), ["[L] - [H] may be negative", "higher_is_better"]),
+    (op("**", op("-", LOW, HIGH), k(2)), ["[L] - [H] may be positive or negative", "even power"]),
+    (op("**", op("-", LOW, HIGH), k(0.5)), ["may be positive or negative", "not real"]),
+    (op("**", Negation(LOW), k(0.5)), ["-[L] is negative", "not real"]),
+    (op("*", op("-", LOW, HIGH), M), ["[L] - [H] may be positive or negative", "product"]),
+    (op("/", M, op("-", LOW, HIGH)), ["[L] - [H] may be positive or negative"]),
+    (
+        op("*", LOW, Negation(HIGH)),
+        ["cannot multiply [L] (lower is better) by -[H] (lower is better)", "-[H] is negative"],
+    ),
+    (op("*", Negation(LOW), Negation(HIGH)), ["are negative", "-[L] / -[H]"]),
     (op("+", LOW, Negation(M)), ["-[M] (higher is better)"]),
     (op("+", LOW, op("*", k(-1), M)), ["-1 x [M] (higher is better)"]),
     (op("+", LOW, op("**", M, k(-1))), ["[M]^-1 (higher is better)"]),
@@ -315,6 +342,67 @@ def test_direction_refusals_name_both_operands(tree: Expression, fragments: list
     for fragment in fragments:
         assert fragment in message
     assert isinstance(caught.value, ValueError)
+
+
+# A numeric check of the direction rules: on positive component values, improving every
+# component a little (lower-is-better ones down, higher-is-better ones up) must move the value
+# the way the inferred direction says (or leave it unchanged). Refused trees make no claim.
+
+SIGNED_LEAVES = st.sampled_from([LOW, HIGH, M]) | st.sampled_from(
+    [k(-2), k(-1), k(-0.5), k(0.5), k(2), k(3)]
+)
+EXPONENTS = st.sampled_from([k(-3), k(-2), k(-1), k(0.5), k(2), k(3), k(2.5)])
+
+
+def signed_trees(children: Any) -> Any:
+    return st.one_of(
+        st.builds(Negation, children),
+        st.builds(op, st.sampled_from(["+", "-", "*", "/"]), children, children),
+        st.builds(op, st.just("**"), children, EXPONENTS),
+        st.builds(op, st.just("**"), st.sampled_from([k(0.5), k(2)]), children),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tree=st.recursive(SIGNED_LEAVES, signed_trees, max_leaves=6),
+    start=st.lists(st.floats(0.5, 3.0), min_size=3, max_size=3),
+)
+def test_inferred_directions_match_a_numeric_check_on_positive_values(
+    tree: Expression, start: list[float]
+) -> None:
+    try:
+        found = direction(tree, DIRECTIONS)
+    except FormulaError:
+        return  # refused: no claim to check
+    if found is None:
+        return  # constants only
+    program = compile_expression(tree)
+    before = dict(zip(("L", "H", "M"), start, strict=True))
+    step = 1e-4
+    after = {
+        name: value * (1 + step if DIRECTIONS[name] else 1 - step) for name, value in before.items()
+    }
+    first, second = program.run(before), program.run(after)
+    if not all(
+        isinstance(v, float) and math.isfinite(v) and abs(v) < 1e12 for v in (first, second)
+    ):
+        return
+    change = second - first
+    tolerance = 1e-9 * max(1.0, abs(first))
+    assert (change >= -tolerance) if found else (change <= tolerance), (
+        render(tree),
+        before,
+        change,
+    )
+
+
+def test_negated_operands_of_products_and_powers_from_the_report() -> None:
+    directions = {"MAE": False, "MSE": False}
+    mae, mse = Negation(Component("MAE")), Negation(Component("MSE"))
+    assert direction(op("*", mae, mse), directions) is False  # MAE x MSE
+    assert direction(op("**", mae, k(2)), directions) is False  # MAE^2
+    assert direction(op("**", mae, k(-2)), directions) is True  # 1 / MAE^2
 
 
 def test_constants_must_be_finite_ints_or_floats() -> None:
@@ -475,6 +563,10 @@ def test_deep_powers_and_mixed_operators() -> None:
     assert compile_expression(tower).run(ones) == 1.0
     assert compile_expression(leaning).run(ones) == 1.0
     assert direction(leaning, {"A": False}) is False
+    cubes: Expression = Negation(A)
+    for _ in range(DEPTH - 1):
+        cubes = op("**", cubes, k(3))
+    assert direction(cubes, {"A": False}) is True  # -(A^(3^n)): odd powers keep the order
     mixed: Expression = A
     for index in range(DEPTH):
         mixed = op("*", k(0.5), mixed) if index % 2 else op("+", mixed, B)

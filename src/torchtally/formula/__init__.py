@@ -30,7 +30,14 @@ from __future__ import annotations
 
 import inspect
 
-from torchtally.formula._directions import combine_directions, direction
+from torchtally.formula._directions import (
+    Sign,
+    combine_directions,
+    combine_signed,
+    direction,
+    signed,
+    value_sign,
+)
 from torchtally.formula._leaves import Component, Constant, Factor, Scheduled, describe_integer
 from torchtally.formula._program import Program, _negate, compile_expression
 from torchtally.formula._tree import (
@@ -55,7 +62,9 @@ __all__ = [
     "Operation",
     "Program",
     "Scheduled",
+    "Sign",
     "combine_directions",
+    "combine_signed",
     "compile_expression",
     "component_names",
     "describe_integer",
@@ -63,6 +72,8 @@ __all__ = [
     "from_postfix",
     "postfix",
     "render",
+    "signed",
+    "value_sign",
 ]
 
 # Documented, pickled and shown under the package's name, as before it was split: pickles
@@ -78,6 +89,7 @@ for _public in (
     Program,
     Scheduled,
     combine_directions,
+    combine_signed,
     compile_expression,
     component_names,
     describe_integer,
@@ -85,6 +97,8 @@ for _public in (
     from_postfix,
     postfix,
     render,
+    signed,
+    value_sign,
     _negate,
 ):
     if inspect.isclass(_public):

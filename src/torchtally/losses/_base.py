@@ -33,7 +33,7 @@ from torchtally._lazy import lazy
 from torchtally.errors import IncompatibleStateError, NameConflictError
 from torchtally.formula import Component, Expression
 from torchtally.losses._algebra import COMBINED_NAME
-from torchtally.losses._evaluation import batch_value, criterion
+from torchtally.losses._evaluation import batch_value, criterion, differentiable_weight
 from torchtally.losses._operators import LossAlgebra, builders
 from torchtally.objectives import NamedCallable
 
@@ -84,8 +84,8 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         *,
         weight: WeightFn | None = None,
     ) -> None:
-        table, checked, found = self._checked_definition(expression, components, tracked)
-        self._define(expression, table, checked, found, weight)
+        table, checked, found, sign = self._checked_definition(expression, components, tracked)
+        self._define(expression, table, checked, found, weight, sign)
 
     @lazy
     def _combined_row(self) -> bool:
@@ -194,7 +194,10 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         formula on the component values (per-sample ``(B,)`` values combine
         element-wise, scalars broadcast), in the widest floating dtype among
         them; the result is its batch mean, weighted by ``weight`` when it
-        holds per-sample weights (see :meth:`update`). Schedules advance by
+        holds per-sample weights (see :meth:`update`): the weights are
+        normalised in float32 (or wider) first, so float16 values cannot
+        overflow, and a weight tensor that requires grad keeps its graph in
+        the result (the accumulated state is detached). Schedules advance by
         one step after the batch is accumulated; a refused batch changes
         nothing.
 
@@ -212,8 +215,10 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         if self._queued_at_once(values, targets, weight):  # tensors only: the mean cannot fail
             value = batch_value(values[self.name], None)
         else:
-            size, weight = self._batch(outputs, targets, weight)
-            value = batch_value(values[self.name], weight)  # before anything changes
+            given = self._given_weight(outputs, targets, weight)
+            size, weight = self._batch(outputs, targets, given)
+            # before anything changes; per-sample weights that require grad keep their graph
+            value = batch_value(values[self.name], differentiable_weight(given, weight))
             self._accumulate(values, size, weight, self._names_ordered)
         self._step()
         return value

@@ -26,10 +26,11 @@ from torchtally.errors import FormulaError, NameConflictError
 from torchtally.formula import (
     Expression,
     Program,
+    Sign,
     compile_expression,
     component_names,
-    direction,
     render,
+    signed,
 )
 from torchtally.losses._algebra import COMBINED_NAME, ComponentTable, check_loss_name
 from torchtally.losses._evaluation import MultiCall, Produced
@@ -52,17 +53,21 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
         "_table",
         "_tracked_entries",
         "_higher_is_better",
+        "_value_sign",
         "_weight_fn",
     )
     """The attributes that define a loss (copied by ``_derive``); the rest is state."""
+
+    _value_sign: Sign = 1
+    """The sign of the combined value, given positive components (``None``: either)."""
 
     def _checked_definition(
         self,
         expression: Expression,
         components: Iterable[NamedCallable],
         tracked: Iterable[NamedCallable],
-    ) -> tuple[ComponentTable, tuple[NamedCallable, ...], bool]:
-        """The component table, the tracked metrics and the direction of a definition.
+    ) -> tuple[ComponentTable, tuple[NamedCallable, ...], bool, Sign]:
+        """The component table, the tracked metrics, the direction and sign of a definition.
 
         Raises:
             FormulaError, NameConflictError: see :class:`~torchtally.losses.LossBase`.
@@ -90,11 +95,11 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
         # the table holds exactly the leaves (checked above), each with a bool direction
         directions = {name: bool(entry.higher_is_better) for name, entry in table.items()}
         try:
-            found = direction(expression, directions)
+            found, sign = signed(expression, directions)
         except FormulaError as error:
             raise FormulaError(f"{type(self).__name__} {error}") from None
         assert found is not None  # an expression with a component has a direction
-        return table, checked, found
+        return table, checked, found, sign
 
     def _define(
         self,
@@ -103,12 +108,14 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
         tracked: tuple[NamedCallable, ...],
         higher_is_better: bool,
         weight: WeightFn | None,
+        sign: Sign = 1,
     ) -> None:
         super(CallableObjective, self).__init__(weight=weight)
         self._expression = expression
         self._table = table
         self._tracked_entries = tracked
         self._higher_is_better = higher_is_better
+        self._value_sign = sign
 
     @staticmethod
     def _checked_tracked(
@@ -167,7 +174,9 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
     @lazy
     def _names_ordered(self) -> bool:
         # Only a dict-valued call may return other names from one batch to the next.
-        return not self._multi_calls
+        # len(), not `not`: first read inside torch.compile, dynamo cannot trace `not` on a
+        # tuple of calls (fullgraph=True failed on a fresh DictLoss or criterion loss).
+        return len(self._multi_calls) == 0
 
     @lazy
     def _multi_calls(self) -> tuple[MultiCall, ...]:

@@ -21,7 +21,7 @@ from torchtally._conventions import Weight, as_value_tensor
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 
-__all__ = ["MultiCall", "Produced", "batch_value", "criterion"]
+__all__ = ["MultiCall", "Produced", "batch_value", "criterion", "differentiable_weight"]
 
 
 class MultiCall:
@@ -251,6 +251,12 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
 
     A criterion that is not floating (a loss made of one integer or boolean
     component, or a Python number) is brought to the default float dtype.
+    The result has the criterion's floating dtype. Per-sample weights are
+    normalised to sum to 1 in float32 (or the criterion's dtype, if wider)
+    before they meet the values, and the weighted sum is taken in that dtype:
+    float16 values with weights summing beyond 65504 (1000 per sample in a
+    batch of 128) give their mean, not ``inf / inf``. All device work, no
+    host sync; weights that all are 0 give NaN, as the hand-written mean does.
 
     Example:
         >>> import torch
@@ -258,6 +264,9 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         tensor(1.5000)
         >>> batch_value(torch.tensor([1, 2]), None)
         tensor(1.5000)
+        >>> half = torch.ones(128, dtype=torch.float16)
+        >>> batch_value(half, torch.full((128,), 1000))
+        tensor(1., dtype=torch.float16)
     """
     value: Tensor = (
         criterion
@@ -269,6 +278,28 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     if value.ndim == 0:
         return value
     if isinstance(weight, Tensor) and weight.ndim == 1:
-        weights = weight.to(value.dtype)
-        return (value * weights).sum() / weights.sum()
+        dtype = value.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        weights = weight.to(wide)
+        return (value.to(wide) * (weights / weights.sum())).sum().to(dtype)
     return value.mean()
+
+
+def differentiable_weight(given: Any, checked: Weight) -> Weight:
+    """The per-sample weights the returned batch value is taken with.
+
+    ``checked`` is ``given`` after :func:`~torchtally._conventions.batch_weight`
+    (detached: it goes into the state). A ``(B,)`` tensor that requires grad
+    is used as given, so that the returned value keeps its graph (the
+    gradient with respect to the weights is that of ``(v * w).sum() / w.sum()``);
+    otherwise ``checked``, at the cost of one attribute read.
+
+    Example:
+        >>> import torch
+        >>> given = torch.ones(2, requires_grad=True)
+        >>> differentiable_weight(given, given.detach()) is given
+        True
+    """
+    if isinstance(given, Tensor) and given.requires_grad and isinstance(checked, Tensor):
+        return given if checked.ndim == 1 else checked
+    return checked

@@ -22,7 +22,7 @@ from typing_extensions import Self, override
 from torchtally.errors import IncompatibleStateError, InvalidArgumentError
 from torchtally.formula import Expression
 from torchtally.losses._base import LossBase
-from torchtally.losses._evaluation import batch_value
+from torchtally.losses._evaluation import batch_value, differentiable_weight
 from torchtally.losses._operators import builders
 from torchtally.objectives import Joined, NamedCallable, is_objective_like
 
@@ -138,8 +138,10 @@ class JoinedLoss(Joined):
             {'Combined Loss': tensor(4.), 'MAE': tensor(2.), 'Max': tensor(1.)}
         """
         values = self.calculate(outputs, targets)
-        size, weight = self._batch(outputs, targets, weight)
-        value = batch_value(values[self._value_name], weight)  # before anything changes
+        given = self._given_weight(outputs, targets, weight)
+        size, weight = self._batch(outputs, targets, given)
+        # before anything changes; per-sample weights that require grad keep their graph
+        value = batch_value(values[self._value_name], differentiable_weight(given, weight))
         self._record(outputs, targets, values, size, weight)
         self._loss._step()
         return value
@@ -240,13 +242,16 @@ class JoinedLoss(Joined):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(self._loss._schedule_state())
+        state.update(self._loss._loss_state())
         return state
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore every part and the schedules' positions, or nothing (see ``Joined``)."""
-        positions = self._loss._checked_schedule_state(state_dict, self._label())
+        """Restore every part and the schedules' positions, or nothing (see ``Joined``).
+
+        The state must hold the loss's formula (see ``LossBase.load_state_dict``).
+        """
+        positions = self._loss._checked_loss_state(state_dict, self._label())
         super().load_state_dict(state_dict)
         self._loss._install_schedule_state(positions)
 

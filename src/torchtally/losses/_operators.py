@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from typing_extensions import Self
 
 from torchtally.errors import FormulaError
-from torchtally.formula import Expression, Negation, Operation, combine_directions, render
+from torchtally.formula import Expression, Negation, Operation, Sign, combine_signed, render
+from torchtally.formula._directions import leaf_sign
 from torchtally.losses._algebra import COMBINED_NAME, constant_or_schedule
 from torchtally.losses._state import LossState
 from torchtally.objectives import (
@@ -123,7 +124,7 @@ class LossAlgebra(LossState[OutputT, TargetT]):
         losses = [item for item in (first, second) if isinstance(item, LossAlgebra)]
         node = Operation(op, _tree(first), _tree(second))
         try:
-            found = combine_directions(node, _direction(first), _direction(second))
+            found, sign = combine_signed(node, _signed(first), _signed(second))
         except FormulaError as error:
             raise FormulaError(f"CompositionalLoss {error}") from None
         assert found is not None
@@ -150,7 +151,7 @@ class LossAlgebra(LossState[OutputT, TargetT]):
             )
         composition = builders.composition
         composed: CompositionalLoss[Any, Any] = composition.__new__(composition)
-        composed._define(node, table, tracked, found, next(iter(weights.values()), None))
+        composed._define(node, table, tracked, found, next(iter(weights.values()), None), sign)
         return composed
 
     def __add__(self, other: object) -> LossBase[Any, Any]:
@@ -192,8 +193,14 @@ class LossAlgebra(LossState[OutputT, TargetT]):
         node = Negation(self._expression)
         composition = builders.composition
         composed: CompositionalLoss[Any, Any] = composition.__new__(composition)
+        sign = None if self._value_sign is None else -self._value_sign
         composed._define(
-            node, self._table, self._tracked_entries, not self._higher_is_better, self._weight_fn
+            node,
+            self._table,
+            self._tracked_entries,
+            not self._higher_is_better,
+            self._weight_fn,
+            sign,
         )
         return composed
 
@@ -265,8 +272,11 @@ def _tree(operand: LossAlgebra[Any, Any] | Expression) -> Expression:
     return operand._expression if isinstance(operand, LossAlgebra) else operand
 
 
-def _direction(operand: LossAlgebra[Any, Any] | Expression) -> bool | None:
-    return operand._higher_is_better if isinstance(operand, LossAlgebra) else None
+def _signed(operand: LossAlgebra[Any, Any] | Expression) -> tuple[bool | None, Sign]:
+    """An operand's direction and sign: a loss's own, a constant's or a schedule's."""
+    if isinstance(operand, LossAlgebra):
+        return operand._higher_is_better, operand._value_sign
+    return None, leaf_sign(operand)
 
 
 def _is_zero(value: object) -> bool:

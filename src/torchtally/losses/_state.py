@@ -3,12 +3,12 @@
 A formula with schedules (:mod:`torchtally.schedules`) keeps two positions,
 ``forward`` calls (steps) and ``advance_epoch`` calls (epochs), as ``(1,)``
 int64 tensors. :class:`LossState` moves the step position after each
-``forward``, saves both under ``'schedule_position'`` in ``state_dict``
-(nothing is added without schedules), checks them before
-``load_state_dict`` changes anything, and adds the formula and the
-callables of dict-valued calls to what ranks must agree on before a sync.
-:class:`~torchtally.losses.JoinedLoss` saves and restores its loss's
-positions through the same methods.
+``forward``; ``state_dict`` saves the rendered formula under ``'formula'``
+and both positions under ``'schedule_position'`` (nothing without
+schedules); ``load_state_dict`` checks both before anything changes. It
+adds the formula and the callables of dict-valued calls to what ranks must
+agree on before a sync. :class:`~torchtally.losses.JoinedLoss` saves and
+restores its loss's formula and positions through the same methods.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing_extensions import override
 from torchtally._lazy import lazy
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
+from torchtally.objectives import STATE_VERSION
 from torchtally.sync import callable_identity
 
 __all__ = ["LossState"]
@@ -50,14 +51,39 @@ class LossState(LossDefinition[OutputT, TargetT]):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(self._schedule_state())
+        state.update(self._loss_state())
         return state
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        positions = self._checked_schedule_state(state_dict, self._label())
+        """Replace the state with one from :meth:`state_dict` of a loss with the same formula.
+
+        A loss's state holds its formula as rendered (:attr:`formula`, the
+        one ``merge_state`` and ``sync_all`` compare: constants, schedules
+        with their parameters and units, a criterion's formula text) under
+        ``'formula'``, and its schedules' positions. A state saved under
+        another formula is refused: its combined value is the mean of another
+        criterion. A state of this format (version 2) without ``'formula'``
+        is refused too: it was saved by an objective that is not a loss, or
+        by a development version of torchtally before losses saved their
+        formula; nothing tells which formula its combined value belongs to.
+        States of objectives that are not losses carry no formula and load as
+        before.
+
+        Raises:
+            StateDictError: the state holds another formula or none, a
+                missing or malformed schedule position, or anything
+                :meth:`Objective.load_state_dict
+                <torchtally.objectives.Objective.load_state_dict>` refuses.
+                Nothing changes then.
+        """
+        positions = self._checked_loss_state(state_dict, self._label())
         super().load_state_dict(state_dict)
         self._install_schedule_state(positions)
+
+    def _loss_state(self) -> dict[str, Any]:
+        """The formula and the schedules' positions as state-dict entries."""
+        return {"formula": self._formula, **self._schedule_state()}
 
     def _schedule_state(self) -> dict[str, Any]:
         """The schedules' positions as state-dict entries (none without schedules)."""
@@ -68,6 +94,32 @@ class LossState(LossDefinition[OutputT, TargetT]):
                 unit: position.clone() for unit, position in self._position.items()
             }
         }
+
+    def _checked_loss_state(self, state_dict: Any, label: str) -> dict[str, Tensor]:
+        """The positions stored in ``state_dict`` after checking its formula; nothing changes.
+
+        A state that is not a dict of this format version is left to
+        ``Objective.load_state_dict``, which names what it found.
+
+        Raises:
+            StateDictError: another formula or none, or a malformed position.
+        """
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != STATE_VERSION:
+            return {}
+        stored = state_dict.get("formula")
+        if not isinstance(stored, str):
+            raise StateDictError(
+                f"{label}: the state holds no 'formula' entry (found {stored!r:.60}): it was "
+                f"saved by an objective that is not a loss, or by a development version of "
+                f"torchtally before losses saved their formula; nothing was loaded"
+            )
+        if stored != self._formula:
+            raise StateDictError(
+                f"{label}: the state was saved from a loss with another formula, "
+                f"{stored!r:.300}; this loss's formula is {self._formula!r:.300}, and its "
+                f"combined value would report the other formula's; nothing was loaded"
+            )
+        return self._checked_schedule_state(state_dict, label)
 
     def _checked_schedule_state(self, state_dict: Any, label: str) -> dict[str, Tensor]:
         """The positions stored in ``state_dict``, checked; nothing changes here.

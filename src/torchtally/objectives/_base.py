@@ -265,12 +265,17 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         """The batch size and weight (:func:`size_and_weight`), or the constructor's weight."""
         if weight is None and self._weight_fn is None and type(targets) is Tensor and targets.ndim:
             return targets.shape[0], None  # the common case, inline: this runs every step
+        weight = self._given_weight(outputs, targets, weight)
+        return size_and_weight(targets, outputs, weight, self._ledger.label)
+
+    def _given_weight(self, outputs: Any, targets: Any, weight: Any) -> Any:
+        """``weight`` as given, or the constructor's weight callable's when it is ``None``."""
         if weight is None and self._weight_fn is not None:
             try:
-                weight = self._weight_fn(outputs, targets)
+                return self._weight_fn(outputs, targets)
             except Exception as error:
                 raise callable_error(self._ledger.label, "weight", error) from error
-        return size_and_weight(targets, outputs, weight, self._ledger.label)
+        return weight
 
     def _accumulate(
         self, values: Any, size: int, weight: Weight, ordered: bool

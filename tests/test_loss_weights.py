@@ -1,0 +1,139 @@
+"""Per-sample weights in a loss's forward: no overflow in half precision, and their gradient.
+
+References: the weighted mean written by hand in float64, and the hand-written
+expression ``(v * w).sum() / w.sum()`` differentiated by torch.autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import torchtally as tt
+from torchtally.losses import COMBINED_NAME, Loss
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).mean(1)
+
+
+def mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().mean(1)
+
+
+def by_hand(outputs: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+    """The composed loss of :func:`composed`, written by hand."""
+    values = mse(outputs, targets) + 0.5 * mae(outputs, targets)
+    return (values * weight).sum() / weight.sum()
+
+
+def composed() -> Any:
+    return Loss(mse, "MSE") + 0.5 * Loss(mae, "MAE")
+
+
+# (3) half precision: the weighted mean cannot overflow --------------------------------------
+
+
+def test_the_report_half_precision_weights_beyond_65504_give_the_mean_and_its_gradient() -> None:
+    h = torch.ones(128, 4, dtype=torch.float16, requires_grad=True)
+    loss = Loss(mse, "MSE")
+    value = loss(h, torch.zeros(128, 4, dtype=torch.float16), weight=torch.full((128,), 1000))
+    assert value.dtype == torch.float16
+    assert value.item() == 1.0
+    value.backward()
+    assert h.grad is not None
+    torch.testing.assert_close(h.grad, torch.full_like(h, 2 / 4 / 128))
+    torch.testing.assert_close(loss.compute()["MSE"], torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, 1e6])
+def test_weighted_batch_means_match_a_float64_reference(dtype: torch.dtype, scale: float) -> None:
+    generator = torch.Generator().manual_seed(int(scale * 7) % 1000)
+    outputs = torch.randn(64, 3, generator=generator)
+    targets = torch.randn(64, 3, generator=generator)
+    weight = torch.rand(64, generator=generator) * scale
+    low = outputs.to(dtype).requires_grad_(True)
+    value = composed()(low, targets.to(dtype), weight=weight)
+    assert value.dtype == dtype
+    value.backward()
+    wide = low.detach().double().requires_grad_(True)
+    reference = by_hand(wide, targets.to(dtype).double(), weight.double())
+    reference.backward()
+    assert torch.isfinite(value)
+    tolerance = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(value.double(), reference, rtol=tolerance, atol=tolerance)
+    assert low.grad is not None and wide.grad is not None
+    torch.testing.assert_close(low.grad.double(), wide.grad, rtol=2e-2, atol=1e-4)
+
+
+def test_a_float16_weight_tensor_summing_beyond_its_range_is_read_in_float32() -> None:
+    values = torch.full((200,), 3.0, dtype=torch.float16)
+    weight = torch.full((200,), 60000.0, dtype=torch.float16)  # sum 1.2e7, beyond float16
+    value = Loss(lambda o, t: o, "Id")(values, values, weight=weight)
+    assert value.dtype == torch.float16 and value.item() == 3.0
+
+
+# (4) the weight's gradient ---------------------------------------------------------------------
+
+
+def softmax_weights(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, 0) * logits.shape[0]
+
+
+CASES: dict[str, Callable[[], Any]] = {
+    "composed": composed,
+    "joined": lambda: composed() | tt.Metric(mae, "Tracked"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_forward_keeps_the_gradient_of_a_weight_that_requires_grad(kind: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    outputs = torch.randn(8, 3, generator=generator, requires_grad=True)
+    targets = torch.randn(8, 3, generator=generator)
+    logits = torch.randn(8, generator=generator, requires_grad=True)
+    loss = CASES[kind]()
+    value = loss(outputs, targets, weight=softmax_weights(logits))
+    value.backward()
+    assert logits.grad is not None and outputs.grad is not None
+    hand_outputs = outputs.detach().clone().requires_grad_(True)
+    hand_logits = logits.detach().clone().requires_grad_(True)
+    reference = by_hand(hand_outputs, targets, softmax_weights(hand_logits))
+    reference.backward()
+    torch.testing.assert_close(value, reference)
+    torch.testing.assert_close(logits.grad, hand_logits.grad)
+    torch.testing.assert_close(outputs.grad, hand_outputs.grad)
+    # the accumulated state holds no graph
+    state = loss.state_dict()
+    assert not any(tensor.requires_grad for tensor in state["tensors"])
+    computed = loss.compute()
+    assert not any(tensor.requires_grad for tensor in computed.values())
+    torch.testing.assert_close(computed[COMBINED_NAME], reference.detach())
+
+
+def test_a_weight_callable_keeps_the_gradient_too() -> None:
+    generator = torch.Generator().manual_seed(5)
+    outputs = torch.randn(6, 2, generator=generator)
+    targets = torch.randn(6, 2, generator=generator)
+    logits = torch.randn(6, generator=generator, requires_grad=True)
+    loss = Loss(mse, "MSE", weight=lambda o, t: softmax_weights(logits))
+    loss(outputs, targets).backward()
+    hand_logits = logits.detach().clone().requires_grad_(True)
+    weight = softmax_weights(hand_logits)
+    ((mse(outputs, targets) * weight).sum() / weight.sum()).backward()
+    torch.testing.assert_close(logits.grad, hand_logits.grad)
+
+
+def test_a_weight_without_grad_gives_the_same_value_as_before() -> None:
+    generator = torch.Generator().manual_seed(4)
+    outputs = torch.randn(8, 3, generator=generator)
+    targets = torch.randn(8, 3, generator=generator)
+    weight = torch.rand(8, generator=generator)
+    value = composed()(outputs, targets, weight=weight)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, by_hand(outputs, targets, weight))
