@@ -252,6 +252,23 @@ def test_integer_sums_minima_and_maxima_are_exact() -> None:
     assert value_of(many).item() == 1000 * 1000 * (2**40 + 1)  # > 2**53: still exact
 
 
+@pytest.mark.parametrize("dtype", EXACT)
+@pytest.mark.parametrize("cls", [Min, Max])
+def test_weighted_integer_minima_and_maxima_are_exact_in_every_integer_dtype(
+    cls: type[Accumulator], dtype: torch.dtype
+) -> None:
+    # The excluded entries were replaced by int64's extreme in the values' own dtype: a raw
+    # RuntimeError for 8- to 32-bit integers.
+    values = [1, 0, 1, 0] if dtype == torch.bool else [3, 100, 7, 5]
+    weights = [1.0, 0.0, 2.0, 0.5]
+    acc = cls()
+    acc.add(torch.tensor(values).to(dtype), torch.tensor(weights))
+    acc.add(torch.tensor(values[:2]).to(dtype), torch.tensor(0.5).expand(2))
+    kept = [value for value, weight in zip(values, weights, strict=True) if weight > 0]
+    expected = (min if cls is Min else max)(kept + values[:2])
+    assert value_of(acc).dtype == torch.int64 and value_of(acc).item() == expected
+
+
 def test_bfloat16_mean_is_reported_from_its_exact_float64_mean() -> None:
     values = torch.rand(997, generator=torch.Generator().manual_seed(3)).bfloat16()
     acc = Mean()

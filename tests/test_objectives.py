@@ -897,6 +897,15 @@ def test_per_sample_weights_exclude_and_scale_samples() -> None:
     assert computed(peak)["Peak"].item() == 3.0  # the excluded 9 is not the maximum
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize("weight", [2.0, torch.tensor([1.0, 3.0])], ids=["number", "per-sample"])
+def test_weighted_integer_maxima_of_narrow_integer_dtypes(dtype: torch.dtype, weight: Any) -> None:
+    # These raised a raw RuntimeError, and compute() then reported int64's minimum.
+    hit = tt.Metric(lambda o, t: (o == t).to(dtype), "Hit", aggregation="max")
+    hit.update(torch.tensor([1, 2]), torch.tensor([1, 0]), weight=weight)
+    assert_same(computed(hit), {"Hit": torch.tensor(1)})
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(

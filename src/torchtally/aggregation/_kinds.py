@@ -162,6 +162,8 @@ class _Extremum(Accumulator):
         if values.dtype == torch.bool:
             values = values.to(_I64)
         if weights is not None:  # a weight of 0 excludes the entry
+            if exact:  # int64 first: the neutral (int64's extreme) fits no narrower integer
+                values = values.to(_I64)
             values = torch.where(weights > 0, values, values.new_full((), self._neutral(exact)))
         if self.pick == "max":
             found = values.amax(entries).to(target.dtype).unsqueeze(1)
