@@ -269,6 +269,32 @@ def test_weighted_integer_minima_and_maxima_are_exact_in_every_integer_dtype(
     assert value_of(acc).dtype == torch.int64 and value_of(acc).item() == expected
 
 
+def test_a_weighted_integer_sum_is_reported_in_float64_and_an_unweighted_one_stays_exact() -> None:
+    # Weighted integers are no longer integers: int64 truncated 0.3 + 0.3 to 0.
+    values, weights = [True, False, True, True], [0.3, 1.0, 0.3, 0.125]
+    weighted = Sum()
+    weighted.add(torch.tensor(values[:3]), torch.tensor(weights[:3]))
+    weighted.add(torch.tensor(values[3:]), torch.tensor(weights[3:]))
+    given = torch.tensor(weights).tolist()  # the float32 weights, exactly
+    expected = sum(Fraction(v) * Fraction(w) for v, w in zip(values, given, strict=True))
+    assert value_of(weighted).dtype == torch.float64
+    assert value_of(weighted).item() == pytest.approx(float(expected), rel=1e-15)
+    # once weighted, always float64: later unweighted entries, merges and loads keep it
+    weighted.add(torch.tensor([2**40 + 1]))
+    mixed = Sum()
+    mixed.add(torch.tensor([5], dtype=torch.int32))
+    mixed.merge(weighted)
+    reloaded = Sum()
+    reloaded.load(*weighted.export())
+    for acc in (weighted, mixed, reloaded):
+        assert value_of(acc).dtype == torch.float64
+    assert value_of(mixed).item() == pytest.approx(float(expected + 2**40 + 6), rel=1e-15)
+    exact = Sum()
+    for _ in range(3):
+        exact.add(torch.tensor([2**52 + 1], dtype=torch.int64))  # beyond float64's integers
+    assert value_of(exact).dtype == torch.int64 and value_of(exact).item() == 3 * 2**52 + 3
+
+
 def test_bfloat16_mean_is_reported_from_its_exact_float64_mean() -> None:
     values = torch.rand(997, generator=torch.Generator().manual_seed(3)).bfloat16()
     acc = Mean()

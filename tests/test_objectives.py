@@ -906,6 +906,33 @@ def test_weighted_integer_maxima_of_narrow_integer_dtypes(dtype: torch.dtype, we
     assert_same(computed(hit), {"Hit": torch.tensor(1)})
 
 
+def outputs_of(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs
+
+
+def test_weighted_sums_of_integers_and_booleans_are_reported_in_float64() -> None:
+    def metric() -> tt.Metric:
+        return tt.Metric(outputs_of, "S", aggregation="sum")
+
+    # int64 truncated both to 0.
+    flags = metric()
+    weight = torch.tensor([0.3, 1, 0.3], dtype=torch.float64)
+    flags.update(torch.tensor([True, False, True]), torch.zeros(3), weight=weight)
+    assert computed(flags)["S"].dtype == torch.float64
+    assert computed(flags)["S"].item() == pytest.approx(0.6, rel=1e-15)
+    ones = metric()
+    ones.update(torch.ones(6, dtype=torch.int64), torch.zeros(6), weight=1)  # each weighs 1/6
+    assert computed(ones)["S"].dtype == torch.float64
+    assert computed(ones)["S"].item() == pytest.approx(1.0, rel=1e-15)
+    counts = metric()
+    counts.update(torch.ones(6, dtype=torch.int64), torch.zeros(6))
+    assert_same(computed(counts), {"S": torch.tensor(6)})  # unweighted: exact int64
+    simulate_sync([[ones], [counts]])  # a weighted rank makes the synced row float64
+    for synced in (ones, counts):
+        assert computed(synced)["S"].dtype == torch.float64
+        assert computed(synced)["S"].item() == pytest.approx(7.0, rel=1e-15)
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(

@@ -143,6 +143,14 @@ class Accumulator(SyncLayout, Exportable, ABC):
             return torch.float32
         return _I64
 
+    def entry_dtype(self, dtype: torch.dtype, weighted: bool) -> torch.dtype:
+        """The dtype entries of ``dtype`` count as in their row's dtype (weighted or not).
+
+        Default: ``dtype``. :class:`Sum` counts weighted integers and booleans as
+        float64: ``weight * value`` is no longer an integer.
+        """
+        return dtype
+
     # -- adding -------------------------------------------------------------------------------
 
     def add(
@@ -200,7 +208,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if values[0].numel() == 0 or not targets:
             return
         self._ensure_state(values.device)
-        self._promote_rows(targets, values.dtype)
+        self._promote_rows(targets, self.entry_dtype(values.dtype, weights is not None))
         if samples is None:
             samples = values[0].numel()
         values = values.detach()

@@ -111,7 +111,8 @@ class Sum(Mean):
     Each entry adds ``weight * value``; an objective gives a scalar batch
     total one entry of weight 1. Sums of integers and booleans are exact
     (the two float64 words hold any integer sum below 2**106) and reported as
-    int64.
+    int64, unless a row has received weighted entries: those are no longer
+    integers, and the row is reported in float64.
 
     Example:
         >>> import torch
@@ -128,6 +129,12 @@ class Sum(Mean):
     @override
     def report_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return Accumulator.report_dtype(self, dtype)
+
+    @override
+    def entry_dtype(self, dtype: torch.dtype, weighted: bool) -> torch.dtype:
+        # The row's dtype (host-side, so no sync) says whether it holds a fraction; it travels
+        # with merges, syncs and exports, and float64 wins every promotion.
+        return _F64 if weighted and is_exact(dtype) else dtype
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
