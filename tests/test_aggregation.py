@@ -324,6 +324,21 @@ def test_infinities_propagate_as_in_torch() -> None:
     assert value_of(highest).item() == math.inf
 
 
+@pytest.mark.parametrize("cls", [Mean, Sum])
+def test_a_weight_of_zero_excludes_nan_and_infinities(cls: type[Accumulator]) -> None:
+    # NaN x 0 and inf x 0 are NaN: a weight of 0 must leave the entry out, not multiply it.
+    acc = cls()
+    acc.add(torch.tensor([math.nan, 1.0, math.inf]), torch.tensor([0.0, 2.0, 0.0]))
+    acc.add(torch.tensor([[-math.inf]]), torch.tensor([0.0]), samples=4)  # a batch mean
+    acc.add(torch.tensor([3.0]))
+    expected = (2 * 1.0 + 3.0) / (3.0 if cls is Mean else 1.0)
+    assert value_of(acc).item() == torch.tensor(expected, dtype=torch.float32).item()
+    # the dropped last entry (sync(dataset_size=)) was excluded too: nothing to take out
+    dropped = cls()
+    dropped.add(torch.tensor([4.0, math.nan]), torch.tensor([1.0, 0.0]), droppable=True)
+    assert value_of(dropped.without_last()[0]).item() == 4.0
+
+
 def test_nan_propagates() -> None:
     acc = Mean()
     acc.add(torch.tensor([1.0, math.nan]))

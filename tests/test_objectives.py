@@ -933,6 +933,37 @@ def test_weighted_sums_of_integers_and_booleans_are_reported_in_float64() -> Non
         assert computed(synced)["S"].item() == pytest.approx(7.0, rel=1e-15)
 
 
+def recall(outputs: Tensor, targets: Tensor) -> Tensor:
+    return ((outputs > 0.5) & (targets > 0)).sum(1) / (targets > 0).sum(1)  # NaN: no positives
+
+
+def has_positives(outputs: Tensor, targets: Tensor) -> Tensor:
+    return ((targets > 0).sum(1) > 0).double()
+
+
+def test_a_weight_of_zero_excludes_a_nan_or_infinite_value() -> None:
+    # NaN x 0 is NaN: the epoch values were NaN although the docs say 0 excludes a sample.
+    outputs = torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.8, 0.7]])
+    targets = torch.tensor([[1, 1], [0, 0], [1, 0]])
+    mean = tt.Metric(recall, "Recall", weight=has_positives)
+    total = tt.Metric(recall, "Recall", aggregation="sum", weight=has_positives)
+    scalar = tt.Metric(lambda o, t: o.mean(), "Scalar")
+    for objective in (mean, total, scalar):
+        objective.running(2)
+    for objective in (mean, total):
+        objective.update(outputs, targets)
+        objective.update(outputs[1:2], targets[1:2])  # only the excluded row
+    scalar.update(torch.tensor([math.nan]), torch.zeros(1), weight=0)
+    scalar.update(torch.tensor([math.inf, 1.0]), torch.zeros(2), weight=torch.tensor(0.0))
+    scalar.update(torch.tensor([2.0, 4.0]), torch.zeros(2))
+    # references on the included rows alone: recalls 1/2 and 1
+    assert computed(mean)["Recall"].item() == pytest.approx(0.75, rel=1e-15)
+    assert computed(total)["Recall"].item() == pytest.approx(1.5, rel=1e-15)
+    assert computed(scalar)["Scalar"].item() == 3.0
+    assert mean.running(2)["Recall"].item() == pytest.approx(0.75, rel=1e-15)
+    assert scalar.running(2)["Scalar"].item() == 3.0
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(

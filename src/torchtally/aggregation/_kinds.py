@@ -27,8 +27,8 @@ class Mean(Accumulator):
     Each entry adds ``weight * value`` to the total and ``weight`` to the
     total weight; the mean is their ratio. A per-sample vector gives entries
     of weight 1 (or its per-sample weights), so the mean over any split into
-    batches equals the mean over the concatenated data. All-zero weights
-    give NaN.
+    batches equals the mean over the concatenated data. An entry of weight 0
+    is left out, NaN or infinite as it may be; all-zero weights give NaN.
 
     Example:
         >>> import torch
@@ -73,8 +73,8 @@ class Mean(Accumulator):
             state["weight"].add_(values[0].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
-        else:
-            weighted = values.to(_F64) * weights
+        else:  # weight 0 leaves an entry out: NaN x 0 and inf x 0 would be NaN
+            weighted = torch.where(weights == 0, 0.0, values.to(_F64) * weights)
             sums = weighted.sum(entries)
             state["weight"].add_(weights.sum())
             last[:, 0].copy_(weighted[final])
