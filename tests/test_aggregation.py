@@ -339,6 +339,30 @@ def test_a_weight_of_zero_excludes_nan_and_infinities(cls: type[Accumulator]) ->
     assert value_of(dropped.without_last()[0]).item() == 4.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.bool])
+@pytest.mark.parametrize("cls", [Min, Max])
+def test_minima_and_maxima_of_all_zero_weights_are_nan(
+    cls: type[Accumulator], dtype: torch.dtype
+) -> None:
+    # Nothing included: NaN as for an empty row (it reported int64's extreme or -inf/inf).
+    excluded = cls(rows=2)
+    excluded.add(torch.tensor([[1, 0], [3, 1]]).to(dtype), torch.tensor([0.0, 0.0]))
+    excluded.add(torch.tensor([[0, 1]]).to(dtype), torch.tensor([0.0, 2.0]), rows=[1])
+    nothing, kept = excluded.reduce()
+    assert math.isnan(nothing.item()) and kept.item() == 1
+    again = cls(rows=2)
+    again.load(*excluded.export())
+    merged = cls(rows=2)
+    merged.merge(excluded)
+    merged.merge(cls(rows=2))  # an empty state changes nothing
+    for acc in (again, merged):
+        assert [value.item() for value in acc.reduce()] == pytest.approx([math.nan, 1], nan_ok=True)
+    included = cls(rows=2)
+    included.add(torch.tensor([[1], [0]]).to(dtype))  # unweighted: included
+    merged.merge(included)
+    assert [value.item() for value in merged.reduce()] == [1, 1 if cls is Max else 0]
+
+
 def test_nan_propagates() -> None:
     acc = Mean()
     acc.add(torch.tensor([1.0, math.nan]))

@@ -964,6 +964,28 @@ def test_a_weight_of_zero_excludes_a_nan_or_infinite_value() -> None:
     assert scalar.running(2)["Scalar"].item() == 3.0
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_a_maximum_of_values_that_all_weigh_zero_is_nan(dtype: torch.dtype) -> None:
+    def peak(values: list[int], weight: Any) -> tt.Metric:
+        metric = tt.Metric(outputs_of, "M", aggregation="max")
+        metric.update(torch.tensor(values).to(dtype), torch.zeros(len(values)), weight=weight)
+        return metric
+
+    # It reported int64's minimum (or -inf): nothing was included, as in an empty row.
+    nothing = peak([1, 2], torch.tensor([0.0, 0.0]))
+    nothing.update(torch.tensor([5]).to(dtype), torch.zeros(1), weight=0.0)
+    assert math.isnan(computed(nothing)["M"].item())
+    restored = tt.Metric(outputs_of, "M", aggregation="max")
+    restored.load_state_dict(nothing.state_dict())
+    assert math.isnan(computed(restored)["M"].item())
+    simulate_sync([[nothing], [restored]])  # every rank included nothing
+    assert math.isnan(computed(nothing)["M"].item())
+    ranks = [peak([7], 0), peak([-3, 2], torch.tensor([1.0, 0.0]))]
+    simulate_sync([[ranks[0]], [ranks[1]]])
+    expected = torch.tensor(-3).to(torch.int64 if dtype == torch.int64 else torch.float32)
+    assert_same(computed(ranks[0]), {"M": expected})
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(

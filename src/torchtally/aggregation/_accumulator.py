@@ -144,11 +144,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         return _I64
 
     def entry_dtype(self, dtype: torch.dtype, weighted: bool) -> torch.dtype:
-        """The dtype entries of ``dtype`` count as in their row's dtype (weighted or not).
-
-        Default: ``dtype``. :class:`Sum` counts weighted integers and booleans as
-        float64: ``weight * value`` is no longer an integer.
-        """
+        """The dtype entries of ``dtype`` count as in a row (``Sum``: weighted ints, float64)."""
         return dtype
 
     # -- adding -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -149,7 +150,11 @@ class Sum(Mean):
 
 
 class _Extremum(Accumulator):
-    """Shared machinery of :class:`Min` and :class:`Max`: a float64 and an int64 word per row."""
+    """Shared machinery of :class:`Min` and :class:`Max`: a float64 and an int64 word per row.
+
+    ``included`` is 1 once a row has taken an entry of nonzero weight: a row
+    whose entries all weighed 0 holds only the neutral words and reduces to NaN.
+    """
 
     pick: ClassVar[str]
 
@@ -168,10 +173,15 @@ class _Extremum(Accumulator):
         entries = tuple(range(1, values.ndim))
         if values.dtype == torch.bool:
             values = values.to(_I64)
-        if weights is not None:  # a weight of 0 excludes the entry
+        included = state["included"]
+        if weights is None:
+            included.fill_(1)
+        else:  # a weight of 0 excludes the entry
             if exact:  # int64 first: the neutral (int64's extreme) fits no narrower integer
                 values = values.to(_I64)
-            values = torch.where(weights > 0, values, values.new_full((), self._neutral(exact)))
+            kept = weights > 0
+            values = torch.where(kept, values, values.new_full((), self._neutral(exact)))
+            included.copy_(torch.maximum(included, kept.any().to(_I64)))  # on the device
         if self.pick == "max":
             found = values.amax(entries).to(target.dtype).unsqueeze(1)
             target.copy_(torch.maximum(target, found))  # copy_: see Mean._add
@@ -197,22 +207,40 @@ class _Extremum(Accumulator):
         return float("-inf") if self.pick == "max" else float("inf")
 
     @override
+    def reduce(self) -> list[Tensor]:
+        results = super().reduce()
+        exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+        if self._state is None or not any(exact):
+            return results
+        # An int64 row cannot hold NaN: whether it included anything is read on the host
+        # (here only, never while adding), and a row that did not reduces as an empty one.
+        included = self._state["included"][:, 0].tolist()
+        return [
+            self._nan() if integer and not seen else value
+            for value, integer, seen in zip(results, exact, included, strict=True)
+        ]
+
+    @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
         floats, integers = state["float"][:, 0], state["integer"][:, 0]
+        included = state["included"][:, 0] > 0
         results = []
         for index, dtype in enumerate(self.dtypes):
             if dtype is not None and is_exact(dtype):
-                results.append(integers[index])
+                results.append(integers[index])  # NaN if nothing included: see reduce()
             else:  # a row that also saw integers compares them as float64
                 both = torch.stack([floats[index], integers[index].to(_F64)])
                 empty = integers[index] == self._neutral(True)
                 candidate = both.amax() if self.pick == "max" else both.amin()
-                results.append(torch.where(empty, floats[index], candidate))
+                value = torch.where(empty, floats[index], candidate)
+                results.append(torch.where(included[index], value, math.nan))
         return results
 
 
 class Min(_Extremum):
     """Smallest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    A row whose entries all weighed 0 reduces to NaN, as an empty one.
 
     Example:
         >>> import torch
@@ -229,11 +257,14 @@ class Min(_Extremum):
         *Accumulator.states,
         StateSpec("float", 1, _F64, "min", float("inf")),
         StateSpec("integer", 1, _I64, "min", torch.iinfo(_I64).max),
+        StateSpec("included", 1, _I64, "max"),  # any rank's inclusion counts
     )
 
 
 class Max(_Extremum):
     """Largest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    A row whose entries all weighed 0 reduces to NaN, as an empty one.
 
     Example:
         >>> import torch
@@ -250,4 +281,5 @@ class Max(_Extremum):
         *Accumulator.states,
         StateSpec("float", 1, _F64, "max", float("-inf")),
         StateSpec("integer", 1, _I64, "max", torch.iinfo(_I64).min),
+        StateSpec("included", 1, _I64, "max"),  # any rank's inclusion counts
     )
