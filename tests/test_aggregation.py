@@ -252,6 +252,49 @@ def test_integer_sums_minima_and_maxima_are_exact() -> None:
     assert value_of(many).item() == 1000 * 1000 * (2**40 + 1)  # > 2**53: still exact
 
 
+@pytest.mark.parametrize("dtype", EXACT)
+@pytest.mark.parametrize("cls", [Min, Max])
+def test_weighted_integer_minima_and_maxima_are_exact_in_every_integer_dtype(
+    cls: type[Accumulator], dtype: torch.dtype
+) -> None:
+    # The excluded entries were replaced by int64's extreme in the values' own dtype: a raw
+    # RuntimeError for 8- to 32-bit integers.
+    values = [1, 0, 1, 0] if dtype == torch.bool else [3, 100, 7, 5]
+    weights = [1.0, 0.0, 2.0, 0.5]
+    acc = cls()
+    acc.add(torch.tensor(values).to(dtype), torch.tensor(weights))
+    acc.add(torch.tensor(values[:2]).to(dtype), torch.tensor(0.5).expand(2))
+    kept = [value for value, weight in zip(values, weights, strict=True) if weight > 0]
+    expected = (min if cls is Min else max)(kept + values[:2])
+    assert value_of(acc).dtype == torch.int64 and value_of(acc).item() == expected
+
+
+def test_a_weighted_integer_sum_is_reported_in_float64_and_an_unweighted_one_stays_exact() -> None:
+    # Weighted integers are no longer integers: int64 truncated 0.3 + 0.3 to 0.
+    values, weights = [True, False, True, True], [0.3, 1.0, 0.3, 0.125]
+    weighted = Sum()
+    weighted.add(torch.tensor(values[:3]), torch.tensor(weights[:3]))
+    weighted.add(torch.tensor(values[3:]), torch.tensor(weights[3:]))
+    given = torch.tensor(weights).tolist()  # the float32 weights, exactly
+    expected = sum(Fraction(v) * Fraction(w) for v, w in zip(values, given, strict=True))
+    assert value_of(weighted).dtype == torch.float64
+    assert value_of(weighted).item() == pytest.approx(float(expected), rel=1e-15)
+    # once weighted, always float64: later unweighted entries, merges and loads keep it
+    weighted.add(torch.tensor([2**40 + 1]))
+    mixed = Sum()
+    mixed.add(torch.tensor([5], dtype=torch.int32))
+    mixed.merge(weighted)
+    reloaded = Sum()
+    reloaded.load(*weighted.export())
+    for acc in (weighted, mixed, reloaded):
+        assert value_of(acc).dtype == torch.float64
+    assert value_of(mixed).item() == pytest.approx(float(expected + 2**40 + 6), rel=1e-15)
+    exact = Sum()
+    for _ in range(3):
+        exact.add(torch.tensor([2**52 + 1], dtype=torch.int64))  # beyond float64's integers
+    assert value_of(exact).dtype == torch.int64 and value_of(exact).item() == 3 * 2**52 + 3
+
+
 def test_bfloat16_mean_is_reported_from_its_exact_float64_mean() -> None:
     values = torch.rand(997, generator=torch.Generator().manual_seed(3)).bfloat16()
     acc = Mean()
@@ -279,6 +322,45 @@ def test_infinities_propagate_as_in_torch() -> None:
     highest = Max()
     highest.add(torch.tensor([math.inf, 1.0]))
     assert value_of(highest).item() == math.inf
+
+
+@pytest.mark.parametrize("cls", [Mean, Sum])
+def test_a_weight_of_zero_excludes_nan_and_infinities(cls: type[Accumulator]) -> None:
+    # NaN x 0 and inf x 0 are NaN: a weight of 0 must leave the entry out, not multiply it.
+    acc = cls()
+    acc.add(torch.tensor([math.nan, 1.0, math.inf]), torch.tensor([0.0, 2.0, 0.0]))
+    acc.add(torch.tensor([[-math.inf]]), torch.tensor([0.0]), samples=4)  # a batch mean
+    acc.add(torch.tensor([3.0]))
+    expected = (2 * 1.0 + 3.0) / (3.0 if cls is Mean else 1.0)
+    assert value_of(acc).item() == torch.tensor(expected, dtype=torch.float32).item()
+    # the dropped last entry (sync(dataset_size=)) was excluded too: nothing to take out
+    dropped = cls()
+    dropped.add(torch.tensor([4.0, math.nan]), torch.tensor([1.0, 0.0]), droppable=True)
+    assert value_of(dropped.without_last()[0]).item() == 4.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.bool])
+@pytest.mark.parametrize("cls", [Min, Max])
+def test_minima_and_maxima_of_all_zero_weights_are_nan(
+    cls: type[Accumulator], dtype: torch.dtype
+) -> None:
+    # Nothing included: NaN as for an empty row (it reported int64's extreme or -inf/inf).
+    excluded = cls(rows=2)
+    excluded.add(torch.tensor([[1, 0], [3, 1]]).to(dtype), torch.tensor([0.0, 0.0]))
+    excluded.add(torch.tensor([[0, 1]]).to(dtype), torch.tensor([0.0, 2.0]), rows=[1])
+    nothing, kept = excluded.reduce()
+    assert math.isnan(nothing.item()) and kept.item() == 1
+    again = cls(rows=2)
+    again.load(*excluded.export())
+    merged = cls(rows=2)
+    merged.merge(excluded)
+    merged.merge(cls(rows=2))  # an empty state changes nothing
+    for acc in (again, merged):
+        assert [value.item() for value in acc.reduce()] == pytest.approx([math.nan, 1], nan_ok=True)
+    included = cls(rows=2)
+    included.add(torch.tensor([[1], [0]]).to(dtype))  # unweighted: included
+    merged.merge(included)
+    assert [value.item() for value in merged.reduce()] == [1, 1 if cls is Max else 0]
 
 
 def test_nan_propagates() -> None:

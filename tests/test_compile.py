@@ -138,6 +138,48 @@ def test_weighted_updates_and_schedules_compile_without_breaks() -> None:
     assert loss.schedule_values() == eager.schedule_values() == {"linear(0→1, 6)": 1.0}
 
 
+def first(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs[:, 0]
+
+
+def hit(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs[:, 0] > 0).to(torch.int8)
+
+
+@pytest.mark.timeout(300)
+def test_weights_of_zero_leave_values_out_inside_a_compiled_step() -> None:
+    # In the graph as eagerly: weight 0 leaves NaN out of a mean and a sum, narrow integer
+    # maxima stay exact, weighted integer sums are float64, and nothing included gives NaN.
+    metrics = (
+        tt.Metric(first, "Mean")
+        | tt.Metric(first, "Sum", aggregation="sum")
+        | tt.Metric(hit, "Hit", aggregation="max")
+        | tt.Metric(hit, "Hits", aggregation="sum")
+    )
+    nothing = tt.Metric(first, "Nothing", aggregation="max")
+
+    def step(outputs: Tensor, targets: Tensor) -> None:
+        weight = (targets[:, 0] > 0).double()
+        metrics.update(outputs, targets, weight=weight)
+        nothing.update(outputs, targets, weight=torch.zeros_like(weight))
+
+    data = []
+    for outputs, targets in batches(12):
+        kept = targets[:, 0] > 0
+        data.append((torch.where(kept, outputs[:, 0], torch.nan)[:, None], targets))
+    stats = run_compiled(step, data, fullgraph=True)
+    assert stats["graph_breaks"] == 0
+    values = torch.cat([outputs[:, 0] for outputs, _ in data]).double()
+    kept = values[~values.isnan()]
+    result = metrics.compute()
+    assert result["Mean"].item() == pytest.approx(float(kept.mean()), rel=1e-6)
+    assert result["Sum"].item() == pytest.approx(float(kept.sum()), rel=1e-6)
+    assert result["Hit"].item() == 1 and result["Hit"].dtype == torch.int64
+    assert result["Hits"].item() == int((kept > 0).sum())
+    assert result["Hits"].dtype == torch.float64
+    assert nothing.compute()["Nothing"].isnan()
+
+
 @pytest.mark.timeout(300)
 def test_values_folded_into_some_rows_of_an_accumulator_compile_without_breaks() -> None:
     # Per-sample maxima on rows 0 and 2 and a batch maximum on row 1: each part of the batch

@@ -897,6 +897,95 @@ def test_per_sample_weights_exclude_and_scale_samples() -> None:
     assert computed(peak)["Peak"].item() == 3.0  # the excluded 9 is not the maximum
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize("weight", [2.0, torch.tensor([1.0, 3.0])], ids=["number", "per-sample"])
+def test_weighted_integer_maxima_of_narrow_integer_dtypes(dtype: torch.dtype, weight: Any) -> None:
+    # These raised a raw RuntimeError, and compute() then reported int64's minimum.
+    hit = tt.Metric(lambda o, t: (o == t).to(dtype), "Hit", aggregation="max")
+    hit.update(torch.tensor([1, 2]), torch.tensor([1, 0]), weight=weight)
+    assert_same(computed(hit), {"Hit": torch.tensor(1)})
+
+
+def outputs_of(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs
+
+
+def test_weighted_sums_of_integers_and_booleans_are_reported_in_float64() -> None:
+    def metric() -> tt.Metric:
+        return tt.Metric(outputs_of, "S", aggregation="sum")
+
+    # int64 truncated both to 0.
+    flags = metric()
+    weight = torch.tensor([0.3, 1, 0.3], dtype=torch.float64)
+    flags.update(torch.tensor([True, False, True]), torch.zeros(3), weight=weight)
+    assert computed(flags)["S"].dtype == torch.float64
+    assert computed(flags)["S"].item() == pytest.approx(0.6, rel=1e-15)
+    ones = metric()
+    ones.update(torch.ones(6, dtype=torch.int64), torch.zeros(6), weight=1)  # each weighs 1/6
+    assert computed(ones)["S"].dtype == torch.float64
+    assert computed(ones)["S"].item() == pytest.approx(1.0, rel=1e-15)
+    counts = metric()
+    counts.update(torch.ones(6, dtype=torch.int64), torch.zeros(6))
+    assert_same(computed(counts), {"S": torch.tensor(6)})  # unweighted: exact int64
+    simulate_sync([[ones], [counts]])  # a weighted rank makes the synced row float64
+    for synced in (ones, counts):
+        assert computed(synced)["S"].dtype == torch.float64
+        assert computed(synced)["S"].item() == pytest.approx(7.0, rel=1e-15)
+
+
+def recall(outputs: Tensor, targets: Tensor) -> Tensor:
+    return ((outputs > 0.5) & (targets > 0)).sum(1) / (targets > 0).sum(1)  # NaN: no positives
+
+
+def has_positives(outputs: Tensor, targets: Tensor) -> Tensor:
+    return ((targets > 0).sum(1) > 0).double()
+
+
+def test_a_weight_of_zero_excludes_a_nan_or_infinite_value() -> None:
+    # NaN x 0 is NaN: the epoch values were NaN although the docs say 0 excludes a sample.
+    outputs = torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.8, 0.7]])
+    targets = torch.tensor([[1, 1], [0, 0], [1, 0]])
+    mean = tt.Metric(recall, "Recall", weight=has_positives)
+    total = tt.Metric(recall, "Recall", aggregation="sum", weight=has_positives)
+    scalar = tt.Metric(lambda o, t: o.mean(), "Scalar")
+    for objective in (mean, total, scalar):
+        objective.running(2)
+    for objective in (mean, total):
+        objective.update(outputs, targets)
+        objective.update(outputs[1:2], targets[1:2])  # only the excluded row
+    scalar.update(torch.tensor([math.nan]), torch.zeros(1), weight=0)
+    scalar.update(torch.tensor([math.inf, 1.0]), torch.zeros(2), weight=torch.tensor(0.0))
+    scalar.update(torch.tensor([2.0, 4.0]), torch.zeros(2))
+    # references on the included rows alone: recalls 1/2 and 1
+    assert computed(mean)["Recall"].item() == pytest.approx(0.75, rel=1e-15)
+    assert computed(total)["Recall"].item() == pytest.approx(1.5, rel=1e-15)
+    assert computed(scalar)["Scalar"].item() == 3.0
+    assert mean.running(2)["Recall"].item() == pytest.approx(0.75, rel=1e-15)
+    assert scalar.running(2)["Scalar"].item() == 3.0
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_a_maximum_of_values_that_all_weigh_zero_is_nan(dtype: torch.dtype) -> None:
+    def peak(values: list[int], weight: Any) -> tt.Metric:
+        metric = tt.Metric(outputs_of, "M", aggregation="max")
+        metric.update(torch.tensor(values).to(dtype), torch.zeros(len(values)), weight=weight)
+        return metric
+
+    # It reported int64's minimum (or -inf): nothing was included, as in an empty row.
+    nothing = peak([1, 2], torch.tensor([0.0, 0.0]))
+    nothing.update(torch.tensor([5]).to(dtype), torch.zeros(1), weight=0.0)
+    assert math.isnan(computed(nothing)["M"].item())
+    restored = tt.Metric(outputs_of, "M", aggregation="max")
+    restored.load_state_dict(nothing.state_dict())
+    assert math.isnan(computed(restored)["M"].item())
+    simulate_sync([[nothing], [restored]])  # every rank included nothing
+    assert math.isnan(computed(nothing)["M"].item())
+    ranks = [peak([7], 0), peak([-3, 2], torch.tensor([1.0, 0.0]))]
+    simulate_sync([[ranks[0]], [ranks[1]]])
+    expected = torch.tensor(-3).to(torch.int64 if dtype == torch.int64 else torch.float32)
+    assert_same(computed(ranks[0]), {"M": expected})
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(

@@ -22,7 +22,8 @@ Precision (see ``docs/aggregation.md`` for the table): means and sums keep a
 compensated (two-word) float64 running sum, so integer sums are exact and a
 mean of 10**7 float32 values is exact to float64 rounding; ``reduce`` reports
 float32 for 16- and 32-bit floats, float64 for float64, float64 for the mean
-of integers and booleans, and int64 for their sums, minima and maxima.
+of integers and booleans, and int64 for their sums (float64 once a row is
+weighted), minima and maxima.
 Infinities propagate as in torch (``inf`` stays ``inf``; ``inf`` and ``-inf``
 together give NaN).
 

@@ -144,6 +144,10 @@ class Accumulator(SyncLayout, Exportable, ABC):
             return torch.float32
         return _I64
 
+    def entry_dtype(self, dtype: torch.dtype, weighted: bool) -> torch.dtype:
+        """The dtype entries of ``dtype`` count as in a row (``Sum``: weighted ints, float64)."""
+        return dtype
+
     # -- adding -------------------------------------------------------------------------------
 
     def add(
@@ -201,7 +205,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if values[0].numel() == 0 or not targets:
             return
         self._ensure_state(values.device)
-        self._promote_rows(targets, values.dtype)
+        self._promote_rows(targets, self.entry_dtype(values.dtype, weights is not None))
         if samples is None:
             samples = values[0].numel()
         values = values.detach()

@@ -42,7 +42,7 @@ class Exportable(StateHolder):
             >>> acc.add(torch.tensor([1.5, 4.0]))
             >>> meta, tensors = acc.export()
             >>> meta['kind'], meta['dtypes'], [tuple(t.shape) for t in tensors]
-            ('max', ['float32'], [(1, 1), (1, 1), (1, 1)])
+            ('max', ['float32'], [(1, 1), (1, 1), (1, 1), (1, 1)])
         """
         meta = {
             "kind": self.kind,

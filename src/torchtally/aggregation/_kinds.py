@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -27,8 +28,8 @@ class Mean(Accumulator):
     Each entry adds ``weight * value`` to the total and ``weight`` to the
     total weight; the mean is their ratio. A per-sample vector gives entries
     of weight 1 (or its per-sample weights), so the mean over any split into
-    batches equals the mean over the concatenated data. All-zero weights
-    give NaN.
+    batches equals the mean over the concatenated data. An entry of weight 0
+    is left out, NaN or infinite as it may be; all-zero weights give NaN.
 
     Example:
         >>> import torch
@@ -73,8 +74,8 @@ class Mean(Accumulator):
             state["weight"].add_(values[0].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
-        else:
-            weighted = values.to(_F64) * weights
+        else:  # weight 0 leaves an entry out: NaN x 0 and inf x 0 would be NaN
+            weighted = torch.where(weights == 0, 0.0, values.to(_F64) * weights)
             sums = weighted.sum(entries)
             state["weight"].add_(weights.sum())
             last[:, 0].copy_(weighted[final])
@@ -111,7 +112,8 @@ class Sum(Mean):
     Each entry adds ``weight * value``; an objective gives a scalar batch
     total one entry of weight 1. Sums of integers and booleans are exact
     (the two float64 words hold any integer sum below 2**106) and reported as
-    int64.
+    int64, unless a row has received weighted entries: those are no longer
+    integers, and the row is reported in float64.
 
     Example:
         >>> import torch
@@ -130,6 +132,12 @@ class Sum(Mean):
         return Accumulator.report_dtype(self, dtype)
 
     @override
+    def entry_dtype(self, dtype: torch.dtype, weighted: bool) -> torch.dtype:
+        # The row's dtype (host-side, so no sync) says whether it holds a fraction; it travels
+        # with merges, syncs and exports, and float64 wins every promotion.
+        return _F64 if weighted and is_exact(dtype) else dtype
+
+    @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
         total = state["total"]
         floats = total[:, 0] + total[:, 1]
@@ -142,7 +150,11 @@ class Sum(Mean):
 
 
 class _Extremum(Accumulator):
-    """Shared machinery of :class:`Min` and :class:`Max`: a float64 and an int64 word per row."""
+    """Shared machinery of :class:`Min` and :class:`Max`: a float64 and an int64 word per row.
+
+    ``included`` is 1 once a row has taken an entry of nonzero weight: a row
+    whose entries all weighed 0 holds only the neutral words and reduces to NaN.
+    """
 
     pick: ClassVar[str]
 
@@ -161,8 +173,15 @@ class _Extremum(Accumulator):
         entries = tuple(range(1, values.ndim))
         if values.dtype == torch.bool:
             values = values.to(_I64)
-        if weights is not None:  # a weight of 0 excludes the entry
-            values = torch.where(weights > 0, values, values.new_full((), self._neutral(exact)))
+        included = state["included"]
+        if weights is None:
+            included.fill_(1)
+        else:  # a weight of 0 excludes the entry
+            if exact:  # int64 first: the neutral (int64's extreme) fits no narrower integer
+                values = values.to(_I64)
+            kept = weights > 0
+            values = torch.where(kept, values, values.new_full((), self._neutral(exact)))
+            included.copy_(torch.maximum(included, kept.any().to(_I64)))  # on the device
         if self.pick == "max":
             found = values.amax(entries).to(target.dtype).unsqueeze(1)
             target.copy_(torch.maximum(target, found))  # copy_: see Mean._add
@@ -188,22 +207,40 @@ class _Extremum(Accumulator):
         return float("-inf") if self.pick == "max" else float("inf")
 
     @override
+    def reduce(self) -> list[Tensor]:
+        results = super().reduce()
+        exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+        if self._state is None or not any(exact):
+            return results
+        # An int64 row cannot hold NaN: whether it included anything is read on the host
+        # (here only, never while adding), and a row that did not reduces as an empty one.
+        included = self._state["included"][:, 0].tolist()
+        return [
+            self._nan() if integer and not seen else value
+            for value, integer, seen in zip(results, exact, included, strict=True)
+        ]
+
+    @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
         floats, integers = state["float"][:, 0], state["integer"][:, 0]
+        included = state["included"][:, 0] > 0
         results = []
         for index, dtype in enumerate(self.dtypes):
             if dtype is not None and is_exact(dtype):
-                results.append(integers[index])
+                results.append(integers[index])  # NaN if nothing included: see reduce()
             else:  # a row that also saw integers compares them as float64
                 both = torch.stack([floats[index], integers[index].to(_F64)])
                 empty = integers[index] == self._neutral(True)
                 candidate = both.amax() if self.pick == "max" else both.amin()
-                results.append(torch.where(empty, floats[index], candidate))
+                value = torch.where(empty, floats[index], candidate)
+                results.append(torch.where(included[index], value, math.nan))
         return results
 
 
 class Min(_Extremum):
     """Smallest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    A row whose entries all weighed 0 reduces to NaN, as an empty one.
 
     Example:
         >>> import torch
@@ -220,11 +257,14 @@ class Min(_Extremum):
         *Accumulator.states,
         StateSpec("float", 1, _F64, "min", float("inf")),
         StateSpec("integer", 1, _I64, "min", torch.iinfo(_I64).max),
+        StateSpec("included", 1, _I64, "max"),  # any rank's inclusion counts
     )
 
 
 class Max(_Extremum):
     """Largest value seen (over every sample of per-sample vectors); weight 0 excludes.
+
+    A row whose entries all weighed 0 reduces to NaN, as an empty one.
 
     Example:
         >>> import torch
@@ -241,4 +281,5 @@ class Max(_Extremum):
         *Accumulator.states,
         StateSpec("float", 1, _F64, "max", float("-inf")),
         StateSpec("integer", 1, _I64, "max", torch.iinfo(_I64).min),
+        StateSpec("included", 1, _I64, "max"),  # any rank's inclusion counts
     )

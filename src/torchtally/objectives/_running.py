@@ -59,7 +59,7 @@ def batch_means(
     found: dict[str, list[Tensor]] = {}
     for part, values, weights, sizes in queued:
         if part.kind == VECTOR:
-            wide = values.to(_F64) if weights is None else values.to(_F64) * weights
+            wide = values.to(_F64) if weights is None else _weighted(values, weights)
             sums = wide.sum(2)  # (m, K)
             batch = (
                 torch.tensor(sizes, dtype=_F64, device=values.device)
@@ -70,10 +70,16 @@ def batch_means(
             mean_weights = batch_weights(sizes, weights, values.device, True)
             assert mean_weights is not None
             batch = mean_weights
-            sums = values.to(_F64) * batch
+            # without weights, the batch sizes (never 0) weigh the batches: nothing to leave out
+            sums = values.to(_F64) * batch if weights is None else _weighted(values, batch)
         for line, position in enumerate(part.members):
             name = names[position]
             if is_mean(name):
                 pairs = torch.stack([sums[line], batch.expand_as(sums[line])], 1)
                 found.setdefault(name, []).append(pairs)
     return {name: torch.cat(parts) for name, parts in found.items()}
+
+
+def _weighted(values: Tensor, weights: Tensor) -> Tensor:
+    """``values * weights`` in float64, 0 where the weight is 0 (as the epoch's ``Mean``)."""
+    return torch.where(weights == 0, 0.0, values.to(_F64) * weights)
