@@ -698,3 +698,20 @@ def test_mean_without_last_drops_exactly_the_last_sample_of_the_last_batch(
         ],
         nan_ok=True,
     )
+
+
+def test_integer_sums_past_two_to_the_53_stay_exact() -> None:
+    # Each batch was summed in float64 first: [2**53, 1, 1] gave 2**53 (truth 2**53 + 2), and a
+    # single 2**53 + 1 gave 2**53.
+    big = 2**53
+    batches = [[big, 1, 1], [big + 1], [3 * big + 7, -big], [1] * 5]
+    total = Sum()
+    mean = Mean()
+    for batch in batches:
+        total.add(torch.tensor(batch, dtype=torch.int64))
+        mean.add(torch.tensor(batch, dtype=torch.int64))
+    expected = sum(sum(batch) for batch in batches)
+    assert total.reduce()[0].dtype == torch.int64
+    assert int(total.reduce()[0]) == expected
+    count = sum(len(batch) for batch in batches)
+    assert float(mean.reduce()[0]) == float(Fraction(expected, count))

@@ -224,6 +224,12 @@ class Accumulator(SyncLayout, Exportable, ABC):
             if promoted is not dtypes[row]:  # stored only when it changes: no store to replay
                 dtypes[row] = promoted  # after each torch.compile graph (the dtype is guarded)
 
+    def _take_dtypes(self, other: Accumulator, targets: Sequence[int]) -> None:
+        """Promote each row of ``targets`` by the dtype of ``other``'s row that goes into it."""
+        for target, dtype in zip(targets, other.dtypes, strict=True):
+            if dtype is not None:
+                self._promote_rows((target,), dtype)
+
     def _ensure_state(self, device: torch.device) -> None:
         if self._state is None:
             self.device = device
@@ -268,10 +274,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
 
     @property
     def state(self) -> dict[str, Tensor] | None:
-        """The state tensors by declared name, ``(rows, width)`` each (``None`` before any value).
-
-        The accumulator's own tensors, for reading: change them and the state changes.
-        """
+        """The accumulator's own state tensors by name, ``(rows, width)``; ``None``: no value."""
         return self._state
 
     # -- rows ---------------------------------------------------------------------------------
@@ -327,10 +330,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
         assert other.device is not None
         self._ensure_state(self.device if self.device is not None else other.device)
         theirs = {name: tensor.to(self.device) for name, tensor in other._state.items()}
-        for source, target in enumerate(targets):
-            dtype = other.dtypes[source]
-            if dtype is not None:
-                self._promote_rows((target,), dtype)
+        self._take_dtypes(other, targets)
         assert self._state is not None
         change_rows(
             self._state,
@@ -364,10 +364,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
             for name, tensor in part._state.items():
                 full[name].index_copy_(0, index, tensor.to(device))
             aligned.append(full)
-            for source, target in enumerate(targets):
-                dtype = part.dtypes[source]
-                if dtype is not None:
-                    result._promote_rows((target,), dtype)
+            result._take_dtypes(part, targets)
         result.device = device
         result._state = combine_states(cls.states, aligned)
         return result

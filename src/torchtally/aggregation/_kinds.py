@@ -70,7 +70,12 @@ class Mean(Accumulator):
         # temporary is a buffer the graph allocates every step).
         last = state["last"]
         if weights is None:
-            sums = values.sum(entries, dtype=_F64)
+            if is_exact(values.dtype):  # summed as integers: a float64 sum rounds past 2**53
+                exact = values.sum(entries, dtype=_I64)
+                sums = exact.to(_F64)
+                two_sum_into(state["total"], (exact - sums.to(_I64)).to(_F64))  # what it lost
+            else:
+                sums = values.sum(entries, dtype=_F64)
             state["weight"].add_(values[0].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
