@@ -227,3 +227,21 @@ def test_an_adapter_refuses_a_state_of_the_wrong_shape_alone() -> None:
         adapter.load_state_dict(damaged)
     after = adapter.compute()
     assert all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_one_name_for_one_callable_with_other_options_is_refused() -> None:
+    # Joined as one entry, the second metric's aggregation and direction were dropped: a max
+    # reported the mean, and monitor_mode said 'min'.
+    def error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs - targets).abs()
+
+    mean = tt.Metric(error, "Err")
+    for other in (
+        tt.Metric(error, "Err", aggregation="max"),
+        tt.Metric(error, "Err", higher_is_better=True),
+    ):
+        with pytest.raises(tt.errors.NameConflictError, match="other options"):
+            mean | other
+    same = mean | tt.Metric(error, "Err")  # the same entry twice is one entry
+    same.update(torch.tensor([1.0, 3.0]), torch.zeros(2))
+    assert same.compute() == {"Err": torch.tensor(2.0)}

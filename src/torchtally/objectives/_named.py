@@ -67,7 +67,8 @@ def merge_named_callables(
     """The union of two sets of named callables, keyed by name.
 
     Raises:
-        NameConflictError: one name is given to two different callables.
+        NameConflictError: one name is given to two different callables, or to
+            one callable with another aggregation or direction.
 
     Example:
         >>> from torchtally.objectives import NamedCallable, merge_named_callables
@@ -86,6 +87,13 @@ def merge_named_callables(
             raise NameConflictError(
                 f"{owner}: the name {entry.name!r} is given to two different callables "
                 f"({present.fn!r} and {entry.fn!r}); give one of them another name"
+            )
+        elif present != entry:  # one callable, other options: keeping one would drop the other's
+            raise NameConflictError(
+                f"{owner}: the name {entry.name!r} is given to one callable with other options "
+                f"(aggregation {present.aggregation!r} and {entry.aggregation!r}, "
+                f"higher_is_better {present.higher_is_better} and {entry.higher_is_better}); "
+                f"give one of them another name"
             )
     return merged
 
