@@ -1267,3 +1267,16 @@ def test_running_values_carry_the_prefix_and_postfix_compute_reports() -> None:
         "val/MAE_ep": torch.tensor(3.0, dtype=torch.float64),
         "Lvl": torch.tensor(3.0, dtype=torch.float64),
     }
+
+
+def test_a_sparse_value_gets_a_library_error_and_changes_nothing() -> None:
+    # A callable returning a sparse tensor got a raw RuntimeError from the copy into the queue.
+    fresh = tt.Metric(lambda o, t: (o - t).abs().to_sparse(), "MAE")
+    with pytest.raises(tt.errors.ResultTypeError, match=r"sparse_coo tensor.*to_dense"):
+        fresh.update(torch.ones(3), torch.zeros(3))
+    # One that has seen dense batches refuses a sparse one, and keeps its value.
+    identity = tt.Metric(lambda o, t: o, "X")
+    identity.update(torch.ones(2), torch.zeros(2))
+    with pytest.raises(tt.errors.ResultTypeError, match="to_dense"):
+        identity.update(torch.full((2,), 5.0).to_sparse(), torch.zeros(2))
+    assert identity.compute() == {"X": torch.tensor(1.0)}

@@ -71,6 +71,11 @@ def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -
                 f"{owner}: {name!r} is a complex tensor ({value.dtype}); averaging would drop "
                 f"the imaginary part: return its real part, its absolute value or both"
             )
+        if value.layout is not torch.strided:  # copied into dense buffers: say so, not copy_
+            raise ResultTypeError(
+                f"{owner}: {name!r} is a {str(value.layout).removeprefix('torch.')} tensor; "
+                f"return a dense one (.to_dense())"
+            )
         return value
     if isinstance(value, bool):
         return torch.tensor(value)
