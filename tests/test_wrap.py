@@ -227,6 +227,21 @@ def test_stateful_state_dict_of_a_plain_object_copies_its_attributes() -> None:
         restored.load_state_dict({"nothing": 1})
 
 
+def test_a_stateful_modules_state_dict_is_a_snapshot() -> None:
+    # nn.Module.state_dict() hands out the module's own buffers: a state dict kept in memory (the
+    # best epoch's, say) changed with later updates, and a reset made it restore NaN.
+    metric = tt.wrap(StatefulAccuracy())
+    first = classification_batches([6], seed=5)[0]
+    metric.update(*first)
+    state = metric.state_dict()
+    metric.update(*classification_batches([4], seed=6)[0])
+    metric.reset()
+    restored = tt.wrap(StatefulAccuracy())
+    restored.load_state_dict(state)
+    expected = accuracy_on(*first)
+    assert torch.allclose(restored.compute()["StatefulAccuracy"].double(), expected)
+
+
 # -- loss return forms ----------------------------------------------------------------------------
 
 

@@ -158,9 +158,14 @@ class StatefulObjective(LossOperand):
     # -- persistence and devices --------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The object's state: its ``state_dict()`` if it has one, else a copy of its attributes."""
+        """A copy of the object's state: its ``state_dict()`` if it has one, else its attributes.
+
+        A copy (``nn.Module.state_dict`` hands out the module's own buffers): a
+        state dict kept in memory does not change with later updates or resets.
+        """
         if callable(getattr(self._object, "state_dict", None)):
-            return {"version": _STATE_VERSION, "state_dict": self._object.state_dict()}
+            state = copy.deepcopy(self._object.state_dict())
+            return {"version": _STATE_VERSION, "state_dict": state}
         try:
             attributes = vars(self._object)
         except TypeError:
