@@ -506,3 +506,28 @@ def test_the_companions_are_exported_and_dir_shows_no_stray_names() -> None:
     assert {"MetricTracker", "monitor_mode", "tracking"} <= set(tt.__all__)
     assert all(hasattr(tt, name) for name in tt.__all__)
     assert "annotations" not in dir(tt)  # left by `from __future__ import annotations`
+
+
+def test_a_joined_prefixed_collection_tells_the_direction_of_its_reported_names() -> None:
+    # The join answered directions for the parts' bare names only: the tracker refused
+    # 'val/Accuracy' with a false "it reports ['Accuracy', 'Other']", and accepted a contradicting
+    # higher_is_better= silently, so the best epoch followed the worst accuracy.
+    def hits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs == targets).float()
+
+    validation = tt.MetricCollection(
+        Accuracy=tt.Metric(hits, "Accuracy", higher_is_better=True), prefix="val/"
+    )
+    joined = validation | tt.Metric(lambda o, t: (o - t).abs(), "Other", higher_is_better=False)
+    assert joined.reported_names == ("val/Accuracy", "Other")
+    assert joined.higher_is_better_for("val/Accuracy") is True
+    assert tt.monitor_mode(joined, "val/Accuracy") == "max"
+    with pytest.raises(TrackerError, match="higher_is_better"):
+        tt.MetricTracker(joined, "val/Accuracy", higher_is_better=False)
+    tracker = tt.MetricTracker(joined, "val/Accuracy")
+    for right in (1, 3, 2):
+        joined.reset()
+        targets = torch.tensor([1.0] * right + [0.0] * (3 - right))
+        joined.update(torch.ones(3), targets)
+        tracker.update()
+    assert tracker.best_epoch == 1 and tracker.best_value == pytest.approx(1.0)  # from epoch 0

@@ -148,8 +148,21 @@ class Joined(Objective[Any, Any]):
             self._claim(name, owner)
         return owner
 
+    @property
+    def reported_names(self) -> tuple[str, ...]:
+        """The names ``compute()`` reports (each part's prefix applied), when all are known.
+
+        Empty when a foreign part cannot tell its names before data.
+        """
+        if self._kept:
+            return ()
+        return tuple(self.reported_name(name) for name in self._owners)
+
     @override
     def higher_is_better_for(self, name: str) -> bool | None:
+        for own, part in self._owners.items():  # the name as compute() reports it first
+            if part.reported_name(own) == name:
+                return part.higher_is_better_for(own)
         owner = self._owners.get(name)
         if owner is not None:
             return owner.higher_is_better_for(name)
