@@ -249,3 +249,10 @@ def test_missing_torcheval_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delitem(sys.modules, "torchtally.contrib.torcheval")
     with pytest.raises(ImportError, match=r'pip install "torchtally\[torcheval\]"'):
         importlib.import_module("torchtally.contrib.torcheval")
+
+
+def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> None:
+    # torcheval's BinaryAUROC before any update raised a bare ValueError through the adapter.
+    auroc = from_torcheval({"AUROC": eval_metrics.BinaryAUROC()})
+    with pytest.raises(tt.errors.MetricCallError, match=r"BinaryAUROC\.compute.*ValueError"):
+        auroc.compute()

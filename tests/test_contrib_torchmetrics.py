@@ -488,3 +488,11 @@ def test_any_sharding_syncs_to_the_value_on_the_concatenated_data(
     for adapter in adapters:
         for name, value in adapter.compute().items():
             assert torch.allclose(value, expected[name], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
+def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> None:
+    # torchmetrics' AUROC before any update raised a bare ValueError through the adapter.
+    auroc = from_torchmetrics(torchmetrics.classification.MulticlassAUROC(3))
+    with pytest.raises(tt.errors.MetricCallError, match=r"MulticlassAUROC\.compute.*ValueError"):
+        auroc.compute()

@@ -14,13 +14,28 @@ from typing import Any, Generic, TypeVar
 from typing_extensions import Self
 
 from torchtally import distributed
+from torchtally._conventions import callable_error
 from torchtally.errors import RepeatedSampleWarning, SyncError
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
 
-__all__ = ["SyncedAdapter"]
+__all__ = ["SyncedAdapter", "foreign_compute"]
 
 ViewT = TypeVar("ViewT")
+
+
+def foreign_compute(metric: Any, owner: str) -> Any:
+    """``metric.compute()``, with what the foreign library raises as the library's own error.
+
+    (torchmetrics' AUROC before any update raises a bare ``ValueError``.)
+
+    Raises:
+        MetricCallError: naming the adapter and the metric, the original chained.
+    """
+    try:
+        return metric.compute()
+    except Exception as error:
+        raise callable_error(owner, f"{type(metric).__name__}.compute", error) from error
 
 
 class SyncedAdapter(SyncCounters, Generic[ViewT]):

@@ -45,7 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally.contrib._adapter import SyncedAdapter
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -168,7 +168,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         metrics = self._metrics if view is None else view
         result: dict[str, Tensor] = {}
         for key, metric in metrics.items():
-            merge_results(result, normalize_result(metric.compute(), key, self._owner), self._owner)
+            value = normalize_result(foreign_compute(metric, self._owner), key, self._owner)
+            merge_results(result, value, self._owner)
         return result
 
     def reset(self) -> None:

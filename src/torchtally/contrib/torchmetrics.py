@@ -52,7 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
-from torchtally.contrib._adapter import SyncedAdapter
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
 from torchtally.contrib._torchmetrics_states import (
     TorchMetricsObject,
     checked_states,
@@ -211,12 +211,12 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """
         view = self.view()
         root, leaves = (self._metric, self._leaves) if view is None else view
-        result = normalize_result(root.compute(), self._name, self._owner)
+        owner = self._owner
+        result = normalize_result(foreign_compute(root, owner), self._name, owner)
         if self._composition:
             for leaf_name, leaf in zip(self._leaf_names, leaves, strict=True):
-                merge_results(
-                    result, normalize_result(leaf.compute(), leaf_name, self._owner), self._owner
-                )
+                value = foreign_compute(leaf, owner)
+                merge_results(result, normalize_result(value, leaf_name, owner), owner)
         return result
 
     def reset(self) -> None:
