@@ -137,3 +137,16 @@ def test_a_weight_without_grad_gives_the_same_value_as_before() -> None:
     value = composed()(outputs, targets, weight=weight)
     assert not value.requires_grad
     torch.testing.assert_close(value, by_hand(outputs, targets, weight))
+
+
+def test_a_weight_callable_runs_once_per_forward() -> None:
+    calls: list[int] = []
+
+    def weigh(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        calls.append(len(outputs))  # None: weighed by the batch size
+
+    loss = tt.Loss(lambda o, t: (o - t).abs().mean(1), "MAE", weight=weigh)
+    joined = loss | tt.Metric(lambda o, t: o.mean(1), "Mean")
+    loss(torch.ones(3, 2), torch.zeros(3, 2))
+    joined(torch.ones(2, 2), torch.zeros(2, 2))
+    assert calls == [3, 2]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import WeightFn
+from torchtally._conventions import WeightFn, size_and_weight
 from torchtally._lazy import lazy
 from torchtally.errors import IncompatibleStateError, NameConflictError
 from torchtally.formula import Component, Expression
@@ -216,7 +216,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
             value = batch_value(values[self.name], None)
         else:
             given = self._given_weight(outputs, targets, weight)
-            size, weight = self._batch(outputs, targets, given)
+            size, weight = size_and_weight(targets, outputs, given, self._ledger.label)
             # before anything changes; per-sample weights that require grad keep their graph
             value = batch_value(values[self.name], differentiable_weight(given, weight))
             self._accumulate(values, size, weight, self._names_ordered)

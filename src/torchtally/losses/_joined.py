@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 from typing_extensions import Self, override
 
+from torchtally._conventions import size_and_weight
 from torchtally.errors import IncompatibleStateError, InvalidArgumentError
 from torchtally.formula import Expression
 from torchtally.losses._base import LossBase
@@ -139,7 +140,7 @@ class JoinedLoss(Joined):
         """
         values = self.calculate(outputs, targets)
         given = self._given_weight(outputs, targets, weight)
-        size, weight = self._batch(outputs, targets, given)
+        size, weight = size_and_weight(targets, outputs, given, self._ledger.label)
         # before anything changes; per-sample weights that require grad keep their graph
         value = batch_value(values[self._value_name], differentiable_weight(given, weight))
         self._record(outputs, targets, values, size, weight)
