@@ -15,6 +15,7 @@ from torchtally.aggregation._accumulator import (
     is_exact,
     two_sum_into,
 )
+from torchtally.aggregation._states import weighted_values
 
 __all__ = ["Max", "Mean", "Min", "Sum"]
 
@@ -79,8 +80,8 @@ class Mean(Accumulator):
             state["weight"].add_(values[0].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
-        else:  # weight 0 leaves an entry out: NaN x 0 and inf x 0 would be NaN
-            weighted = torch.where(weights == 0, 0.0, values.to(_F64) * weights)
+        else:
+            weighted = weighted_values(values, weights)
             sums = weighted.sum(entries)
             state["weight"].add_(weights.sum())
             last[:, 0].copy_(weighted[final])

@@ -31,6 +31,7 @@ __all__ = [
     "promote",
     "replace_state",
     "two_sum_into",
+    "weighted_values",
 ]
 
 MERGE_RULES = ("sum", "twosum", "min", "max", "latest")
@@ -113,6 +114,14 @@ def fresh_state(specs: Sequence[StateSpec], rows: int, device: torch.device) -> 
         spec.name: torch.full((rows, spec.width), spec.fill, dtype=spec.dtype, device=device)
         for spec in specs
     }
+
+
+def weighted_values(values: Tensor, weights: Tensor) -> Tensor:
+    """``values * weights`` in float64, where an entry of weight 0 counts 0, NaN or inf as it is.
+
+    A weight of 0 leaves an entry out; ``NaN x 0`` and ``inf x 0`` would be NaN.
+    """
+    return torch.where(weights == 0, 0.0, values.to(torch.float64) * weights)
 
 
 def two_sum_into(total: Tensor, addend: Tensor) -> None:

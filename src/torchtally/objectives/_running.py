@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from torchtally.aggregation._states import weighted_values
 from torchtally.objectives._plan import VECTOR
 from torchtally.objectives._queue import Queued, batch_weights
 
@@ -59,7 +60,7 @@ def batch_means(
     found: dict[str, list[Tensor]] = {}
     for part, values, weights, sizes in queued:
         if part.kind == VECTOR:
-            wide = values.to(_F64) if weights is None else _weighted(values, weights)
+            wide = values.to(_F64) if weights is None else weighted_values(values, weights)
             sums = wide.sum(2)  # (m, K)
             batch = (
                 torch.tensor(sizes, dtype=_F64, device=values.device)
@@ -71,15 +72,10 @@ def batch_means(
             assert mean_weights is not None
             batch = mean_weights
             # without weights, the batch sizes (never 0) weigh the batches: nothing to leave out
-            sums = values.to(_F64) * batch if weights is None else _weighted(values, batch)
+            sums = values.to(_F64) * batch if weights is None else weighted_values(values, batch)
         for line, position in enumerate(part.members):
             name = names[position]
             if is_mean(name):
                 pairs = torch.stack([sums[line], batch.expand_as(sums[line])], 1)
                 found.setdefault(name, []).append(pairs)
     return {name: torch.cat(parts) for name, parts in found.items()}
-
-
-def _weighted(values: Tensor, weights: Tensor) -> Tensor:
-    """``values * weights`` in float64, 0 where the weight is 0 (as the epoch's ``Mean``)."""
-    return torch.where(weights == 0, 0.0, values.to(_F64) * weights)
