@@ -19,7 +19,6 @@ __all__ = [
     "combine_directions",
     "combine_signed",
     "direction",
-    "leaf_sign",
     "signed",
     "value_sign",
 ]
@@ -107,7 +106,7 @@ def _agree(node: Operation, left: bool | None, right: bool | None) -> bool | Non
     raise _refuse(node, left, right)
 
 
-def leaf_sign(node: Expression) -> Sign:
+def _leaf_sign(node: Expression) -> Sign:
     """The sign of a leaf: a component is positive, a constant or a schedule its own."""
     value = _sign(node)
     if value is None:
@@ -204,7 +203,7 @@ def value_sign(node: Expression) -> Sign:
             right = found.pop()
             found.append(_combined_sign(item, found.pop(), right))
         else:
-            found.append(leaf_sign(item))
+            found.append(_leaf_sign(item))
     return found[0]
 
 
@@ -324,7 +323,7 @@ def signed(node: Expression, directions: Mapping[str, bool]) -> tuple[bool | Non
         if isinstance(item, Component):
             found.append((directions[item.name], 1))
         elif isinstance(item, (Constant, Scheduled)):
-            found.append((None, leaf_sign(item)))
+            found.append((None, _leaf_sign(item)))
         elif isinstance(item, Negation):
             found.append(combine_signed(item, found.pop()))
         else:

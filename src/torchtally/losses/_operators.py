@@ -24,8 +24,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from typing_extensions import Self
 
 from torchtally.errors import FormulaError
-from torchtally.formula import Expression, Negation, Operation, Sign, combine_signed, render
-from torchtally.formula._directions import leaf_sign
+from torchtally.formula import (
+    Expression,
+    Negation,
+    Operation,
+    Sign,
+    combine_signed,
+    render,
+    value_sign,
+)
 from torchtally.losses._algebra import COMBINED_NAME, constant_or_schedule
 from torchtally.losses._state import LossState
 from torchtally.objectives import (
@@ -193,15 +200,9 @@ class LossAlgebra(LossState[OutputT, TargetT]):
         node = Negation(self._expression)
         composition = builders.composition
         composed: CompositionalLoss[Any, Any] = composition.__new__(composition)
-        sign = None if self._value_sign is None else -self._value_sign
-        composed._define(
-            node,
-            self._table,
-            self._tracked_entries,
-            not self._higher_is_better,
-            self._weight_fn,
-            sign,
-        )
+        found, sign = combine_signed(node, _signed(self))
+        assert found is not None  # a loss has a direction, and so has its negation
+        composed._define(node, self._table, self._tracked_entries, found, self._weight_fn, sign)
         return composed
 
     def __or__(self, other: object) -> Any:
@@ -276,7 +277,7 @@ def _signed(operand: LossAlgebra[Any, Any] | Expression) -> tuple[bool | None, S
     """An operand's direction and sign: a loss's own, a constant's or a schedule's."""
     if isinstance(operand, LossAlgebra):
         return operand._higher_is_better, operand._value_sign
-    return None, leaf_sign(operand)
+    return None, value_sign(operand)  # a constant or a schedule: a leaf
 
 
 def _is_zero(value: object) -> bool:
