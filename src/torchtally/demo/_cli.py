@@ -75,24 +75,24 @@ def _largest_difference(first: list[EpochRow], second: list[EpochRow]) -> float:
 # -- command line ---------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def _checked(text: str, kind: type[int] | type[float], accept: Any, expected: str) -> Any:
+    """``text`` as a ``kind``, if ``accept`` takes it (an argparse ``type=``'s errors)."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, found {value}")
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return int(_checked(text, int, lambda value: value >= 1, "a number >= 1"))
 
 
 def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
-    if not 0 < value < 10:
-        raise argparse.ArgumentTypeError(f"expected a learning rate in (0, 10), found {value}")
-    return value
+    return float(_checked(text, float, lambda value: 0 < value < 10, "a learning rate in (0, 10)"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
