@@ -8,6 +8,7 @@ raised was half folded, so the next ``compute()`` reported a wrong value.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -119,3 +120,17 @@ def test_a_loss_validated_in_inference_mode_then_trained_returns_its_gradient() 
     (mae(by_hand, target).mean() + 0.5 * functional.mse_loss(by_hand, target)).backward()
     torch.testing.assert_close(outputs.grad, by_hand.grad)
     assert loss.compute()["MAE"] == pytest.approx(mae(data[0][0], target).mean().item())
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy"])
+def test_a_copy_taken_in_inference_mode_keeps_counting_outside_it(how: str) -> None:
+    data = batches()
+    for objective in (tt.Metric(mae, "MAE"), tt.Loss(mae, "MAE") * 2):
+        objective.update(*data[0])
+        with torch.inference_mode():
+            copied = objective.copy() if how == "copy" else copy.deepcopy(objective)
+        for outputs, targets in data[1:]:
+            copied.update(outputs, targets)
+        torch.testing.assert_close(
+            copied.compute()["MAE"].double(), reference(data), rtol=1e-6, atol=0
+        )

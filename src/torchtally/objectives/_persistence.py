@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
+from torchtally.aggregation._states import outside_inference_mode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
@@ -101,3 +102,18 @@ class Persistence(LedgerHolder):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
+
+    @outside_inference_mode
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        # Made with inference mode off, as the state itself (see outside_inference_mode): a
+        # copy taken under torch.inference_mode() must still take updates outside it.
+        cls = type(self)
+        copied = cls.__new__(cls)
+        memo[id(self)] = copied
+        state = copy.deepcopy(self.__getstate__(), memo)
+        restore = getattr(copied, "__setstate__", None)
+        if restore is not None:
+            restore(state)
+        else:
+            copied.__dict__.update(state)
+        return copied
