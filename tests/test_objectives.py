@@ -964,6 +964,38 @@ def test_a_weight_of_zero_excludes_a_nan_or_infinite_value() -> None:
     assert scalar.running(2)["Scalar"].item() == 3.0
 
 
+def test_a_negative_tensor_weight_makes_the_value_nan_not_a_wrong_number() -> None:
+    # A tensor weight is never read on the host, so it cannot be refused: a weight of -1
+    # made a mean of [1, 2, 3, 4] weighted [1, -1, 1, 1] report 6 / 2 = 3.0 (no true value).
+    outputs, targets = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4)
+    negative = torch.tensor([1.0, -1.0, 1.0, 1.0])
+    mean = tt.Metric(outputs_of, "M")
+    total = tt.Metric(outputs_of, "M", aggregation="sum")
+    batch_mean = tt.Metric(lambda o, t: o.mean(), "M")  # weighs w.sum() = 2 > 0
+    loss = tt.Loss(outputs_of, "L")
+    for objective in (mean, total, batch_mean):
+        objective.running(2)
+        objective.update(outputs, targets, weight=negative)
+        objective.update(outputs, targets)
+    loss(outputs, targets, weight=negative)
+    for objective in (mean, total, batch_mean, loss):
+        assert all(value.isnan() for value in computed(objective).values()), objective
+    for objective in (mean, batch_mean):
+        assert math.isnan(objective.running(2)["M"].item())
+    later = tt.Metric(outputs_of, "M")  # a negative 0-d total weight too
+    later.update(outputs, targets, weight=torch.tensor(-2.0))
+    assert computed(later)["M"].isnan()
+    # minima and maxima only ask whether a weight is 0: a negative one includes the value
+    peak = tt.Metric(outputs_of, "M", aggregation="max")
+    peak.update(outputs, targets, weight=negative)
+    assert computed(peak)["M"].item() == 4.0
+    compiled = tt.Metric(outputs_of, "M")  # under torch.compile each batch is folded at once
+    compiled.update(outputs, targets)  # the name is known before the compiled region
+    torch._dynamo.reset()
+    torch.compile(compiled.update)(outputs, targets, weight=negative)
+    assert computed(compiled)["M"].isnan()
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
 def test_a_maximum_of_values_that_all_weigh_zero_is_nan(dtype: torch.dtype) -> None:
     def peak(values: list[int], weight: Any) -> tt.Metric:

@@ -11,6 +11,7 @@ some rows of a state (an add or a merge into them) goes through
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, ParamSpec, TypeVar
@@ -120,8 +121,12 @@ def weighted_values(values: Tensor, weights: Tensor) -> Tensor:
     """``values * weights`` in float64, where an entry of weight 0 counts 0, NaN or inf as it is.
 
     A weight of 0 leaves an entry out; ``NaN x 0`` and ``inf x 0`` would be NaN.
+    An entry of negative weight is NaN: a tensor weight is never read on the
+    host, so it cannot be refused, and a NaN is what shows it instead of a
+    wrong mean or sum.
     """
-    return torch.where(weights == 0, 0.0, values.to(torch.float64) * weights)
+    product = torch.where(weights == 0, 0.0, values.to(torch.float64) * weights)
+    return product.masked_fill_(weights < 0, math.nan)
 
 
 def two_sum_into(total: Tensor, addend: Tensor) -> None:

@@ -14,6 +14,7 @@ fold, and folds what :meth:`Queue.items` views.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -302,8 +303,9 @@ def batch_weights(
     for size, weight in zip(sizes, weights, strict=True):
         if weight is None:
             parts.append(torch.tensor([size if mean_like else 1], dtype=F64, device=device))
-        elif isinstance(weight, Tensor):
-            parts.append(weight.to(device, F64).sum().reshape(1))
+        elif isinstance(weight, Tensor):  # a negative per-sample weight: NaN, as for vectors
+            wide = weight.to(device, F64)
+            parts.append(wide.masked_fill(wide < 0, math.nan).sum().reshape(1))
         else:
             parts.append(torch.tensor([weight], dtype=F64, device=device))
     return torch.cat(parts)
