@@ -27,6 +27,7 @@ from torchtally._conventions import (
 )
 from torchtally.errors import (
     BatchSizeError,
+    ComputedBeforeUpdatedWarning,
     InvalidNameError,
     ResultShapeError,
     ResultTypeError,
@@ -52,8 +53,30 @@ def test_a_list_of_per_sample_records_is_as_long_as_the_batch() -> None:
     ]
     assert batch_size(records, None) == 3
     assert batch_size(tuple(records), None) == 3
-    # a list of tensors is not a list of records: its first tensor gives the size
-    assert batch_size([torch.zeros(5, 4), torch.zeros(1, 4)], None) == 5
+    # a list of tensors is not a list of records: the batch dimension they share gives the size
+    assert batch_size([torch.zeros(5, 4), torch.zeros(5)], None) == 5
+
+
+@pytest.mark.parametrize("kind", [list, tuple])
+def test_tensors_of_several_lengths_have_no_batch_dimension(kind: Any) -> None:
+    # One tensor per sample (ragged targets): the first one's length was taken as the batch
+    # size, so a batch mean of 2 samples weighed 5 and the epoch mean came out wrong.
+    ragged = kind([torch.zeros(5, 4), torch.zeros(1, 4)])
+    with pytest.raises(BatchSizeError, match=r"Metric 'C'.*targets.*differ \(5, 1\).*weight="):
+        batch_size(ragged, None, "Metric 'C'")
+    metric = tt.Metric(lambda outputs, targets: outputs.mean(), "M")
+    with pytest.raises(BatchSizeError, match="differ"):
+        metric.update(torch.ones(2), ragged)
+    with pytest.warns(ComputedBeforeUpdatedWarning):  # refused: nothing was counted
+        assert metric.compute()["M"].isnan()
+    per_sample = tt.Metric(
+        lambda outputs, targets: outputs.mean(),
+        "M",
+        weight=lambda outputs, targets: torch.ones(len(targets)),
+    )
+    per_sample.update(torch.full((2,), 1.0), ragged)  # the hint in the message works
+    per_sample.update(torch.full((1,), 4.0), kind([torch.zeros(3)]))
+    assert per_sample.compute()["M"].item() == 2.0  # (1 + 1 + 4) / 3 samples
 
 
 def test_detection_metric_is_weighted_per_image() -> None:

@@ -133,6 +133,27 @@ def _is_record(item: Any) -> bool:
     return isinstance(item, Mapping)
 
 
+def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> None:
+    """Refuse a list of tensors whose first dimensions differ: no batch dimension to read.
+
+    The tensors of one batch share their batch dimension; tensors of several
+    lengths are one per sample (ragged targets), or not all batched. Taking
+    the first one's length would weigh the batch by one sample's length.
+    """
+    if len(items) > 1 and all(isinstance(element, Tensor) and element.ndim for element in items):
+        lengths = [int(element.shape[0]) for element in items]
+        if min(lengths) != max(lengths):
+            raise BatchSizeError(
+                f"a list of tensors whose first dimensions differ ({_shown(lengths)}) has no "
+                f"batch dimension (one tensor per sample?); pass weight=, e.g. the "
+                f"construction argument weight=lambda outputs, targets: torch.ones(len(targets))"
+            )
+
+
+def _shown(lengths: list[int]) -> str:
+    return ", ".join(map(str, lengths[:5])) + (", ..." if len(lengths) > 5 else "")
+
+
 def _leading_dim(item: Any) -> int | None:
     """The batch size ``item`` gives, depth first, or ``None`` when it holds no clue."""
     if isinstance(item, Tensor):
@@ -146,6 +167,7 @@ def _leading_dim(item: Any) -> int | None:
         # as the batch; the first tensor inside record 0 would count record 0's boxes.
         if item and all(_is_record(element) for element in item):
             return len(item)
+        _refuse_ragged(item)
     else:
         return None
     for element in item:
@@ -161,7 +183,8 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
     The first clue found in ``targets``, then in ``outputs``, searching tuples,
     lists and dicts in order, depth first: a tensor gives its leading
     dimension; a list or tuple of per-sample records (dicts: one image's boxes
-    and labels, say) gives its length. Data whose batch
+    and labels, say) gives its length; a list or tuple of tensors whose first
+    dimensions differ (one per sample) gives none and is refused. Data whose batch
     is not the leading dimension (sequence-first ``(T, B)`` tensors) or that
     should weigh by something else (tokens) take an explicit ``weight=``.
 
@@ -174,7 +197,8 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
         The number of samples in the batch.
 
     Raises:
-        BatchSizeError: no clue was found, or the first tensor is 0-d.
+        BatchSizeError: no clue was found, the first tensor is 0-d, or a list of
+            tensors has no common first dimension.
 
     Example:
         >>> import torch
