@@ -256,3 +256,10 @@ def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> Non
     auroc = from_torcheval({"AUROC": eval_metrics.BinaryAUROC()})
     with pytest.raises(tt.errors.MetricCallError, match=r"BinaryAUROC\.compute.*ValueError"):
         auroc.compute()
+
+
+def test_a_foreign_update_error_is_the_librarys_own_naming_the_adapter() -> None:
+    # update(..., weight=) raised torcheval's bare TypeError.
+    mse = from_torcheval(eval_metrics.MeanSquaredError())
+    with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.update.*TypeError"):
+        mse.update(torch.ones(2), torch.zeros(2), weight=torch.ones(2))

@@ -496,3 +496,17 @@ def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> Non
     auroc = from_torchmetrics(torchmetrics.classification.MulticlassAUROC(3))
     with pytest.raises(tt.errors.MetricCallError, match=r"MulticlassAUROC\.compute.*ValueError"):
         auroc.compute()
+
+
+def test_a_foreign_update_error_is_the_librarys_own_and_keeps_the_synced_view() -> None:
+    # update(..., weight=) on an adapter raised torchmetrics' bare TypeError, after the synced
+    # view was dropped (so compute() fell back to this process's state).
+    shards = [(torch.tensor([0.0, 1.0]), torch.zeros(2)), (torch.tensor([3.0]), torch.zeros(1))]
+    adapters = [from_torchmetrics(torchmetrics.MeanSquaredError()) for _ in shards]
+    for adapter, batch in zip(adapters, shards, strict=True):
+        adapter.update(*batch)
+    simulated_sync(adapters)
+    for call in (adapters[0].update, adapters[0].forward):
+        with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.\w+.*TypeError"):
+            call(torch.ones(2), torch.zeros(2), weight=torch.ones(2))
+    assert adapters[0].compute()["MeanSquaredError"].item() == pytest.approx(10 / 3)  # synced

@@ -493,3 +493,13 @@ def test_wrap_refuses_a_direction_that_is_not_a_bool_or_none(direction: Any, ref
     assert refused in message
     kept = tt.wrap(lambda o, t: (o == t).float(), "Acc", higher_is_better={"Acc": True})
     assert kept.higher_is_better_for("Acc") is True
+
+
+def test_weight_on_a_stateful_object_is_a_library_error_and_changes_nothing() -> None:
+    # update(..., weight=) raised a bare TypeError from the method's own signature.
+    accuracy = tt.wrap(CustomAccuracy(), "Acc")
+    outputs, targets = torch.eye(2), torch.tensor([0, 0])
+    accuracy.update(outputs, targets)
+    with pytest.raises(errors.WeightError, match=r"'Acc'.*cannot be weighted.*Tensor"):
+        accuracy.update(outputs, targets, weight=torch.ones(2))
+    assert accuracy.compute()["Acc"].item() == 0.5  # the refused batch was not counted

@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
-from torchtally.errors import MetricCallError, StateDictError, SyncError
+from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import sync_all
@@ -82,8 +82,18 @@ class StatefulObjective(LossOperand):
             f"{type(error).__name__}: {error}"
         )
 
-    def update(self, outputs: Any, targets: Any) -> dict[str, Tensor] | None:
-        """Call the object's ``update``; return what it returned, normalised (or ``None``)."""
+    def update(self, outputs: Any, targets: Any, *, weight: Any = None) -> dict[str, Tensor] | None:
+        """Call the object's ``update``; return what it returned, normalised (or ``None``).
+
+        Raises:
+            WeightError: ``weight`` was given: the object keeps its own state, unweighted.
+            MetricCallError: the object's ``update`` raised.
+        """
+        if weight is not None:
+            raise WeightError(
+                f"{self._owner}: the wrapped object keeps its own state and cannot be weighted; "
+                f"leave weight= out (found {type(weight).__name__})"
+            )
         try:
             result = self._object.update(outputs, targets)
         except Exception as error:

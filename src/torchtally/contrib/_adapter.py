@@ -15,11 +15,11 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
-from torchtally.errors import RepeatedSampleWarning, SyncError
+from torchtally.errors import MetricCallError, RepeatedSampleWarning, SyncError
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
 
-__all__ = ["SyncedAdapter", "foreign_compute"]
+__all__ = ["SyncedAdapter", "foreign_compute", "foreign_error"]
 
 ViewT = TypeVar("ViewT")
 
@@ -35,7 +35,16 @@ def foreign_compute(metric: Any, owner: str) -> Any:
     try:
         return metric.compute()
     except Exception as error:
-        raise callable_error(owner, f"{type(metric).__name__}.compute", error) from error
+        raise foreign_error(metric, "compute", owner, error) from error
+
+
+def foreign_error(metric: Any, method: str, owner: str, error: Exception) -> MetricCallError:
+    """The library's error for a foreign ``metric.method()`` that raised (raise it ``from error``).
+
+    An adapter's ``update`` passes extra arguments to the metric's own; one it
+    does not take (``weight=``, for most) raised a bare ``TypeError``.
+    """
+    return callable_error(owner, f"{type(metric).__name__}.{method}", error)
 
 
 class SyncedAdapter(SyncCounters, Generic[ViewT]):

@@ -45,7 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -152,10 +152,18 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     # -- the hot path -------------------------------------------------------------------------
 
     def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
-        """Update every metric with one batch (extra arguments go to each ``update``)."""
+        """Update every metric with one batch (extra arguments go to each ``update``).
+
+        Raises:
+            MetricCallError: a metric's ``update`` raised (``weight=``, say); the metrics
+                before it kept the batch.
+        """
         self.drop_view()
         for metric in self._metrics.values():
-            metric.update(outputs, targets, *args, **kwargs)
+            try:
+                metric.update(outputs, targets, *args, **kwargs)
+            except Exception as error:
+                raise foreign_error(metric, "update", self._owner, error) from error
 
     # -- values -------------------------------------------------------------------------------
 

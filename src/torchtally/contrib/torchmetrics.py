@@ -52,7 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error
 from torchtally.contrib._torchmetrics_states import (
     TorchMetricsObject,
     checked_states,
@@ -184,14 +184,30 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
     # -- the hot path -------------------------------------------------------------------------
 
     def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
-        """Update the metric with one batch (extra arguments go to the metric's ``update``)."""
+        """Update the metric with one batch (extra arguments go to the metric's ``update``).
+
+        Raises:
+            MetricCallError: the metric's ``update`` raised (an argument it does
+                not take, ``weight=`` say); the synced view is kept.
+        """
+        try:
+            self._metric.update(outputs, targets, *args, **kwargs)
+        except Exception as error:
+            raise foreign_error(self._metric, "update", self._owner, error) from error
         self.drop_view()
-        self._metric.update(outputs, targets, *args, **kwargs)
 
     def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
-        """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``)."""
+        """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``).
+
+        Raises:
+            MetricCallError: as :meth:`update`.
+        """
+        try:
+            value = self._metric(outputs, targets, *args, **kwargs)
+        except Exception as error:
+            raise foreign_error(self._metric, "forward", self._owner, error) from error
         self.drop_view()
-        return self._metric(outputs, targets, *args, **kwargs)
+        return value
 
     def __call__(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Same as :meth:`forward`."""
