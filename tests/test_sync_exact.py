@@ -62,9 +62,57 @@ def test_integer_sums_past_2_53_are_exact_across_ranks(records: list[dict[str, A
             assert found["Mean"] == mean, (case, found)
 
 
+# -- a gather to one rank: only that rank sees what does not combine ----------------------------
+
+
+class Rows(tt.Objective[Tensor, Tensor]):
+    """Every value kept (a 'cat' aggregation)."""
+
+    aggregation = "cat"
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"rows": outputs}
+
+
+def _attempt(action: Callable[[], object]) -> str | None:
+    try:
+        action()
+    except tt.errors.SyncError as error:
+        return str(error)
+    return None
+
+
+def destination_mismatch(rank: int, world: int) -> dict[str, Any]:
+    rows, mean = Rows(), tt.Metric(identity, "Mean")
+    rows.update(torch.ones(2, 3 if rank == 0 else 2), None)  # another trailing shape on rank 1
+    mean.update(torch.full((2,), float(rank)), None)
+    record: dict[str, Any] = {"error": _attempt(lambda: tt.sync_all(rows, mean, destination=0))}
+    record["mean"] = mean.compute()["Mean"]
+    record["stamps"] = [rows.sync_stamp(), mean.sync_stamp()]
+    rows.reset()
+    mean.reset()
+    rows.update(torch.ones(1, 2), None)
+    record["after_reset"] = _attempt(lambda: tt.sync_all(rows, mean, destination=0))
+    return record
+
+
+def test_a_gather_to_one_rank_refuses_there_alone(records: list[dict[str, Any]]) -> None:
+    found = [record["destination_mismatch"] for record in records]
+    assert found[0]["error"] is not None and "trailing shape" in found[0]["error"]
+    assert found[0]["mean"] == 0.0  # unchanged: its own values
+    assert found[0]["stamps"] == [(0, 0), (0, 0)]
+    assert found[1]["error"] is None  # it never sees the other rank's rows
+    assert found[1]["mean"] == 0.5  # the global mean
+    assert found[1]["stamps"] == [(0, 1), (0, 1)]
+    assert [record["after_reset"] for record in found] == [None, None]
+
+
 # -- the run ----------------------------------------------------------------------------------
 
-CASES: dict[str, Callable[[int, int], Any]] = {"integer_sums": integer_sums}
+CASES: dict[str, Callable[[int, int], Any]] = {
+    "integer_sums": integer_sums,
+    "destination_mismatch": destination_mismatch,
+}
 
 
 def scenario(rank: int, world: int) -> dict[str, Any]:
