@@ -107,11 +107,45 @@ def test_a_gather_to_one_rank_refuses_there_alone(records: list[dict[str, Any]])
     assert [record["after_reset"] for record in found] == [None, None]
 
 
+# -- learnt names: what this epoch saw, not what a past one left --------------------------------
+
+
+class PerSign(tt.AverageObjective[Tensor, Tensor]):
+    """Learns its names from the data: 'negative' only for batches holding a negative value."""
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"all": outputs}
+        if bool((outputs < 0).any()):
+            values["negative"] = (outputs < 0).float()
+        return values
+
+
+def stale_names(rank: int, world: int) -> dict[str, Tensor] | str:
+    errors = PerSign()
+    if rank == 0:  # an epoch that is not synced: rank 0 learns 'negative'
+        errors.update(torch.tensor([-1.0, 2.0]), None)
+    errors.reset()
+    errors.update(torch.tensor([1.0, 2.0]) + 2 * rank, None)  # the same names on both ranks
+    error = _attempt(lambda: tt.sync_all(errors))
+    return errors.compute() if error is None else error
+
+
+def test_names_learnt_in_an_earlier_epoch_do_not_refuse_a_sync(
+    records: list[dict[str, Any]],
+) -> None:
+    for record in records:
+        found = record["stale_names"]
+        assert isinstance(found, dict), found
+        assert found["all"] == torch.tensor([1.0, 2.0, 3.0, 4.0]).mean()
+        assert found.get("negative", torch.tensor(float("nan"))).isnan()
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 CASES: dict[str, Callable[[int, int], Any]] = {
     "integer_sums": integer_sums,
     "destination_mismatch": destination_mismatch,
+    "stale_names": stale_names,
 }
 
 
