@@ -342,7 +342,16 @@ def _subgroup(rank: int) -> dict[str, Any]:
     metric = tt.Metric(mae, "MAE")
     metric.update(torch.full((rank + 2, 3), float(rank)), torch.zeros(rank + 2, 3))
     calls = _calls(lambda: tt.sync_all(metric, process_group=group))
-    return {"calls": calls, "values": metric.compute()}
+    # a gather to the group's rank 1: the process outside the group (global rank 2) has no
+    # rank 1 in it to check against, and returns at once like the others' no-op
+    peak = tt.Metric(worst, "Worst", aggregation="max")
+    peak.update(torch.full((2, 3), float(rank)), torch.zeros(2, 3))
+    try:
+        tt.sync_all(peak, process_group=group, destination=1)
+        gathered: Any = peak.compute() if rank != 0 else None
+    except Exception as error:  # recorded for the parent, which names it
+        gathered = f"{type(error).__name__}: {error}"
+    return {"calls": calls, "values": metric.compute(), "gathered": gathered}
 
 
 # -- the parent: launch once per world size, check the records --------------------------------
@@ -532,6 +541,8 @@ def test_sync_over_a_subgroup(runs: Runs) -> None:
         assert results[rank]["values"]["MAE"].item() == pytest.approx(3 / 5)
     assert results[2]["calls"] == (0, 0)
     assert results[2]["values"]["MAE"].item() == 2.0
+    assert results[1]["gathered"] == {"Worst": torch.tensor(1.0)}  # the group's destination
+    assert results[2]["gathered"] == {"Worst": torch.tensor(2.0)}  # outside: its own value
 
 
 # -- one process: sync is a silent no-op --------------------------------------------------------

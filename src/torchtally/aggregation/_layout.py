@@ -74,9 +74,9 @@ class SyncLayout(StateHolder):
         """The states that add up, and the dtype counts: ``(rows, sync_width())`` float64.
 
         Added up over ranks (one all-reduce), they give those states over all
-        ranks (exactly for integer counts below 2**53; for float64 sums, to the
-        rounding of adding one number per rank) and the reported dtype
-        (:meth:`dtype_counts`).
+        ranks (exactly for counts below 2**53 and for integer sums, see
+        :func:`_integer_words`; for float64 sums, to the rounding of adding one
+        number per rank) and the reported dtype (:meth:`dtype_counts`).
         """
         device = self.device if self.device is not None else _CPU
         added = [spec for spec in self.states if spec.rule in _ADDED]
@@ -84,7 +84,14 @@ class SyncLayout(StateHolder):
             width = sum(spec.width for spec in added)
             values = [torch.zeros(self.rows, width, dtype=_F64, device=device)]
         else:
-            values = [self._state[spec.name].to(_F64) for spec in added]
+            exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+            integers = torch.tensor(exact, dtype=torch.bool, device=device)
+            values = [
+                _integer_words(self._state[spec.name], integers)
+                if spec.rule == "twosum"
+                else self._state[spec.name].to(_F64)
+                for spec in added
+            ]
         return torch.cat([*values, self.dtype_counts()], 1)
 
     def dtype_counts(self) -> Tensor:
@@ -194,6 +201,32 @@ class SyncLayout(StateHolder):
         """
         device = self.device if self.device is not None else _CPU
         return self.copy(), torch.zeros(self.rows, dtype=torch.bool, device=device)
+
+
+def _integer_words(total: Tensor, integers: Tensor) -> Tensor:
+    """Compensated ``(high, low)`` pairs; those of integer rows split so ranks add them exactly.
+
+    A float64 all-reduce rounds a sum of high words past 2**53 (``2**53 + 1``
+    over two ranks gave ``2**53``). A row of integers (``integers``, from its
+    dtype) whose words hold an integer ``v`` below 2**63 in magnitude is sent
+    as ``(v - v mod 2**32, v mod 2**32)``: a multiple of 2**32 with 31
+    significant bits and a number below 2**32, whose sums over up to 2**21
+    ranks are exact in float64. Other rows (floats, weighted integers) go as
+    they are.
+    """
+    high, low = total[:, 0], total[:, 1]
+    limit = 2.0**62
+    whole = (
+        integers
+        & (high == high.trunc())
+        & (low == low.trunc())
+        & (high.abs() < limit)
+        & (low.abs() < limit)
+    )
+    value = torch.where(whole, high, 0.0).to(_I64) + torch.where(whole, low, 0.0).to(_I64)
+    below = value & (2**32 - 1)  # v mod 2**32, in [0, 2**32) for negative v too
+    split = torch.stack([value - below, below], 1).to(_F64)
+    return torch.where(whole.unsqueeze(1), split, total)
 
 
 def dtypes_from_counts(counts: Tensor) -> list[torch.dtype | None]:

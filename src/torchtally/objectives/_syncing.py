@@ -86,7 +86,12 @@ class SyncHooks(SyncCounters, LedgerHolder):
 
     def sync_export(self, drop_last: bool) -> SyncState:
         """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
-        return export_rows(self._ledger.groups(), drop_last=drop_last, known=not self.learns_names)
+        return export_rows(
+            self._ledger.groups(),
+            drop_last=drop_last,
+            known=not self.learns_names,
+            declared=self.declared_names(),
+        )
 
     def sync_merge(self, gathered: Gathered, padding: Padding | None) -> dict[str, Tensor] | str:
         """Every value over all ranks (``self`` unchanged), or why this rank has none."""

@@ -109,7 +109,10 @@ def sync_all(
     if not distributed.is_distributed(process_group):
         for item in participants:
             _check_participant(item)
-        _check_options(dataset_size, destination, 1)
+        # A process outside the group (torch reports its size as -1) returns at once; it
+        # cannot tell whether destination= is a rank of the group.
+        world = distributed.world_size(process_group)
+        _check_options(dataset_size, destination, world if world >= 1 else None)
         return
     world = distributed.world_size(process_group)
     me = distributed.rank(process_group)

@@ -25,10 +25,11 @@ from torchtally.sync._rows import Gathered, SyncState
 __all__ = ["agreeing"]
 
 
-def _check_options(dataset_size: Any, destination: Any, world: int) -> None:
+def _check_options(dataset_size: Any, destination: Any, world: int | None) -> None:
+    """Check the arguments; ``world`` ``None``: the group's size is not known here."""
     for what, value, low, high in (
         ("dataset_size", dataset_size, 0, None),
-        ("destination", destination, 0, world - 1),
+        ("destination", destination, 0, None if world is None else world - 1),
     ):
         if value is None:
             continue

@@ -21,7 +21,7 @@ had to be kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,13 +97,16 @@ def _dropped(accumulator: Accumulator, drop_last: bool) -> tuple[Accumulator, Te
     return held, dropped, seen & ~dropped
 
 
-def export_rows(groups: Groups, *, drop_last: bool, known: bool) -> SyncState:
+def export_rows(
+    groups: Groups, *, drop_last: bool, known: bool, declared: Collection[str] = ()
+) -> SyncState:
     """What an objective sends for its accumulators (see the module docstring).
 
     Args:
         groups: every accumulator with the names of its rows.
         drop_last: drop each row's last sample, a ``DistributedSampler`` repeat.
         known: the names are the same on every rank (declared, none learnt).
+        declared: the names declared before any data (known on every rank), when not ``known``.
     """
     columns: list[Tensor] = []
     blocks: list[Tensor] = []
@@ -134,10 +137,14 @@ def export_rows(groups: Groups, *, drop_last: bool, known: bool) -> SyncState:
     if not parts and known:
         return SyncState(sums, fixed, None, [])
     meta_out: dict[str, Any] = {"groups": parts}
-    if not known:
-        meta_out["updated"] = any(
-            count > 0 for accumulator, _ in groups for count in accumulator.samples()
-        )
+    if not known:  # the names it has: declared, and learnt since its reset (rows may be older)
+        counts = [
+            (name, count)
+            for accumulator, names in groups
+            for name, count in zip(names, accumulator.samples(), strict=True)
+        ]
+        meta_out["updated"] = any(count > 0 for _, count in counts)
+        meta_out["seen"] = sorted(name for name, count in counts if count > 0 or name in declared)
     return SyncState(sums, fixed, meta_out, tensors)
 
 
@@ -217,15 +224,15 @@ def merge_rows(
 
 
 def _check_learnt_names(label: str, states: list[tuple[Any, list[Tensor]]]) -> None:
-    """Ranks with data must report the same names (a rank without data knows only some)."""
+    """Ranks with data must have seen the same names since their reset.
+
+    A rank without data knows only some names; rows learnt in an earlier epoch
+    and empty since do not count.
+    """
     found: list[list[str] | None] = []
     for meta, _ in states:
-        if isinstance(meta, dict) and meta.get("updated"):
-            groups = meta["groups"] if isinstance(meta.get("groups"), list) else []
-            names = [n for g in groups if isinstance(g, dict) for n in g.get("names", ())]
-            found.append(sorted(map(str, names)))
-        else:
-            found.append(None)
+        seen = meta.get("seen") if isinstance(meta, dict) and meta.get("updated") else None
+        found.append(sorted(map(str, seen)) if isinstance(seen, list) else None)
     reported = [names for names in found if names is not None]
     if any(names != reported[0] for names in reported):
         described = "; ".join(

@@ -1,0 +1,160 @@
+"""Synced values that must be exact, on real gloo processes of 2 ranks.
+
+One spawned run (``scenario``) goes through every case; the parent checks each
+rank's record against values computed here independently (Python integers,
+float64 over the concatenated data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import _dist  # tests/_dist.py, importable through tests/conftest.py
+import torchtally as tt
+
+MODULE = "test_sync_exact"
+WORLD = 2
+TIMEOUT = 90.0
+pytestmark = pytest.mark.timeout(TIMEOUT + 30)
+
+
+def identity(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs
+
+
+# -- integer sums past 2**53 ------------------------------------------------------------------
+
+BIG: list[list[list[int]]] = [  # BIG[case][rank]: one rank's integer values
+    [[2**53], [1, 1, 1]],
+    [[2**62], [-(2**61) - 7, 5]],
+    [[-(2**53) - 1, -(2**40)], [2**60 + 3]],
+    [[3, -5], []],
+]
+
+
+def integer_sums(rank: int, world: int) -> list[dict[str, Tensor]]:
+    found = []
+    for case in BIG:
+        metric = tt.Metric(identity, "Total", aggregation="sum")
+        mean = tt.Metric(identity, "Mean")
+        if case[rank]:
+            values = torch.tensor(case[rank], dtype=torch.int64)
+            metric.update(values, values)
+            mean.update(values, values)
+        tt.sync_all(metric, mean)
+        found.append({**metric.compute(), **mean.compute()})
+    return found
+
+
+def test_integer_sums_past_2_53_are_exact_across_ranks(records: list[dict[str, Any]]) -> None:
+    for index, case in enumerate(BIG):
+        values = [value for part in case for value in part]
+        for record in records:
+            found = record["integer_sums"][index]
+            assert found["Total"].dtype == torch.int64
+            assert int(found["Total"]) == sum(values), (case, found)
+            mean = torch.tensor(float(sum(values)) / len(values), dtype=torch.float64)
+            assert found["Mean"] == mean, (case, found)
+
+
+# -- a gather to one rank: only that rank sees what does not combine ----------------------------
+
+
+class Rows(tt.Objective[Tensor, Tensor]):
+    """Every value kept (a 'cat' aggregation)."""
+
+    aggregation = "cat"
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"rows": outputs}
+
+
+def _attempt(action: Callable[[], object]) -> str | None:
+    try:
+        action()
+    except tt.errors.SyncError as error:
+        return str(error)
+    return None
+
+
+def destination_mismatch(rank: int, world: int) -> dict[str, Any]:
+    rows, mean = Rows(), tt.Metric(identity, "Mean")
+    rows.update(torch.ones(2, 3 if rank == 0 else 2), None)  # another trailing shape on rank 1
+    mean.update(torch.full((2,), float(rank)), None)
+    record: dict[str, Any] = {"error": _attempt(lambda: tt.sync_all(rows, mean, destination=0))}
+    record["mean"] = mean.compute()["Mean"]
+    record["stamps"] = [rows.sync_stamp(), mean.sync_stamp()]
+    rows.reset()
+    mean.reset()
+    rows.update(torch.ones(1, 2), None)
+    record["after_reset"] = _attempt(lambda: tt.sync_all(rows, mean, destination=0))
+    return record
+
+
+def test_a_gather_to_one_rank_refuses_there_alone(records: list[dict[str, Any]]) -> None:
+    found = [record["destination_mismatch"] for record in records]
+    assert found[0]["error"] is not None and "trailing shape" in found[0]["error"]
+    assert found[0]["mean"] == 0.0  # unchanged: its own values
+    assert found[0]["stamps"] == [(0, 0), (0, 0)]
+    assert found[1]["error"] is None  # it never sees the other rank's rows
+    assert found[1]["mean"] == 0.5  # the global mean
+    assert found[1]["stamps"] == [(0, 1), (0, 1)]
+    assert [record["after_reset"] for record in found] == [None, None]
+
+
+# -- learnt names: what this epoch saw, not what a past one left --------------------------------
+
+
+class PerSign(tt.AverageObjective[Tensor, Tensor]):
+    """Learns its names from the data: 'negative' only for batches holding a negative value."""
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"all": outputs}
+        if bool((outputs < 0).any()):
+            values["negative"] = (outputs < 0).float()
+        return values
+
+
+def stale_names(rank: int, world: int) -> dict[str, Tensor] | str:
+    errors = PerSign()
+    if rank == 0:  # an epoch that is not synced: rank 0 learns 'negative'
+        errors.update(torch.tensor([-1.0, 2.0]), None)
+    errors.reset()
+    errors.update(torch.tensor([1.0, 2.0]) + 2 * rank, None)  # the same names on both ranks
+    error = _attempt(lambda: tt.sync_all(errors))
+    return errors.compute() if error is None else error
+
+
+def test_names_learnt_in_an_earlier_epoch_do_not_refuse_a_sync(
+    records: list[dict[str, Any]],
+) -> None:
+    for record in records:
+        found = record["stale_names"]
+        assert isinstance(found, dict), found
+        assert found["all"] == torch.tensor([1.0, 2.0, 3.0, 4.0]).mean()
+        assert found.get("negative", torch.tensor(float("nan"))).isnan()
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+CASES: dict[str, Callable[[int, int], Any]] = {
+    "integer_sums": integer_sums,
+    "destination_mismatch": destination_mismatch,
+    "stale_names": stale_names,
+}
+
+
+def scenario(rank: int, world: int) -> dict[str, Any]:
+    """Every case in turn on one process group (spawning is the slow part)."""
+    return {name: case(rank, world) for name, case in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("exact")
+    return _dist.launch(WORLD, f"{MODULE}:scenario", out, TIMEOUT)
