@@ -16,6 +16,7 @@ from torch import Tensor
 
 import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
+from _sync import simulate_sync  # tests/_sync.py
 
 MODULE = "test_sync_exact"
 WORLD = 2
@@ -158,3 +159,24 @@ def scenario(rank: int, world: int) -> dict[str, Any]:
 def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("exact")
     return _dist.launch(WORLD, f"{MODULE}:scenario", out, TIMEOUT)
+
+
+def test_a_weight_callable_on_some_ranks_only_refuses_the_sync() -> None:
+    # Built with weight= on rank 0 only, the weighted and the unweighted states were added up
+    # into one mean without a word.
+    def tokens(outputs: Tensor, targets: Tensor) -> Tensor:
+        return torch.tensor(10.0)
+
+    def mean_of(outputs: Tensor, targets: Tensor) -> Tensor:
+        return outputs.mean()
+
+    ranks = [tt.Metric(mean_of, "M", weight=tokens), tt.Metric(mean_of, "M")]
+    for metric in ranks:
+        metric.update(torch.ones(2), torch.zeros(2))
+    with pytest.raises(tt.errors.SyncError, match=r"objective 0 differs.*tokens"):
+        simulate_sync([[metric] for metric in ranks])
+    alike = [tt.Metric(mean_of, "M", weight=tokens) for _ in range(2)]
+    for rank, metric in enumerate(alike):
+        metric.update(torch.full((2,), float(rank)), torch.zeros(2))
+    simulate_sync([[metric] for metric in alike])
+    assert alike[0].compute()["M"].item() == 0.5

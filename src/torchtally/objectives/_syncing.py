@@ -16,6 +16,7 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import sync as _sync
+from torchtally._conventions import WeightFn
 from torchtally.aggregation import Accumulator
 from torchtally.errors import IncompatibleStateError, RepeatedSampleWarning
 from torchtally.objectives._holder import LedgerHolder
@@ -31,6 +32,7 @@ class SyncHooks(SyncCounters, LedgerHolder):
     accumulators and whether it learns names from the data.
     """
 
+    _weight_fn: WeightFn | None  # the weight= callable given at construction (Objective's)
     _warned_repeats = False  # RepeatedSampleWarning is given once per objective
     _elsewhere: str | None = None  # why compute() has no synced value here (destination=)
 
@@ -66,9 +68,10 @@ class SyncHooks(SyncCounters, LedgerHolder):
     def sync_identity(self) -> dict[str, Any]:
         """What the counterpart of this objective on every other rank must equal.
 
-        Its class, declared names, their aggregations and whether it learns
-        names from the data; subclasses add what else defines them (callables,
-        formula). Override to add more, calling ``super()``.
+        Its class, declared names, their aggregations, whether it learns
+        names from the data and its ``weight=`` callable if it has one;
+        subclasses add what else defines them (callables, formula). Override
+        to add more, calling ``super()``.
 
         Example:
             >>> import torchtally as tt
@@ -77,12 +80,15 @@ class SyncHooks(SyncCounters, LedgerHolder):
             (['Bias'], ['mean'])
         """
         names = list(self.declared_names())
-        return {
+        identity = {
             "kind": f"{type(self).__module__}.{type(self).__qualname__}",
             "names": names,
             "aggregations": [_aggregation_identity(self.accumulator_for(name)) for name in names],
             "learns_names": self.learns_names,
         }
+        if self._weight_fn is not None:  # weighted and unweighted states do not add up
+            identity["weight"] = _sync.callable_identity(self._weight_fn)
+        return identity
 
     def sync_export(self, drop_last: bool) -> SyncState:
         """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
