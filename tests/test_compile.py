@@ -301,3 +301,34 @@ def test_a_fresh_loss_of_a_dict_valued_call_compiles_with_fullgraph(kind: str) -
     for outputs, targets in data:
         torch.testing.assert_close(compiled(outputs, targets), eager(outputs, targets))
     assert_same(loss.compute(), eager.compute())
+
+
+@pytest.mark.timeout(300)
+def test_number_weights_that_change_every_step_compile_once_with_fullgraph() -> None:
+    # A token count given as a Python int or float changes every step: dynamo makes it a
+    # symbolic number after the first change. Checking it with math.isfinite broke the graph
+    # (an error with fullgraph=True), and a float recompiled at every new value.
+    loss = tt.Loss(functional.l1_loss, "L1")
+    worst = tt.Metric(mae, "Worst", aggregation="max")
+
+    def step(outputs: Tensor, targets: Tensor, tokens: float) -> Tensor:
+        worst.update(outputs, targets, weight=tokens)
+        return loss(outputs, targets, weight=tokens)
+
+    data = [(outputs[:, :1], targets) for outputs, targets in batches(5)]
+    values = torch.stack([mae(outputs, targets).double().mean() for outputs, targets in data])
+    for kind in (int, float):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(step, fullgraph=True)
+        tokens = [kind(3 + index * 1.25) if index != 3 else kind(0) for index in range(5)]
+        for (outputs, targets), count in zip(data, tokens, strict=True):
+            compiled(outputs, targets, count)
+        assert counters["stats"]["unique_graphs"] <= 2
+        weights = torch.tensor(tokens, dtype=torch.float64)
+        expected = (values * weights).sum() / weights.sum()
+        assert loss.compute()["L1"].item() == pytest.approx(expected.item(), rel=1e-6)
+        kept = torch.cat([mae(*batch) for batch, count in zip(data, tokens, strict=True) if count])
+        assert worst.compute()["Worst"].item() == kept.max().item()
+        loss.reset()
+        worst.reset()
