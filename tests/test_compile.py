@@ -332,3 +332,22 @@ def test_number_weights_that_change_every_step_compile_once_with_fullgraph() -> 
         assert worst.compute()["Worst"].item() == kept.max().item()
         loss.reset()
         worst.reset()
+
+
+@pytest.mark.timeout(300)
+def test_running_values_after_compiled_updates_raise_the_library_error() -> None:
+    # Batches folded in the graph are not remembered for running(): the library's error (it
+    # was a bare RuntimeError) names the objective; after a reset, eager batches give running
+    # values again.
+    loss = tt.Loss(mae, "MAE")
+    loss.running(window=2)
+    data = [(torch.full((2, 1), float(value)), torch.zeros(2, 1)) for value in (1, 2, 3, 4)]
+    torch._dynamo.reset()
+    torch.compile(loss, fullgraph=True)(*data[0])
+    with pytest.raises(tt.errors.CompileError, match=r"Loss \[MAE\].*torch.compile"):
+        loss.running(window=3)
+    assert loss.compute()["MAE"].item() == 1.0
+    loss.reset()
+    for outputs, targets in data[1:]:
+        loss(outputs, targets)
+    assert loss.running(window=2)["MAE"].item() == 3.5
