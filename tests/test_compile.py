@@ -351,3 +351,24 @@ def test_running_values_after_compiled_updates_raise_the_library_error() -> None
     for outputs, targets in data[1:]:
         loss(outputs, targets)
     assert loss.running(window=2)["MAE"].item() == 3.5
+
+
+@pytest.mark.timeout(300)
+def test_state_first_made_in_a_graph_under_inference_mode_takes_eager_batches() -> None:
+    # A compiled validation step run under torch.inference_mode() (Lightning's) makes the
+    # state inside the graph: its outputs are inference tensors. The next eager batch then
+    # raised torch's RuntimeError at the fold, after counting part of it (2.5 read 1.67).
+    metrics = tt.MetricCollection(MAE=mae) | tt.Metric(mae, "Worst", aggregation="max")
+    other = tt.Metric(mae, "MAE") | tt.Metric(mae, "Worst", aggregation="max")
+    data = [(torch.full((2, 1), float(value)), torch.zeros(2, 1)) for value in (1, 2, 3, 4)]
+    torch._dynamo.reset()
+    compiled = torch.compile(metrics.update, fullgraph=True)
+    with torch.inference_mode():
+        compiled(*data[0])
+    metrics.update(*data[1])
+    assert metrics.compute() == {"MAE": torch.tensor(1.5), "Worst": torch.tensor(2.0)}
+    with torch.inference_mode():
+        torch.compile(other.update, fullgraph=True)(*data[2])
+    metrics.merge_state(other)
+    compiled(*data[3])
+    assert metrics.compute() == {"MAE": torch.tensor(2.5), "Worst": torch.tensor(4.0)}
