@@ -301,3 +301,74 @@ def test_a_fresh_loss_of_a_dict_valued_call_compiles_with_fullgraph(kind: str) -
     for outputs, targets in data:
         torch.testing.assert_close(compiled(outputs, targets), eager(outputs, targets))
     assert_same(loss.compute(), eager.compute())
+
+
+@pytest.mark.timeout(300)
+def test_number_weights_that_change_every_step_compile_once_with_fullgraph() -> None:
+    # A token count given as a Python int or float changes every step: dynamo makes it a
+    # symbolic number after the first change. Checking it with math.isfinite broke the graph
+    # (an error with fullgraph=True), and a float recompiled at every new value.
+    loss = tt.Loss(functional.l1_loss, "L1")
+    worst = tt.Metric(mae, "Worst", aggregation="max")
+
+    def step(outputs: Tensor, targets: Tensor, tokens: float) -> Tensor:
+        worst.update(outputs, targets, weight=tokens)
+        return loss(outputs, targets, weight=tokens)
+
+    data = [(outputs[:, :1], targets) for outputs, targets in batches(5)]
+    values = torch.stack([mae(outputs, targets).double().mean() for outputs, targets in data])
+    for kind in (int, float):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(step, fullgraph=True)
+        tokens = [kind(3 + index * 1.25) if index != 3 else kind(0) for index in range(5)]
+        for (outputs, targets), count in zip(data, tokens, strict=True):
+            compiled(outputs, targets, count)
+        assert counters["stats"]["unique_graphs"] <= 2
+        weights = torch.tensor(tokens, dtype=torch.float64)
+        expected = (values * weights).sum() / weights.sum()
+        assert loss.compute()["L1"].item() == pytest.approx(expected.item(), rel=1e-6)
+        kept = torch.cat([mae(*batch) for batch, count in zip(data, tokens, strict=True) if count])
+        assert worst.compute()["Worst"].item() == kept.max().item()
+        loss.reset()
+        worst.reset()
+
+
+@pytest.mark.timeout(300)
+def test_running_values_after_compiled_updates_raise_the_library_error() -> None:
+    # Batches folded in the graph are not remembered for running(): the library's error (it
+    # was a bare RuntimeError) names the objective; after a reset, eager batches give running
+    # values again.
+    loss = tt.Loss(mae, "MAE")
+    loss.running(window=2)
+    data = [(torch.full((2, 1), float(value)), torch.zeros(2, 1)) for value in (1, 2, 3, 4)]
+    torch._dynamo.reset()
+    torch.compile(loss, fullgraph=True)(*data[0])
+    with pytest.raises(tt.errors.CompileError, match=r"Loss \[MAE\].*torch.compile"):
+        loss.running(window=3)
+    assert loss.compute()["MAE"].item() == 1.0
+    loss.reset()
+    for outputs, targets in data[1:]:
+        loss(outputs, targets)
+    assert loss.running(window=2)["MAE"].item() == 3.5
+
+
+@pytest.mark.timeout(300)
+def test_state_first_made_in_a_graph_under_inference_mode_takes_eager_batches() -> None:
+    # A compiled validation step run under torch.inference_mode() (Lightning's) makes the
+    # state inside the graph: its outputs are inference tensors. The next eager batch then
+    # raised torch's RuntimeError at the fold, after counting part of it (2.5 read 1.67).
+    metrics = tt.MetricCollection(MAE=mae) | tt.Metric(mae, "Worst", aggregation="max")
+    other = tt.Metric(mae, "MAE") | tt.Metric(mae, "Worst", aggregation="max")
+    data = [(torch.full((2, 1), float(value)), torch.zeros(2, 1)) for value in (1, 2, 3, 4)]
+    torch._dynamo.reset()
+    compiled = torch.compile(metrics.update, fullgraph=True)
+    with torch.inference_mode():
+        compiled(*data[0])
+    metrics.update(*data[1])
+    assert metrics.compute() == {"MAE": torch.tensor(1.5), "Worst": torch.tensor(2.0)}
+    with torch.inference_mode():
+        torch.compile(other.update, fullgraph=True)(*data[2])
+    metrics.merge_state(other)
+    compiled(*data[3])
+    assert metrics.compute() == {"MAE": torch.tensor(2.5), "Worst": torch.tensor(4.0)}

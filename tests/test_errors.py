@@ -37,6 +37,7 @@ def failing(outputs: Tensor, targets: Tensor) -> Tensor:
 
 EXPECTED_BASES = {
     "BatchSizeError": ValueError,
+    "CompileError": RuntimeError,
     "DeviceMismatchError": RuntimeError,
     "FormulaError": ValueError,
     "HookError": TypeError,

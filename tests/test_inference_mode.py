@@ -134,3 +134,14 @@ def test_a_copy_taken_in_inference_mode_keeps_counting_outside_it(how: str) -> N
         torch.testing.assert_close(
             copied.compute()["MAE"].double(), reference(data), rtol=1e-6, atol=0
         )
+
+
+def test_a_schedule_first_moved_under_inference_mode_moves_on_outside_it() -> None:
+    # Its position was made lazily at the first forward, as an inference tensor: the next
+    # forward outside raised torch's RuntimeError after counting the batch.
+    loss = tt.Loss(mae, "A") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(mae, "B")
+    with torch.inference_mode():
+        loss(torch.ones(2, 1), torch.zeros(2, 1))
+    loss(torch.ones(2, 1), torch.zeros(2, 1))
+    assert loss.schedule_values() == {"linear(0→1, 4)": 0.5}
+    assert loss.compute()["Combined Loss"].item() == pytest.approx((1.0 + 1.25) / 2)

@@ -269,7 +269,7 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
             f"{type(weight).__name__} {weight!r:.60}"
         )
     number = float(weight)
-    if not math.isfinite(number) or number < 0:
+    if not 0 <= number < math.inf:  # NaN compares false; math.isfinite breaks a compiled graph
         raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
     return number
 

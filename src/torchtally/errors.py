@@ -23,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "BatchSizeError",
+    "CompileError",
     "ComputedBeforeUpdatedWarning",
     "DeviceMismatchError",
     "FormulaError",
@@ -91,6 +92,10 @@ class WeightError(TorchTallyError, ValueError):
     A weight must be a non-negative number, a 0-d tensor or a ``(B,)`` tensor;
     values joined into one objective must share one ``weight=`` callable.
     """
+
+
+class CompileError(TorchTallyError, RuntimeError):
+    """Asked for what batches updated inside ``torch.compile`` do not keep (running values)."""
 
 
 class DeviceMismatchError(TorchTallyError, RuntimeError):

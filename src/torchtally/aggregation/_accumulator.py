@@ -25,6 +25,7 @@ from torchtally.aggregation._states import (
     combine_states,
     fresh_state,
     is_exact,
+    normal_state,
     outside_inference_mode,
     promote,
     replace_state,
@@ -234,7 +235,11 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if self._state is None:
             self.device = device
             self._state = fresh_state(self.states, self.rows, device)
-        elif device != self.device:
+        elif not torch.compiler.is_compiling() and next(iter(self._state.values())).is_inference():
+            # made inside a graph compiled under torch.inference_mode() (the graph's outputs
+            # are inference tensors, which nothing outside it may change in place)
+            self._state = normal_state(self._state)
+        if device != self.device:
             raise DeviceMismatchError(
                 f"{self.labels[0] if self.labels else type(self).__name__}: state lives on "
                 f"{self.device} but values arrived on {device}; call .to({str(device)!r}) on the "

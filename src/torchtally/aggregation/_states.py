@@ -28,6 +28,7 @@ __all__ = [
     "combine_states",
     "fresh_state",
     "is_exact",
+    "normal_state",
     "outside_inference_mode",
     "promote",
     "replace_state",
@@ -115,6 +116,12 @@ def fresh_state(specs: Sequence[StateSpec], rows: int, device: torch.device) -> 
         spec.name: torch.full((rows, spec.width), spec.fill, dtype=spec.dtype, device=device)
         for spec in specs
     }
+
+
+@outside_inference_mode
+def normal_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Copies of ``state``'s tensors that are normal tensors (not inference tensors)."""
+    return {name: tensor.clone() for name, tensor in state.items()}
 
 
 def weighted_values(values: Tensor, weights: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._lazy import lazy
+from torchtally.aggregation._states import outside_inference_mode
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
 from torchtally.objectives import STATE_VERSION
@@ -41,7 +42,7 @@ class LossState(LossDefinition[OutputT, TargetT]):
     @lazy
     def _position(self) -> dict[str, Tensor]:
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
-        return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
+        return _fresh_position()
 
     def _step(self) -> None:
         """Move the schedules counted in steps one step on (after each ``forward``)."""
@@ -159,3 +160,8 @@ class LossState(LossDefinition[OutputT, TargetT]):
             [callable_identity(fn) for fn in call.callables()] for call in self._multi_calls
         ]
         return identity
+
+
+@outside_inference_mode  # kept and moved on in place, also after a first forward in inference
+def _fresh_position() -> dict[str, Tensor]:
+    return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}

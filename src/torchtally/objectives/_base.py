@@ -334,8 +334,9 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         than by a mean are left out.
 
         Raises:
-            RuntimeError: batches were updated inside ``torch.compile`` since the
-                last reset (they are folded in the graph, not remembered).
+            CompileError: batches were updated inside ``torch.compile`` since the
+                last reset (they are folded in the graph, not remembered); a
+                ``RuntimeError``.
 
         Example:
             >>> import torch

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
-from torchtally.errors import DeviceMismatchError, WeightError
+from torchtally.errors import CompileError, DeviceMismatchError, WeightError
 from torchtally.objectives._fold import fold_now, fold_queued, keep
 from torchtally.objectives._plan import Plan, make_plan, plan_key
 from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
@@ -327,13 +327,13 @@ class Ledger(Rows):
         ``window`` pairs of float64 numbers per name, on the values' device;
         nothing is read on the host and the epoch values are not touched.
         """
-        if self._recent is None or self._recent.window != window:
-            self._recent = Recent(window)
-        if self.compiled:
-            raise RuntimeError(
+        if self.compiled:  # before anything changes: a refused call changes nothing
+            raise CompileError(
                 f"{self.label}: batches updated inside torch.compile are not kept for running "
                 f"values; read them in eager steps, or use compute() for the epoch value"
             )
+        if self._recent is None or self._recent.window != window:
+            self._recent = Recent(window)
         newest = self._batch_means(list(self._pending.items()))
         return self._recent.means(newest)
 

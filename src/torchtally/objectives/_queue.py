@@ -280,8 +280,12 @@ def per_sample(weight: Weight, size: Any, device: torch.device) -> Tensor | None
         return None
     if isinstance(weight, Tensor) and weight.ndim == 1:
         return weight.to(device, F64)
-    total = weight if isinstance(weight, Tensor) else torch.tensor(weight, dtype=F64)
-    spread: Tensor = (total.to(device, F64) / size).expand(size)
+    if not isinstance(weight, Tensor):
+        # A number multiplies a tensor (no torch.tensor(number)): under torch.compile a number
+        # that changes every step stays symbolic instead of recompiling at each new value.
+        spread: Tensor = torch.ones(size, dtype=F64, device=device) * (weight / size)
+    else:
+        spread = (weight.to(device, F64) / size).expand(size)
     return spread
 
 
@@ -307,5 +311,5 @@ def batch_weights(
             wide = weight.to(device, F64)
             parts.append(wide.masked_fill(wide < 0, math.nan).sum().reshape(1))
         else:
-            parts.append(torch.tensor([weight], dtype=F64, device=device))
+            parts.append(torch.ones(1, dtype=F64, device=device) * weight)  # see per_sample
     return torch.cat(parts)
