@@ -134,3 +134,33 @@ def test_a_copy_taken_in_inference_mode_keeps_counting_outside_it(how: str) -> N
         torch.testing.assert_close(
             copied.compute()["MAE"].double(), reference(data), rtol=1e-6, atol=0
         )
+
+
+@pytest.mark.parametrize("first", ["forward", "load_state_dict", "advance_epoch"])
+def test_a_scheduled_loss_first_used_in_inference_mode_keeps_training_outside_it(
+    first: str,
+) -> None:
+    # Lightning's sanity check runs validation (under inference mode) before the first
+    # training step: the schedules' positions must not become inference tensors there.
+    data = batches()
+    loss = tt.Loss(mae, "MAE") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(
+        functional.mse_loss, "MSE"
+    )
+    with torch.inference_mode():
+        if first == "forward":
+            loss(*data[0])
+        elif first == "load_state_dict":
+            loss.load_state_dict(loss.state_dict())
+        else:
+            loss.advance_epoch()
+    loss.reset()
+    before = 1 if first == "forward" else 0
+    for index, (outputs, targets) in enumerate(data[1:]):
+        weight = min(before + index, 4) / 4
+        expected = mae(outputs, targets).mean() + weight * functional.mse_loss(outputs, targets)
+        torch.testing.assert_close(loss(outputs, targets), expected)
+    loss.advance_epoch()
+    torch.testing.assert_close(
+        loss.compute()["MAE"].double(), reference(data[1:]), rtol=1e-6, atol=0
+    )
+    assert loss.schedule_values() == {"linear(0→1, 4)": 1.0}

@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._lazy import lazy
+from torchtally.aggregation._states import outside_inference_mode
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
 from torchtally.objectives import STATE_VERSION
@@ -39,6 +40,7 @@ class LossState(LossDefinition[OutputT, TargetT]):
     """
 
     @lazy
+    @outside_inference_mode  # moved in place at every forward, also after a validation loop
     def _position(self) -> dict[str, Tensor]:
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
         return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
