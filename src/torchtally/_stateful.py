@@ -19,6 +19,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
+from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import MetricCallError, StateDictError, SyncError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -29,7 +30,7 @@ __all__ = ["StatefulObjective"]
 _STATE_VERSION = 1
 
 
-class StatefulObjective(LossOperand):
+class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     """An object with ``update``/``compute``/``reset`` that keeps its own state.
 
     ``update`` and ``compute`` call the object's and normalise what they return

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
-from torchtally.aggregation._states import outside_inference_mode
+from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
@@ -25,7 +25,7 @@ STATE_VERSION = 2
 """The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
 
 
-class Persistence(LedgerHolder):
+class Persistence(LedgerHolder, KeptOutsideInferenceMode):
     """Saving, loading, moving and copying (a mixin of :class:`~torchtally.objectives.Objective`).
 
     It works on the objective's ledger, and reads its declared names and
@@ -102,18 +102,3 @@ class Persistence(LedgerHolder):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
-
-    @outside_inference_mode
-    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        # Made with inference mode off, as the state itself (see outside_inference_mode): a
-        # copy taken under torch.inference_mode() must still take updates outside it.
-        cls = type(self)
-        copied = cls.__new__(cls)
-        memo[id(self)] = copied
-        state = copy.deepcopy(self.__getstate__(), memo)
-        restore = getattr(copied, "__setstate__", None)
-        if restore is not None:
-            restore(state)
-        else:
-            copied.__dict__.update(state)
-        return copied
