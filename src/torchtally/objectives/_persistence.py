@@ -16,7 +16,7 @@ import torch
 from typing_extensions import Self
 
 from torchtally.aggregation._states import KeptOutsideInferenceMode
-from torchtally.errors import StateDictError
+from torchtally.errors import InvalidArgumentError, StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
 __all__ = ["STATE_VERSION", "Persistence"]
@@ -90,8 +90,13 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
 
         Not needed to follow a model: the state is created on the device of the
         first values it receives. Needed to move a state that already exists.
+
+        Raises:
+            InvalidArgumentError: ``device`` is not a device this process can put
+                tensors on (a dtype: the state keeps its dtypes; a misspelt device;
+                CUDA in a build without it). Nothing moves then.
         """
-        self._ledger.to(device)
+        self._ledger.to(_usable_device(device, self._ledger.label))
         return self
 
     def copy(self) -> Self:
@@ -102,3 +107,19 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
+
+
+def _usable_device(device: Any, label: str) -> torch.device:
+    """``device`` as a :class:`torch.device` tensors can be made on (checked before any move)."""
+    if isinstance(device, torch.dtype):
+        why = "the state keeps the dtypes its values had"
+    else:
+        try:
+            target = torch.device(device)
+            torch.empty(0, device=target)  # an unusable device raises here, not half-way through
+            return target
+        except (TypeError, ValueError, RuntimeError, AssertionError) as error:
+            why = str(error).splitlines()[0]
+    raise InvalidArgumentError(
+        f"{label}: to() takes a device this process can use, found {device!r} ({why})"
+    )
