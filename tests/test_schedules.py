@@ -175,6 +175,8 @@ def test_schedules_are_frozen_data() -> None:
         (lambda: schedules.piecewise({1: 1.0}), "the weight at position 0, found [1]"),
         (lambda: schedules.piecewise({0: 1.0, -2: 1.0}), "positions must be ints >= 0, found -2"),
         (lambda: schedules.piecewise({0: 1.0, 1.5: 1.0}), "positions must be ints >= 0, found 1.5"),
+        # a position no step count reaches (int64): a raw ValueError at the first forward
+        (lambda: schedules.piecewise({0: 1.0, 2**63: 0.5}), f"below 2**63, found {2**63}"),
         (lambda: schedules.piecewise({}), "expected a non-empty dict"),
         (lambda: schedules.piecewise([(0, 1.0)]), "expected a non-empty dict"),
         (lambda: schedules.piecewise({0: float("inf")}), "the weight at 0 must be finite"),

@@ -268,8 +268,9 @@ def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
         unit: ``'step'`` or ``'epoch'``.
 
     Raises:
-        FormulaError: no point at 0, keys that are not ints >= 0, non-finite
-            weights, or weights of both signs.
+        FormulaError: no point at 0, keys that are not ints from 0 to 2**63 - 1
+            (positions are counted in int64), non-finite weights, or weights of
+            both signs.
 
     Example:
         >>> from torchtally import schedules
@@ -284,6 +285,11 @@ def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
     for start in points:
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise FormulaError(f"piecewise: positions must be ints >= 0, found {start!r}")
+        if start >= 2**63:
+            raise FormulaError(
+                f"piecewise: positions are counted in int64 and must be below 2**63, "
+                f"found {start!r}"
+            )
     if 0 not in points:
         raise FormulaError(
             f"piecewise: the points must say the weight at position 0, found {sorted(points)}"
