@@ -249,3 +249,34 @@ def test_an_objective_restored_in_inference_mode_keeps_counting_outside_it(
     )
     if hasattr(restored, "schedule_values"):
         restored(*data[0])  # a forward moves the schedules outside inference mode
+
+
+class Tally:
+    """A plain object keeping its state in attributes (``tt.wrap`` saves them as they are)."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.total += mae(outputs, targets).double().sum()
+        self.count += len(outputs)
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+    def reset(self) -> None:
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+
+
+def test_a_wrapped_object_loaded_in_inference_mode_keeps_counting_outside_it() -> None:
+    data = batches()
+    saved = tt.wrap(Tally(), name="MAE")
+    saved.update(*data[0])
+    restored = tt.wrap(Tally(), name="MAE")
+    with torch.inference_mode():
+        restored.load_state_dict(saved.state_dict())
+    for outputs, targets in data[1:]:
+        restored.update(outputs, targets)
+    torch.testing.assert_close(restored.compute()["MAE"], reference(data), rtol=1e-6, atol=0)
