@@ -603,6 +603,22 @@ def test_loading_a_damaged_state_raises_and_changes_nothing(
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
+def test_loading_cat_values_of_another_dtype_than_their_metadata_is_refused() -> None:
+    # A checkpoint whose tensors were halved to save space: a mean refuses it; a
+    # concatenation reported the halved values (0.1 became 0.0999755859375) as float16.
+    original = Cat()
+    original.add(torch.tensor([0.1, 0.5]))
+    meta, tensors = original.export()
+    acc = Cat()
+    acc.add(torch.tensor([1.0]))
+    for changed in (tensors[0].half(), tensors[0].double(), tensors[0].long()):
+        with pytest.raises(StateDictError, match=r"row 0 holds .* values.*says float32"):
+            acc.load(meta, [changed])
+        assert value_of(acc).tolist() == [1.0] and value_of(acc).dtype == torch.float32
+    acc.load(meta, tensors)
+    torch.testing.assert_close(value_of(acc), torch.tensor([0.1, 0.5]), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cls", ALL)
 def test_to_moves_the_state(cls: type[Accumulator]) -> None:
     acc = filled(cls)

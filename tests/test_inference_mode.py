@@ -9,6 +9,8 @@ raised was half folded, so the next ``compute()`` reported a wrong value.
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -145,3 +147,147 @@ def test_a_schedule_first_moved_under_inference_mode_moves_on_outside_it() -> No
     loss(torch.ones(2, 1), torch.zeros(2, 1))
     assert loss.schedule_values() == {"linear(0→1, 4)": 0.5}
     assert loss.compute()["Combined Loss"].item() == pytest.approx((1.0 + 1.25) / 2)
+
+
+@pytest.mark.parametrize("first", ["forward", "load_state_dict", "advance_epoch"])
+def test_a_scheduled_loss_first_used_in_inference_mode_keeps_training_outside_it(
+    first: str,
+) -> None:
+    # Lightning's sanity check runs validation (under inference mode) before the first
+    # training step: the schedules' positions must not become inference tensors there.
+    data = batches()
+    loss = tt.Loss(mae, "MAE") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(
+        functional.mse_loss, "MSE"
+    )
+    with torch.inference_mode():
+        if first == "forward":
+            loss(*data[0])
+        elif first == "load_state_dict":
+            loss.load_state_dict(loss.state_dict())
+        else:
+            loss.advance_epoch()
+    loss.reset()
+    before = 1 if first == "forward" else 0
+    for index, (outputs, targets) in enumerate(data[1:]):
+        weight = min(before + index, 4) / 4
+        expected = mae(outputs, targets).mean() + weight * functional.mse_loss(outputs, targets)
+        torch.testing.assert_close(loss(outputs, targets), expected)
+    loss.advance_epoch()
+    torch.testing.assert_close(
+        loss.compute()["MAE"].double(), reference(data[1:]), rtol=1e-6, atol=0
+    )
+    assert loss.schedule_values() == {"linear(0→1, 4)": 1.0}
+
+
+class AbsoluteErrors(torch.nn.Module):
+    """A stateful module (``tt.wrap`` keeps its state in it): the mean absolute error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.total += mae(outputs, targets).double().sum()
+        self.count += len(outputs)
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+    def reset(self) -> None:
+        self.total.zero_()
+        self.count.zero_()
+
+
+def mse_per_sample(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).mean(1)
+
+
+def mae_and_double(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    return {"MAE": mae(outputs, targets), "Twice": 2 * mae(outputs, targets)}
+
+
+def torchmetrics_mae() -> Any:
+    torchmetrics = pytest.importorskip("torchmetrics")
+    from torchtally.contrib.torchmetrics import from_torchmetrics
+
+    # Over every element of rows of equal length: the mean of the rows' mean absolute errors.
+    return from_torchmetrics(torchmetrics.MeanAbsoluteError(), name="MAE")
+
+
+KINDS: dict[str, Callable[[], Any]] = {
+    "metric": lambda: tt.Metric(mae, "MAE"),
+    "collection": lambda: tt.MetricCollection(MAE=mae, MSE=mse_per_sample),
+    "scheduled loss": lambda: (
+        tt.Loss(mae, "MAE") + tt.schedules.linear(0.0, 1.0, 3) * tt.Loss(mse_per_sample, "MSE")
+    ),
+    "dict loss": lambda: tt.DictLoss(mae_and_double, "MAE"),
+    "joined": lambda: tt.Metric(mae, "MAE") | tt.Metric(mse_per_sample, "MSE"),
+    "joined loss": lambda: tt.Loss(mae, "MAE") | tt.Metric(mse_per_sample, "MSE"),
+    "wrapped function": lambda: tt.wrap(mae, name="MAE"),
+    "wrapped stateful module": lambda: tt.wrap(AbsoluteErrors(), name="MAE"),
+    "torchmetrics adapter": torchmetrics_mae,
+}
+
+
+def _pickled(objective: Any) -> Any:
+    return pickle.loads(pickle.dumps(objective))
+
+
+def _saved(objective: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(objective, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save", "deepcopy"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_an_objective_restored_in_inference_mode_keeps_counting_outside_it(
+    kind: str, how: str
+) -> None:
+    # A checkpoint read (or an objective copied) inside a validation hook, then trained on.
+    data = batches()
+    objective = KINDS[kind]()
+    objective.update(*data[0])
+    restore = {"pickle": _pickled, "torch.save": _saved, "deepcopy": copy.deepcopy}[how]
+    with torch.inference_mode():
+        restored = restore(objective)
+    for outputs, targets in data[1:]:
+        restored.update(outputs, targets)
+    torch.testing.assert_close(
+        restored.compute()["MAE"].double(), reference(data), rtol=1e-6, atol=0
+    )
+    if hasattr(restored, "schedule_values"):
+        restored(*data[0])  # a forward moves the schedules outside inference mode
+
+
+class Tally:
+    """A plain object keeping its state in attributes (``tt.wrap`` saves them as they are)."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.total += mae(outputs, targets).double().sum()
+        self.count += len(outputs)
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+    def reset(self) -> None:
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+
+
+def test_a_wrapped_object_loaded_in_inference_mode_keeps_counting_outside_it() -> None:
+    data = batches()
+    saved = tt.wrap(Tally(), name="MAE")
+    saved.update(*data[0])
+    restored = tt.wrap(Tally(), name="MAE")
+    with torch.inference_mode():
+        restored.load_state_dict(saved.state_dict())
+    for outputs, targets in data[1:]:
+        restored.update(outputs, targets)
+    torch.testing.assert_close(restored.compute()["MAE"], reference(data), rtol=1e-6, atol=0)

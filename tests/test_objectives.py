@@ -28,6 +28,7 @@ from torchtally.aggregation import Cat, Mean
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     IncompatibleStateError,
+    InvalidArgumentError,
     NameConflictError,
     ResultShapeError,
     StateDictError,
@@ -529,6 +530,30 @@ def test_to_moves_state_and_returns_self() -> None:
     assert_same(computed(metrics), expected)
     metrics.to(torch.device("meta"))
     assert all(value.device.type == "meta" for value in metrics.compute().values())
+
+
+@pytest.mark.parametrize("kind", ["metric", "loss", "joined"])
+def test_a_refused_to_moves_nothing_and_says_why(kind: str) -> None:
+    # to() takes a device: a dtype, a misspelt device or CUDA in a build without it was a raw
+    # TypeError/RuntimeError/AssertionError, and the last left the state claiming to be on cuda.
+    objective: Any = {
+        "metric": lambda: tt.Metric(mae, "MAE"),
+        "loss": lambda: tt.Loss(mae, "MAE") + 0.5 * tt.Loss(mse, "MSE"),
+        "joined": lambda: tt.Metric(mae, "MAE") | tt.Metric(mse, "MSE"),
+    }[kind]()
+    data = batches_of([4, 3])
+    objective.update(*data[0])
+    refused: list[Any] = [torch.float64, "gpu0", 3.5]
+    if not torch.cuda.is_available():
+        refused.append("cuda")
+    for device in refused:
+        with pytest.raises(InvalidArgumentError, match=r"to\(\) takes a device"):
+            objective.to(device)
+    objective.update(*data[1])  # still on the CPU
+    outputs, targets = (torch.cat(parts) for parts in zip(*data, strict=True))
+    torch.testing.assert_close(
+        computed(objective)["MAE"].double(), mae(outputs.double(), targets.double()).mean()
+    )
 
 
 # -- Metric, MetricCollection and composition -------------------------------------------------
@@ -1279,8 +1304,9 @@ def test_running_values_span_folds_leave_out_other_aggregations_and_restart_at_r
     assert both.running(3) == {"Mean": torch.tensor(sum(last) / 3, dtype=torch.float64)}
     both.reset()
     assert both.running(3) == {}
-    with pytest.raises(ValueError, match="window of at least 1"):
-        both.running(0)
+    for window in (0, 2.0, "3", True):  # a raw ValueError for 0; 2.0 was taken for 2
+        with pytest.raises(InvalidArgumentError, match=r"MetricCollection.*window of at least 1"):
+            both.running(window)
 
 
 def test_running_values_carry_the_prefix_and_postfix_compute_reports() -> None:

@@ -94,6 +94,24 @@ def test_linear_and_cosine_values_follow_their_definitions(
         assert schedule.unit == "step"
 
 
+@pytest.mark.parametrize(
+    ("start", "end"), [(0.7, 0.1), (0.1, 0.7), (0.001, 0.9), (0.3, 0.1), (1e-8, 3.3), (2.0, 2.0)]
+)
+def test_ramps_start_and_end_exactly_on_their_values(start: float, end: float) -> None:
+    # "then end": linear(0.7, 0.1) held 0.09999999999999998 after its ramp, cosine(0.1, 0.7)
+    # began at 0.09999999999999998 (start + (end - start) x 1 is not end in floating point).
+    for make in (schedules.linear, schedules.cosine):
+        schedule = make(start, end, steps=7)
+        loss = schedule * tt.Loss(ce_fn, "CE")
+        assert (schedule.value(0), schedule.value(7), schedule.value(100)) == (start, end, end)
+        assert schedule.values(torch.tensor([0, 7, 100])).tolist() == [start, end, end]
+        assert list(loss.schedule_values().values()) == [start]
+        positions = list(range(9))
+        on_host = [schedule.value(position) for position in positions]
+        assert schedule.values(torch.tensor(positions)).tolist() == on_host  # the same numbers
+        assert all(min(start, end) <= value <= max(start, end) for value in on_host)
+
+
 def test_cosine_is_half_way_at_half_the_steps() -> None:
     curve = schedules.cosine(1.0, 0.0, steps=10)
     assert curve.value(5) == pytest.approx(0.5, abs=1e-15)
@@ -157,6 +175,8 @@ def test_schedules_are_frozen_data() -> None:
         (lambda: schedules.piecewise({1: 1.0}), "the weight at position 0, found [1]"),
         (lambda: schedules.piecewise({0: 1.0, -2: 1.0}), "positions must be ints >= 0, found -2"),
         (lambda: schedules.piecewise({0: 1.0, 1.5: 1.0}), "positions must be ints >= 0, found 1.5"),
+        # a position no step count reaches (int64): a raw ValueError at the first forward
+        (lambda: schedules.piecewise({0: 1.0, 2**63: 0.5}), f"below 2**63, found {2**63}"),
         (lambda: schedules.piecewise({}), "expected a non-empty dict"),
         (lambda: schedules.piecewise([(0, 1.0)]), "expected a non-empty dict"),
         (lambda: schedules.piecewise({0: float("inf")}), "the weight at 0 must be finite"),

@@ -435,6 +435,7 @@ def test_load_state_dict_checks_everything_and_changes_nothing_on_failure() -> N
         ([1, 2], "expected a dict"),
         ({**state, "history": [1.0, "x"]}, "a list of numbers"),
         ({**state, "history": 3.0}, "a list of numbers"),
+        ({**state, "history": [1.0, 10**400]}, "a list of numbers"),  # no float holds it
         ({**state, "higher_is_better": True}, "higher_is_better=True"),
     ]
     for bad, message in bad_states:

@@ -19,6 +19,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
+from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -28,8 +29,11 @@ __all__ = ["StatefulObjective"]
 
 _STATE_VERSION = 1
 
+_kept_copy = outside_inference_mode(copy.deepcopy)
+"""A deep copy the object keeps and changes in place (normal tensors under inference mode)."""
 
-class StatefulObjective(LossOperand):
+
+class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     """An object with ``update``/``compute``/``reset`` that keeps its own state.
 
     ``update`` and ``compute`` call the object's and normalise what they return
@@ -201,7 +205,7 @@ class StatefulObjective(LossOperand):
             and "attributes" in state_dict
             and hasattr(self._object, "__dict__")
         ):
-            vars(self._object).update(copy.deepcopy(dict(state_dict["attributes"])))
+            vars(self._object).update(_kept_copy(dict(state_dict["attributes"])))
             return
         raise StateDictError(
             f"{self._owner}: expected a dict from StatefulObjective.state_dict() for a "

@@ -147,16 +147,30 @@ class _Ramp(Schedule):
     def _progress_tensor(self, position: Tensor) -> Tensor:
         return position.to(torch.float64).clamp(0, self.steps) / self.steps
 
+    def _between(self, weight: float) -> float:
+        """``start`` moved ``weight`` (0 to 1) of the way to ``end``: exactly each at 0 and 1.
+
+        Counted from the nearer end (as ``torch.lerp`` does): ``start + (end - start) x 1``
+        need not be ``end`` in floating point.
+        """
+        span = self.end - self.start
+        return self.start + weight * span if weight < 0.5 else self.end - span * (1 - weight)
+
+    def _between_tensor(self, weight: Tensor) -> Tensor:
+        """:meth:`_between` with tensor operations (the same numbers)."""
+        span = self.end - self.start
+        return torch.where(weight < 0.5, self.start + weight * span, self.end - span * (1 - weight))
+
 
 @dataclass(frozen=True)
 class _Linear(_Ramp):
     kind: ClassVar[str] = "linear"
 
     def value(self, position: int) -> float:
-        return self.start + (self.end - self.start) * self._progress(position)
+        return self._between(self._progress(position))
 
     def values(self, position: Tensor) -> Tensor:
-        return self.start + (self.end - self.start) * self._progress_tensor(position)
+        return self._between_tensor(self._progress_tensor(position))
 
 
 @dataclass(frozen=True)
@@ -164,18 +178,10 @@ class _Cosine(_Ramp):
     kind: ClassVar[str] = "cosine"
 
     def value(self, position: int) -> float:
-        return (
-            self.end
-            + (self.start - self.end) * (1 + math.cos(math.pi * self._progress(position))) / 2
-        )
+        return self._between((1 - math.cos(math.pi * self._progress(position))) / 2)
 
     def values(self, position: Tensor) -> Tensor:
-        return (
-            self.end
-            + (self.start - self.end)
-            * (1 + torch.cos(math.pi * self._progress_tensor(position)))
-            / 2
-        )
+        return self._between_tensor((1 - torch.cos(math.pi * self._progress_tensor(position))) / 2)
 
 
 @dataclass(frozen=True)
@@ -262,8 +268,9 @@ def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
         unit: ``'step'`` or ``'epoch'``.
 
     Raises:
-        FormulaError: no point at 0, keys that are not ints >= 0, non-finite
-            weights, or weights of both signs.
+        FormulaError: no point at 0, keys that are not ints from 0 to 2**63 - 1
+            (positions are counted in int64), non-finite weights, or weights of
+            both signs.
 
     Example:
         >>> from torchtally import schedules
@@ -278,6 +285,11 @@ def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
     for start in points:
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise FormulaError(f"piecewise: positions must be ints >= 0, found {start!r}")
+        if start >= 2**63:
+            raise FormulaError(
+                f"piecewise: positions are counted in int64 and must be below 2**63, "
+                f"found {start!r}"
+            )
     if 0 not in points:
         raise FormulaError(
             f"piecewise: the points must say the weight at position 0, found {sorted(points)}"

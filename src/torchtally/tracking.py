@@ -359,12 +359,12 @@ class MetricTracker:
                 raise StateDictError(
                     f"{label}: the state has {key}={state_dict.get(key)!r}, this tracker {mine!r}"
                 )
-        history = state_dict.get("history")
-        if not isinstance(history, (list, tuple)) or not all(map(_is_real, history)):
+        values = _floats(state_dict.get("history"))  # all converted before anything changes
+        if values is None:
             raise StateDictError(f"{label}: expected a list of numbers under 'history'")
         self._history, self._best, self._wait, self._improved = [], None, 0, False
-        for value in history:
-            self._record(float(value))
+        for value in values:
+            self._record(value)
 
     def __repr__(self) -> str:
         arrow = "↑" if self.higher_is_better else "↓"
@@ -382,3 +382,13 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _floats(values: Any) -> list[float] | None:
+    """``values`` as floats, if it is a list (or tuple) of numbers a float holds; else ``None``."""
+    if not isinstance(values, (list, tuple)) or not all(map(_is_real, values)):
+        return None
+    try:
+        return [float(value) for value in values]
+    except OverflowError:  # an int beyond float's range
+        return None

@@ -310,6 +310,11 @@ class Cat(Accumulator):
                     f"{where}: row {row} must hold a tensor with a leading dimension, found "
                     f"{type(tensor).__name__}"
                 )
+            if tensor.dtype != dtypes[row]:  # what the row reports, and promotes with
+                raise StateDictError(
+                    f"{where}: row {row} holds {dtype_name(tensor.dtype)} values, its metadata "
+                    f"says {names[row]}"
+                )
             target = torch.device(device) if device is not None else tensor.device
             chunks.append([tensor.to(target, copy=True)])
         self.rows = rows

@@ -10,17 +10,19 @@ some rows of a state (an add or a merge into them) goes through
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "MERGE_RULES",
+    "KeptOutsideInferenceMode",
     "StateHolder",
     "StateSpec",
     "change_rows",
@@ -107,6 +109,34 @@ def outside_inference_mode(make: Callable[_P, _R]) -> Callable[_P, _R]:
         return make(*args, **kwargs)
 
     return made
+
+
+class KeptOutsideInferenceMode:
+    """A mixin: deep copies and unpickled objects hold normal tensors, whatever the mode.
+
+    An object that keeps tensors it later changes in place (an objective, an
+    adapter's metric, a wrapped stateful object) is deep-copied with inference
+    mode off, and one unpickled under ``torch.inference_mode()`` (whose tensors
+    the unpickler made as inference tensors) replaces its state with a copy
+    made with inference mode off; see :func:`outside_inference_mode`.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    @outside_inference_mode
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        cls = type(self)
+        copied = cls.__new__(cls)
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return copied
+
+    def __setstate__(self, state: Any) -> None:
+        if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                state = copy.deepcopy(state, {id(self): self})
+        self.__dict__.update(state)
 
 
 @outside_inference_mode

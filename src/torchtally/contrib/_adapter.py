@@ -15,6 +15,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
+from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import MetricCallError, RepeatedSampleWarning, SyncError
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
@@ -47,7 +48,7 @@ def foreign_error(metric: Any, method: str, owner: str, error: Exception) -> Met
     return callable_error(owner, f"{type(metric).__name__}.{method}", error)
 
 
-class SyncedAdapter(SyncCounters, Generic[ViewT]):
+class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     """Base of the adapters: a synced view of type ``ViewT``, and the hooks around it.
 
     Subclasses implement ``sync_identity``, ``sync_export`` and

@@ -40,9 +40,10 @@ class LossState(LossDefinition[OutputT, TargetT]):
     """
 
     @lazy
+    @outside_inference_mode  # moved in place at every forward, also after a validation loop
     def _position(self) -> dict[str, Tensor]:
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
-        return _fresh_position()
+        return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
 
     def _step(self) -> None:
         """Move the schedules counted in steps one step on (after each ``forward``)."""
@@ -160,8 +161,3 @@ class LossState(LossDefinition[OutputT, TargetT]):
             [callable_identity(fn) for fn in call.callables()] for call in self._multi_calls
         ]
         return identity
-
-
-@outside_inference_mode  # kept and moved on in place, also after a first forward in inference
-def _fresh_position() -> dict[str, Tensor]:
-    return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}

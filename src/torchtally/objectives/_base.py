@@ -334,6 +334,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         than by a mean are left out.
 
         Raises:
+            InvalidArgumentError: ``window`` is not an int >= 1.
             CompileError: batches were updated inside ``torch.compile`` since the
                 last reset (they are folded in the graph, not remembered); a
                 ``RuntimeError``.

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
-from torchtally.errors import CompileError, DeviceMismatchError, WeightError
+from torchtally.errors import CompileError, DeviceMismatchError, InvalidArgumentError, WeightError
 from torchtally.objectives._fold import fold_now, fold_queued, keep
 from torchtally.objectives._plan import Plan, make_plan, plan_key
 from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
@@ -327,6 +327,11 @@ class Ledger(Rows):
         ``window`` pairs of float64 numbers per name, on the values' device;
         nothing is read on the host and the epoch values are not touched.
         """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise InvalidArgumentError(
+                f"{self.label}: running values need a window of at least 1 batch (an int), "
+                f"found {window!r}"
+            )
         if self.compiled:  # before anything changes: a refused call changes nothing
             raise CompileError(
                 f"{self.label}: batches updated inside torch.compile are not kept for running "

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
-from torchtally.aggregation._states import outside_inference_mode
-from torchtally.errors import StateDictError
+from torchtally.aggregation._states import KeptOutsideInferenceMode
+from torchtally.errors import InvalidArgumentError, StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
 __all__ = ["STATE_VERSION", "Persistence"]
@@ -25,7 +25,7 @@ STATE_VERSION = 2
 """The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
 
 
-class Persistence(LedgerHolder):
+class Persistence(LedgerHolder, KeptOutsideInferenceMode):
     """Saving, loading, moving and copying (a mixin of :class:`~torchtally.objectives.Objective`).
 
     It works on the objective's ledger, and reads its declared names and
@@ -90,8 +90,13 @@ class Persistence(LedgerHolder):
 
         Not needed to follow a model: the state is created on the device of the
         first values it receives. Needed to move a state that already exists.
+
+        Raises:
+            InvalidArgumentError: ``device`` is not a device this process can put
+                tensors on (a dtype: the state keeps its dtypes; a misspelt device;
+                CUDA in a build without it). Nothing moves then.
         """
-        self._ledger.to(device)
+        self._ledger.to(_usable_device(device, self._ledger.label))
         return self
 
     def copy(self) -> Self:
@@ -103,17 +108,18 @@ class Persistence(LedgerHolder):
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
 
-    @outside_inference_mode
-    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        # Made with inference mode off, as the state itself (see outside_inference_mode): a
-        # copy taken under torch.inference_mode() must still take updates outside it.
-        cls = type(self)
-        copied = cls.__new__(cls)
-        memo[id(self)] = copied
-        state = copy.deepcopy(self.__getstate__(), memo)
-        restore = getattr(copied, "__setstate__", None)
-        if restore is not None:
-            restore(state)
-        else:
-            copied.__dict__.update(state)
-        return copied
+
+def _usable_device(device: Any, label: str) -> torch.device:
+    """``device`` as a :class:`torch.device` tensors can be made on (checked before any move)."""
+    if isinstance(device, torch.dtype):
+        why = "the state keeps the dtypes its values had"
+    else:
+        try:
+            target = torch.device(device)
+            torch.empty(0, device=target)  # an unusable device raises here, not half-way through
+            return target
+        except (TypeError, ValueError, RuntimeError, AssertionError) as error:
+            why = str(error).splitlines()[0]
+    raise InvalidArgumentError(
+        f"{label}: to() takes a device this process can use, found {device!r} ({why})"
+    )

@@ -78,7 +78,11 @@ class SyncCounters:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A copy or an unpickled object is a new participant, made now.
-        self.__dict__.update(state)
+        restore = getattr(super(), "__setstate__", None)  # a mixin's, if any
+        if restore is not None:
+            restore(state)
+        else:
+            self.__dict__.update(state)
         self._serial = serial()
 
     def sync_stamp(self) -> tuple[int, int]:
