@@ -179,13 +179,11 @@ def test_a_scheduled_loss_first_used_in_inference_mode_keeps_training_outside_it
     assert loss.schedule_values() == {"linear(0→1, 4)": 1.0}
 
 
-class AbsoluteErrors(torch.nn.Module):
-    """A stateful module (``tt.wrap`` keeps its state in it): the mean absolute error."""
+class MeanOfErrors:
+    """``update`` and ``compute`` of a mean absolute error kept in ``total`` and ``count``."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+    total: Tensor
+    count: Any
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
         self.total += mae(outputs, targets).double().sum()
@@ -193,6 +191,15 @@ class AbsoluteErrors(torch.nn.Module):
 
     def compute(self) -> Tensor:
         return self.total / self.count
+
+
+class AbsoluteErrors(MeanOfErrors, torch.nn.Module):
+    """A stateful module (``tt.wrap`` keeps its state in it): the mean absolute error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     def reset(self) -> None:
         self.total.zero_()
@@ -262,19 +269,12 @@ def test_an_objective_restored_in_inference_mode_keeps_counting_outside_it(
         restored(*data[0])  # a forward moves the schedules outside inference mode
 
 
-class Tally:
+class Tally(MeanOfErrors):
     """A plain object keeping its state in attributes (``tt.wrap`` saves them as they are)."""
 
     def __init__(self) -> None:
         self.total = torch.zeros((), dtype=torch.float64)
         self.count = 0
-
-    def update(self, outputs: Tensor, targets: Tensor) -> None:
-        self.total += mae(outputs, targets).double().sum()
-        self.count += len(outputs)
-
-    def compute(self) -> Tensor:
-        return self.total / self.count
 
     def reset(self) -> None:
         self.total = torch.zeros((), dtype=torch.float64)
