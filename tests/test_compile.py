@@ -372,3 +372,20 @@ def test_state_first_made_in_a_graph_under_inference_mode_takes_eager_batches() 
     metrics.merge_state(other)
     compiled(*data[3])
     assert metrics.compute() == {"MAE": torch.tensor(2.5), "Worst": torch.tensor(4.0)}
+
+
+@pytest.mark.timeout(300)
+def test_a_schedule_first_moved_in_a_graph_under_inference_mode_moves_on_eagerly() -> None:
+    # Its position was made inside the graph (an inference tensor): the next eager forward
+    # raised torch's RuntimeError after counting the batch and moving the position anyway.
+    loss = tt.Loss(mae, "A") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(mae, "B")
+    ones, zeros = torch.ones(2, 1), torch.zeros(2, 1)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        assert torch.compile(loss, fullgraph=True)(ones, zeros).item() == 1.0  # weight 0
+    assert loss(ones, zeros).item() == 1.25  # weight 1/4
+    loss.advance_epoch()
+    loss.load_state_dict(loss.state_dict())
+    assert loss(ones, zeros).item() == 1.5  # weight 2/4
+    assert loss.schedule_values() == {"linear(0→1, 4)": 0.75}
+    assert loss.compute()["Combined Loss"].item() == pytest.approx(3.75 / 3)

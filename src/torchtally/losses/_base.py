@@ -265,7 +265,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
             1 {'piecewise(0: 1, 2: 0.5 epochs)': 1.0}
             2 {'piecewise(0: 1, 2: 0.5 epochs)': 0.5}
         """
-        self._position["epoch"].add_(1)
+        self._advance("epoch")
 
     # -- epoch values -------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._lazy import lazy
-from torchtally.aggregation._states import outside_inference_mode
+from torchtally.aggregation._states import normal_state, outside_inference_mode
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
 from torchtally.objectives import STATE_VERSION
@@ -48,7 +48,24 @@ class LossState(LossDefinition[OutputT, TargetT]):
     def _step(self) -> None:
         """Move the schedules counted in steps one step on (after each ``forward``)."""
         if self._program.factors:
-            self._position["step"].add_(1)
+            self._advance("step")
+
+    def _advance(self, unit: str) -> None:
+        """Move the position counted in ``unit`` one on, in place."""
+        self._writable_position()[unit].add_(1)
+
+    def _writable_position(self) -> dict[str, Tensor]:
+        """The positions, as tensors that may be changed in place here."""
+        position = self._position
+        if (
+            not torch.compiler.is_compiling()
+            and position["step"].is_inference()
+            and not torch.is_inference_mode_enabled()
+        ):
+            # made inside a graph compiled under torch.inference_mode(): inference tensors,
+            # which nothing outside inference mode may change in place
+            self._position = position = normal_state(position)
+        return position
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -149,8 +166,9 @@ class LossState(LossDefinition[OutputT, TargetT]):
         return positions
 
     def _install_schedule_state(self, positions: Mapping[str, Tensor]) -> None:
+        kept = self._writable_position()
         for unit, value in positions.items():
-            self._position[unit].copy_(value)
+            kept[unit].copy_(value)
 
     @override
     def sync_identity(self) -> dict[str, Any]:
