@@ -128,30 +128,17 @@ def dtype_from_name(name: Any) -> torch.dtype | None:
 # -- batch size and weights -------------------------------------------------------------------
 
 
-def _is_record(item: Any) -> bool:
-    """A per-sample record: a dict (one image's boxes and labels, say)."""
-    return isinstance(item, Mapping)
-
-
 def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> None:
-    """Refuse a list of tensors whose first dimensions differ: no batch dimension to read.
-
-    The tensors of one batch share their batch dimension; tensors of several
-    lengths are one per sample (ragged targets), or not all batched. Taking
-    the first one's length would weigh the batch by one sample's length.
-    """
+    """Refuse tensors of several first dimensions (one per sample): no batch dimension to read."""
     if len(items) > 1 and all(isinstance(element, Tensor) and element.ndim for element in items):
         lengths = [int(element.shape[0]) for element in items]
         if min(lengths) != max(lengths):
+            shown = ", ".join(map(str, lengths[:5])) + (", ..." if len(lengths) > 5 else "")
             raise BatchSizeError(
-                f"a list of tensors whose first dimensions differ ({_shown(lengths)}) has no "
-                f"batch dimension (one tensor per sample?); pass weight=, e.g. the "
-                f"construction argument weight=lambda outputs, targets: torch.ones(len(targets))"
+                f"a list of tensors whose first dimensions differ ({shown}) has no batch "
+                f"dimension (one tensor per sample?); pass weight=, e.g. the construction "
+                f"argument weight=lambda outputs, targets: torch.ones(len(targets))"
             )
-
-
-def _shown(lengths: list[int]) -> str:
-    return ", ".join(map(str, lengths[:5])) + (", ..." if len(lengths) > 5 else "")
 
 
 def _leading_dim(item: Any) -> int | None:
@@ -165,7 +152,7 @@ def _leading_dim(item: Any) -> int | None:
     elif isinstance(item, (tuple, list)):
         # A list of per-sample records (detection targets: one dict per image) is as long
         # as the batch; the first tensor inside record 0 would count record 0's boxes.
-        if item and all(_is_record(element) for element in item):
+        if item and all(isinstance(element, Mapping) for element in item):
             return len(item)
         _refuse_ragged(item)
     else:
