@@ -30,6 +30,7 @@ __all__ = [
     "combine_states",
     "fresh_state",
     "is_exact",
+    "nan_where_negative",
     "normal_state",
     "outside_inference_mode",
     "promote",
@@ -154,16 +155,22 @@ def normal_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {name: tensor.clone() for name, tensor in state.items()}
 
 
+def nan_where_negative(weights: Tensor) -> Tensor:
+    """``weights`` with every negative entry NaN.
+
+    A tensor weight is never read on the host, so a negative one cannot be
+    refused; a NaN in what it weighs shows it instead of a wrong mean or sum.
+    """
+    return weights.masked_fill(weights < 0, math.nan)
+
+
 def weighted_values(values: Tensor, weights: Tensor) -> Tensor:
     """``values * weights`` in float64, where an entry of weight 0 counts 0, NaN or inf as it is.
 
     A weight of 0 leaves an entry out; ``NaN x 0`` and ``inf x 0`` would be NaN.
-    An entry of negative weight is NaN: a tensor weight is never read on the
-    host, so it cannot be refused, and a NaN is what shows it instead of a
-    wrong mean or sum.
+    An entry of negative weight is NaN (:func:`nan_where_negative`).
     """
-    product = torch.where(weights == 0, 0.0, values.to(torch.float64) * weights)
-    return product.masked_fill_(weights < 0, math.nan)
+    return torch.where(weights == 0, 0.0, values.to(torch.float64) * nan_where_negative(weights))
 
 
 def two_sum_into(total: Tensor, addend: Tensor) -> None:

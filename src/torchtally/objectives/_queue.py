@@ -14,7 +14,6 @@ fold, and folds what :meth:`Queue.items` views.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight
-from torchtally.aggregation._states import outside_inference_mode
+from torchtally.aggregation._states import nan_where_negative, outside_inference_mode
 from torchtally.objectives._plan import VECTOR, Part, Plan
 
 __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Queue", "Queued", "batch_weights", "per_sample"]
@@ -308,8 +307,7 @@ def batch_weights(
         if weight is None:
             parts.append(torch.tensor([size if mean_like else 1], dtype=F64, device=device))
         elif isinstance(weight, Tensor):  # a negative per-sample weight: NaN, as for vectors
-            wide = weight.to(device, F64)
-            parts.append(wide.masked_fill(wide < 0, math.nan).sum().reshape(1))
+            parts.append(nan_where_negative(weight.to(device, F64)).sum().reshape(1))
         else:
             parts.append(torch.ones(1, dtype=F64, device=device) * weight)  # see per_sample
     return torch.cat(parts)
