@@ -260,6 +260,11 @@ def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> Non
 
 def test_a_foreign_update_error_is_the_librarys_own_naming_the_adapter() -> None:
     # update(..., weight=) raised torcheval's bare TypeError.
-    mse = from_torcheval(eval_metrics.MeanSquaredError())
+    shards = [(torch.tensor([0.0, 1.0]), torch.zeros(2)), (torch.tensor([3.0]), torch.zeros(1))]
+    adapters = [from_torcheval(eval_metrics.MeanSquaredError()) for _ in shards]
+    for adapter, batch in zip(adapters, shards, strict=True):
+        adapter.update(*batch)
+    simulated_sync(adapters)
     with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.update.*TypeError"):
-        mse.update(torch.ones(2), torch.zeros(2), weight=torch.ones(2))
+        adapters[0].update(torch.ones(2), torch.zeros(2), weight=torch.ones(2))
+    assert adapters[0].compute()["MeanSquaredError"].item() == pytest.approx(10 / 3)  # synced

@@ -156,14 +156,16 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
 
         Raises:
             MetricCallError: a metric's ``update`` raised (``weight=``, say); the metrics
-                before it kept the batch.
+                before it kept the batch. The synced view is kept if none did.
         """
-        self.drop_view()
-        for metric in self._metrics.values():
+        for index, metric in enumerate(self._metrics.values()):
             try:
                 metric.update(outputs, targets, *args, **kwargs)
             except Exception as error:
+                if index:  # the metrics before it changed: the synced view is stale
+                    self.drop_view()
                 raise foreign_error(metric, "update", self._owner, error) from error
+        self.drop_view()
 
     # -- values -------------------------------------------------------------------------------
 
