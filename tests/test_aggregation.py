@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import torchtally as tt
 from torchtally.aggregation import (
     ACCUMULATORS,
     Accumulator,
@@ -731,3 +732,23 @@ def test_integer_sums_past_two_to_the_53_stay_exact() -> None:
     assert int(total.reduce()[0]) == expected
     count = sum(len(batch) for batch in batches)
     assert float(mean.reduce()[0]) == float(Fraction(expected, count))
+
+
+def test_int64_entries_whose_sum_passes_int64_do_not_wrap_around() -> None:
+    # Each fold summed int64 entries in int64, which wrapped: the mean of [2**62, 2**62, 5]
+    # was -3.07e18 (truth 3.07e18), and through an objective's queue three batches of
+    # [2**62, 2**62] gave a mean of -1.54e18 (truth 2**62).
+    batches = [[2**62, 2**62, 5], [-(2**63), -(2**63) + 1], [2**63 - 1, 2**63 - 1, 2**63 - 1]]
+    mean = Mean()
+    for batch in batches:
+        mean.add(torch.tensor(batch, dtype=torch.int64))
+    every = [value for batch in batches for value in batch]
+    assert float(mean.reduce()[0]) == float(Fraction(sum(every), len(every)))
+    metric = tt.Metric(lambda o, t: o, "Mean")
+    for _ in range(3):
+        metric.update(torch.tensor([2**62, 2**62]), torch.zeros(2))
+    assert metric.compute()["Mean"].item() == float(2**62)
+    total = Sum()  # a first fold past int64 (it wrapped to -2**63), then back below
+    total.add(torch.tensor([2**62, 2**62]))
+    total.add(torch.tensor([-(2**62), -(2**62) + 5]))
+    assert value_of(total).dtype == torch.int64 and value_of(total).item() == 5

@@ -23,6 +23,21 @@ _F64 = torch.float64
 _I64 = torch.int64
 
 
+def _exact_sum(total: Tensor, values: Tensor, entries: tuple[int, ...], scale: float) -> Tensor:
+    """``scale`` times the int64 sum of ``values`` over ``entries``, as float64.
+
+    A float64 sum rounds integers past 2**53, so the sum is taken in int64 and
+    what its float64 conversion loses is added to ``total`` (compensated) at
+    once. ``scale`` is a power of 2, so scaling is exact. An int64 sum wraps
+    past 2**63: :meth:`Mean._add` sums int64 values as their high and low 32
+    bits (each sum exact below 2**31 entries per fold).
+    """
+    exact = values.sum(entries, dtype=_I64)
+    rounded = exact.to(_F64)
+    two_sum_into(total, (exact - rounded.to(_I64)).to(_F64) * scale)  # what it lost
+    return rounded * scale
+
+
 class Mean(Accumulator):
     """Weighted mean with a compensated float64 state and constant memory.
 
@@ -71,10 +86,12 @@ class Mean(Accumulator):
         # temporary is a buffer the graph allocates every step).
         last = state["last"]
         if weights is None:
-            if is_exact(values.dtype):  # summed as integers: a float64 sum rounds past 2**53
-                exact = values.sum(entries, dtype=_I64)
-                sums = exact.to(_F64)
-                two_sum_into(state["total"], (exact - sums.to(_I64)).to(_F64))  # what it lost
+            if values.dtype == _I64:  # summed as integers, split at 2**32: see _exact_sum
+                high = _exact_sum(state["total"], values >> 32, entries, 2.0**32)
+                two_sum_into(state["total"], high)
+                sums = _exact_sum(state["total"], values & (2**32 - 1), entries, 1.0)
+            elif is_exact(values.dtype):  # no int64 sum of narrower integers can wrap
+                sums = _exact_sum(state["total"], values, entries, 1.0)
             else:
                 sums = values.sum(entries, dtype=_F64)
             state["weight"].add_(values[0].numel())
