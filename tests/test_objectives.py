@@ -1338,3 +1338,24 @@ def test_a_sparse_value_gets_a_library_error_and_changes_nothing() -> None:
     with pytest.raises(tt.errors.ResultTypeError, match="to_dense"):
         identity.update(torch.full((2,), 5.0).to_sparse(), torch.zeros(2))
     assert identity.compute() == {"X": torch.tensor(1.0)}
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2]
+)
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "max"])
+def test_a_value_of_a_dtype_no_state_holds_is_refused_and_changes_nothing(
+    dtype: torch.dtype, aggregation: str
+) -> None:
+    # These dtypes were accepted, then 'max' raised a raw NotImplementedError at compute()
+    # and every state_dict() they made was refused by load_state_dict (unknown dtype name).
+    metric = tt.Metric(lambda o, t: o, "X", aggregation=aggregation)
+    metric.update(torch.tensor([1.0, 3.0]), torch.zeros(2))
+    for value in (torch.tensor([5, 7]).to(dtype), torch.tensor(5).to(dtype)):
+        with pytest.raises(tt.errors.ResultTypeError, match=rf"'X'.*{dtype}.*\.to\("):
+            metric.update(value, torch.zeros(2))
+    expected = {"mean": 2.0, "sum": 4.0, "max": 3.0}[aggregation]
+    assert metric.compute() == {"X": torch.tensor(expected)}
+    restored = tt.Metric(lambda o, t: o, "X", aggregation=aggregation)
+    restored.load_state_dict(metric.state_dict())
+    assert restored.compute() == {"X": torch.tensor(expected)}

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchtally._conventions import DTYPES
 from torchtally.aggregation import Accumulator, Cat
-from torchtally.errors import DeviceMismatchError, ResultShapeError
+from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 
 __all__ = [
     "SCALAR",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 VECTOR, SCALAR = "vector", "scalar"
+_HELD = frozenset(DTYPES.values())  # what states, checkpoints and syncs keep
 Form = tuple[torch.dtype, tuple[int, ...]]
 
 
@@ -239,6 +241,10 @@ def make_plan(
 ) -> Plan:
     """Classify every value (raising the library's errors on a wrong one) and group them.
 
+    A value must be a scalar or ``(B,)`` (any ``(B, ...)`` for a concatenation),
+    of a dtype states hold (:data:`~torchtally._conventions.DTYPES`), on the
+    state's device.
+
     ``rows`` are the ledger's rows by name, ``device`` the device its state
     lives on (``None``: none yet). Names without a row give a plan for
     checking only (it targets nothing for them).
@@ -248,6 +254,12 @@ def make_plan(
     kept: list[Kept] = []
     scalar_totals = keeps_values = False
     for position, (name, value) in enumerate(values.items()):
+        if value.dtype not in _HELD:
+            raise ResultTypeError(
+                f"{label}: {name!r} has dtype {value.dtype}, which no state holds (states, "
+                f"checkpoints and syncs keep {', '.join(DTYPES)}); convert it, e.g. with "
+                f".to(torch.int64) or .float()"
+            )
         held = rows.get(name)
         cls = type(held[0]) if held is not None else accumulator_for(name)
         if issubclass(cls, Cat):
