@@ -752,3 +752,25 @@ def test_int64_entries_whose_sum_passes_int64_do_not_wrap_around() -> None:
     total.add(torch.tensor([2**62, 2**62]))
     total.add(torch.tensor([-(2**62), -(2**62) + 5]))
     assert value_of(total).dtype == torch.int64 and value_of(total).item() == 5
+
+
+def test_an_integer_sum_outside_int64_is_reported_in_float64_not_wrapped() -> None:
+    # The two words held the exact sum, converted to int64 it wrapped around: three batches of
+    # 2**62 summed to -4611686018427387904 (truth 13835058055282163712).
+    total = tt.Metric(lambda o, t: o, "Total", aggregation="sum")
+    for _ in range(3):
+        total.update(torch.tensor([2**62]), torch.zeros(1))
+    reported = total.compute()["Total"]
+    assert reported.dtype == torch.float64 and reported.item() == float(3 * 2**62)
+    below = Sum()  # as close to the edge as int64 goes: still exact int64
+    below.add(torch.tensor([2**63 - 1, 2**63 - 1]))
+    below.add(torch.tensor([-(2**63)]))
+    assert value_of(below).dtype == torch.int64 and value_of(below).item() == 2**63 - 2
+    merged = Sum()
+    merged.add(torch.tensor([-(2**63)], dtype=torch.int64))
+    merged.merge(below)
+    merged.merge(below)
+    assert value_of(merged).dtype == torch.int64 and value_of(merged).item() == 2**63 - 4
+    merged.merge(below)  # past int64 now
+    assert value_of(merged).dtype == torch.float64
+    assert value_of(merged).item() == float(2 * 2**63 - 6)

@@ -136,7 +136,8 @@ class Sum(Mean):
     total one entry of weight 1. Sums of integers and booleans are exact
     (the two float64 words hold any integer sum below 2**106) and reported as
     int64, unless a row has received weighted entries: those are no longer
-    integers, and the row is reported in float64.
+    integers, and the row is reported in float64. A sum outside int64's range
+    is reported in float64 too (rounded once), never wrapped around.
 
     Example:
         >>> import torch
@@ -159,6 +160,23 @@ class Sum(Mean):
         # The row's dtype (host-side, so no sync) says whether it holds a fraction; it travels
         # with merges, syncs and exports, and float64 wins every promotion.
         return _F64 if weighted and is_exact(dtype) else dtype
+
+    @override
+    def reduce(self) -> list[Tensor]:
+        results = super().reduce()
+        exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+        if self._state is None or not any(exact):
+            return results
+        # An integer row's exact sum is read on the host (here only, never while adding):
+        # one outside int64 would wrap around, and is reported in float64 instead.
+        words = self._state["total"].tolist()
+        for index, integer in enumerate(exact):
+            high, low = words[index]
+            if integer and math.isfinite(high + low):
+                value = int(high) + int(low)
+                if not -(2**63) <= value < 2**63:
+                    results[index] = torch.tensor(float(value), dtype=_F64, device=self.device)
+        return results
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
