@@ -146,6 +146,18 @@ def test_real_python_numbers_become_tensors_without_losing_digits() -> None:
     assert as_value_tensor(np.float64(0.25), "o", "v").item() == 0.25
 
 
+def test_numpy_booleans_count_as_booleans_and_arrays_are_named_with_their_module() -> None:
+    # np.float64 and np.int64 were accepted and np.bool_ (what np.all returns) refused, with a
+    # message saying "found bool", a type that is accepted.
+    metric = tt.Metric(lambda o, t: np.all(o.numpy() > 0), "All", aggregation="sum")
+    metric.update(torch.ones(3), torch.zeros(3))
+    metric.update(-torch.ones(2), torch.zeros(2))
+    assert metric.compute() == {"All": torch.tensor(1)}
+    assert as_value_tensor(np.bool_(True), "o", "v").dtype == torch.bool
+    with pytest.raises(ResultTypeError, match=r"found numpy\.ndarray .*torch\.as_tensor"):
+        as_value_tensor(np.ones(3), "Metric 'Score'", "Score")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

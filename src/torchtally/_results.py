@@ -49,8 +49,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -> Tensor:
     """A callable's result as a tensor: tensors pass, real Python numbers become 0-d tensors.
 
-    Integers and booleans are accepted (counts, hits) and stay integers;
-    other real numbers (floats, fractions, NumPy scalars) become float64, so
+    Integers and booleans (NumPy's too) are accepted (counts, hits) and stay
+    integers; other real numbers (floats, fractions, NumPy scalars) become float64, so
     that no digit of a Python float is lost. NaN and infinities are kept: they
     are real signals, and checking for them would need a host
     synchronisation every step.
@@ -77,8 +77,8 @@ def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -
                 f"return a dense one (.to_dense())"
             )
         return value
-    if isinstance(value, bool):
-        return torch.tensor(value)
+    if isinstance(value, bool) or _is_numpy(value, "bool"):  # np.all() returns numpy's
+        return torch.tensor(bool(value))
     if isinstance(value, numbers.Integral):
         integer = int(value)
         if not _INT64[0] <= integer <= _INT64[1]:
@@ -89,11 +89,22 @@ def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -
         return torch.tensor(integer)
     if isinstance(value, numbers.Real):
         return torch.tensor(float(value), dtype=torch.float64)
-    what = "a complex number" if isinstance(value, numbers.Complex) else type(value).__name__
+    kind = type(value)
+    what = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    if isinstance(value, numbers.Complex):
+        what = "a complex number"
+    elif _is_numpy(value, "ndarray"):
+        hint = "convert an array with torch.as_tensor"
     raise ResultTypeError(
         f"{owner}: {name!r} must be a tensor or a real Python number, found {what} "
         f"({value!r:.80}); {hint}"
     )
+
+
+def _is_numpy(value: Any, kind: str) -> bool:
+    """Whether ``value`` is NumPy's ``kind`` (``'bool'``, ``'ndarray'``), without importing it."""
+    cls = type(value)
+    return cls.__module__ == "numpy" and cls.__name__ in (kind, f"{kind}_")
 
 
 def normalize_result(
