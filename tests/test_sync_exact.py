@@ -141,12 +141,90 @@ def test_names_learnt_in_an_earlier_epoch_do_not_refuse_a_sync(
         assert found.get("negative", torch.tensor(float("nan"))).isnan()
 
 
+# -- dataset_size and a loss whose combined value broadcasts a batch mean ---------------------
+
+SAMPLES, BATCH = 5, 3  # a DistributedSampler over 5 samples and 2 ranks: rank 1 repeats one
+
+
+def sampler_batches(rank: int, world: int) -> list[tuple[Tensor, Tensor]]:
+    """This rank's batches from the stock DistributedSampler (no shuffling, drop_last=False)."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    generator = torch.Generator().manual_seed(5)
+    dataset = TensorDataset(
+        torch.randn(SAMPLES, 2, generator=generator), torch.randn(SAMPLES, 2, generator=generator)
+    )
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+    return [(inputs, targets) for inputs, targets in DataLoader(dataset, BATCH, sampler=sampler)]
+
+
+def batch_mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).mean()  # one scalar per batch: a repeat cannot be dropped
+
+
+def sample_mae(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().mean(1)  # per sample: the repeat is dropped
+
+
+def both_errors(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    return {"mse": batch_mse(outputs, targets), "mae": sample_mae(outputs, targets)}
+
+
+def repeated_batch_means(rank: int, world: int) -> dict[str, Any]:
+    import warnings
+
+    losses = {
+        "composed": tt.Loss(batch_mse, "MSE") + tt.Loss(sample_mae, "MAE"),
+        "summed": tt.DictLoss.summed(both_errors, "Sum"),
+    }
+    for inputs, targets in sampler_batches(rank, world):
+        for loss in losses.values():
+            loss(inputs, targets)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tt.sync_all(*losses.values(), dataset_size=SAMPLES)
+    record: dict[str, Any] = {name: loss.compute() for name, loss in losses.items()}
+    record["warnings"] = [str(warning.message) for warning in caught]
+    return record
+
+
+def test_a_combined_value_of_batch_means_keeps_the_repeat_and_says_so(
+    records: list[dict[str, Any]],
+) -> None:
+    # The combined value per sample is a batch's MSE broadcast plus the sample's MAE: the
+    # repeat's share of it cannot be told apart, so it must be kept (like the MSE's) and named in
+    # the warning. It was "dropped" with the batch mean as the repeat's value instead, silently:
+    # 1.8412, neither the 6 served samples' 1.8448 nor the 5 samples' 1.9092.
+    batches = [batch for rank in range(WORLD) for batch in sampler_batches(rank, WORLD)]
+    served = sum(len(targets) for _, targets in batches)
+    assert served == SAMPLES + 1
+    with_repeat = (
+        sum(
+            float((batch_mse(o.double(), t.double()) + sample_mae(o.double(), t.double())).sum())
+            for o, t in batches
+        )
+        / served
+    )
+    mae = torch.cat([sample_mae(o.double(), t.double()) for o, t in batches])[:SAMPLES].mean()
+    for record in records:
+        found = record["repeated_batch_means"]
+        for name, combined in (("composed", "Combined Loss"), ("summed", "Sum")):
+            values = found[name]
+            assert values[combined].item() == pytest.approx(with_repeat, rel=1e-6), name
+            assert values["MAE" if name == "composed" else "mae"].item() == pytest.approx(
+                float(mae), rel=1e-6
+            )
+        assert any("'Combined Loss'" in text for text in found["warnings"]), found["warnings"]
+        assert any("'Sum'" in text for text in found["warnings"]), found["warnings"]
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 CASES: dict[str, Callable[[int, int], Any]] = {
     "integer_sums": integer_sums,
     "destination_mismatch": destination_mismatch,
     "stale_names": stale_names,
+    "repeated_batch_means": repeated_batch_means,
 }
 
 

@@ -128,6 +128,15 @@ class Mean(Accumulator):
         last[:, 2] = torch.where(dropped, 0.0, last[:, 2])  # dropped once, never twice
         return copied, dropped
 
+    @override
+    def keeping_last(self, rows: Tensor) -> Self:
+        copied = self.copy()
+        state = copied.state
+        if state is not None:
+            last = state["last"]
+            last[:, 2] = torch.where(rows.to(last.device), 0.0, last[:, 2])
+        return copied
+
 
 class Sum(Mean):
     """Weighted sum with a compensated float64 state and constant memory.

@@ -202,6 +202,17 @@ class SyncLayout(StateHolder):
         device = self.device if self.device is not None else _CPU
         return self.copy(), torch.zeros(self.rows, dtype=torch.bool, device=device)
 
+    def keeping_last(self, rows: Tensor) -> Self:
+        """A copy whose :meth:`without_last` keeps the last sample of ``rows`` (a ``(rows,)`` bool).
+
+        For a row whose last value was computed from values that could not
+        drop their repeat (a loss's combined value broadcasting a batch
+        mean): its last entry is not one sample's value either. The default
+        drops nothing anyway; :class:`Mean` and :class:`Sum` mark those rows
+        as holding no droppable sample.
+        """
+        return self.copy()
+
 
 def _integer_words(total: Tensor, integers: Tensor) -> Tensor:
     """Compensated ``(high, low)`` pairs; those of integer rows split so ranks add them exactly.

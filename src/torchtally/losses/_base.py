@@ -267,6 +267,27 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         """
         self._advance("epoch")
 
+    # -- sync ---------------------------------------------------------------------------------
+
+    @override
+    def derived_values(self) -> dict[str, tuple[str, ...]]:
+        # the combined value from its components, a summed dict's total from its entries
+        return self._derived_from(self._ledger.names)
+
+    def _derived_from(self, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """:meth:`derived_values`, with ``names`` the values the state holds."""
+        derived: dict[str, tuple[str, ...]] = {}
+        components = tuple(name for name in self._program.names if name != self.name)
+        if components:
+            derived[self.name] = components
+        for call in self._multi_calls:
+            total = call.summed_name()
+            if total is not None:  # every entry the call produced (others too, to be safe)
+                derived[total] = tuple(
+                    name for name in names if name != total and name not in derived
+                )
+        return derived
+
     # -- epoch values -------------------------------------------------------------------------
 
     @override

@@ -53,6 +53,10 @@ class MultiCall:
         """The user callables it calls (what processes that sync must agree on)."""
         return (getattr(self, "fn", self),)
 
+    def summed_name(self) -> str | None:
+        """The name of the value it computes as the sum of the others it produces, if any."""
+        return None
+
     def complete(self, values: dict[str, Any], owner: str) -> None:
         """Add the values it derives from others in ``values`` (default: none).
 

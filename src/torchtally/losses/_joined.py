@@ -241,6 +241,10 @@ class JoinedLoss(Joined):
         super().merge_state(other)
 
     @override
+    def derived_values(self) -> dict[str, tuple[str, ...]]:
+        return self._loss._derived_from(self._ledger.names)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(self._loss._loss_state())

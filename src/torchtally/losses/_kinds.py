@@ -167,6 +167,10 @@ class DictCall(MultiCall):
             {self.name: total, **values} if len(values) > 1 or self.name not in values else values
         )
 
+    @override
+    def summed_name(self) -> str | None:
+        return self.name if self.mode == "summed" else None
+
     def _entries(self, result: Any, owner: str) -> dict[str, Any]:
         if isinstance(result, Mapping):
             values = _checked_keys(result, owner)

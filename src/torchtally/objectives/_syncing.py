@@ -90,6 +90,24 @@ class SyncHooks(SyncCounters, LedgerHolder):
             identity["weight"] = _sync.callable_identity(self._weight_fn)
         return identity
 
+    def derived_values(self) -> dict[str, tuple[str, ...]]:
+        """Values computed from other values of the same batch, with those values' names.
+
+        ``sync_all(dataset_size=...)`` drops a repeated sample from a derived
+        value only where every value it was computed from could drop it: a
+        loss's combined value that broadcasts a scalar batch mean keeps the
+        repeat, as that batch mean does, and says so. None by default; losses
+        name their combined value. Override it when :meth:`calculate`
+        returns such a value.
+
+        Example:
+            >>> import torchtally as tt
+            >>> error = tt.Loss(lambda o, t: (o - t).abs(), 'MAE')
+            >>> (error + 2 * tt.Loss(lambda o, t: (o - t) ** 2, 'MSE')).derived_values()
+            {'Combined Loss': ('MAE', 'MSE')}
+        """
+        return {}
+
     def sync_export(self, drop_last: bool) -> SyncState:
         """This process's state for :func:`~torchtally.sync_all` (see ``torchtally.sync``)."""
         return export_rows(
@@ -97,6 +115,7 @@ class SyncHooks(SyncCounters, LedgerHolder):
             drop_last=drop_last,
             known=not self.learns_names,
             declared=self.declared_names(),
+            derived=self.derived_values() if drop_last else None,
         )
 
     def sync_merge(self, gathered: Gathered, padding: Padding | None) -> dict[str, Tensor] | str:

@@ -21,7 +21,7 @@ had to be kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +97,60 @@ def _dropped(accumulator: Accumulator, drop_last: bool) -> tuple[Accumulator, Te
     return held, dropped, seen & ~dropped
 
 
+def _dropped_rows(
+    groups: Groups, drop_last: bool, derived: Mapping[str, Collection[str]]
+) -> dict[int, tuple[Accumulator, Tensor, Tensor]]:
+    """:func:`_dropped` of every accumulator (by ``id``), derived rows kept where they must be.
+
+    A derived row (``derived[name]``: the names its value was computed from,
+    in the same batch) drops its last sample only when every one of those
+    could: one that kept its repeat (a scalar batch mean) is broadcast into
+    the derived row's last entry, which is no single sample's value then.
+    """
+    found = {id(acc): _dropped(acc, drop_last) for acc, _ in groups}
+    if not drop_last or not derived:
+        return found
+    derived = {name: _sources(name, derived) for name in derived}  # through derived sources
+    kept_by_name = {
+        name: found[id(acc)][2][row] for acc, names in groups for row, name in enumerate(names)
+    }
+    for accumulator, names in groups:
+        sources = [
+            [kept_by_name[source] for source in derived.get(name, ()) if source in kept_by_name]
+            for name in names
+        ]
+        if not any(sources):
+            continue
+        device = found[id(accumulator)][1].device
+        keep = torch.stack(
+            [
+                torch.stack(row).any() if row else torch.zeros((), dtype=torch.bool, device=device)
+                for row in sources
+            ]
+        )
+        found[id(accumulator)] = _dropped(accumulator.keeping_last(keep), drop_last)
+    return found
+
+
+def _sources(name: str, derived: Mapping[str, Collection[str]]) -> list[str]:
+    """Every name ``name`` is computed from, through the derived names among them."""
+    found: list[str] = []
+    pending = list(derived[name])
+    while pending:
+        source = pending.pop()
+        if source != name and source not in found:
+            found.append(source)
+            pending.extend(derived.get(source, ()))
+    return found
+
+
 def export_rows(
-    groups: Groups, *, drop_last: bool, known: bool, declared: Collection[str] = ()
+    groups: Groups,
+    *,
+    drop_last: bool,
+    known: bool,
+    declared: Collection[str] = (),
+    derived: Mapping[str, Collection[str]] | None = None,
 ) -> SyncState:
     """What an objective sends for its accumulators (see the module docstring).
 
@@ -107,12 +159,16 @@ def export_rows(
         drop_last: drop each row's last sample, a ``DistributedSampler`` repeat.
         known: the names are the same on every rank (declared, none learnt).
         declared: the names declared before any data (known on every rank), when not ``known``.
+        derived: names whose values are computed from other names' values of the
+            same batch (a loss's combined value), with those names: such a value
+            drops its repeat only where all of those could.
     """
+    prepared = _dropped_rows(groups, drop_last, derived or {})
     columns: list[Tensor] = []
     blocks: list[Tensor] = []
     for route in (_SUMMED, _FIXED):
         for accumulator, _ in _routed(groups, known, route):
-            held, dropped, kept = _dropped(accumulator, drop_last)
+            held, dropped, kept = prepared[id(accumulator)]
             flags = torch.stack([dropped, kept], 1).to(_F64)
             columns.append(torch.cat([held.sync_columns(), flags], 1).reshape(-1))
             if route == _FIXED:
@@ -120,7 +176,7 @@ def export_rows(
     parts: list[dict[str, Any]] = []
     tensors: list[Tensor] = []
     for accumulator, names in _routed(groups, known, _DESCRIBED):
-        held, dropped, kept = _dropped(accumulator, drop_last)
+        held, dropped, kept = prepared[id(accumulator)]
         meta, state = held.export()
         parts.append(
             {
