@@ -146,7 +146,49 @@ def test_a_weight_callable_runs_once_per_forward() -> None:
         calls.append(len(outputs))  # None: weighed by the batch size
 
     loss = tt.Loss(lambda o, t: (o - t).abs().mean(1), "MAE", weight=weigh)
-    joined = loss | tt.Metric(lambda o, t: o.mean(1), "Mean")
+    joined = loss | tt.Metric(lambda o, t: o.mean(1), "Mean", weight=weigh)
     loss(torch.ones(3, 2), torch.zeros(3, 2))
     joined(torch.ones(2, 2), torch.zeros(2, 2))
     assert calls == [3, 2]
+
+
+# (5) losses made one with different weight= callables ---------------------------------------
+
+
+def rows_with_positive_targets(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (targets[:, 0] > 0).double()
+
+
+def test_a_weighted_loss_and_an_unweighted_one_are_not_made_one_silently() -> None:
+    # Loss(mae, weight=w) + Loss(mse) returned (and accumulated) the w-weighted mean of
+    # mae + mse: the unweighted MSE was weighted by w too (4.34 for the hand-written 4.38,
+    # seed 0). '|' with a Metric did the same, or dropped the metric's weight= instead.
+    weighted = Loss(mae, "MAE", weight=rows_with_positive_targets)
+    plain = Loss(mse, "MSE")
+    attempts = {
+        "weighted + plain": lambda: weighted + plain,
+        "plain * weighted": lambda: plain * weighted,
+        "weighted | metric": lambda: weighted | tt.Metric(mse, "M"),
+        "plain | weighted metric": lambda: plain | tt.Metric(mse, "M", weight=mae),
+        "weighted metric | plain": lambda: tt.Metric(mse, "M", weight=mae) | plain,
+        "two callables": lambda: weighted + Loss(mse, "MSE", weight=mae),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(tt.errors.WeightError, match="different weight= callables") as error:
+            attempt()
+        assert "[MAE]" in str(error.value) or "[MSE]" in str(error.value), what
+
+
+def test_losses_sharing_one_weight_callable_still_compose_with_the_hand_written_value() -> None:
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    targets = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    weigh = rows_with_positive_targets
+    loss = Loss(mae, "MAE", weight=weigh) + Loss(mse, "MSE", weight=weigh)
+    tracked = loss | tt.Metric(mse, "M", weight=weigh)
+    weight = weigh(outputs, targets)
+    expected = ((mae(outputs, targets) + mse(outputs, targets)) * weight).sum() / weight.sum()
+    torch.testing.assert_close(loss(outputs, targets), expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(tracked(outputs, targets), expected, rtol=1e-14, atol=0)
+    metric = (mse(outputs, targets) * weight).sum() / weight.sum()
+    torch.testing.assert_close(tracked.compute()["M"], metric, rtol=1e-14, atol=0)

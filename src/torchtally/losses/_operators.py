@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from typing_extensions import Self
 
+from torchtally._conventions import shared_weight_fn
 from torchtally.errors import FormulaError
 from torchtally.formula import (
     Expression,
@@ -150,15 +151,16 @@ class LossAlgebra(LossState[OutputT, TargetT]):
                 if losses[0]._tracked_entries or losses[1]._tracked_entries
                 else ()
             )
-        weights = {id(loss._weight_fn): loss._weight_fn for loss in losses if loss._weight_fn}
-        if len(weights) > 1:
-            raise FormulaError(
-                "CompositionalLoss: the losses have different weight= callables; give the "
-                "composition one weight callable, or pass weight= to update and forward"
+        # one weight for the whole criterion: a weighted loss and an unweighted one are refused
+        # (the unweighted one would be weighted too), as for metrics joined with '|'
+        weight = losses[0]._weight_fn
+        if any(loss._weight_fn is not weight for loss in losses):  # render on error only
+            shared_weight_fn(
+                (loss._weight_fn for loss in losses), f"CompositionalLoss {render(node)}"
             )
         composition = builders.composition
         composed: CompositionalLoss[Any, Any] = composition.__new__(composition)
-        composed._define(node, table, tracked, found, next(iter(weights.values()), None), sign)
+        composed._define(node, table, tracked, found, weight, sign)
         return composed
 
     def __add__(self, other: object) -> LossBase[Any, Any]:
@@ -242,6 +244,8 @@ class LossAlgebra(LossState[OutputT, TargetT]):
             )
         if _plain_entries(other):
             assert isinstance(other, CallableObjective)
+            if other._weight_fn is not self._weight_fn:  # raises: one objective, one weight
+                shared_weight_fn((self._weight_fn, other._weight_fn), self._label())
             if before:
                 return self._derive((*other.entries, *self._tracked_entries))
             return self._derive((*self._tracked_entries, *other.entries))
