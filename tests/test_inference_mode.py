@@ -142,11 +142,13 @@ def test_a_schedule_first_moved_under_inference_mode_moves_on_outside_it() -> No
     # Its position was made lazily at the first forward, as an inference tensor: the next
     # forward outside raised torch's RuntimeError after counting the batch.
     loss = tt.Loss(mae, "A") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(mae, "B")
+    # (A forward under inference mode is no training step: it leaves the schedule at 0.)
     with torch.inference_mode():
         loss(torch.ones(2, 1), torch.zeros(2, 1))
     loss(torch.ones(2, 1), torch.zeros(2, 1))
+    loss(torch.ones(2, 1), torch.zeros(2, 1))
     assert loss.schedule_values() == {"linear(0→1, 4)": 0.5}
-    assert loss.compute()["Combined Loss"].item() == pytest.approx((1.0 + 1.25) / 2)
+    assert loss.compute()["Combined Loss"].item() == pytest.approx((1.0 + 1.0 + 1.25) / 3)
 
 
 @pytest.mark.parametrize("first", ["forward", "load_state_dict", "advance_epoch"])
@@ -167,9 +169,8 @@ def test_a_scheduled_loss_first_used_in_inference_mode_keeps_training_outside_it
         else:
             loss.advance_epoch()
     loss.reset()
-    before = 1 if first == "forward" else 0
-    for index, (outputs, targets) in enumerate(data[1:]):
-        weight = min(before + index, 4) / 4
+    for index, (outputs, targets) in enumerate(data[1:]):  # validation moved no schedule
+        weight = min(index, 4) / 4
         expected = mae(outputs, targets).mean() + weight * functional.mse_loss(outputs, targets)
         torch.testing.assert_close(loss(outputs, targets), expected)
     loss.advance_epoch()

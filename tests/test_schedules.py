@@ -54,6 +54,15 @@ def accuracy_fn(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs.round() == targets).double().mean(1)
 
 
+class WorstError(tt.Objective[Tensor, Tensor]):
+    """A part a loss is joined with (a JoinedLoss)."""
+
+    aggregation = "max"
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"Worst": (outputs - targets).abs().amax(1)}
+
+
 def data(count: int, seed: int = 0, size: int = 3) -> list[tuple[Tensor, Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -273,6 +282,37 @@ def test_a_schedule_advances_once_per_forward_and_not_on_update() -> None:
     torch.testing.assert_close(
         loss.formula_value(), computed["CE"] + 1.0 * computed["KL"], rtol=1e-14, atol=0
     )
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_validation_forward_without_gradients_does_not_move_the_warm_up(
+    mode: str, joined: bool
+) -> None:
+    # Validation with the training criterion (Lightning's validation_step calling
+    # self.loss, its sanity check included) moved the KL warm-up by one step per
+    # validation batch: after 2 training steps and 3 validation batches the next training
+    # batch was weighted 5/8 instead of 2/8.
+    def build() -> Any:
+        loss = Loss(ce_fn, "CE") + schedules.linear(0.0, 1.0, steps=8) * Loss(kl_fn, "KL")
+        return loss | WorstError() if joined else loss
+
+    loss = build()
+    batches = data(6)
+    disabled = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    for outputs, targets in batches[:2]:  # two training steps
+        loss(outputs, targets)
+    with disabled():
+        for outputs, targets in batches[2:5]:  # evaluated at the current weight, 2/8
+            expected = ce_fn(outputs, targets) + 2 / 8 * kl_fn(outputs, targets)
+            torch.testing.assert_close(loss(outputs, targets), expected.mean())
+    assert loss.schedule_values() == {"linear(0→1, 8)": 2 / 8}
+    outputs, targets = batches[5]
+    leaf = outputs.clone().requires_grad_(True)
+    value = loss(leaf, targets)
+    expected = (ce_fn(outputs, targets) + 2 / 8 * kl_fn(outputs, targets)).mean()
+    torch.testing.assert_close(value, expected)
+    assert loss.schedule_values() == {"linear(0→1, 8)": 3 / 8}
 
 
 def test_forward_gradient_carries_the_weight() -> None:

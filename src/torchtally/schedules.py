@@ -7,8 +7,9 @@ depends on a position. The position lives in the loss that uses it (part of
 its ``state_dict``, copies and pickles), so a resumed run continues exactly
 where it stopped:
 
-- ``unit='step'`` (default): the position is the number of ``forward`` calls
-  of the loss (``update`` does not advance it);
+- ``unit='step'`` (default): the position is the number of training
+  ``forward`` calls of the loss (``update``, and a ``forward`` with gradients
+  disabled, as in validation, do not advance it);
 - ``unit='epoch'``: the position is the number of calls of the loss's
   :meth:`~torchtally.LossBase.advance_epoch`.
 

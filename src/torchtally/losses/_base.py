@@ -198,7 +198,9 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         normalised in float32 (or wider) first, so float16 values cannot
         overflow, and a weight tensor that requires grad keeps its graph in
         the result (the accumulated state is detached). Schedules advance by
-        one step after the batch is accumulated; a refused batch changes
+        one step after the batch is accumulated, when gradients are enabled (a
+        forward under ``torch.no_grad()`` or ``torch.inference_mode()``, as
+        in validation, leaves them where they are); a refused batch changes
         nothing.
 
         Example:

@@ -40,14 +40,18 @@ class LossState(LossDefinition[OutputT, TargetT]):
     """
 
     @lazy
-    @outside_inference_mode  # moved in place at every forward, also after a validation loop
+    @outside_inference_mode  # moved in place at every training forward, also after validation
     def _position(self) -> dict[str, Tensor]:
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
         return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
 
     def _step(self) -> None:
-        """Move the schedules counted in steps one step on (after each ``forward``)."""
-        if self._program.factors:
+        """Move the schedules counted in steps one step on (after each training ``forward``).
+
+        A forward with gradients disabled (``torch.no_grad()``, ``torch.inference_mode()``:
+        a validation loop) is no training step, and leaves the position where it is.
+        """
+        if self._program.factors and torch.is_grad_enabled():
             self._advance("step")
 
     def _advance(self, unit: str) -> None:
