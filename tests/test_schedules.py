@@ -315,6 +315,37 @@ def test_a_validation_forward_without_gradients_does_not_move_the_warm_up(
     assert loss.schedule_values() == {"linear(0→1, 8)": 3 / 8}
 
 
+def test_arithmetic_on_a_schedule_alone_raises_the_librarys_error_with_the_way_to_write_it() -> (
+    None
+):
+    # 0.1 * linear(...) * kl is evaluated left to right: Python's TypeError ("unsupported
+    # operand type(s) for *: 'float' and '_Linear'") named no loss and no way out.
+    warm_up, decay = schedules.linear(0.0, 1.0, steps=4), schedules.cosine(1.0, 0.0, steps=4)
+    kl = Loss(kl_fn, "KL")
+    attempts = {
+        "0.1 * schedule": lambda: 0.1 * warm_up * kl,
+        "schedule * schedule": lambda: warm_up * decay * kl,
+        "schedule / 2": lambda: warm_up / 2,
+        "1 + schedule": lambda: 1 + warm_up,
+        "schedule - 1": lambda: warm_up - 1,
+        "schedule ** 2": lambda: warm_up**2,
+        "2 ** schedule": lambda: 2**warm_up,
+        "-schedule": lambda: -warm_up,
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(FormulaError, match=r"linear\(0→1, 4\)") as error:
+            attempt()
+        assert "0.1 * (schedule * kl)" in str(error.value), what
+    # what the message proposes: the loss first, then the other factors
+    loss = 0.1 * (warm_up * (decay * kl))
+    assert loss.formula == "0.1 x linear(0→1, 4) x cosine(1→0, 4) x [KL]"
+    outputs, targets = data(3)[0]
+    for _ in range(2):
+        loss(outputs, targets)
+    expected = 0.1 * 0.5 * 0.5 * kl_fn(outputs, targets).mean()
+    torch.testing.assert_close(loss(outputs, targets), expected)
+
+
 def test_forward_gradient_carries_the_weight() -> None:
     loss = Loss(ce_fn, "CE") + schedules.piecewise({0: 0.0, 1: 3.0}) * Loss(kl_fn, "KL")
     outputs, targets = data(1)[0]

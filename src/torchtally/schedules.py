@@ -121,6 +121,58 @@ class Schedule(ABC):
     def _suffix(self) -> str:
         return " epochs" if self.unit == "epoch" else ""
 
+    # -- arithmetic: a schedule is a factor of a loss, never an operand of its own ------------
+
+    def _alone(self, other: object, op: str, *, right: bool = False) -> Any:
+        """``NotImplemented`` for a loss (its operators take the schedule); else the refusal.
+
+        Raises:
+            FormulaError: ``other`` is a number, a tensor or a schedule.
+        """
+        if not isinstance(other, (int, float, Tensor, Schedule)):
+            return NotImplemented
+        shown = other.label if isinstance(other, Schedule) else f"{other!r:.40}"
+        written = f"{shown} {op} {self.label}" if right else f"{self.label} {op} {shown}"
+        raise FormulaError(
+            f"{self.label}: cannot compute {written}: a schedule is a factor of a loss, not a "
+            f"number; write the loss next to the schedule first, then the other factors "
+            f"(0.1 * (schedule * kl), linear(...) * (cosine(...) * kl)), or put a constant "
+            f"factor in the schedule (linear(0.0, 0.1, steps))"
+        )
+
+    def __mul__(self, other: object) -> Any:
+        return self._alone(other, "*")
+
+    def __rmul__(self, other: object) -> Any:
+        return self._alone(other, "*", right=True)
+
+    def __truediv__(self, other: object) -> Any:
+        return self._alone(other, "/")
+
+    def __rtruediv__(self, other: object) -> Any:
+        return self._alone(other, "/", right=True)
+
+    def __add__(self, other: object) -> Any:
+        return self._alone(other, "+")
+
+    def __radd__(self, other: object) -> Any:
+        return self._alone(other, "+", right=True)
+
+    def __sub__(self, other: object) -> Any:
+        return self._alone(other, "-")
+
+    def __rsub__(self, other: object) -> Any:
+        return self._alone(other, "-", right=True)
+
+    def __pow__(self, other: object) -> Any:
+        return self._alone(other, "**")
+
+    def __rpow__(self, other: object) -> Any:
+        return self._alone(other, "**", right=True)
+
+    def __neg__(self) -> Any:
+        return self._alone(-1, "*", right=True)
+
 
 @dataclass(frozen=True)
 class _Ramp(Schedule):
