@@ -239,12 +239,13 @@ def corrupt(rank: int, world: int) -> dict[str, Any]:
     metric.update(torch.full((2,), float(rank)), torch.zeros(2))
     record: dict[str, Any] = {}
 
-    # Another piece of code gathers its own eight int64 while rank 0 syncs.
+    # Another piece of code gathers as many int64 of its own while rank 0 syncs.
     if rank == 0:
         record["foreign"] = _attempt(metric.sync)
     else:
-        foreign = torch.tensor([7, 3 * 10**9, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
-        dist.all_gather_into_tensor(torch.empty(8 * world, dtype=torch.int64), foreign)
+        fields = len(distributed.HEADER)
+        foreign = torch.tensor([7, 3 * 10**9] + [0] * (fields - 2), dtype=torch.int64)
+        dist.all_gather_into_tensor(torch.empty(fields * world, dtype=torch.int64), foreign)
         record["foreign"] = None
     record["after foreign"] = _attempt(metric.sync)
 
@@ -259,6 +260,13 @@ def corrupt(rank: int, world: int) -> dict[str, Any]:
         distributed.exchange_headers = lying if last else exchange  # type: ignore[assignment]
         record[f"header {field}"] = _attempt(metric.sync)
     distributed.exchange_headers = exchange  # type: ignore[assignment]
+
+    # The last rank alone lowers its payload limit: it would refuse a size the others accept.
+    limit = distributed.payload_limit()
+    if last:
+        distributed.set_payload_limit(16)
+    record["limit"] = _attempt(metric.sync)
+    distributed.set_payload_limit(limit)
 
     described = Sorted()  # a concatenation: its state travels with a description
     described.update(torch.full((2,), float(rank)), torch.zeros(2))
@@ -290,6 +298,7 @@ def test_foreign_and_corrupt_headers_and_payloads_raise_before_allocating(
         "header sums": f"rank {last} announces sums",
         "header version": f"rank {last} speaks wire format 99",
         "header flags": f"rank {last} sent unknown flags 64",
+        "limit": f"rank {last} set a payload limit of 16 bytes, rank 0 {2**31}",
         "payload truncated": f"rank {last}'s payload",
         "payload not utf-8": "not UTF-8 JSON",
         "payload unknown dtype": "unknown dtype",

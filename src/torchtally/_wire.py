@@ -1,8 +1,9 @@
 """The wire format of ``sync_all``: the header's fields, the payload's bytes, their validation.
 
-A **header** is eight int64 per rank (:data:`HEADER`): a magic value, the
+A **header** is nine int64 per rank (:data:`HEADER`): a magic value, the
 format version, fingerprints of what the rank syncs and of where it is in its
-sequence of syncs, flags, and the sizes of what follows. A **payload** is one
+sequence of syncs, flags, the sizes of what follows, and the rank's
+:func:`payload_limit`. A **payload** is one
 uint8 buffer (:func:`pack`): the length of its metadata, the metadata as UTF-8
 JSON, then every tensor's bytes, each segment aligned to 16 bytes.
 
@@ -54,9 +55,11 @@ HEADER: Final = (
     "sums",
     "payload",
     "diagnostics",
+    "limit",
 )
 """The fields of a header, in order (int64 each): ``sums`` counts float64 numbers,
-``payload`` and ``diagnostics`` count bytes."""
+``payload`` and ``diagnostics`` count bytes, ``limit`` is the rank's :func:`payload_limit`
+(ranks must agree on it, or one would refuse a size the others go on with)."""
 
 FAILED: Final = 1
 """Flag: the rank could not export its state; its payload says why."""
@@ -103,14 +106,17 @@ def check_headers(headers: Sequence[Sequence[int]]) -> None:
     """Refuse headers that are not torchtally's or announce sizes over :func:`payload_limit`.
 
     What one collective brings to a rank is its ranks' sizes times their
-    number (buffers are padded to the longest). The message is built from
-    the headers alone, so every rank raises the same one.
+    number (buffers are padded to the longest). Sizes are checked against
+    the limit the headers carry, once every rank is shown to have set the
+    same: the message is built from the headers alone, so every rank raises
+    the same one.
 
     Raises:
-        SyncError: naming the first rank whose header does not fit.
+        SyncError: naming the first rank whose header does not fit, or the
+            ranks whose payload limits differ.
     """
-    for index, header in enumerate(headers):
-        fields = dict(zip(HEADER, header, strict=True))
+    rows = [dict(zip(HEADER, header, strict=True)) for header in headers]
+    for index, fields in enumerate(rows):
         if fields["magic"] != MAGIC:
             raise SyncError(
                 f"sync_all: rank {index} sent a header that is not torchtally's (magic "
@@ -121,16 +127,25 @@ def check_headers(headers: Sequence[Sequence[int]]) -> None:
                 f"sync_all: rank {index} speaks wire format {fields['version']}, this one "
                 f"{WIRE_VERSION}: run the same torchtally on every process"
             )
+    limit = rows[0]["limit"]
+    for index, fields in enumerate(rows):
+        if fields["limit"] != limit:
+            raise SyncError(
+                f"sync_all: rank {index} set a payload limit of {fields['limit']} bytes, rank 0 "
+                f"{limit}: call torchtally.distributed.set_payload_limit with the same value on "
+                f"every rank"
+            )
+    for index, fields in enumerate(rows):
         sizes = {
             "sums": fields["sums"] * 8,
             "payload": fields["payload"] * len(headers),
             "diagnostics": fields["diagnostics"] * len(headers),
         }
         for what, size in sizes.items():
-            if not 0 <= size <= _limit:
+            if not 0 <= size <= limit:
                 raise SyncError(
                     f"sync_all: rank {index} announces {what} that would bring {size} bytes to "
-                    f"every rank, outside 0 to the limit of {_limit} bytes "
+                    f"every rank, outside 0 to the limit of {limit} bytes "
                     f"(torchtally.distributed.set_payload_limit)"
                 )
         if fields["flags"] not in (0, FAILED, DISAGREEING, FAILED | DISAGREEING):

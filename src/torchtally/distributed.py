@@ -2,10 +2,10 @@
 
 A sync (:func:`torchtally.sync_all`) exchanges, in this order:
 
-1. a fixed-size **header** per rank (:data:`HEADER`, eight int64: a magic
+1. a fixed-size **header** per rank (:data:`HEADER`, nine int64: a magic
    value, the format version, fingerprints of what the rank syncs and of
-   where it is in its sequence of syncs, flags, and the sizes of what
-   follows), gathered with one ``all_gather``;
+   where it is in its sequence of syncs, flags, the sizes of what
+   follows and the rank's payload limit), gathered with one ``all_gather``;
 2. a float64 vector of every sum and mean state, summed over the ranks with
    one ``all_reduce`` (its size does not grow with the number of ranks);
 3. one byte **payload** per rank for everything else (minima, maxima,
@@ -191,7 +191,7 @@ def _gather_into(output: Tensor, value: Tensor, group: ProcessGroup) -> None:
 def exchange_headers(
     header: Sequence[int], group: ProcessGroup, device: torch.device
 ) -> list[list[int]]:
-    """Every rank's header, in rank order (one ``all_gather`` of eight int64 per rank)."""
+    """Every rank's header, in rank order (one ``all_gather`` of nine int64 per rank)."""
     global _collectives, _received
     mine = torch.tensor(list(header), dtype=torch.int64, device=device)
     size = world_size(group)

@@ -167,6 +167,7 @@ class _Exchange:
             sums.numel(),
             payload.numel(),
             notes.numel(),
+            distributed.payload_limit(),
         ]
 
     def outgoing(self, device: torch.device) -> tuple[Tensor, Tensor]:
