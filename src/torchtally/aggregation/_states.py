@@ -116,7 +116,8 @@ class KeptOutsideInferenceMode:
     """A mixin: deep copies and unpickled objects hold normal tensors, whatever the mode.
 
     An object that keeps tensors it later changes in place (an objective, an
-    adapter's metric, a wrapped stateful object) is deep-copied with inference
+    adapter's metric, a wrapped stateful object) is copied in full also by
+    ``copy.copy`` (a shallow copy would share that state), is deep-copied with inference
     mode off, and one unpickled under ``torch.inference_mode()`` (whose tensors
     the unpickler made as inference tensors) replaces its state with a copy
     made with inference mode off; see :func:`outside_inference_mode`.
@@ -124,6 +125,11 @@ class KeptOutsideInferenceMode:
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    def __copy__(self) -> Any:
+        # A shallow copy would share the state it changes in place: updating a copy (a
+        # validation twin of a training metric) would move the original's values too.
+        return copy.deepcopy(self)
 
     @outside_inference_mode
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
