@@ -420,6 +420,32 @@ def test_merge_state_refuses_a_different_aggregation() -> None:
         mean.merge_state(maximum)
 
 
+def test_merge_state_refuses_another_definition_and_changes_nothing() -> None:
+    # One name over another callable was merged silently: an MAE of 10 merged with a squared
+    # error of 9 under the same name reported 9.5, a value of neither metric.
+    def squared(outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs - targets).pow(2).flatten(1).mean(1)
+
+    data = [
+        (torch.full((1, 1), 10.0), torch.zeros(1, 1)),
+        (torch.full((1, 1), 3.0), torch.zeros(1, 1)),
+    ]
+    cases = [
+        (tt.MetricCollection(MAE=mae), tt.MetricCollection(MAE=squared), "callables"),
+        (tt.Metric(mae, "MAE"), tt.Metric(squared, "MAE"), "callables"),
+        (tt.MetricCollection(MAE=mae), tt.MetricCollection(MAE=mae, MSE=mse), "names"),
+        (tt.Metric(mae, "MAE"), tt.Metric(mae, "MAE", weight=lambda o, t: len(t)), "weight"),
+        (tt.Loss(mae, "MAE"), tt.Loss(squared, "MAE"), "callables"),
+    ]
+    for mine, theirs, differing in cases:
+        mine.update(*data[0])
+        theirs.update(*data[1])
+        before = computed(mine)
+        with pytest.raises(IncompatibleStateError, match=differing):
+            mine.merge_state(theirs)
+        assert_same(computed(mine), before)
+
+
 def roundtrips(objective: Any) -> list[Any]:
     buffer = io.BytesIO()
     torch.save(objective, buffer)

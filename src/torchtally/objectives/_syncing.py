@@ -40,12 +40,23 @@ class SyncHooks(SyncCounters, LedgerHolder):
         """Add another instance's updates to this one's, as if this one had seen them.
 
         Raises:
-            IncompatibleStateError: ``other`` is of another type or aggregates
-                a shared name differently.
+            IncompatibleStateError: ``other`` is of another type or is defined
+                otherwise (what :func:`~torchtally.sync_all` requires ranks to
+                agree on, :meth:`sync_identity`: names, aggregations, callables,
+                ``weight=``). Nothing changes then.
         """
         if type(other) is not type(self):
             raise IncompatibleStateError(
                 f"{self._ledger.label}: cannot merge the state of a {type(other).__name__}"
+            )
+        mine, theirs = self.sync_identity(), other.sync_identity()
+        differing = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
+        if differing:
+            key = differing[0]
+            raise IncompatibleStateError(
+                f"{self._ledger.label}: cannot merge the state of an objective defined otherwise "
+                f"({', '.join(differing)} differ; {key}: the other's {theirs.get(key)!r:.200}, "
+                f"this one's {mine.get(key)!r:.200})"
             )
         self._ledger.merge(other._ledger)
 
