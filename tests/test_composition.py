@@ -362,6 +362,43 @@ def test_arithmetic_on_a_joined_loss_applies_to_the_loss_and_keeps_the_parts() -
         first + "1"
 
 
+def test_a_join_refuses_the_state_of_a_join_of_other_parts_and_changes_nothing() -> None:
+    # A join's state names each value's part by its position. Loading the state of `a | b` into
+    # `b | a` raised NameConflictError (not StateDictError) for declared names, and for names
+    # learnt from data gave them to the other part: {'a/x': 1.5, 'b/y': 15.0} came back as
+    # {'b/x': 1.5, 'a/y': 15.0}, each value under the other collection's prefix.
+    def xs(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"x": outputs[:, 0]}
+
+    def ys(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"y": 10 * outputs[:, 0]}
+
+    pairs = [
+        (
+            lambda: tt.MetricCollection(xs, prefix="a/"),
+            lambda: tt.MetricCollection(ys, prefix="b/"),
+        ),
+        (Peak, KINDS["metric"]),
+        (Peak, KINDS["collection"]),
+    ]
+    data = batches()
+    for first, second in pairs:
+        saved = join(first(), second())
+        saved(*data[0])
+        for fed in (False, True):  # a fresh join (resuming a run) and one that saw a batch
+            swapped, reference = join(second(), first()), join(second(), first())
+            for objective in (swapped, reference)[: 2 if fed else 0]:
+                objective(*data[1])
+            with pytest.raises(tt.errors.StateDictError, match="the state is of another join"):
+                swapped.load_state_dict(saved.state_dict())
+            swapped(*data[2])
+            reference(*data[2])
+            assert_values(swapped.compute(), reference.compute())
+        restored = join(first(), second())  # the same parts in the same order: loads
+        restored.load_state_dict(saved.state_dict())
+        assert_values(restored.compute(), saved.compute())
+
+
 def test_joined_losses_merge_states_of_the_same_formula() -> None:
     data = batches(sizes=(4, 7, 2, 5))
     left, right, whole = (tt.Loss(mae, "MAE") | Peak() for _ in range(3))

@@ -277,6 +277,7 @@ class Joined(Objective[Any, Any]):
         state = super().state_dict()
         state["parts"] = [part.state_dict() for part in self._kept]
         state["owners"] = {name: self._templates.index(part) for name, part in self._owners.items()}
+        state["reported"] = {name: part.reported_name(name) for name, part in self._owners.items()}
         return state
 
     @override
@@ -297,6 +298,7 @@ class Joined(Objective[Any, Any]):
                 f"{self._label()}: expected the part of every name under 'owners', found "
                 f"{owners!r:.80}"
             )
+        self._check_owners(owners, state_dict.get("reported"))
         previous = dict(self._owners)
         before = [copy.deepcopy(part.state_dict()) for part in self._kept]
         loaded = 0
@@ -314,6 +316,28 @@ class Joined(Objective[Any, Any]):
             for part, state in zip(self._kept[:loaded], before, strict=False):
                 part.load_state_dict(state)
             raise
+
+    def _check_owners(self, owners: Mapping[str, int], reported: Any) -> None:
+        """Refuse a state whose names belong to other parts than here (another join's).
+
+        A declared name must belong to the same part; a name learnt from data to
+        a part that learns names, reporting it as the state's join did (its prefix).
+        """
+        for name, index in owners.items():
+            template, current = self._templates[index], self._owners.get(name)
+            said = reported.get(name, name) if isinstance(reported, Mapping) else None
+            if current is not None and current is not template:
+                why = f"here {current!r} reports it"
+            elif current is None and not template.learns_names:
+                why = f"{template!r} does not report it"
+            elif said is not None and said != template.reported_name(name):
+                why = f"here it is reported as {template.reported_name(name)!r}, there as {said!r}"
+            else:
+                continue
+            raise StateDictError(
+                f"{self._label()}: the state is of another join: it holds {name!r} from part "
+                f"{index}, but {why}; load it into a join of the same parts in the same order"
+            )
 
     @override
     def to(self, device: Any) -> Self:
