@@ -628,6 +628,89 @@ def test_a_refused_to_moves_nothing_and_says_why(kind: str) -> None:
     )
 
 
+# -- the hooks' results ------------------------------------------------------------------------
+
+
+class Finalized(tt.Objective[Tensor, Tensor]):
+    """Reports whatever ``result`` makes of the aggregated values."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"errors": (outputs - targets).abs().flatten(1).mean(1)}
+
+    def finalize(self, values: dict[str, Tensor]) -> Any:
+        return self.result(values)
+
+
+@pytest.mark.parametrize(
+    ("result", "found"),
+    [
+        (lambda values: [values["errors"]], "list"),
+        (lambda values: {"Median": float(values["errors"])}, "'Median'.*float"),
+        (lambda values: {3: values["errors"]}, "int 3"),
+    ],
+    ids=["list", "float-value", "int-name"],
+)
+def test_a_finalize_result_that_is_not_named_tensors_raises_hook_error(
+    result: Any, found: str
+) -> None:
+    # It was a raw AttributeError ('list' object has no attribute 'items', 'float' object has
+    # no attribute 'clone') from inside compute(), or an int name reported as it was.
+    objective = Finalized(result)
+    objective.update(*batches_of([3])[0])
+    for _ in range(2):  # nothing half-done is cached: the second call refuses the same way
+        with pytest.raises(tt.errors.HookError, match=rf"Finalized: finalize\(\) .*{found}"):
+            objective.compute()
+
+
+def test_a_finalize_that_raises_is_a_metric_call_error_naming_it() -> None:
+    # The documented median example, computed before any update, raised a bare KeyError.
+    objective = Finalized(lambda values: {"Median": values["errors"].median()})
+    with (
+        pytest.warns(ComputedBeforeUpdatedWarning),
+        pytest.raises(
+            tt.errors.MetricCallError, match=r"Finalized: .*finalize.*KeyError"
+        ) as caught,
+    ):
+        objective.compute()
+    assert isinstance(caught.value.__cause__, KeyError)
+    objective.update(*batches_of([3])[0])
+    assert list(computed(objective)) == ["Median"]
+
+
+def test_hooks_returning_what_torchtally_cannot_use_raise_hook_error() -> None:
+    # accumulator_for returning int or an instance was a raw TypeError ("'rows' is an invalid
+    # keyword argument for int()"); declared_names returning the string "xy" declared the
+    # names 'x' and 'y'.
+    class Counted(tt.Objective[Tensor, Tensor]):
+        def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            return {"x": outputs[:, 0]}
+
+    class IntAccumulator(Counted):
+        def accumulator_for(self, name: str) -> Any:
+            return int
+
+    class InstanceAccumulator(Counted):
+        def accumulator_for(self, name: str) -> Any:
+            return Mean(rows=1)
+
+    class StringNames(Counted):
+        def declared_names(self) -> Any:
+            return "xy"
+
+    for cls, found in [
+        (IntAccumulator, r"accumulator_for\('x'\).*int"),
+        (InstanceAccumulator, r"accumulator_for\('x'\).*Mean"),
+        (StringNames, r"declared_names\(\).*str 'xy'"),
+    ]:
+        objective = cls()
+        with pytest.raises(tt.errors.HookError, match=rf"{cls.__name__}.*{found}"):
+            objective.update(*batches_of([2])[0])
+
+
 # -- Metric, MetricCollection and composition -------------------------------------------------
 
 

@@ -111,9 +111,12 @@ class FormulaError(TorchTallyError, ValueError):
 
 
 class HookError(TorchTallyError, TypeError):
-    """A subclass overrides a method torchtally does not call (a DRYTorch or torchtally 0.1 hook).
+    """A subclass overrides a method torchtally does not call, or a hook returns what it cannot use.
 
-    Raised when the class is defined, with the name of the hook to write instead.
+    A DRYTorch or torchtally 0.1 hook is refused when the class is defined, with
+    the name of the hook to write instead; ``finalize`` returning anything but a
+    dict of tensors by name, ``accumulator_for`` anything but an ``Accumulator``
+    class, or ``declared_names`` a string, when the hook is first called.
     """
 
 

@@ -19,6 +19,7 @@ value aggregates), :meth:`~Objective.finalize` (post-process epoch values),
 
 from __future__ import annotations
 
+import functools
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -42,7 +43,7 @@ from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     SyncError,
 )
-from torchtally.objectives._holder import refuse_renamed_hooks
+from torchtally.objectives import _holder as hooks
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
 from torchtally.objectives._syncing import SyncHooks
@@ -105,7 +106,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        refuse_renamed_hooks(cls)
+        hooks.refuse_renamed_hooks(cls)
 
     def __init__(self, *, weight: WeightFn | None = None) -> None:
         if weight is not None and not callable(weight):
@@ -120,8 +121,11 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
     @lazy
     def _ledger(self) -> Ledger:
         # Made on first use: a composition built term by term makes none for its intermediates.
-        ledger = Ledger(self._label(), self.accumulator_for)
-        ledger.add_names(self.declared_names())
+        label = self._label()
+        ledger = Ledger(
+            label, functools.partial(hooks.checked_accumulator, label, self.accumulator_for)
+        )
+        ledger.add_names(hooks.checked_declared_names(label, self.declared_names()))
         return ledger
 
     # -- hooks --------------------------------------------------------------------------------
@@ -320,7 +324,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
                     ),
                     stacklevel=2,
                 )
-            ledger.computed = self.finalize(ledger.reduced())
+            ledger.computed = hooks.finalized(ledger.label, self.finalize, ledger.reduced())
         return {name: value.clone() for name, value in ledger.computed.items()}
 
     def running(self, window: int = 10) -> dict[str, Tensor]:

@@ -4,18 +4,29 @@
 :class:`~torchtally.objectives._persistence.Persistence` are written apart
 from :class:`~torchtally.objectives.Objective` and work on what it provides;
 this declares that once, for the type checker. :func:`refuse_renamed_hooks`
-refuses the hooks of DRYTorch and torchtally 0.1 that torchtally does not call.
+refuses the hooks of DRYTorch and torchtally 0.1 that torchtally does not call;
+:func:`finalized`, :func:`checked_accumulator` and :func:`checked_declared_names`
+call the public hooks and refuse what torchtally cannot use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
 
 from torchtally.aggregation import Accumulator
-from torchtally.errors import HookError
+from torchtally.errors import HookError, MetricCallError, TorchTallyError
 from torchtally.objectives._ledger import Ledger
 
-__all__ = ["LedgerHolder", "refuse_renamed_hooks"]
+__all__ = [
+    "LedgerHolder",
+    "checked_accumulator",
+    "checked_declared_names",
+    "finalized",
+    "refuse_renamed_hooks",
+]
 
 
 class LedgerHolder:
@@ -58,3 +69,66 @@ def refuse_renamed_hooks(cls: type) -> None:
                 f"that torchtally does not call (its values would be aggregated as the default "
                 f"mean, silently); {instead}"
             )
+
+
+def finalized(
+    label: str, finalize: Callable[[dict[str, Tensor]], Any], values: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """``finalize(values)``, checked: a dict of tensors by (string) name.
+
+    Raises:
+        MetricCallError: ``finalize`` raised (chained as ``__cause__``).
+        HookError: it returned anything else.
+    """
+    try:
+        result = finalize(values)
+    except TorchTallyError:
+        raise
+    except Exception as error:
+        raise MetricCallError(
+            f"{label}: finalize() raised {type(error).__name__}: {error} (it was given the "
+            f"values {sorted(values)}; before any update only declared_names() are known)"
+        ) from error
+    if not isinstance(result, Mapping):
+        raise HookError(
+            f"{label}: finalize() must return a dict of tensors by name, found "
+            f"{type(result).__name__}"
+        )
+    for name, value in result.items():
+        if not isinstance(name, str) or not isinstance(value, Tensor):
+            raise HookError(
+                f"{label}: finalize() must return a dict of tensors by name, found "
+                f"{type(name).__name__} {name!r:.60}: {type(value).__name__}"
+            )
+    return dict(result)
+
+
+def checked_accumulator(
+    label: str, accumulator_for: Callable[[str], Any], name: str
+) -> type[Accumulator]:
+    """``accumulator_for(name)``, checked: an :class:`~torchtally.aggregation.Accumulator` class.
+
+    Raises:
+        HookError: it returned anything else.
+    """
+    cls = accumulator_for(name)
+    if not (isinstance(cls, type) and issubclass(cls, Accumulator)):
+        raise HookError(
+            f"{label}: accumulator_for({name!r}) must return an Accumulator subclass (Mean, "
+            f"Sum, Min, Max, Cat or your own), found {type(cls).__name__} {cls!r:.60}"
+        )
+    return cls
+
+
+def checked_declared_names(label: str, names: Any) -> tuple[str, ...]:
+    """The result of ``declared_names()``, checked: a tuple or list (of names), not a string.
+
+    Raises:
+        HookError: it returned anything else (a string would declare each of its letters).
+    """
+    if not isinstance(names, (tuple, list)):
+        raise HookError(
+            f"{label}: declared_names() must return a tuple of names, found "
+            f"{type(names).__name__} {names!r:.60}"
+        )
+    return tuple(names)
