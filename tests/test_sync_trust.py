@@ -577,7 +577,13 @@ def test_unpack_of_damaged_payloads_raises_only_sync_errors(
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.lists(st.integers(-(2**63), 2**63 - 1), min_size=8, max_size=8), min_size=1, max_size=5
+        st.lists(
+            st.integers(-(2**63), 2**63 - 1),
+            min_size=len(distributed.HEADER),
+            max_size=len(distributed.HEADER),
+        ),
+        min_size=1,
+        max_size=5,
     )
 )
 def test_header_checks_raise_only_sync_errors(headers: list[list[int]]) -> None:

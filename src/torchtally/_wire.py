@@ -107,9 +107,9 @@ def check_headers(headers: Sequence[Sequence[int]]) -> None:
 
     What one collective brings to a rank is its ranks' sizes times their
     number (buffers are padded to the longest). Sizes are checked against
-    the limit the headers carry, once every rank is shown to have set the
-    same: the message is built from the headers alone, so every rank raises
-    the same one.
+    the limit, once the headers show that every rank set the same one: the
+    message is built from the headers alone, so every rank raises the same
+    one.
 
     Raises:
         SyncError: naming the first rank whose header does not fit, or the
@@ -142,10 +142,10 @@ def check_headers(headers: Sequence[Sequence[int]]) -> None:
             "diagnostics": fields["diagnostics"] * len(headers),
         }
         for what, size in sizes.items():
-            if not 0 <= size <= limit:
+            if not 0 <= size <= _limit:  # this rank's, the same as every rank's by now
                 raise SyncError(
                     f"sync_all: rank {index} announces {what} that would bring {size} bytes to "
-                    f"every rank, outside 0 to the limit of {limit} bytes "
+                    f"every rank, outside 0 to the limit of {_limit} bytes "
                     f"(torchtally.distributed.set_payload_limit)"
                 )
         if fields["flags"] not in (0, FAILED, DISAGREEING, FAILED | DISAGREEING):
