@@ -7,6 +7,7 @@ One test per point of the issue "Every objective composes with every other"
 
 from __future__ import annotations
 
+import math
 import functools
 from typing import Any
 
@@ -135,6 +136,29 @@ def test_compute_metrics_refuses_a_name_reported_twice() -> None:
     second.update(OUTPUTS, TARGETS)
     with pytest.raises(tt.errors.NameConflictError, match="MAE"):
         tt.compute_metrics(first, second)
+
+
+def test_compute_metrics_logs_an_empty_value_as_nan_and_refuses_what_no_float_stands_for() -> None:
+    class Scores(tt.Objective[Tensor, Tensor]):
+        aggregation = "cat"
+
+        def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            return {"Scores": outputs}
+
+    scores = Scores()
+    scores.update(OUTPUTS, TARGETS)
+    scores.reset()  # an epoch that saw nothing: an empty concatenation
+    with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
+        assert scores.compute()["Scores"].numel() == 0
+    values = tt.compute_metrics(scores, prefix="val/")
+    assert list(values) == ["val/Scores"] and math.isnan(values["val/Scores"])  # not dropped
+
+    class Curves:  # a foreign object: compute() gives (fpr, tpr) under one name
+        def compute(self) -> dict[str, Any]:
+            return {"ROC": (torch.zeros(3), torch.ones(3))}
+
+    with pytest.raises(tt.errors.ResultTypeError, match="'ROC' of Curves is a tuple"):
+        tt.compute_metrics(Curves())
 
 
 # -- 6. the hooks subclasses override -------------------------------------------------------------

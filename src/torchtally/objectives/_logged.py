@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
-from torchtally.errors import NameConflictError
+from torchtally.errors import NameConflictError, ResultTypeError
 
 __all__ = ["compute_metrics"]
 
@@ -19,7 +21,9 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
     anything with ``compute``) returning a tensor, a number or a dict of them.
     A value with several elements (per-class scores, say) is flattened: its
     entries are named ``name_0``, ``name_1``, ... (``name_0_1`` for a matrix,
-    row by row). Each name may appear once across the objectives.
+    row by row); a value with no elements (a concatenation that saw nothing)
+    is logged as NaN under its name, never left out. Each name may appear once
+    across the objectives.
 
     Args:
         *objectives: the objectives, in the order their values should appear.
@@ -27,6 +31,8 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
 
     Raises:
         NameConflictError: two objectives report the same name.
+        ResultTypeError: a value is neither a tensor nor a real number (a tuple
+            of curves, say), so no float can stand for it.
 
     Example:
         >>> import torch
@@ -45,7 +51,7 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
             name = getattr(objective, "name", None) or type(objective).__name__
             result = {str(name): result}
         for name, value in result.items():
-            for key, number in _flattened(str(name), value):
+            for key, number in _flattened(str(name), value, objective):
                 key = f"{prefix}{key}"
                 if key in flat:
                     raise NameConflictError(
@@ -56,8 +62,18 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def _flattened(name: str, value: Any) -> list[tuple[str, float]]:
-    if not isinstance(value, Tensor) or value.numel() == 1:
+def _flattened(name: str, value: Any, objective: Any) -> list[tuple[str, float]]:
+    if not isinstance(value, Tensor):
+        if isinstance(value, numbers.Real):
+            return [(name, float(value))]
+        raise ResultTypeError(
+            f"compute_metrics: {name!r} of {type(objective).__name__} is a "
+            f"{type(value).__name__}, not a tensor or a real number: log it yourself, or pass "
+            f"an objective whose compute() gives numbers"
+        )
+    if value.numel() == 0:  # nothing seen (an empty concatenation): said, not dropped
+        return [(name, math.nan)]
+    if value.numel() == 1:
         return [(name, float(value))]
     if value.ndim == 1:
         return [(f"{name}_{index}", float(item)) for index, item in enumerate(value.tolist())]
