@@ -7,8 +7,8 @@ One test per point of the issue "Every objective composes with every other"
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 from typing import Any
 
 import pytest
