@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import dtype_from_name, dtype_name
-from torchtally.errors import SyncError
+from torchtally.errors import InvalidArgumentError, SyncError
 
 __all__ = [
     "DISAGREEING",
@@ -97,7 +97,9 @@ def set_payload_limit(limit: int) -> int:
     """
     global _limit
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"set_payload_limit: expected a number of bytes >= 0, found {limit!r}")
+        raise InvalidArgumentError(
+            f"set_payload_limit: expected a number of bytes >= 0, found {limit!r}"
+        )
     previous, _limit = _limit, limit
     return previous
 

@@ -128,8 +128,12 @@ class InvalidNameError(TorchTallyError, TypeError):
     """A value name is not a non-empty string (or holds characters a formula cannot show)."""
 
 
-class InvalidArgumentError(TorchTallyError, TypeError):
-    """A constructor argument has the wrong type (``higher_is_better='yes'``, say)."""
+class InvalidArgumentError(TorchTallyError, TypeError, ValueError):
+    """An argument has the wrong type or value (``higher_is_better='yes'``, an unknown aggregation).
+
+    Both a ``TypeError`` and a ``ValueError``, so that code catching the
+    built-in error Python itself would raise for either keeps working.
+    """
 
 
 class StateDictError(TorchTallyError, ValueError):

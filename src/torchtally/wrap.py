@@ -54,7 +54,7 @@ from typing_extensions import override
 from torchtally._conventions import callable_error, check_direction, check_name, normalize_result
 from torchtally._stateful import StatefulObjective
 from torchtally.aggregation import Accumulator, accumulator_class
-from torchtally.errors import InvalidNameError, UnsupportedObjectError
+from torchtally.errors import InvalidArgumentError, InvalidNameError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import Objective
 from torchtally.sync import SyncParticipant
@@ -130,7 +130,7 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
         for key, kind in (("default", default), *per_name.items()):
             check_name(key, owner)
             if kind not in _AGGREGATIONS:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{owner}: aggregation of {key!r} must be one of {list(_AGGREGATIONS)}, "
                     f"found {kind!r}"
                 )
@@ -301,7 +301,7 @@ def wrap(
     )
     if isinstance(obj, SyncParticipant):  # already a torchtally objective or adapter
         if name is not None or stateless_options:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"wrap: {obj!r:.60} is already a torchtally objective; name it and set its "
                 f"options where it is built"
             )
@@ -309,7 +309,7 @@ def wrap(
     adapter = _adapter_for(obj, name)
     if adapter is not None:
         if stateless_options:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"wrap: aggregation, higher_is_better and weight apply to stateless forms only; a "
                 f"{type(obj).__name__} aggregates and names its values itself"
             )
@@ -320,7 +320,7 @@ def wrap(
         if not callable(getattr(obj, "reset", None)):
             raise _unsupported(obj, "it has update and compute but no reset")
         if stateless_options:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"wrap: aggregation, higher_is_better and weight apply to stateless forms only; a "
                 f"{type(obj).__name__} keeps and aggregates its own state"
             )

@@ -53,6 +53,7 @@ from torchtally.aggregation._accumulator import (
 )
 from torchtally.aggregation._cat import Cat
 from torchtally.aggregation._kinds import Max, Mean, Min, Sum
+from torchtally.errors import InvalidArgumentError
 
 __all__ = [
     "ACCUMULATORS",
@@ -94,7 +95,7 @@ def accumulator_class(aggregation: Any, owner: str | Callable[[], str]) -> type[
         return aggregation
     found = ACCUMULATORS.get(aggregation) if isinstance(aggregation, str) else None
     if found is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{owner if isinstance(owner, str) else owner()}: aggregation must be one of "
             f"{sorted(ACCUMULATORS)} or an Accumulator subclass, found {aggregation!r}"
         )

@@ -34,6 +34,7 @@ from torchtally.aggregation._states import (
 from torchtally.errors import (
     DeviceMismatchError,
     IncompatibleStateError,
+    InvalidArgumentError,
     ResultShapeError,
     WeightError,
 )
@@ -97,7 +98,9 @@ class Accumulator(SyncLayout, Exportable, ABC):
 
     def __init__(self, rows: int = 1) -> None:
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-            raise ValueError(f"{type(self).__name__}: rows must be an int >= 0, found {rows!r}")
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: rows must be an int >= 0, found {rows!r}"
+            )
         self.rows = rows
         self.labels = [f"{type(self).__name__} row {index}" for index in range(rows)]
         self.dtypes: list[torch.dtype | None] = [None] * rows

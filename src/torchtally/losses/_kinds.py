@@ -9,7 +9,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name, default_name
-from torchtally.errors import FormulaError, NameConflictError, ResultTypeError
+from torchtally.errors import FormulaError, InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.formula import Component, Constant, Expression, Operation
 from torchtally.losses._algebra import check_direction, check_loss_name, constant_or_schedule
 from torchtally.losses._base import LossBase
@@ -62,7 +62,9 @@ class Loss(LossBase[OutputT, TargetT]):
         weight: WeightFn | None = None,
     ) -> None:
         if not callable(fn):
-            raise TypeError(f"Loss: expected a callable of (outputs, targets), found {fn!r:.60}")
+            raise InvalidArgumentError(
+                f"Loss: expected a callable of (outputs, targets), found {fn!r:.60}"
+            )
         name = check_loss_name(default_name(fn, "Loss") if name is None else name, "Loss")
         direction = check_direction(higher_is_better, f"Loss {name!r}", optional=False)
         assert direction is not None
@@ -243,7 +245,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
         weight: WeightFn | None = None,
     ) -> None:
         if not callable(fn):
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"DictLoss: expected a callable of (outputs, targets), found {fn!r:.60}"
             )
         name = check_loss_name(name, "DictLoss")
@@ -294,7 +296,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
             {'Loss': tensor(2.), 'cls_loss': tensor(1.), 'box_loss': tensor(0.5000)}
         """
         if not callable(fn):
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"DictLoss: expected a callable of (outputs, targets), found {fn!r:.60}"
             )
         name = check_loss_name(default_name(fn, "DictLoss") if name is None else name, "DictLoss")

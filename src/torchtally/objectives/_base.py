@@ -41,6 +41,7 @@ from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
+    InvalidArgumentError,
     SyncError,
 )
 from torchtally.objectives import _holder as hooks
@@ -110,7 +111,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
     def __init__(self, *, weight: WeightFn | None = None) -> None:
         if weight is not None and not callable(weight):
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__}: weight= at construction must be a callable of "
                 f"(outputs, targets), found {type(weight).__name__}; pass a fixed weight to "
                 f"update(..., weight=...) instead"

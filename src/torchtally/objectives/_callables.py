@@ -281,7 +281,9 @@ class Metric(CallableObjective[OutputT, TargetT]):
         weight: WeightFn | None = None,
     ) -> None:
         if not callable(fn):
-            raise TypeError(f"Metric: expected a callable of (outputs, targets), found {fn!r}")
+            raise InvalidArgumentError(
+                f"Metric: expected a callable of (outputs, targets), found {fn!r}"
+            )
         name = default_name(fn, "Metric") if name is None else check_name(name, "Metric")
         super().__init__((NamedCallable(name, fn, higher_is_better, aggregation),), weight=weight)
 

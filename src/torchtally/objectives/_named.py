@@ -139,13 +139,13 @@ class CallableObjective(Objective[OutputT, TargetT]):
         for entry in self._entries.values():
             check_name(entry.name, owner)
             if not callable(entry.fn):
-                raise TypeError(
+                raise InvalidArgumentError(
                     f"{owner}: the value {entry.name!r} needs a callable of (outputs, targets), "
                     f"found {type(entry.fn).__name__}"
                 )
             check_direction(entry.higher_is_better, f"{owner} value {entry.name!r}", optional=True)
             if issubclass(accumulator_class(entry.aggregation, f"{owner} {entry.name!r}"), Cat):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{owner}: {entry.name!r} cannot use the 'cat' aggregation: it reports every "
                     f"value, not an epoch value; subclass tt.Objective and finalize() them"
                 )

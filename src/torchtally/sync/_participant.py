@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from torchtally.errors import InvalidArgumentError
 from torchtally.sync._agreement import Padding, serial
 from torchtally.sync._rows import Gathered, SyncState
 
@@ -107,7 +108,7 @@ def _participants(item: object) -> tuple[Any, ...]:
 
 def _check_participant(item: object) -> None:
     if not isinstance(item, SyncParticipant):
-        raise TypeError(
+        raise InvalidArgumentError(
             f"sync_all takes torchtally objectives and adapters, found "
             f"{type(item).__name__}; wrap foreign metrics with torchtally.wrap, "
             f"from_torchmetrics or from_torcheval"
