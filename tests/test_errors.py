@@ -42,7 +42,7 @@ EXPECTED_BASES = {
     "FormulaError": ValueError,
     "HookError": TypeError,
     "IncompatibleStateError": ValueError,
-    "InvalidArgumentError": TypeError,
+    "InvalidArgumentError": ValueError,  # and a TypeError
     "InvalidNameError": TypeError,
     "MetricCallError": RuntimeError,
     "NameConflictError": ValueError,
@@ -63,6 +63,43 @@ def test_every_error_subclasses_the_library_base_and_the_matching_builtin(
     cls = getattr(errors, name)
     assert issubclass(cls, TorchTallyError) and issubclass(cls, builtin)
     assert name in errors.__all__
+
+
+def test_arguments_of_the_wrong_type_or_value_raise_invalid_argument_error() -> None:
+    from torchtally.aggregation import Mean, accumulator_class
+    from torchtally.distributed import payload_limit, set_payload_limit
+
+    class Counter:  # a stateful object: it aggregates itself, so wrap() takes no options
+        def update(self, outputs: Any, targets: Any) -> None: ...
+        def compute(self) -> float:
+            return 0.0
+
+        def reset(self) -> None: ...
+
+    refused: list[Any] = [
+        lambda: tt.Metric("mae", "MAE"),  # type: ignore[arg-type]
+        lambda: tt.Loss(3.0, "L"),  # type: ignore[arg-type]
+        lambda: tt.DictLoss(None, "L"),  # type: ignore[arg-type]
+        lambda: tt.DictLoss.summed(None, "L"),  # type: ignore[arg-type]
+        lambda: tt.MetricCollection(MAE=mae, Bad=1),  # type: ignore[arg-type]
+        lambda: tt.MetricCollection(MAE=tt.Metric(mae, "MAE", aggregation="cat")),
+        lambda: tt.Metric(mae, "MAE", aggregation="median"),
+        lambda: accumulator_class("median", "MAE"),
+        lambda: Mean(rows=-1),
+        lambda: tt.wrap(Counter(), aggregation="max"),
+        lambda: tt.wrap(tt.Metric(mae, "MAE"), name="Other"),
+        lambda: tt.wrap(lambda o, t: {"a": o}, "Parts", aggregation={"a": "median"}),
+        lambda: set_payload_limit(-1),
+        lambda: tt.sync_all(object()),  # type: ignore[arg-type]
+    ]
+    limit = payload_limit()
+    for make in refused:
+        with pytest.raises(errors.InvalidArgumentError):
+            make()
+    assert payload_limit() == limit
+    # Both builtins Python would raise for a wrong type or value still catch it.
+    assert issubclass(errors.InvalidArgumentError, TypeError)
+    assert issubclass(errors.InvalidArgumentError, ValueError)
 
 
 def test_warnings_share_a_base() -> None:
