@@ -98,9 +98,7 @@ class Accumulator(SyncLayout, Exportable, ABC):
 
     def __init__(self, rows: int = 1) -> None:
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-            raise InvalidArgumentError(
-                f"{type(self).__name__}: rows must be an int >= 0, found {rows!r}"
-            )
+            raise InvalidArgumentError(f"{type(self).__name__}: rows must be >= 0, found {rows!r}")
         self.rows = rows
         self.labels = [f"{type(self).__name__} row {index}" for index in range(rows)]
         self.dtypes: list[torch.dtype | None] = [None] * rows

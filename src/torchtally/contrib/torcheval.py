@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error
+from torchtally.contrib._torcheval_states import loaded_copy
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -279,7 +279,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         for key, local in self._metrics.items():
             where = f"from_torcheval: metric {key!r} ({type(local).__name__})"
             try:
-                copies = [_with_state(local, rank_states[key]) for rank_states in per_rank]
+                copies = [loaded_copy(local, rank_states[key]) for rank_states in per_rank]
                 merged[key] = copies[0].merge_state(copies[1:])
             except Exception as error:
                 raise SyncError(
@@ -325,13 +325,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             )
         loaded: dict[str, AnyMetric] = {}
         for key, metric in self._metrics.items():
-            state = stored[key]
             try:
-                if not isinstance(state, Mapping):
-                    raise TypeError(f"expected a dict of states, found {type(state).__name__}")
-                for state_name, value in state.items():
-                    _check_like(getattr(metric, state_name, None), value, state_name)
-                loaded[key] = _with_state(metric, dict(state))
+                loaded[key] = loaded_copy(metric, stored[key])
             except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
                 raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
         self._metrics = loaded  # every metric checked and rebuilt: swap them all at once
@@ -348,28 +343,6 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented
-
-
-def _check_like(current: Any, stored: Any, name: str) -> None:
-    """A stored torcheval state must be of the kind of the current one (shapes follow the data)."""
-    if isinstance(current, Tensor):
-        if not isinstance(stored, Tensor):
-            raise ValueError(f"state {name!r} must be a tensor, found {type(stored).__name__}")
-    elif isinstance(current, list) and not (
-        isinstance(stored, list) and all(isinstance(part, Tensor) for part in stored)
-    ):
-        raise ValueError(f"state {name!r} must be a list of tensors, found {type(stored).__name__}")
-
-
-def _with_state(metric: AnyMetric, state: dict[str, Any]) -> AnyMetric:
-    """A copy of ``metric`` holding ``state``; the metric's own state tensors are not copied."""
-    memo: dict[int, Any] = {}
-    for state_name in metric._state_name_to_default:
-        value = getattr(metric, state_name)
-        memo[id(value)] = value
-    clone = copy.deepcopy(metric, memo)
-    clone.load_state_dict(state, strict=True)  # replaces (never writes into) every state
-    return clone.to(metric.device)
 
 
 def from_torcheval(

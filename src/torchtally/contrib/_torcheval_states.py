@@ -1,0 +1,54 @@
+"""Loading a saved state into a torcheval metric: checked first, then put into a copy.
+
+For :class:`~torchtally.contrib.torcheval.TorchEvalAdapter`'s
+``load_state_dict``: every metric's stored state is checked against the
+kind of state the metric holds and loaded into a copy, so that the adapter
+can swap all its metrics at once or change none. Imported by
+:mod:`torchtally.contrib.torcheval` alone, after torcheval itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from torcheval.metrics import Metric as TorchEvalMetric
+
+__all__ = ["loaded_copy"]
+
+
+def loaded_copy(metric: TorchEvalMetric[Any], state: Any) -> TorchEvalMetric[Any]:
+    """A copy of ``metric`` holding the saved ``state`` (``metric`` is not changed).
+
+    Raises:
+        TypeError, ValueError: ``state`` is not a dict of states of the kinds
+            ``metric`` holds (tensors, lists of tensors); torcheval's own
+            refusals (``RuntimeError``, ``KeyError``) pass through. The adapter
+            turns each into a ``StateDictError``.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"expected a dict of states, found {type(state).__name__}")
+    for name, value in state.items():
+        _check_like(getattr(metric, name, None), value, name)
+    memo: dict[int, Any] = {}  # the metric's own state tensors are not copied, but replaced
+    for name in metric._state_name_to_default:
+        held = getattr(metric, name)
+        memo[id(held)] = held
+    clone = copy.deepcopy(metric, memo)
+    clone.load_state_dict(dict(state), strict=True)  # replaces (never writes into) every state
+    return clone.to(metric.device)
+
+
+def _check_like(current: Any, stored: Any, name: str) -> None:
+    """A stored torcheval state must be of the kind of the current one (shapes follow the data)."""
+    if isinstance(current, Tensor):
+        if not isinstance(stored, Tensor):
+            raise ValueError(f"state {name!r} must be a tensor, found {type(stored).__name__}")
+    elif isinstance(current, list) and not (
+        isinstance(stored, list) and all(isinstance(part, Tensor) for part in stored)
+    ):
+        raise ValueError(f"state {name!r} must be a list of tensors, found {type(stored).__name__}")
