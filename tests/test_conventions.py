@@ -15,16 +15,14 @@ from torch.nn.functional import mse_loss
 
 import torchtally as tt
 from torchtally._conventions import (
-    DTYPES,
     as_value_tensor,
     batch_size,
     batch_weight,
     default_name,
-    dtype_from_name,
-    dtype_name,
     normalize_result,
     unique_names,
 )
+from torchtally._dtypes import DTYPES, dtype_from_name, dtype_name
 from torchtally.errors import (
     BatchSizeError,
     ComputedBeforeUpdatedWarning,

@@ -47,7 +47,6 @@ from torchtally.errors import (
 )
 
 __all__ = [
-    "DTYPES",
     "FORMS_HINT",
     "MetricFn",
     "Weight",
@@ -59,9 +58,7 @@ __all__ = [
     "check_direction",
     "check_name",
     "default_name",
-    "dtype_from_name",
     "is_objective_like",
-    "dtype_name",
     "merge_results",
     "normalize_result",
     "shared_weight_fn",
@@ -80,50 +77,6 @@ non-negative number or 0-d tensor (the batch's total weight) or a ``(B,)`` tenso
 
 WeightFn = Callable[[Any, Any], Any]
 """A callable of ``(outputs, targets)`` returning a batch's weight."""
-
-DTYPES: dict[str, torch.dtype] = {
-    str(dtype).removeprefix("torch."): dtype
-    for dtype in (
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-    )
-}
-"""The dtypes a state may hold, by name: the only ones read back from a state dict or a peer."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The short name of a dtype (``'float32'``), as states and the wire format store it.
-
-    Example:
-        >>> import torch
-        >>> from torchtally._conventions import dtype_name
-        >>> dtype_name(torch.bfloat16)
-        'bfloat16'
-    """
-    return str(dtype).removeprefix("torch.")
-
-
-def dtype_from_name(name: Any) -> torch.dtype | None:
-    """The dtype called ``name`` if it is one of :data:`DTYPES`, else ``None``.
-
-    Never looks a name up in ``torch`` itself: a state or a peer's header
-    cannot make torchtally touch an arbitrary attribute.
-
-    Example:
-        >>> from torchtally._conventions import dtype_from_name
-        >>> dtype_from_name('float64'), dtype_from_name('Tensor')
-        (torch.float64, None)
-    """
-    return DTYPES.get(name) if isinstance(name, str) else None
-
 
 # -- batch size and weights -------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 import torch
 from torch import Tensor
 
-from torchtally._conventions import dtype_from_name, dtype_name
+from torchtally._dtypes import dtype_from_name, dtype_name
 from torchtally.errors import InvalidArgumentError, SyncError
 
 __all__ = [

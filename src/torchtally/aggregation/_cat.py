@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import dtype_from_name, dtype_name
+from torchtally._dtypes import dtype_from_name, dtype_name
 from torchtally.aggregation._accumulator import Accumulator, ExportedState, StateSpec
 from torchtally.errors import IncompatibleStateError, ResultShapeError, StateDictError, WeightError
 

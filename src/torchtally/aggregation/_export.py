@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchtally._conventions import dtype_from_name, dtype_name
+from torchtally._dtypes import dtype_from_name, dtype_name
 from torchtally.aggregation._states import StateHolder, StateSpec, outside_inference_mode
 from torchtally.errors import StateDictError
 

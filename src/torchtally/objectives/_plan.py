@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchtally._conventions import DTYPES
+from torchtally._dtypes import DTYPES
 from torchtally.aggregation import Accumulator, Cat
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 
