@@ -1878,3 +1878,33 @@ def test_the_criterion_fast_path_for_one_floating_dtype_never_returns_nothing() 
     for value in (torch.ones(2), torch.ones(2, dtype=torch.int64)):  # fast path, general one
         with pytest.raises(ZeroDivisionError):
             criterion(program, {"A": value}, [], "example")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_component_of_a_dtype_no_state_holds_is_refused_by_every_loss_and_changes_nothing(
+    weighted: bool,
+) -> None:
+    narrow = {"now": False}  # float32 for the first batch, float8 for the refused one
+
+    def tiny(outputs: Tensor, targets: Tensor) -> Tensor:
+        error = (outputs - targets).abs()
+        return error.to(torch.float8_e4m3fn) if narrow["now"] else error
+
+    def plain(outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs - targets).abs()
+
+    outputs, targets = torch.tensor([1.0, 3.0]), torch.zeros(2)
+    weight = torch.tensor([1.0, 3.0]) if weighted else None
+    for build in (
+        lambda: tt.Loss(tiny, "A"),
+        lambda: tt.Loss(tiny, "A") + tt.Loss(tiny, "B"),  # float8 arithmetic: not implemented
+        lambda: tt.Loss(tiny, "A") + 0.5 * tt.Loss(plain, "B"),  # float8 promotion: neither
+    ):
+        loss, narrow["now"] = build(), False
+        loss.update(torch.tensor([2.0, 2.0]), targets)  # what the refusal must not change
+        before, narrow["now"] = loss.compute(), True
+        with pytest.raises(tt.errors.ResultTypeError, match=r"'A' has dtype torch\.float8_e4m3fn"):
+            loss(outputs, targets, weight=weight)
+        after = loss.compute()
+        assert after.keys() == before.keys()
+        assert all(torch.equal(after[name], before[name]) for name in before)

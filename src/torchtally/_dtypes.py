@@ -3,7 +3,8 @@
 States, exports and the wire format store a dtype by its short name
 (``'float32'``); reading one back goes through :data:`DTYPES` only, so a
 state dict or a peer's payload cannot make torchtally look up an arbitrary
-attribute of ``torch``. Nothing here imports another torchtally module.
+attribute of ``torch``. Nothing here imports another torchtally module but
+:mod:`torchtally.errors`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["DTYPES", "dtype_from_name", "dtype_name"]
+from torchtally.errors import ResultTypeError
+
+__all__ = ["DTYPES", "dtype_from_name", "dtype_name", "refuse_unheld"]
 
 DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
@@ -56,3 +59,28 @@ def dtype_from_name(name: Any) -> torch.dtype | None:
         (torch.float64, None)
     """
     return DTYPES.get(name) if isinstance(name, str) else None
+
+
+def refuse_unheld(dtype: torch.dtype, owner: str, name: str) -> None:
+    """Refuse a value of a dtype no state holds (``uint16``, the float8 types, complex).
+
+    Raises:
+        ResultTypeError: naming the value, its dtype and the dtypes states hold.
+
+    Example:
+        >>> import torch
+        >>> refuse_unheld(torch.float16, 'Metric', 'MAE')  # held: nothing happens
+        >>> refuse_unheld(torch.uint16, 'Metric', 'MAE')  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchtally.errors.ResultTypeError: Metric: 'MAE' has dtype torch.uint16, which no ...
+    """
+    if dtype not in _HELD:
+        raise ResultTypeError(
+            f"{owner}: {name!r} has dtype {dtype}, which no state holds (states, checkpoints "
+            f"and syncs keep {', '.join(DTYPES)}); convert it, e.g. with .to(torch.int64) or "
+            f".float()"
+        )
+
+
+_HELD = frozenset(DTYPES.values())

@@ -220,7 +220,11 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
             given = self._given_weight(outputs, targets, weight)
             size, weight = size_and_weight(targets, outputs, given, self._ledger.label)
             # before anything changes; per-sample weights that require grad keep their graph
-            value = batch_value(values[self.name], differentiable_weight(given, weight))
+            try:
+                value = batch_value(values[self.name], differentiable_weight(given, weight))
+            except RuntimeError:  # a value torch cannot average (float8): the checks say why
+                self._ledger.check(values, size, weight)
+                raise
             self._accumulate(values, size, weight, self._names_ordered)
         self._step()
         return value

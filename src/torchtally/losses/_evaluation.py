@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor
+from torchtally._dtypes import refuse_unheld
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 
@@ -181,6 +182,9 @@ def _combine_error(
     names: tuple[str, ...], components: list[Any], error: RuntimeError, owner: str
 ) -> Exception:
     """The library's error for component values the formula could not combine."""
+    for name, value in zip(names, components, strict=True):
+        if isinstance(value, Tensor) and not value.is_complex():
+            refuse_unheld(value.dtype, owner, name)  # float8 arithmetic is not implemented
     devices = {
         str(value.device)
         for value in components
@@ -223,10 +227,11 @@ def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch
     for index, value in enumerate(values):
         if isinstance(value, Tensor):
             dtype = value.dtype
+            if dtype.is_complex:
+                as_value_tensor(value, owner, names[index])  # raises, naming the component
+            refuse_unheld(dtype, owner, names[index])  # torch cannot promote float8 types
             if dtype.is_floating_point:
                 found = dtype if found is None else torch.promote_types(found, dtype)
-            elif dtype.is_complex:
-                as_value_tensor(value, owner, names[index])  # raises, naming the component
             else:
                 integral = True
         elif type(value) is not float:

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchtally._dtypes import DTYPES
+from torchtally._dtypes import refuse_unheld
 from torchtally.aggregation import Accumulator, Cat
-from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
+from torchtally.errors import DeviceMismatchError, ResultShapeError
 
 __all__ = [
     "SCALAR",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 VECTOR, SCALAR = "vector", "scalar"
-_HELD = frozenset(DTYPES.values())  # what states, checkpoints and syncs keep
 Form = tuple[torch.dtype, tuple[int, ...]]
 
 
@@ -242,7 +241,7 @@ def make_plan(
     """Classify every value (raising the library's errors on a wrong one) and group them.
 
     A value must be a scalar or ``(B,)`` (any ``(B, ...)`` for a concatenation),
-    of a dtype states hold (:data:`~torchtally._conventions.DTYPES`), on the
+    of a dtype states hold (:data:`~torchtally._dtypes.DTYPES`), on the
     state's device.
 
     ``rows`` are the ledger's rows by name, ``device`` the device its state
@@ -254,12 +253,7 @@ def make_plan(
     kept: list[Kept] = []
     scalar_totals = keeps_values = False
     for position, (name, value) in enumerate(values.items()):
-        if value.dtype not in _HELD:
-            raise ResultTypeError(
-                f"{label}: {name!r} has dtype {value.dtype}, which no state holds (states, "
-                f"checkpoints and syncs keep {', '.join(DTYPES)}); convert it, e.g. with "
-                f".to(torch.int64) or .float()"
-            )
+        refuse_unheld(value.dtype, label, name)
         held = rows.get(name)
         cls = type(held[0]) if held is not None else accumulator_for(name)
         if issubclass(cls, Cat):
