@@ -38,6 +38,11 @@ def _exact_sum(total: Tensor, values: Tensor, entries: tuple[int, ...], scale: f
     return rounded * scale
 
 
+def _integer_rows(accumulator: Accumulator) -> list[bool]:
+    """Which rows hold integers (int64 values, whose exceptions ``reduce`` reads on the host)."""
+    return [dtype is not None and is_exact(dtype) for dtype in accumulator.dtypes]
+
+
 class Mean(Accumulator):
     """Weighted mean with a compensated float64 state and constant memory.
 
@@ -173,7 +178,7 @@ class Sum(Mean):
     @override
     def reduce(self) -> list[Tensor]:
         results = super().reduce()
-        exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+        exact = _integer_rows(self)
         if self._state is None or not any(exact):
             return results
         # An integer row's exact sum is read on the host (here only, never while adding):
@@ -259,7 +264,7 @@ class _Extremum(Accumulator):
     @override
     def reduce(self) -> list[Tensor]:
         results = super().reduce()
-        exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
+        exact = _integer_rows(self)
         if self._state is None or not any(exact):
             return results
         # An int64 row cannot hold NaN: whether it included anything is read on the host
