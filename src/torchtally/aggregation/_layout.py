@@ -207,9 +207,11 @@ class SyncLayout(StateHolder):
 
         For a row whose last value was computed from values that could not
         drop their repeat (a loss's combined value broadcasting a batch
-        mean): its last entry is not one sample's value either. The default
-        drops nothing anyway; :class:`Mean` and :class:`Sum` mark those rows
-        as holding no droppable sample.
+        mean): its last entry is not one sample's value either. :class:`Mean`
+        and :class:`Sum` mark those rows as holding no droppable sample; the
+        default copies only, right for minima and maxima (they drop nothing)
+        but not for :class:`Cat`, whose derived rows would still drop their last
+        value (losses derive means only).
         """
         return self.copy()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,13 +63,14 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
 
 def _flattened(name: str, value: Any, objective: Any) -> list[tuple[str, float]]:
     if not isinstance(value, Tensor):
-        if isinstance(value, numbers.Real):
+        try:  # a number of any kind (Python's, NumPy's, a bool)
             return [(name, float(value))]
-        raise ResultTypeError(
-            f"compute_metrics: {name!r} of {type(objective).__name__} is a "
-            f"{type(value).__name__}, not a tensor or a real number: log it yourself, or pass "
-            f"an objective whose compute() gives numbers"
-        )
+        except (TypeError, ValueError):
+            raise ResultTypeError(
+                f"compute_metrics: {name!r} of {type(objective).__name__} is a "
+                f"{type(value).__name__}, not a tensor or a real number: log it yourself, or "
+                f"pass an objective whose compute() gives numbers"
+            ) from None
     if value.numel() == 0:  # nothing seen (an empty concatenation): said, not dropped
         return [(name, math.nan)]
     if value.numel() == 1:
