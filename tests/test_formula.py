@@ -383,7 +383,10 @@ def test_inferred_directions_match_a_numeric_check_on_positive_values(
     after = {
         name: value * (1 + step if DIRECTIONS[name] else 1 - step) for name, value in before.items()
     }
-    first, second = program.run(before), program.run(after)
+    try:
+        first, second = program.run(before), program.run(after)
+    except OverflowError:  # Python floats raise where tensors give inf: no finite claim to check
+        return
     if not all(
         isinstance(v, float) and math.isfinite(v) and abs(v) < 1e12 for v in (first, second)
     ):
