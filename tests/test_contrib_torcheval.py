@@ -112,6 +112,26 @@ def test_state_dict_copy_pickle_to_and_reset() -> None:
     )
 
 
+# -- nothing the user can reach shares storage with a state ----------------------------------------
+
+
+def test_changing_inputs_after_update_changes_no_value() -> None:
+    batches = binary_batches([4, 3], seed=2)
+    reference = eval_metrics.BinaryAUROC().update(*(part.clone() for part in cat(batches)))
+    adapter = from_torcheval(eval_metrics.BinaryAUROC())
+    for outputs, targets in batches:
+        adapter.update(outputs, targets)  # torcheval keeps these very tensors in a list
+        outputs.copy_(1 - outputs)  # the user reuses the buffer (AUROC would become 1 - AUROC)
+    assert adapter.compute() == {"BinaryAUROC": reference.compute()}
+
+
+def test_changing_a_computed_value_changes_no_value() -> None:
+    adapter = from_torcheval(eval_metrics.Sum(), "Sum")  # compute returns the state itself
+    adapter.metric.update(torch.tensor([3.0, 4.0]))
+    adapter.compute()["Sum"].add_(100)
+    assert adapter.compute() == {"Sum": torch.tensor(7.0, dtype=torch.float64)}
+
+
 # -- the sync's combination step, ranks simulated in one process ----------------------------------
 
 

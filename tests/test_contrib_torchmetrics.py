@@ -270,6 +270,72 @@ def test_reset() -> None:
     assert metric.compute() == {"MeanAbsoluteError": torch.tensor(2.0)}
 
 
+# -- nothing the user can reach shares storage with a state ----------------------------------------
+
+
+class Total(torchmetrics.Metric):
+    """``compute`` returns the state itself, as torchmetrics' SumMetric and MaxMetric do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.total = self.total + (outputs - targets).sum()
+
+    def compute(self) -> Tensor:
+        return self.total
+
+
+class KeptOutputs(torchmetrics.Metric):
+    """A list state holding the very tensors ``update`` is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("kept", default=[], dist_reduce_fx="cat")
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.kept.append(outputs)
+
+    def compute(self) -> Tensor:
+        return torch.cat(self.kept).sum()
+
+
+@pytest.mark.parametrize("how", ["update", "forward"])
+def test_changing_inputs_after_update_changes_no_value(how: str) -> None:
+    batches = [(torch.rand(n), torch.randint(0, 2, (n,))) for n in (4, 3)]
+    reference = BinaryAUROC()
+    reference.update(*(part.clone() for part in cat(batches)))
+    kept_reference = torch.cat([outputs for outputs, _ in batches]).sum()
+    adapter = from_torchmetrics(
+        torchmetrics.MetricCollection({"AUROC": BinaryAUROC(), "Kept": KeptOutputs()})
+    )
+    for outputs, targets in batches:
+        getattr(adapter, how)(outputs, targets)
+        outputs.copy_(1 - outputs)  # the user reuses the buffer (AUROC would become 1 - AUROC)
+    values = adapter.compute()
+    assert torch.equal(values["AUROC"], reference.compute())
+    assert torch.allclose(values["Kept"], kept_reference)
+
+
+def test_changing_a_computed_or_forward_value_changes_no_value() -> None:
+    adapter = from_torchmetrics(Total())
+    adapter.update(torch.tensor([3.0, 4.0]), torch.zeros(2))
+    adapter.compute()["Total"].add_(100)  # the cached result, then a fresh compute
+    adapter.update(torch.tensor([1.0]), torch.zeros(1))
+    adapter.compute()["Total"].add_(100)
+    assert adapter.compute() == {"Total": torch.tensor(8.0)}
+    batch = adapter(torch.tensor([2.0]), torch.zeros(1))  # forward: the batch value
+    batch.add_(100)
+    assert adapter.compute() == {"Total": torch.tensor(10.0)}
+    synced = [from_torchmetrics(Total()) for _ in range(2)]
+    for adapter in synced:
+        adapter.update(torch.tensor([1.0]), torch.zeros(1))
+    simulated_sync(synced)
+    synced[0].compute()["Total"].add_(100)
+    assert synced[0].compute() == {"Total": torch.tensor(2.0)}
+
+
 # -- the sync's combination step, ranks simulated in one process -----------------------------------
 
 

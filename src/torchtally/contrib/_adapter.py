@@ -3,14 +3,22 @@
 An adapter keeps the wrapped library's objects as they are (they hold this
 process's state); a sync builds a copy holding the state over all processes
 (the *synced view*) that ``compute`` reads until the next update or reset.
+
+The wrapped libraries share tensors with their callers: a list state keeps
+the very tensors ``update`` was given (AUROC, Cat), and ``compute`` may
+return a state itself (a sum, a max). So an adapter gives a metric holding
+list states copies of its inputs (:func:`unshared`) and returns copies of
+what ``compute`` returns: nothing the user can reach shares storage with a state.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar, cast
 
+from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import distributed
@@ -20,9 +28,10 @@ from torchtally.errors import MetricCallError, RepeatedSampleWarning, SyncError
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
 
-__all__ = ["SyncedAdapter", "foreign_compute", "foreign_error"]
+__all__ = ["SyncedAdapter", "foreign_compute", "foreign_error", "unshared"]
 
 ViewT = TypeVar("ViewT")
+ValueT = TypeVar("ValueT")
 
 
 def foreign_compute(metric: Any, owner: str) -> Any:
@@ -37,6 +46,24 @@ def foreign_compute(metric: Any, owner: str) -> Any:
         return metric.compute()
     except Exception as error:
         raise foreign_error(metric, "compute", owner, error) from error
+
+
+def unshared(value: ValueT, *, detach: bool = True) -> ValueT:
+    """``value`` with every tensor in it (in tuples, lists and dicts too) copied.
+
+    For a metric that keeps its inputs in a list state: an in-place change to
+    a tensor after ``update`` must not reach the epoch value. ``detach=False``
+    keeps the copies differentiable (``forward``).
+    """
+    copied: Any = value
+    if isinstance(value, Tensor):
+        copied = value.detach().clone() if detach else value.clone()
+    elif isinstance(value, (tuple, list)):
+        parts = [unshared(part, detach=detach) for part in value]
+        copied = type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
+    elif isinstance(value, Mapping):
+        copied = {key: unshared(part, detach=detach) for key, part in value.items()}
+    return cast(ValueT, copied)
 
 
 def foreign_error(metric: Any, method: str, owner: str, error: Exception) -> MetricCallError:

@@ -44,7 +44,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._torcheval_states import loaded_copy
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
@@ -116,6 +116,12 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                 f"found {type(metric).__name__}; use torchtally.wrap for other metric forms"
             )
         self._single = isinstance(metric, TorchEvalMetric)
+        # A list or dict state keeps the tensors update is given: such metrics get copies.
+        self._keeps_inputs = any(
+            not isinstance(default, Tensor)
+            for member in self._metrics.values()
+            for default in member._state_name_to_default.values()
+        )
         if self._single:
             self._name = next(iter(self._metrics))
         else:
@@ -158,6 +164,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             MetricCallError: a metric's ``update`` raised (``weight=``, say); the metrics
                 before it kept the batch. The synced view is kept if none did.
         """
+        if self._keeps_inputs:
+            outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         for index, metric in enumerate(self._metrics.values()):
             try:
                 metric.update(outputs, targets, *args, **kwargs)
@@ -180,7 +188,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         for key, metric in metrics.items():
             value = normalize_result(foreign_compute(metric, self._owner), key, self._owner)
             merge_results(result, value, self._owner)
-        return result
+        return unshared(result)  # a result may be a state itself (a sum)
 
     def reset(self) -> None:
         """Reset every metric and drop the synced view."""

@@ -52,7 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._torchmetrics_states import (
     TorchMetricsObject,
     checked_states,
@@ -118,6 +118,12 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self._metric = metric
         self._composition = isinstance(metric, CompositionalMetric)
         self._leaves = leaves_of(metric)
+        # A list state keeps the tensors update is given: such metrics get copies.
+        self._keeps_inputs = any(
+            not isinstance(default, Tensor)
+            for leaf in self._leaves
+            for default in leaf._defaults.values()
+        )
         # Sync happens in one place, our sync(): none inside torchmetrics' compute or forward.
         for node in nodes(metric):
             node.sync_on_compute = False
@@ -190,6 +196,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             MetricCallError: the metric's ``update`` raised (an argument it does
                 not take, ``weight=`` say); the synced view is kept.
         """
+        if self._keeps_inputs:
+            outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         try:
             self._metric.update(outputs, targets, *args, **kwargs)
         except Exception as error:
@@ -202,6 +210,10 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         Raises:
             MetricCallError: as :meth:`update`.
         """
+        if self._keeps_inputs:  # copies that keep the batch value differentiable
+            outputs, targets, args, kwargs = unshared(
+                (outputs, targets, args, kwargs), detach=False
+            )
         try:
             value = self._metric(outputs, targets, *args, **kwargs)
         except Exception as error:
@@ -233,7 +245,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             for leaf_name, leaf in zip(self._leaf_names, leaves, strict=True):
                 value = foreign_compute(leaf, owner)
                 merge_results(result, normalize_result(value, leaf_name, owner), owner)
-        return result
+        return unshared(result)  # a result may be a state itself (a sum, a max)
 
     def reset(self) -> None:
         """Reset the metric and drop the synced view."""
