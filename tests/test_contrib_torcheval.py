@@ -112,6 +112,31 @@ def test_state_dict_copy_pickle_to_and_reset() -> None:
     )
 
 
+# -- keyword arguments: a dict's metrics each get them all ----------------------------------------
+
+
+def test_a_keyword_a_metric_of_a_dict_does_not_take_is_refused_changing_nothing() -> None:
+    # The MSE took the batch, then BinaryAccuracy raised: the refused call changed the state.
+    outputs, targets = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 1.0])
+    adapter = from_torcheval(
+        {"MSE": eval_metrics.MeanSquaredError(), "Accuracy": eval_metrics.BinaryAccuracy()}
+    )
+    adapter.update(outputs, targets)
+    before = adapter.compute()
+    with pytest.raises(errors.InvalidArgumentError, match=r"\['Accuracy'\].*'sample_weight'"):
+        adapter.update(outputs, targets, sample_weight=torch.ones(3))
+    with pytest.raises(errors.WeightError, match=r"\['MSE', 'Accuracy'\].*'weight'"):
+        adapter.update(outputs, targets, weight=torch.ones(3))
+    assert adapter.compute() == before
+    weighted = from_torcheval(
+        {"A": eval_metrics.MeanSquaredError(), "B": eval_metrics.MeanSquaredError()}
+    )
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    weighted.update(outputs, targets, sample_weight=weight)  # every metric takes it
+    reference = eval_metrics.MeanSquaredError().update(outputs, targets, sample_weight=weight)
+    assert weighted.compute() == {"A": reference.compute(), "B": reference.compute()}
+
+
 # -- nothing the user can reach shares storage with a state ----------------------------------------
 
 

@@ -270,6 +270,71 @@ def test_reset() -> None:
     assert metric.compute() == {"MeanAbsoluteError": torch.tensor(2.0)}
 
 
+# -- keyword arguments: torchmetrics drops those a leaf does not take -----------------------------
+
+
+class WeightedError(torchmetrics.Metric):
+    """A weighted mean absolute error: its update takes ``weight=`` (and ``scale=``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weights", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(
+        self, outputs: Tensor, targets: Tensor, weight: Tensor | None = None, scale: float = 1.0
+    ) -> None:
+        weight = torch.ones_like(outputs) if weight is None else weight
+        self.total = self.total + scale * (weight * (outputs - targets).abs()).sum()
+        self.weights = self.weights + weight.sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.weights
+
+
+@pytest.mark.parametrize("form", ["composition", "collection"])
+@pytest.mark.parametrize("how", ["update", "forward"])
+def test_a_weight_some_leaf_would_not_get_is_refused_changing_nothing(form: str, how: str) -> None:
+    # torchmetrics dropped weight= for MeanAbsoluteError: the adapter reported the unweighted
+    # 2.0 instead of the weighted 1.0, without a word.
+    outputs, targets = torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])
+    weight = torch.tensor([1.0, 0.0, 0.0])
+    leaves = [WeightedError(), torchmetrics.MeanAbsoluteError()]
+    if form == "composition":
+        adapter = from_torchmetrics(leaves[0] + leaves[1])
+    else:
+        adapter = from_torchmetrics(torchmetrics.MetricCollection(leaves))
+    adapter.update(outputs, targets)
+    before = adapter.compute()
+    with pytest.raises(errors.WeightError, match=r"\['MeanAbsoluteError'\].*'weight'"):
+        getattr(adapter, how)(outputs, targets, weight=weight)
+    assert adapter.compute() == before
+    with pytest.raises(errors.InvalidArgumentError, match="'wieght'"):  # a keyword no leaf takes
+        getattr(adapter, how)(outputs, targets, wieght=weight)
+    assert adapter.compute() == before
+
+
+def test_a_weight_every_leaf_takes_reaches_every_leaf() -> None:
+    outputs, targets = torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])
+    weight = torch.tensor([1.0, 0.0, 0.0])
+    adapter = from_torchmetrics(WeightedError() + 2 * WeightedError())
+    adapter.update(outputs, targets, weight=weight)
+    assert adapter.compute() == {
+        "Combined Loss": torch.tensor(3.0),
+        "WeightedError": torch.tensor(1.0),
+        "WeightedError_2": torch.tensor(1.0),
+    }
+    # a keyword some leaves take is theirs (torchmetrics' own filtering), weight= aside
+    collection = from_torchmetrics(
+        torchmetrics.MetricCollection([WeightedError(), torchmetrics.MeanAbsoluteError()])
+    )
+    collection.update(outputs, targets, scale=10.0)
+    assert collection.compute() == {
+        "WeightedError": torch.tensor(20.0),
+        "MeanAbsoluteError": torch.tensor(2.0),
+    }
+
+
 # -- nothing the user can reach shares storage with a state ----------------------------------------
 
 

@@ -24,7 +24,13 @@ from typing_extensions import Self
 from torchtally import distributed
 from torchtally._conventions import callable_error
 from torchtally.aggregation._states import KeptOutsideInferenceMode
-from torchtally.errors import MetricCallError, RepeatedSampleWarning, SyncError
+from torchtally.errors import (
+    InvalidArgumentError,
+    MetricCallError,
+    RepeatedSampleWarning,
+    SyncError,
+    WeightError,
+)
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
 
@@ -87,9 +93,43 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     _synced: ViewT | None = None
     _elsewhere: str | None = None
     _warned_repeats = False
+    _every_keyword = False
+    """Whether every member must take every keyword (else its update raises halfway)."""
+    _checked_keywords: frozenset[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         SyncCounters.__init__(self)
+
+    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The members' names, and for each keyword the members whose ``update`` gets it."""
+        raise NotImplementedError
+
+    def check_keywords(self, kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before any member updates, keywords some member would not get.
+
+        ``weight=`` must reach every member (one that missed it would report an
+        unweighted value); another keyword at least one, or every member
+        where a member that does not take it raises (``_every_keyword``).
+        Each set of keywords is checked once.
+
+        Raises:
+            WeightError: a member's ``update`` takes no ``weight``.
+            InvalidArgumentError: a member's ``update`` takes no such keyword.
+        """
+        keywords = frozenset(kwargs)
+        if keywords in self._checked_keywords:
+            return
+        members, receivers = self.keyword_receivers(sorted(keywords))
+        for keyword, takers in receivers.items():
+            missing = [name for name in members if name not in takers]
+            if not missing or (takers and keyword != "weight" and not self._every_keyword):
+                continue
+            error = WeightError if keyword == "weight" else InvalidArgumentError
+            raise error(
+                f"{self._owner}: the update of {missing} takes no keyword argument "
+                f"{keyword!r}; nothing was updated. Wrap the metrics that take it separately"
+            )
+        self._checked_keywords |= {keywords}
 
     def view(self) -> ViewT | None:
         """The synced view (``None``: report this process's state).

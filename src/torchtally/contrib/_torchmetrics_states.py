@@ -14,7 +14,7 @@ itself (whose absence that module reports with the extra to install).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ __all__ = [
     "install",
     "leaves_of",
     "nodes",
+    "receivers",
     "saved_states",
     "states_identity",
 ]
@@ -61,6 +62,20 @@ def leaves_of(root: TorchMetricsObject) -> tuple[torchmetrics.Metric, ...]:
         if not isinstance(node, CompositionalMetric):
             seen.setdefault(id(node), node)
     return tuple(seen.values())
+
+
+def receivers(leaves: tuple[torchmetrics.Metric, ...], keywords: Iterable[str]) -> dict[str, Any]:
+    """For each keyword argument, the leaves whose ``update`` a composition or collection gives it.
+
+    torchmetrics filters the keywords by each leaf's ``update`` signature and
+    drops the others without a word.
+    """
+    names = list(keywords)
+    found: dict[str, Any] = {name: [] for name in names}
+    for leaf in leaves:
+        for name in leaf._filter_kwargs(**dict.fromkeys(names)):
+            found[name].append(leaf)
+    return found
 
 
 def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) -> None:

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,6 +84,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         >>> metrics.compute()
         {'MSE': tensor(0.4250), 'Accuracy': tensor(0.5000)}
     """
+
+    _every_keyword = True  # torcheval passes every keyword on: a metric not taking it raises
 
     def __init__(
         self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
@@ -161,9 +164,14 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         """Update every metric with one batch (extra arguments go to each ``update``).
 
         Raises:
-            MetricCallError: a metric's ``update`` raised (``weight=``, say); the metrics
-                before it kept the batch. The synced view is kept if none did.
+            WeightError, InvalidArgumentError: a metric of a dict takes no such
+                keyword (``weight=``, say); no metric changed.
+            MetricCallError: a metric's ``update`` raised (a single metric given
+                ``weight=``, say); the metrics before it kept the batch. The synced
+                view is kept if none did.
         """
+        if kwargs and len(self._metrics) > 1:  # refused before the first metric takes the batch
+            self.check_keywords(kwargs)
         if self._keeps_inputs:
             outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         for index, metric in enumerate(self._metrics.values()):
@@ -174,6 +182,20 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                     self.drop_view()
                 raise foreign_error(metric, "update", self._owner, error) from error
         self.drop_view()
+
+    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The metrics' keys, and for each keyword the metrics whose ``update`` takes it."""
+        found: dict[str, list[str]] = {keyword: [] for keyword in keywords}
+        for key, metric in self._metrics.items():
+            parameters = inspect.signature(metric.update).parameters.values()
+            named = {
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            }
+            anything = any(p.kind is p.VAR_KEYWORD for p in parameters)
+            for keyword in keywords:
+                if anything or keyword in named:
+                    found[keyword].append(key)
+        return list(self._metrics), found
 
     # -- values -------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ from torchtally.contrib._torchmetrics_states import (
     install,
     leaves_of,
     nodes,
+    receivers,
     saved_states,
     states_identity,
 )
@@ -118,6 +119,9 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self._metric = metric
         self._composition = isinstance(metric, CompositionalMetric)
         self._leaves = leaves_of(metric)
+        # A composition or collection gives each leaf the keywords its update names, and
+        # drops the rest without a word: check_keywords refuses what a leaf would miss.
+        self._filters = self._composition or isinstance(metric, torchmetrics.MetricCollection)
         # A list state keeps the tensors update is given: such metrics get copies.
         self._keeps_inputs = any(
             not isinstance(default, Tensor)
@@ -193,9 +197,16 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """Update the metric with one batch (extra arguments go to the metric's ``update``).
 
         Raises:
+            WeightError: ``weight=`` to a composition or collection with a leaf
+                whose ``update`` takes none (torchmetrics would drop it for that
+                leaf); nothing changed.
+            InvalidArgumentError: a keyword no leaf of a composition or
+                collection takes (torchmetrics would drop it); nothing changed.
             MetricCallError: the metric's ``update`` raised (an argument it does
                 not take, ``weight=`` say); the synced view is kept.
         """
+        if kwargs and self._filters:
+            self.check_keywords(kwargs)
         if self._keeps_inputs:
             outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         try:
@@ -210,6 +221,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         Raises:
             MetricCallError: as :meth:`update`.
         """
+        if kwargs and self._filters:
+            self.check_keywords(kwargs)
         if self._keeps_inputs:  # copies that keep the batch value differentiable
             outputs, targets, args, kwargs = unshared(
                 (outputs, targets, args, kwargs), detach=False
@@ -220,6 +233,15 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             raise foreign_error(self._metric, "forward", self._owner, error) from error
         self.drop_view()
         return value
+
+    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
+        names = list(self._leaf_names) or unique_names(
+            [type(leaf).__name__ for leaf in self._leaves]
+        )
+        by_leaf = {id(leaf): name for name, leaf in zip(names, self._leaves, strict=True)}
+        found = receivers(self._leaves, keywords)
+        return names, {key: [by_leaf[id(leaf)] for leaf in takers] for key, takers in found.items()}
 
     def __call__(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Same as :meth:`forward`."""
