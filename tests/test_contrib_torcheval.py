@@ -26,6 +26,7 @@ import torchtally as tt
 from _sync import simulate_sync  # tests/_sync.py
 from torchtally import errors
 from torchtally import protocols as p
+from torchtally._conventions import normalize_result
 from torchtally.contrib.torcheval import TorchEvalAdapter, from_torcheval
 from torchtally.sync import SyncParticipant
 
@@ -155,6 +156,62 @@ def test_changing_a_computed_value_changes_no_value() -> None:
     adapter.metric.update(torch.tensor([3.0, 4.0]))
     adapter.compute()["Sum"].add_(100)
     assert adapter.compute() == {"Sum": torch.tensor(7.0, dtype=torch.float64)}
+
+
+# -- options: one class built with other arguments holds states that must not mix -----------------
+
+
+def test_a_state_saved_with_other_options_is_refused_changing_nothing() -> None:
+    # A 3-class macro accuracy's state loaded into a 4-class one reported 0.75, into a micro one
+    # a vector [0.5, 1.0, nan]: torcheval's load_state_dict checks no option.
+    macro = from_torcheval(eval_metrics.MulticlassAccuracy(num_classes=3, average="macro"), "A")
+    macro.update(torch.eye(3), torch.tensor([0, 1, 0]))
+    for other in (
+        eval_metrics.MulticlassAccuracy(num_classes=4, average="macro"),
+        eval_metrics.MulticlassAccuracy(num_classes=3),
+    ):
+        target = from_torcheval(other, "A")
+        with pytest.raises(errors.StateDictError, match=r"other options \((average|num_classes)"):
+            target.load_state_dict(macro.state_dict())
+        assert torch.isnan(target.compute()["A"]).all()  # still never updated
+    fresh = from_torcheval(eval_metrics.MulticlassAccuracy(num_classes=3, average="macro"), "A")
+    older = macro.state_dict()  # saved before options were saved: loaded as it was
+    del older["options"]
+    fresh.load_state_dict(older)
+    assert torch.equal(fresh.compute()["A"], macro.compute()["A"])
+
+
+def test_ranks_with_other_options_are_refused_at_sync() -> None:
+    # Rank 0 merged rank 1's per-class counts into its micro counts by broadcasting (0.6722).
+    ranks = [
+        from_torcheval(eval_metrics.MulticlassAccuracy(num_classes=3), "A"),
+        from_torcheval(eval_metrics.MulticlassAccuracy(num_classes=3, average="macro"), "A"),
+    ]
+    for adapter in ranks:
+        adapter.update(torch.eye(3), torch.tensor([0, 1, 0]))
+    with pytest.raises(errors.SyncError, match="macro"):
+        simulate_sync([[adapter] for adapter in ranks])
+
+
+def test_an_attribute_the_metric_changes_while_updating_is_no_option() -> None:
+    # WindowedMeanSquaredError counts its updates in a plain attribute (next_inserted).
+    batches = [(torch.tensor([float(i)]), torch.zeros(1)) for i in range(1, 5)]
+    ranks = [from_torcheval(eval_metrics.WindowedMeanSquaredError(max_num_updates=3)) for _ in "ab"]
+    for batch in batches[:3]:
+        ranks[0].update(*batch)
+    ranks[1].update(*batches[3])
+    restored = from_torcheval(eval_metrics.WindowedMeanSquaredError(max_num_updates=3))
+    restored.load_state_dict(ranks[0].state_dict())
+    assert restored.compute() == ranks[0].compute()
+    simulate_sync([[adapter] for adapter in ranks])
+    merged = eval_metrics.WindowedMeanSquaredError(max_num_updates=3)
+    for batch in batches[:3]:
+        merged.update(*batch)
+    other = eval_metrics.WindowedMeanSquaredError(max_num_updates=3).update(*batches[3])
+    expected = normalize_result(
+        merged.merge_state([other]).compute(), "WindowedMeanSquaredError", "reference"
+    )
+    assert ranks[1].compute() == expected
 
 
 # -- the sync's combination step, ranks simulated in one process ----------------------------------

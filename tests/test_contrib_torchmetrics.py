@@ -401,6 +401,47 @@ def test_changing_a_computed_or_forward_value_changes_no_value() -> None:
     assert synced[0].compute() == {"Total": torch.tensor(2.0)}
 
 
+# -- options: one class built with other arguments holds states that must not mix -----------------
+
+
+def test_a_state_saved_with_other_options_is_refused_changing_nothing() -> None:
+    # MeanSquaredError's state loaded into MeanSquaredError(squared=False) reported an RMSE,
+    # a macro accuracy's state went into a micro one: silently other numbers.
+    saved = from_torchmetrics(torchmetrics.MeanSquaredError(), "E")
+    saved.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    target = from_torchmetrics(torchmetrics.MeanSquaredError(squared=False), "E")
+    target.update(torch.zeros(1), torch.ones(1))
+    with pytest.raises(errors.StateDictError, match=r"squared: expected False, found True"):
+        target.load_state_dict(saved.state_dict())
+    assert target.compute() == {"E": torch.tensor(1.0)}
+    macro = from_torchmetrics(MulticlassAccuracy(num_classes=3, average="macro"), "A")
+    macro.update(torch.eye(3), torch.tensor([0, 1, 0]))
+    with pytest.raises(errors.StateDictError, match=r"average: expected 'weighted'"):
+        from_torchmetrics(
+            MulticlassAccuracy(num_classes=3, average="weighted"), "A"
+        ).load_state_dict(macro.state_dict())
+    fresh = from_torchmetrics(torchmetrics.MeanSquaredError(), "E")
+    fresh.load_state_dict(saved.state_dict())  # the same options: restored
+    assert fresh.compute() == {"E": torch.tensor(5.0)}
+    older = saved.state_dict()  # saved before options were saved: loaded as it was
+    del older["leaves"][0]["options"]
+    fresh.load_state_dict(older)
+    assert fresh.compute() == {"E": torch.tensor(5.0)}
+
+
+def test_ranks_with_other_options_are_refused_at_sync() -> None:
+    # Rank 0 reported the MSE of both ranks' states, rank 1 the RMSE, as one synced value.
+    ranks = [
+        from_torchmetrics(torchmetrics.MeanSquaredError(), "E"),
+        from_torchmetrics(torchmetrics.MeanSquaredError(squared=False), "E"),
+    ]
+    for adapter in ranks:
+        adapter.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    with pytest.raises(errors.SyncError, match="squared"):
+        simulated_sync(ranks)
+    assert [adapter.compute()["E"].item() for adapter in ranks] == pytest.approx([5.0, 5**0.5])
+
+
 # -- the sync's combination step, ranks simulated in one process -----------------------------------
 
 

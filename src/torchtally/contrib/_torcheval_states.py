@@ -18,7 +18,14 @@ from torch import Tensor
 if TYPE_CHECKING:
     from torcheval.metrics import Metric as TorchEvalMetric
 
-__all__ = ["loaded_copy"]
+from torchtally.contrib._adapter import options
+
+__all__ = ["loaded_copy", "metric_options"]
+
+
+def metric_options(metric: TorchEvalMetric[Any]) -> dict[str, Any]:
+    """A metric's constructor options (``average``, ``num_classes``): its non-state attributes."""
+    return options(metric, metric._state_name_to_default)
 
 
 def loaded_copy(metric: TorchEvalMetric[Any], state: Any) -> TorchEvalMetric[Any]:

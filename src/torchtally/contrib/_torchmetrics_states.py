@@ -14,6 +14,7 @@ itself (whose absence that module reports with the extra to install).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import Tensor
 from torchmetrics.metric import CompositionalMetric
 from torchmetrics.utilities import dim_zero_cat, dim_zero_sum
 
+from torchtally.contrib._adapter import differing_options, options
 from torchtally.errors import StateDictError, SyncError, UnsupportedObjectError
 from torchtally.sync import Gathered, SyncState, callable_identity
 
@@ -32,6 +34,7 @@ __all__ = [
     "combined",
     "exported",
     "install",
+    "leaf_options",
     "leaves_of",
     "nodes",
     "receivers",
@@ -78,6 +81,27 @@ def receivers(leaves: tuple[torchmetrics.Metric, ...], keywords: Iterable[str]) 
     return found
 
 
+class _Bare(torchmetrics.Metric):
+    """A metric with no state and no option: what every torchmetrics metric has."""
+
+    def update(self) -> None:
+        """Nothing to update."""
+
+    def compute(self) -> None:
+        """Nothing to compute."""
+
+
+@functools.cache
+def _base_attributes() -> frozenset[str]:
+    # torchmetrics' own bookkeeping, and validate_args, which checks inputs and changes no value
+    return frozenset(vars(_Bare())) | {"validate_args"}
+
+
+def leaf_options(leaf: torchmetrics.Metric) -> dict[str, Any]:
+    """A leaf's constructor options (``squared``, ``num_classes``, ``average``, ...)."""
+    return options(leaf, _base_attributes() | set(leaf._defaults))
+
+
 def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) -> None:
     """Give ``leaf`` these states and update count, and forget what it computed from the old."""
     for state_name, value in states.items():
@@ -90,11 +114,14 @@ def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) ->
 # -- sync -------------------------------------------------------------------------------------
 
 
-def states_identity(leaves: tuple[torchmetrics.Metric, ...]) -> list[Any]:
-    """Per leaf, its class and each state's reduction and type (a summed state's shape too)."""
+def states_identity(
+    leaves: tuple[torchmetrics.Metric, ...], leaves_options: list[dict[str, Any]]
+) -> list[Any]:
+    """Per leaf: class, options, each state's reduction and type (a summed state's shape too)."""
     return [
         [
             callable_identity(type(leaf)),
+            leaf_opts,
             [
                 [
                     state,
@@ -108,7 +135,7 @@ def states_identity(leaves: tuple[torchmetrics.Metric, ...]) -> list[Any]:
                 for state, reduction in leaf._reductions.items()
             ],
         ]
-        for leaf in leaves
+        for leaf, leaf_opts in zip(leaves, leaves_options, strict=True)
     ]
 
 
@@ -304,10 +331,12 @@ def _reduce_tensor_state(
 # -- persistence ------------------------------------------------------------------------------
 
 
-def saved_states(leaves: tuple[torchmetrics.Metric, ...]) -> list[dict[str, Any]]:
-    """Every leaf's class, update count and states (copies), whatever their ``persistent`` flag."""
+def saved_states(
+    leaves: tuple[torchmetrics.Metric, ...], leaves_options: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every leaf's class, options, update count and states (copies), persistent or not."""
     saved = []
-    for leaf in leaves:
+    for leaf, leaf_opts in zip(leaves, leaves_options, strict=True):
         states: dict[str, Any] = {}
         for state_name in leaf._reductions:
             value = getattr(leaf, state_name)
@@ -316,18 +345,27 @@ def saved_states(leaves: tuple[torchmetrics.Metric, ...]) -> list[dict[str, Any]
             else:
                 states[state_name] = [part.detach().clone() for part in value]
         saved.append(
-            {"class": type(leaf).__name__, "count": int(leaf._update_count), "states": states}
+            {
+                "class": type(leaf).__name__,
+                "options": leaf_opts,
+                "count": int(leaf._update_count),
+                "states": states,
+            }
         )
     return saved
 
 
 def checked_states(
-    leaves: tuple[torchmetrics.Metric, ...], stored: list[Any], owner: str
+    leaves: tuple[torchmetrics.Metric, ...],
+    leaves_options: list[dict[str, Any]],
+    stored: list[Any],
+    owner: str,
 ) -> list[tuple[dict[str, Any], int]]:
     """Every leaf's stored states and update count, checked against the leaves, on their devices.
 
     Raises:
-        StateDictError: the state holds other metrics or states than ``leaves``.
+        StateDictError: the state holds other metrics, options or states than
+            ``leaves`` (a state saved before options were saved is not checked for them).
     """
     expected = [(type(leaf).__name__, sorted(leaf._reductions)) for leaf in leaves]
     found = [
@@ -340,10 +378,16 @@ def checked_states(
         raise StateDictError(
             f"{owner}: the state holds metrics {found}, this adapter holds {expected}"
         )
-    return [
-        _checked_leaf_state(leaf, entry, f"{owner}: {type(leaf).__name__} (leaf {index})")
-        for index, (leaf, entry) in enumerate(zip(leaves, stored, strict=True))
-    ]
+    checked = []
+    for index, (leaf, leaf_opts, entry) in enumerate(
+        zip(leaves, leaves_options, stored, strict=True)
+    ):
+        where = f"{owner}: {type(leaf).__name__} (leaf {index})"
+        different = differing_options(leaf_opts, entry.get("options", leaf_opts))
+        if different is not None:
+            raise StateDictError(f"{where}: the state was saved with other options ({different})")
+        checked.append(_checked_leaf_state(leaf, entry, where))
+    return checked
 
 
 def _checked_leaf_state(

@@ -45,8 +45,14 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
-from torchtally.contrib._torcheval_states import loaded_copy
+from torchtally.contrib._adapter import (
+    SyncedAdapter,
+    differing_options,
+    foreign_compute,
+    foreign_error,
+    unshared,
+)
+from torchtally.contrib._torcheval_states import loaded_copy, metric_options
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
@@ -119,6 +125,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                 f"found {type(metric).__name__}; use torchtally.wrap for other metric forms"
             )
         self._single = isinstance(metric, TorchEvalMetric)
+        # As constructed: an attribute the metric changes while updating is no option.
+        self._options = {key: metric_options(member) for key, member in self._metrics.items()}
         # A list or dict state keeps the tensors update is given: such metrics get copies.
         self._keeps_inputs = any(
             not isinstance(default, Tensor)
@@ -222,12 +230,17 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     # -- sync ---------------------------------------------------------------------------------
 
     def sync_identity(self) -> dict[str, Any]:
-        """The wrapped classes by key, their state names, and the reported name."""
+        """The wrapped classes by key, their options and state names, and the reported name."""
         return {
             "kind": "torcheval",
             "name": self._name,
             "metrics": [
-                [key, callable_identity(type(metric)), sorted(metric._state_name_to_default)]
+                [
+                    key,
+                    callable_identity(type(metric)),
+                    self._options[key],
+                    sorted(metric._state_name_to_default),
+                ]
                 for key, metric in self._metrics.items()
             ],
         }
@@ -337,14 +350,15 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         return {
             "version": _STATE_VERSION,
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
+            "options": self._options,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`, all of them or none.
 
         Raises:
-            StateDictError: the state holds other metrics or states, or one that
-                torcheval refuses; no metric changes then.
+            StateDictError: the state holds other metrics, options or states, or
+                one that torcheval refuses; no metric changes then.
         """
         stored = state_dict.get("metrics") if isinstance(state_dict, Mapping) else None
         if not isinstance(stored, Mapping) or sorted(stored) != sorted(self._metrics):
@@ -353,6 +367,15 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                 f"{self._owner}: expected the states of the metrics {sorted(self._metrics)}, "
                 f"found {found}"
             )
+        saved_options = state_dict.get("options", self._options)  # older states saved none
+        for key in self._metrics:
+            saved = saved_options.get(key) if isinstance(saved_options, Mapping) else saved_options
+            different = differing_options(self._options[key], saved)
+            if different is not None:
+                raise StateDictError(
+                    f"{self._owner}: metric {key!r}: the state was saved with other options "
+                    f"({different})"
+                )
         loaded: dict[str, AnyMetric] = {}
         for key, metric in self._metrics.items():
             try:

@@ -59,6 +59,7 @@ from torchtally.contrib._torchmetrics_states import (
     combined,
     exported,
     install,
+    leaf_options,
     leaves_of,
     nodes,
     receivers,
@@ -119,6 +120,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self._metric = metric
         self._composition = isinstance(metric, CompositionalMetric)
         self._leaves = leaves_of(metric)
+        # As constructed: an attribute the metric changes while updating is no option.
+        self._options = [leaf_options(leaf) for leaf in self._leaves]
         # A composition or collection gives each leaf the keywords its update names, and
         # drops the rest without a word: check_keywords refuses what a leaf would miss.
         self._filters = self._composition or isinstance(metric, torchmetrics.MetricCollection)
@@ -283,7 +286,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             "kind": "torchmetrics",
             "root": callable_identity(type(self._metric)),
             "name": self._name,
-            "leaves": states_identity(self._leaves),
+            "leaves": states_identity(self._leaves, self._options),
         }
 
     def sync_export(self, drop_last: bool) -> SyncState:
@@ -319,7 +322,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             >>> restored.compute()
             {'MeanAbsoluteError': tensor(1.)}
         """
-        return {"version": _STATE_VERSION, "leaves": saved_states(self._leaves)}
+        return {"version": _STATE_VERSION, "leaves": saved_states(self._leaves, self._options)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`.
@@ -335,7 +338,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             )
         # Everything is checked and converted before any leaf changes: a damaged state
         # changes nothing.
-        prepared = checked_states(self._leaves, stored, self._owner)
+        prepared = checked_states(self._leaves, self._options, stored, self._owner)
         for leaf, (states, count) in zip(self._leaves, prepared, strict=True):
             install(leaf, states, count)
         self.drop_view()
