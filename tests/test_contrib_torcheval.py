@@ -214,6 +214,45 @@ def test_an_attribute_the_metric_changes_while_updating_is_no_option() -> None:
     assert ranks[1].compute() == expected
 
 
+# -- merge_state -------------------------------------------------------------------------------
+
+
+def tensors(metric: Metric) -> list[Tensor]:
+    states = metric.state_dict().values()
+    return [part for state in states for part in (state if isinstance(state, list) else [state])]
+
+
+def test_merge_state_equals_the_metric_on_the_concatenated_data() -> None:
+    # The adapters had no merge_state: AttributeError.
+    batches = binary_batches([4, 3, 5], seed=3)
+
+    def build() -> TorchEvalAdapter:
+        return from_torcheval(
+            {"AUROC": eval_metrics.BinaryAUROC(), "Accuracy": eval_metrics.BinaryAccuracy()}
+        )
+
+    mine, theirs = build(), build()
+    mine.update(*batches[0])
+    for batch in batches[1:]:
+        theirs.update(*batch)
+    theirs_before = theirs.compute()
+    mine.merge_state(theirs)
+    outputs, targets = cat(batches)
+    expected = {
+        "AUROC": eval_metrics.BinaryAUROC().update(outputs, targets).compute(),
+        "Accuracy": eval_metrics.BinaryAccuracy().update(outputs, targets).compute(),
+    }
+    assert mine.compute() == expected
+    assert theirs.compute() == theirs_before
+    for key in ("AUROC", "Accuracy"):  # nothing shared with the other adapter
+        assert not {part.data_ptr() for part in tensors(mine.metric[key])} & {
+            part.data_ptr() for part in tensors(theirs.metric[key])
+        }
+    with pytest.raises(errors.IncompatibleStateError, match="cannot merge"):
+        mine.merge_state(from_torcheval({"AUROC": eval_metrics.BinaryAUROC()}))
+    assert mine.compute() == expected
+
+
 # -- the sync's combination step, ranks simulated in one process ----------------------------------
 
 

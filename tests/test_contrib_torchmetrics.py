@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torcheval import metrics as eval_metrics
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
 import torchtally as tt
 from _sync import simulate_sync  # tests/_sync.py
@@ -363,7 +364,7 @@ class KeptOutputs(torchmetrics.Metric):
         self.kept.append(outputs)
 
     def compute(self) -> Tensor:
-        return torch.cat(self.kept).sum()
+        return dim_zero_cat(self.kept).sum()  # a list, or one tensor after a sync
 
 
 @pytest.mark.parametrize("how", ["update", "forward"])
@@ -440,6 +441,55 @@ def test_ranks_with_other_options_are_refused_at_sync() -> None:
     with pytest.raises(errors.SyncError, match="squared"):
         simulated_sync(ranks)
     assert [adapter.compute()["E"].item() for adapter in ranks] == pytest.approx([5.0, 5**0.5])
+
+
+# -- merge_state -------------------------------------------------------------------------------
+
+
+def test_merge_state_equals_the_metric_on_the_concatenated_data() -> None:
+    # The adapters had no merge_state: AttributeError.
+    batches = [(torch.rand(n), torch.randint(0, 2, (n,))) for n in (4, 3, 5)]
+
+    def build() -> TorchMetricsAdapter:
+        return from_torchmetrics(
+            torchmetrics.MetricCollection({"AUROC": BinaryAUROC(), "Kept": KeptOutputs()})
+        )
+
+    mine, theirs = build(), build()
+    mine.update(*batches[0])
+    for batch in batches[1:]:
+        theirs.update(*batch)
+    theirs_before = theirs.compute()
+    mine.merge_state(theirs)
+    reference = BinaryAUROC()
+    reference.update(*cat(batches))
+    values = mine.compute()
+    assert torch.equal(values["AUROC"], reference.compute())
+    assert torch.allclose(values["Kept"], cat(batches)[0].sum())
+    assert theirs.compute() == theirs_before
+    theirs.metric["Kept"].kept[0].add_(100)  # nothing shared with the other adapter
+    assert torch.allclose(mine.compute()["Kept"], cat(batches)[0].sum())
+    mine.update(*batches[0])  # the merged state goes on accumulating
+    reference.update(*batches[0])
+    values = mine.compute()
+    assert torch.equal(values["AUROC"], reference.compute())
+    assert torch.allclose(values["Kept"], cat([*batches, batches[0]])[0].sum())
+
+
+def test_merge_state_with_other_metrics_is_refused_changing_nothing() -> None:
+    mse = from_torchmetrics(torchmetrics.MeanSquaredError(), "E")
+    mse.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    for other in (
+        from_torchmetrics(torchmetrics.MeanAbsoluteError(), "E"),
+        from_torchmetrics(torchmetrics.MeanSquaredError(squared=False), "E"),
+        from_torchmetrics(torchmetrics.MeanSquaredError(), "F"),
+    ):
+        other.update(torch.zeros(1), torch.ones(1))
+        with pytest.raises(errors.IncompatibleStateError, match=r"E'\): cannot merge"):
+            mse.merge_state(other)
+    with pytest.raises(errors.IncompatibleStateError):
+        mse.merge_state(tt.Metric(lambda o, t: o - t, "E"))  # type: ignore[arg-type]
+    assert mse.compute() == {"E": torch.tensor(5.0)}
 
 
 # -- the sync's combination step, ranks simulated in one process -----------------------------------

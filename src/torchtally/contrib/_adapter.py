@@ -25,6 +25,7 @@ from torchtally import distributed
 from torchtally._conventions import callable_error
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
+    IncompatibleStateError,
     InvalidArgumentError,
     MetricCallError,
     RepeatedSampleWarning,
@@ -32,7 +33,7 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import Gathered, Padding, SyncCounters, sync_all
+from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, sync_all
 
 __all__ = [
     "SyncedAdapter",
@@ -216,6 +217,14 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
         """
         sync_all(self, process_group=process_group, dataset_size=dataset_size)
 
+    def sync_identity(self) -> dict[str, Any]:
+        """What the counterpart of this adapter on every other rank must equal."""
+        raise NotImplementedError
+
+    def sync_export(self, drop_last: bool) -> SyncState:
+        """This process's state, as ``sync_all`` sends it."""
+        raise NotImplementedError
+
     def combine(self, gathered: Gathered) -> ViewT | None:
         """Every rank's state as one view (``self`` unchanged).
 
@@ -252,6 +261,58 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
         else:
             self._synced, self._elsewhere = prepared, None
         self._count_sync()
+
+    def merge_state(self, other: Self) -> None:
+        """Add another adapter's updates to this one's, as a sync of the two would combine them.
+
+        The wrapped library's own reductions (torchmetrics) or ``merge_state``
+        (torcheval) combine the states, as in :meth:`sync`; ``other`` is not
+        changed and shares no tensor with this adapter afterwards.
+
+        Raises:
+            IncompatibleStateError: ``other`` is of another type or wraps other
+                metrics (classes, options, names, states); nothing changes then.
+        """
+        self.adopt(self.merged_with(other))
+
+    def merged_with(self, other: Self) -> ViewT:
+        """This adapter's state combined with ``other``'s, as a view (``self`` unchanged).
+
+        Raises:
+            IncompatibleStateError: as :meth:`merge_state`.
+        """
+        if type(other) is not type(self):
+            raise IncompatibleStateError(
+                f"{self._owner}: cannot merge the state of a {type(other).__name__}"
+            )
+        mine, theirs = self.sync_identity(), other.sync_identity()
+        if mine != theirs:
+            differing = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
+            raise IncompatibleStateError(
+                f"{self._owner}: cannot merge the state of {other._owner}, which wraps other "
+                f"metrics ({', '.join(differing)} differ: {theirs.get(differing[0])!r:.300} "
+                f"against this one's {mine.get(differing[0])!r:.300})"
+            )
+        mine_sent, theirs_sent = self.sync_export(False), other.sync_export(False)
+        sums = (mine_sent.sums, theirs_sent.sums)
+        gathered = Gathered(
+            sums=None if sums[0] is None or sums[1] is None else sums[0] + sums[1].to(sums[0]),
+            states=[
+                (mine_sent.meta, list(mine_sent.tensors or [])),
+                # copied: a list state keeps these very tensors
+                (theirs_sent.meta, unshared(list(theirs_sent.tensors or []))),
+            ],
+        )
+        try:
+            view = self.combine(gathered)
+        except SyncError as error:
+            raise IncompatibleStateError(f"{self._owner}: cannot merge: {error}") from error
+        assert view is not None  # every state was gathered here
+        return view
+
+    def adopt(self, view: ViewT) -> None:
+        """Make the state of a view (:meth:`merged_with`) this adapter's own."""
+        raise NotImplementedError
 
     def copy(self) -> Self:
         """An independent deep copy, the wrapped objects and their state included."""

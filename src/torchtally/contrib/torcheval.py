@@ -331,6 +331,11 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                 ) from error
         return merged
 
+    def adopt(self, view: dict[str, Any]) -> None:
+        """Keep the view's merged metrics in place of the wrapped ones (as ``load_state_dict``)."""
+        self._metrics = dict(view)
+        self.drop_view()
+
     # -- persistence and devices --------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -303,6 +303,16 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """A copy of the metric holding every rank's states, reduced as torchmetrics does."""
         return combined(self._metric, self._leaves, gathered, self._owner)
 
+    def adopt(self, view: tuple[TorchMetricsObject, tuple[Any, ...]]) -> None:
+        """Give every leaf the states of the view's leaves (the wrapped objects stay the same)."""
+        for leaf, merged in zip(self._leaves, view[1], strict=True):
+            states = {name: getattr(merged, name) for name in leaf._reductions}
+            for name, value in states.items():  # a list state stays a list: updates append to it
+                if isinstance(leaf._defaults[name], list) and isinstance(value, Tensor):
+                    states[name] = [value]
+            install(leaf, states, merged._update_count)
+        self.drop_view()
+
     # -- persistence and devices --------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
