@@ -98,6 +98,11 @@ def test_state_dict_copy_pickle_to_and_reset() -> None:
     for other in others:
         assert other.compute() == metric.compute()
     assert metric.to("cpu") is metric
+    before = metric.compute()
+    for device in (torch.float16, "meta"):  # 'meta' lost every value, a dtype lowered it
+        with pytest.raises(errors.InvalidArgumentError, match=r"to\(\) takes a device"):
+            metric.to(device)
+    assert metric.compute() == before
     with pytest.raises(errors.StateDictError, match="Accuracy"):
         from_torcheval({"AUROC": eval_metrics.BinaryAUROC()}).load_state_dict(metric.state_dict())
     metric.reset()

@@ -263,6 +263,18 @@ def test_copy_pickle_and_to() -> None:
     assert metric.to("cpu") is metric
 
 
+def test_to_refuses_a_dtype_or_meta_and_changes_nothing() -> None:
+    # torchmetrics' own to(float16) halved the states (an MSE of 1/3 became float16) and
+    # to('meta') dropped every value; the adapter's to() takes a device that keeps values.
+    metric = from_torchmetrics(torchmetrics.MeanSquaredError())
+    metric.update(torch.zeros(3), torch.tensor([1.0, 0.0, 0.0]))
+    for device in (torch.float16, "meta"):
+        with pytest.raises(errors.InvalidArgumentError, match=r"MeanSquaredError.*to\(\) takes"):
+            metric.to(device)
+    value = metric.compute()["MeanSquaredError"]
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(1 / 3)
+
+
 def test_reset() -> None:
     metric = from_torchmetrics(torchmetrics.MeanAbsoluteError())
     metric.update(torch.ones(3), torch.zeros(3))

@@ -197,6 +197,10 @@ def test_cco_example_6_stateful_module() -> None:
     restored.load_state_dict(metric.state_dict())
     assert torch.equal(restored.compute()["StatefulAccuracy"], value)
     assert metric.to("cpu") is metric
+    for device in (torch.float16, "meta"):  # the module's buffers were halved, or lost
+        with pytest.raises(errors.InvalidArgumentError, match=r"to\(\) takes a device"):
+            metric.to(device)
+    assert torch.equal(metric.compute()["StatefulAccuracy"], value)
     metric.reset()
     assert metric.wrapped.total.item() == 0
 

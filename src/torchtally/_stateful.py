@@ -23,6 +23,7 @@ from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inf
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
+from torchtally.objectives._persistence import usable_device
 from torchtally.sync import sync_all
 
 __all__ = ["StatefulObjective"]
@@ -213,10 +214,15 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         )
 
     def to(self, device: torch.device | str) -> Self:
-        """Move the object (if it has a ``to`` method, as modules do) and return ``self``."""
+        """Move the object (if it has a ``to`` method, as modules do) and return ``self``.
+
+        Raises:
+            InvalidArgumentError: as :meth:`torchtally.Objective.to` (a dtype would
+                lower the precision of a module's state). Nothing moves then.
+        """
         mover = getattr(self._object, "to", None)
         if callable(mover):
-            mover(device)
+            mover(usable_device(device, self._owner))
         return self
 
     def copy(self) -> Self:

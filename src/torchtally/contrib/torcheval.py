@@ -56,6 +56,7 @@ from torchtally.contrib._torcheval_states import loaded_copy, metric_options
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
+from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
@@ -391,7 +392,12 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         self.drop_view()
 
     def to(self, device: torch.device | str) -> Self:
-        """Move every metric (and a synced view) to ``device``; returns ``self``."""
+        """Move every metric (and a synced view) to ``device``; returns ``self``.
+
+        Raises:
+            InvalidArgumentError: as :meth:`torchtally.Objective.to`. Nothing moves then.
+        """
+        device = usable_device(device, self._owner)
         for metric in self._metrics.values():
             metric.to(device)
         if self._synced is not None:

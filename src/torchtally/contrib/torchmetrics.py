@@ -74,6 +74,7 @@ from torchtally.errors import (
 )
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
+from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
@@ -354,7 +355,13 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self.drop_view()
 
     def to(self, device: torch.device | str) -> Self:
-        """Move the metric (and a synced view) to ``device``; returns ``self``."""
+        """Move the metric (and a synced view) to ``device``; returns ``self``.
+
+        Raises:
+            InvalidArgumentError: as :meth:`torchtally.Objective.to` (a dtype would
+                lower the precision of the metric's states). Nothing moves then.
+        """
+        device = usable_device(device, self._owner)
         self._metric.to(device)
         if self._synced is not None:
             self._synced[0].to(device)

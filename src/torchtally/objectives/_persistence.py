@@ -19,7 +19,7 @@ from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import InvalidArgumentError, StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
-__all__ = ["STATE_VERSION", "Persistence"]
+__all__ = ["STATE_VERSION", "Persistence", "usable_device"]
 
 STATE_VERSION = 2
 """The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
@@ -92,11 +92,12 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         first values it receives. Needed to move a state that already exists.
 
         Raises:
-            InvalidArgumentError: ``device`` is not a device this process can put
-                tensors on (a dtype: the state keeps its dtypes; a misspelt device;
-                CUDA in a build without it). Nothing moves then.
+            InvalidArgumentError: ``device`` is not a device this process can keep
+                the state on (a dtype: the state keeps its dtypes; ``'meta'``, whose
+                tensors hold no values; a misspelt device; CUDA in a build without
+                it). Nothing moves then.
         """
-        self._ledger.to(_usable_device(device, self._ledger.label))
+        self._ledger.to(usable_device(device, self._ledger.label))
         return self
 
     def copy(self) -> Self:
@@ -109,17 +110,24 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         return self.__dict__.copy()
 
 
-def _usable_device(device: Any, label: str) -> torch.device:
-    """``device`` as a :class:`torch.device` tensors can be made on (checked before any move)."""
+def usable_device(device: Any, label: str) -> torch.device:
+    """``device`` as a :class:`torch.device` a state can live on (checked before any move).
+
+    Every objective's and adapter's ``to()`` asks this first, so a refused move
+    changes nothing.
+    """
     if isinstance(device, torch.dtype):
         why = "the state keeps the dtypes its values had"
     else:
         try:
             target = torch.device(device)
             torch.empty(0, device=target)  # an unusable device raises here, not half-way through
-            return target
         except (TypeError, ValueError, RuntimeError, AssertionError) as error:
             why = str(error).splitlines()[0]
+        else:
+            if target.type != "meta":
+                return target
+            why = "meta tensors hold no values: the state would be lost"
     raise InvalidArgumentError(
         f"{label}: to() takes a device this process can use, found {device!r} ({why})"
     )
