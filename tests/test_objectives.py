@@ -430,12 +430,15 @@ def test_merge_state_refuses_another_definition_and_changes_nothing() -> None:
         (torch.full((1, 1), 10.0), torch.zeros(1, 1)),
         (torch.full((1, 1), 3.0), torch.zeros(1, 1)),
     ]
+    # Two lambdas on one line were one callable to merge_state and sync (module, name, line).
+    one_line = tt.Metric(lambda o, t: o.sum(1), "E"), tt.Metric(lambda o, t: (o * o).sum(1), "E")
     cases = [
         (tt.MetricCollection(MAE=mae), tt.MetricCollection(MAE=squared), "callables"),
         (tt.Metric(mae, "MAE"), tt.Metric(squared, "MAE"), "callables"),
         (tt.MetricCollection(MAE=mae), tt.MetricCollection(MAE=mae, MSE=mse), "names"),
         (tt.Metric(mae, "MAE"), tt.Metric(mae, "MAE", weight=lambda o, t: len(t)), "weight"),
         (tt.Loss(mae, "MAE"), tt.Loss(squared, "MAE"), "callables"),
+        (*one_line, "callables"),
     ]
     for mine, theirs, differing in cases:
         mine.update(*data[0])

@@ -7,6 +7,9 @@ float64 over the concatenated data).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -258,3 +261,40 @@ def test_a_weight_callable_on_some_ranks_only_refuses_the_sync() -> None:
         metric.update(torch.full((2,), float(rank)), torch.zeros(2))
     simulate_sync([[metric] for metric in alike])
     assert alike[0].compute()["M"].item() == 0.5
+
+
+def test_lambdas_on_one_line_are_told_apart_by_their_code() -> None:
+    # Two lambdas on one line had one identity (module, name, line): a rank syncing a sum of
+    # the values with a rank syncing a sum of their squares was merged without a word.
+    plain, squared = tt.Metric(lambda o, t: o, "V"), tt.Metric(lambda o, t: o * o, "V")
+    for metric in (plain, squared):
+        metric.update(torch.full((2,), 3.0), torch.zeros(2))
+    with pytest.raises(tt.errors.SyncError, match=r"objective 0 differs.*callables"):
+        simulate_sync([[plain], [squared]])
+    assert (plain.compute()["V"].item(), squared.compute()["V"].item()) == (3.0, 9.0)
+
+
+IDENTITIES = """
+from torchtally.sync import callable_identity
+named = lambda o, t: [x for x in o if x in {"alpha", "beta", "gamma", 1.5}]
+def nested(o, t):
+    return sum(y for y in (o, frozenset({"p", "q", "r"})))
+print(callable_identity(named), callable_identity(nested))
+"""
+
+
+def test_callable_identities_are_the_same_in_every_process() -> None:
+    # What ranks compare must not depend on the process: string hashing (the order of a
+    # frozenset constant) and addresses (a nested code object's repr) differ between processes.
+    found = set()
+    for seed in ("1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, "-c", IDENTITIES],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        found.add(done.stdout)
+    assert len(found) == 1, found

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,9 +56,11 @@ def callable_identity(fn: Any) -> str:
     """A description of a callable that is the same in every process running the same code.
 
     The module and qualified name, and for functions the line they start
-    on (two lambdas differ by their line); for ``functools.partial`` the
-    wrapped callable and its arguments' types; for other callable objects
-    their class.
+    on and a digest of their code (two lambdas differ by their line, or, on
+    one line, by what they compute); for ``functools.partial`` the wrapped
+    callable and its arguments' types; for other callable objects their
+    class. Values a function closes over or takes by default are not part of
+    it (they may rightly differ between ranks: a device).
 
     Example:
         >>> import functools
@@ -72,7 +75,30 @@ def callable_identity(fn: Any) -> str:
     target = fn if hasattr(fn, "__qualname__") else type(fn)
     name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', '?')}"
     code = getattr(fn, "__code__", None)
-    return f"{name}:{code.co_firstlineno}" if code is not None else name
+    if not isinstance(code, types.CodeType):
+        return name
+    digest = hashlib.blake2b(repr(_code_parts(code)).encode(), digest_size=4).hexdigest()
+    return f"{name}:{code.co_firstlineno}#{digest}"
+
+
+def _code_parts(code: types.CodeType) -> tuple[Any, ...]:
+    """What a function computes, the same in every process running the same code.
+
+    Nested code objects (and their reprs, which hold an address) are replaced
+    by their parts, frozensets (whose order follows string hashing, which
+    differs between processes) by their sorted reprs.
+    """
+
+    def constant(value: Any) -> Any:
+        if isinstance(value, types.CodeType):
+            return _code_parts(value)
+        if isinstance(value, tuple):
+            return tuple(constant(item) for item in value)
+        if isinstance(value, frozenset):
+            return ("frozenset", sorted(repr(constant(item)) for item in value))
+        return repr(value)
+
+    return (code.co_code, constant(code.co_consts), code.co_names, code.co_varnames)
 
 
 def describe(identities: Sequence[dict[str, Any]], serials: Sequence[int]) -> list[str]:
