@@ -228,6 +228,40 @@ def test_cat_keeps_the_values_dtype(dtype: torch.dtype) -> None:
     assert value_of(acc).dtype == dtype
 
 
+def largest_exact(dtype: torch.dtype) -> int:
+    """The largest integer of ``dtype`` that the accumulators must keep exactly."""
+    return 1 if dtype == torch.bool else min(torch.iinfo(dtype).max, 2**53)
+
+
+@pytest.mark.parametrize("integer", EXACT, ids=str)
+@pytest.mark.parametrize("floating", FLOATS, ids=str)
+@pytest.mark.parametrize("cls", ALL, ids=lambda cls: cls.kind)
+def test_integers_joined_by_floats_keep_their_values(
+    cls: type[Accumulator], floating: torch.dtype, integer: torch.dtype
+) -> None:
+    # torch promotes int64 with float16 to float16: a concatenation of 4097 and 1.5 reported
+    # 4096 in float16, a max of 2**24 + 1 and 0.5 reported 2**24. The row's dtype holds both.
+    big, small = largest_exact(integer), 0.5
+    for first, second in ((integer, floating), (floating, integer)):
+        acc = cls()
+        for dtype in (first, second):
+            acc.add(torch.tensor([big if dtype == integer else small]).to(dtype))
+        reported = value_of(acc)
+        if cls is Cat:
+            expected = [big, small] if first == integer else [small, big]
+            assert reported.tolist() == expected, (reported, reported.dtype)
+        elif cls in (Max, Min):
+            assert reported.item() == (big if cls is Max else small), (reported, reported.dtype)
+        else:  # the exact result is representable in float64; in float32 when it fits
+            exact = Fraction(big) + Fraction(small)
+            if cls is Mean:
+                exact /= 2
+            held = reported.dtype
+            rounded = torch.tensor(float(exact), dtype=torch.float64).to(held)
+            assert reported.item() == rounded.item()
+            assert held == torch.float64 or integer in EXACT[:4]  # bool to int16: in float32
+
+
 def test_half_precision_sums_do_not_overflow() -> None:
     # float16 cannot hold 100,000 (its largest value is 65,504): the state is float64.
     acc = Sum()

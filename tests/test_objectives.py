@@ -832,6 +832,39 @@ def test_custom_objective_with_max_cat_and_compute() -> None:
     }
 
 
+class Kept(tt.Objective[Tensor, Tensor]):
+    """Every output value, concatenated (``'cat'``), in the dtype the batches had."""
+
+    aggregation = "cat"
+
+    @override
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"values": outputs}
+
+
+def test_a_concatenation_of_integers_and_halves_keeps_every_integer() -> None:
+    # int64 ids with float16 scores: torch's promotion (float16) reported 4097 as 4096, and
+    # 2**53 as inf. Every path that joins the two (queue, fold, merge, sync, load) keeps them.
+    ids, scores = torch.tensor([4097, 2**53, -7]), torch.tensor([1.5, -0.25], dtype=torch.float16)
+    expected = [4097.0, float(2**53), -7.0, 1.5, -0.25]
+    together = Kept()
+    together.update(ids, torch.zeros(3))
+    together.update(scores, torch.zeros(2))
+    first, second = Kept(), Kept()
+    first.update(ids, torch.zeros(3))
+    second.update(scores, torch.zeros(2))
+    first.merge_state(second)
+    rank0, rank1 = Kept(), Kept()
+    rank0.update(ids, torch.zeros(3))
+    rank1.update(scores, torch.zeros(2))
+    simulate_sync([[rank0], [rank1]])
+    loaded = Kept()
+    loaded.load_state_dict(together.state_dict())
+    for objective in (together, first, rank0, rank1, loaded):
+        values = objective.compute()["values"]
+        assert values.dtype == torch.float64 and values.tolist() == expected
+
+
 def test_objective_whose_names_vary_between_batches() -> None:
     class Sometimes(tt.AverageObjective[Tensor, Tensor]):
         @override

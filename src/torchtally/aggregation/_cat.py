@@ -116,9 +116,7 @@ class Cat(Accumulator):
     def _joined(self, row: int) -> Tensor | None:
         chunks = self._chunks[row]
         if len(chunks) > 1:  # one concatenation for everything held: merging stays linear
-            dtype = chunks[0].dtype
-            for chunk in chunks[1:]:
-                dtype = torch.promote_types(dtype, chunk.dtype)
+            dtype = self.dtypes[row]  # promoted as every chunk came in (states.promote)
             self._chunks[row] = chunks = [torch.cat([chunk.to(dtype) for chunk in chunks])]
         return chunks[0] if chunks else None
 

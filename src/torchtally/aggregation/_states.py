@@ -201,8 +201,30 @@ def is_exact(dtype: torch.dtype) -> bool:
 
 
 def promote(first: torch.dtype | None, second: torch.dtype) -> torch.dtype:
-    """The dtype of a row that has seen ``first`` (``None``: nothing yet) and then ``second``."""
-    return second if first is None else torch.promote_types(first, second)
+    """The dtype of a row that has seen ``first`` (``None``: nothing yet) and then ``second``.
+
+    torch's promotion, except that integers joining floats get a float that holds
+    them (torch makes ``int64`` and ``float16`` ``float16``, where 4097 is 4096).
+
+    Example:
+        >>> import torch
+        >>> promote(torch.int64, torch.float16), promote(torch.int8, torch.bfloat16)
+        (torch.float64, torch.bfloat16)
+    """
+    if first is None or first == second:
+        return second
+    promoted = torch.promote_types(first, second)
+    if promoted.is_floating_point and not (first.is_floating_point and second.is_floating_point):
+        integer = second if first.is_floating_point else first
+        promoted = torch.promote_types(promoted, _HOLDING.get(integer, promoted))
+    return promoted
+
+
+_HOLDING = {torch.int16: torch.float32, torch.int32: torch.float64, torch.int64: torch.float64}
+"""The narrowest float holding every value of an integer dtype (``int64``: up to 2**53).
+
+Booleans, ``uint8`` and ``int8`` fit in ``float16`` and ``bfloat16`` alike.
+"""
 
 
 def _two_sum_all(stacked: Tensor) -> Tensor:
