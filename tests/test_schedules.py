@@ -315,6 +315,39 @@ def test_a_validation_forward_without_gradients_does_not_move_the_warm_up(
     assert loss.schedule_values() == {"linear(0→1, 8)": 3 / 8}
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("joined", [False, True])
+def test_an_empty_batch_changes_nothing_and_does_not_move_the_warm_up(
+    joined: bool, weighted: bool
+) -> None:
+    # A forward on an empty batch (B == 0) moved the step schedules: every later batch was
+    # weighted one step further on (after 2 steps and an empty batch, 3/8 instead of 2/8), and
+    # the combined epoch value was the mean of another criterion than the one optimised.
+    def build() -> Any:
+        loss = Loss(ce_fn, "CE") + schedules.linear(0.0, 1.0, steps=8) * Loss(kl_fn, "KL")
+        return loss | WorstError() if joined else loss
+
+    loss, untouched = build(), build()
+    batches = data(4)
+    for index, (outputs, targets) in enumerate(batches):
+        if index == 2:
+            empty = (outputs[:0], targets[:0])
+            kept = loss.compute()
+            value = loss(*empty, weight=torch.ones(0, dtype=torch.float64) if weighted else None)
+            assert value.isnan()  # the mean of no values, as torch's
+            assert loss.schedule_values() == {"linear(0→1, 8)": 2 / 8}
+            assert loss.compute() == kept
+        loss(outputs, targets)
+        untouched(outputs, targets)
+    assert loss.compute() == untouched.compute()
+    criteria = [
+        ce_fn(outputs, targets) + step / 8 * kl_fn(outputs, targets)
+        for step, (outputs, targets) in enumerate(batches)
+    ]
+    combined = loss.compute()[COMBINED_NAME]
+    torch.testing.assert_close(combined, torch.cat(criteria).mean().to(combined.dtype))
+
+
 def test_arithmetic_on_a_schedule_alone_raises_the_librarys_error_with_the_way_to_write_it() -> (
     None
 ):

@@ -201,7 +201,8 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         one step after the batch is accumulated, when gradients are enabled (a
         forward under ``torch.no_grad()`` or ``torch.inference_mode()``, as
         in validation, leaves them where they are); a refused batch changes
-        nothing.
+        nothing, and neither does an empty one (its value is NaN, the mean of
+        no values, as torch's).
 
         Example:
             >>> import torch
@@ -216,6 +217,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         values = self.calculate(outputs, targets)
         if self._queued_at_once(values, targets, weight):  # tensors only: the mean cannot fail
             value = batch_value(values[self.name], None)
+            size = targets.shape[0]  # type: ignore[attr-defined]  # a tensor: see _queued_at_once
         else:
             given = self._given_weight(outputs, targets, weight)
             size, weight = size_and_weight(targets, outputs, given, self._ledger.label)
@@ -226,7 +228,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
                 self._ledger.check(values, size, weight)
                 raise
             self._accumulate(values, size, weight, self._names_ordered)
-        self._step()
+        self._step(size)
         return value
 
     @override

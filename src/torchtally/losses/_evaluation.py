@@ -265,7 +265,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     before they meet the values, and the weighted sum is taken in that dtype:
     float16 values with weights summing beyond 65504 (1000 per sample in a
     batch of 128) give their mean, not ``inf / inf``. All device work, no
-    host sync; weights that all are 0 give NaN, as the hand-written mean does.
+    host sync; weights that all are 0, and an empty batch, give NaN, as the
+    hand-written mean does.
 
     Example:
         >>> import torch
@@ -286,7 +287,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         value = value.to(torch.get_default_dtype())
     if value.ndim == 0:
         return value
-    if isinstance(weight, Tensor) and weight.ndim == 1:
+    if isinstance(weight, Tensor) and weight.ndim == 1 and value.shape[0]:
+        # (an empty batch takes the mean: NaN, where the normalised empty sum would give 0)
         dtype = value.dtype
         wide = torch.promote_types(dtype, torch.float32)
         weights = weight.to(wide)

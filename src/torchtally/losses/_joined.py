@@ -144,7 +144,7 @@ class JoinedLoss(Joined):
         # before anything changes; per-sample weights that require grad keep their graph
         value = batch_value(values[self._value_name], differentiable_weight(given, weight))
         self._record(outputs, targets, values, size, weight)
-        self._loss._step()
+        self._loss._step(size)
         return value
 
     @override

@@ -45,13 +45,14 @@ class LossState(LossDefinition[OutputT, TargetT]):
         """The schedules' positions: ``forward`` calls and ``advance_epoch`` calls (1-d tensors)."""
         return {unit: torch.zeros(1, dtype=torch.int64) for unit in ("step", "epoch")}
 
-    def _step(self) -> None:
+    def _step(self, size: Any) -> None:
         """Move the schedules counted in steps one step on (after each training ``forward``).
 
         A forward with gradients disabled (``torch.no_grad()``, ``torch.inference_mode()``:
-        a validation loop) is no training step, and leaves the position where it is.
+        a validation loop) is no training step, and leaves the position where it is; nor
+        is a batch of ``size`` 0, which changes nothing.
         """
-        if self._program.factors and torch.is_grad_enabled():
+        if self._program.factors and torch.is_grad_enabled() and size != 0:
             self._advance("step")
 
     def _advance(self, unit: str) -> None:
