@@ -298,3 +298,30 @@ def test_callable_identities_are_the_same_in_every_process() -> None:
         )
         found.add(done.stdout)
     assert len(found) == 1, found
+
+
+class Sometimes(tt.AverageObjective[Tensor, Tensor]):
+    """``'always'`` in every batch, ``'sometimes'`` only in batches of more than one sample."""
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"always": outputs}
+        if len(outputs) > 1:
+            values["sometimes"] = outputs
+        return values
+
+
+def test_dataset_size_with_a_value_left_out_of_some_batches_says_so() -> None:
+    # The refusal said to pass dataset_size only for one pass over the dataset, once per
+    # sample, which the run did: what happened is that 'sometimes' was left out of a batch.
+    ranks = [Sometimes(), Sometimes()]  # 5 samples on 2 ranks: 3 each, rank 1's last repeats
+    for metric, batches in zip(ranks, ([[1.0, 2.0], [3.0]], [[4.0, 5.0], [1.0]]), strict=True):
+        for batch in batches:
+            metric.update(torch.tensor(batch), torch.zeros(len(batch)))
+    before = [metric.compute() for metric in ranks]
+    with pytest.raises(tt.errors.SyncError) as caught:
+        simulate_sync([[metric] for metric in ranks], dataset_size=5)
+    message = str(caught.value)
+    assert "'sometimes' saw 4 samples" in message and "6 in all" in message
+    assert "'always' saw the whole pass, so 'sometimes' was left out of some batches" in message
+    assert "once per sample" not in message
+    assert [metric.compute() for metric in ranks] == before  # nothing changed

@@ -163,22 +163,36 @@ class Padding:
                 hands out, or a rank holding a repeat saw none of it.
         """
         total = self.per_rank * self.world
+        # A value beside one that saw the whole pass was left out of some batches: say so.
+        whole = [name for name, (samples, _, _) in counts.items() if samples == total]
+        untold = (
+            "which of its samples are the sampler's repeats cannot be checked: return it for "
+            "every batch, or sync it in an objective of its own without dataset_size"
+        )
         kept_names = []
         for name, (samples, dropped, kept) in counts.items():
             if samples == 0:
                 continue
             if samples != total:
+                why = (
+                    f"{whole[0]!r} saw the whole pass, so {name!r} was left out of some batches, "
+                    f"and {untold}"
+                    if whole
+                    else "pass dataset_size only for objectives updated on one pass over that "
+                    "dataset, once per sample (reset() before the pass), and none when the "
+                    "sampler has drop_last=True"
+                )
                 raise SyncError(
                     f"{label}: value {name!r} saw {samples} samples over {self.world} processes, "
                     f"but a DistributedSampler over dataset_size={self.dataset_size} samples "
-                    f"hands out {self.per_rank} to each ({total} in all); pass dataset_size only "
-                    f"for objectives updated on one pass over that dataset, once per sample "
-                    f"(reset() before the pass), and none when the sampler has drop_last=True"
+                    f"hands out {self.per_rank} to each ({total} in all); {why}"
                 )
             if dropped + kept != self.repeats:
                 raise SyncError(
-                    f"{label}: value {name!r}: {self.repeats} processes hold a repeated sample, "
-                    f"but only {dropped + kept} of them saw a value of {name!r}"
+                    f"{label}: value {name!r}: {self.repeats} processes hold a repeated sample "
+                    f"(their last), but only {dropped + kept} of them saw a value of {name!r} "
+                    f"in their last batch: for a value left out of some batches (or given "
+                    f"more than once per sample) {untold}"
                 )
             if kept:
                 kept_names.append(name)
