@@ -1499,6 +1499,45 @@ def test_running_values_span_folds_leave_out_other_aggregations_and_restart_at_r
             both.running(window)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 4),
+    st.booleans(),
+    st.lists(st.sampled_from(["batch", "compute", 1, 2, 3, 5]), max_size=25),
+)
+def test_running_values_of_several_windows_read_the_same_remembered_batches(
+    before: int, computed_before: bool, steps: list[str | int]
+) -> None:
+    # A call with another window than the last one started over: a progress bar reading
+    # running(2) and a log line reading running(3) got {} after every compute().
+    metric = tt.Metric(lambda o, t: o, "V")
+    queued: list[float] = []  # a model of the objective: batches not yet folded,
+    ring: list[float] = []  # the folded batches it remembers,
+    capacity = 0  # and how many it keeps (0: running() never called)
+    for value in range(before):
+        metric.update(torch.tensor([100.0 + value]), torch.zeros(1))
+        queued.append(100.0 + value)
+    if computed_before and before:
+        metric.compute()
+        queued = []  # folded before the first call: not remembered
+    for step, action in enumerate(steps):
+        if action == "batch":
+            metric.update(torch.tensor([float(step)]), torch.zeros(1))
+            queued.append(float(step))
+        elif action == "compute":
+            if before or ring or queued or capacity:
+                metric.compute()
+            ring = (ring + queued)[-capacity:] if capacity else []
+            queued = []
+        else:
+            assert isinstance(action, int)
+            capacity = max(capacity, action)
+            last = (ring + queued)[-action:]
+            mean = sum(last) / max(len(last), 1)
+            expected = {"V": torch.tensor(mean, dtype=torch.float64)} if last else {}
+            assert metric.running(action) == expected
+
+
 def test_running_values_carry_the_prefix_and_postfix_compute_reports() -> None:
     mae = tt.Metric(lambda o, t: (o - t).abs().mean(1), "MAE")
     train = tt.MetricCollection(MAE=mae, prefix="val/", postfix="_ep")

@@ -323,8 +323,9 @@ class Ledger(Rows):
     def running(self, window: int) -> dict[str, Tensor]:
         """The mean of each mean-aggregated value over its last ``window`` batches.
 
-        Batches are remembered from the first call on (and after a reset):
-        ``window`` pairs of float64 numbers per name, on the values' device;
+        Batches are remembered from the first call on (and after a reset),
+        with those still queued at that call: as many pairs of float64 numbers
+        per name as the largest window asked for, on the values' device;
         nothing is read on the host and the epoch values are not touched.
         """
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -337,10 +338,11 @@ class Ledger(Rows):
                 f"{self.label}: batches updated inside torch.compile are not kept for running "
                 f"values; read them in eager steps, or use compute() for the epoch value"
             )
-        if self._recent is None or self._recent.window != window:
+        if self._recent is None:
             self._recent = Recent(window)
+        self._recent.widen(window)  # another window reads the same batches (a bar and a log)
         newest = self._batch_means(list(self._pending.items()))
-        return self._recent.means(newest)
+        return self._recent.means(newest, window)
 
     def _batch_means(self, queued: list[Queued]) -> dict[str, Tensor]:
         """The queued batches' ``(weighted sum, weight)`` per mean-aggregated name."""

@@ -23,11 +23,19 @@ _F64 = torch.float64
 
 
 class Recent:
-    """The last ``window`` batches' ``(weighted sum, weight)`` of each name (a ring each)."""
+    """The last ``window`` batches' ``(weighted sum, weight)`` of each name (a ring each).
+
+    ``window`` is the largest window asked for so far: smaller windows read the
+    newest of its pairs, so a progress bar and a log line may ask for different ones.
+    """
 
     def __init__(self, window: int) -> None:
         self.window = window  # checked by the ledger (an int >= 1)
         self.rings: dict[str, Tensor] = {}
+
+    def widen(self, window: int) -> None:
+        """Keep up to ``window`` batches from now on (the pairs held are kept)."""
+        self.window = max(self.window, window)
 
     def push(self, batches: Mapping[str, Tensor]) -> None:
         """Remember batches just folded: ``(K, 2)`` pairs by name, oldest first."""
@@ -36,12 +44,12 @@ class Recent:
             joined = pairs if held is None else torch.cat([held, pairs])
             self.rings[name] = joined[-self.window :].clone()  # bounded: window pairs
 
-    def means(self, newest: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Each name's mean over the last ``window`` batches, ``newest`` (still queued) last."""
+    def means(self, newest: Mapping[str, Tensor], window: int) -> dict[str, Tensor]:
+        """Each name's mean over its last ``window`` batches, ``newest`` (still queued) last."""
         result: dict[str, Tensor] = {}
         for name in {**self.rings, **newest}:
             parts = [part for part in (self.rings.get(name), newest.get(name)) if part is not None]
-            last = torch.cat(parts)[-self.window :]
+            last = torch.cat(parts)[-window:]
             totals = last.sum(0)
             result[name] = totals[0] / totals[1]
         return result
