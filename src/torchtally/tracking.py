@@ -14,6 +14,18 @@ module puts that knowledge to work across epochs:
 For a value over the last batches of an epoch (a progress bar), see
 :meth:`Objective.running <torchtally.Objective.running>`; for recipes
 (Lightning, W&B, Optuna, loggers), the "Training loop" page of the docs.
+
+Example:
+    >>> import torch
+    >>> import torchtally as tt
+    >>> error = tt.Metric(lambda o, t: (o - t).abs(), 'Error', higher_is_better=False)
+    >>> tracker = tt.MetricTracker(error, 'Error')
+    >>> for value in (3.0, 1.0, 2.0):  # one epoch each
+    ...     error.reset()
+    ...     _ = error.update(torch.tensor([value]), torch.zeros(1))
+    ...     _ = tracker.update()
+    >>> tracker.best_epoch, tracker.best_value, tt.monitor_mode(error, 'Error')
+    (1, 1.0, 'min')
 """
 
 from __future__ import annotations
