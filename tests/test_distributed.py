@@ -224,6 +224,7 @@ def scenario(rank: int, world: int) -> dict[str, Any]:
     record["mismatches"] = _mismatches(rank, world)
     record["gathered"] = _raw_exchange(rank, world)
     record["loss"] = _loss(rank, world)
+    record["traffic"] = _traffic()
     if world == 3:
         record["subgroup"] = _subgroup(rank)
     return record
@@ -335,6 +336,20 @@ def _loss(rank: int, world: int) -> dict[str, Any]:
         metrics.update(outputs, targets)
     calls = _calls(lambda: tt.sync_all(combined, metrics))
     return {"calls": calls, "values": combined.compute(), "metrics": metrics.compute()}
+
+
+def _traffic() -> dict[str, int]:
+    """Bytes one sync brings to this rank, for ``m`` means and ``x`` maxima ("m,x")."""
+    received = {}
+    for means, maxima in ((3, 0), (0, 2), (3, 2)):
+        objectives = [tt.Metric(mae, f"M{index}") for index in range(means)]
+        objectives += [tt.Metric(worst, f"X{index}", aggregation="max") for index in range(maxima)]
+        for objective in objectives:
+            objective.update(torch.ones(2, 3), torch.zeros(2, 3))
+        before = distributed.bytes_received()
+        tt.sync_all(*objectives)
+        received[f"{means},{maxima}"] = distributed.bytes_received() - before
+    return received
 
 
 def _subgroup(rank: int) -> dict[str, Any]:
@@ -532,6 +547,20 @@ def test_composed_loss_syncs_with_metrics_in_two_collectives(world: int, runs: R
         torch.testing.assert_close(values["MAE"].double(), absolute, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(values["Combined Loss"].double(), combined, rtol=1e-5, atol=1e-6)
         assert torch.equal(values["Combined Loss"], losses[0]["values"]["Combined Loss"])
+
+
+TRAFFIC = "72·W  +  72·m  +  48·x  +  24·x·W  +  (c + descriptions)·W   bytes"
+"""The bytes per rank of one sync, as docs/distributed.md ("What it costs") gives them."""
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_bytes_received_per_sync_are_the_documented_ones(world: int, runs: Runs) -> None:
+    assert TRAFFIC in (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    for record in runs(world):
+        for case, received in record["traffic"].items():
+            means, maxima = map(int, case.split(","))
+            # headers, the summed vector, every rank's fixed block; no concatenation here
+            assert received == 72 * world + 72 * means + 48 * maxima + 24 * maxima * world, case
 
 
 def test_sync_over_a_subgroup(runs: Runs) -> None:
