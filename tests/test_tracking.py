@@ -171,7 +171,6 @@ def test_monitor_mode_reads_the_direction_of_every_kind_of_objective(
 NO_DIRECTION: list[tuple[str, Any, str]] = [
     ("metric without a direction", tt.Metric(mae, "MAE"), "MAE"),
     ("hand-written objective", Silent(), "Value"),
-    ("unknown name", metric_down, "MSE"),
     ("wrapped function", tt.wrap(mae, "W"), "W"),
     ("DictLoss.summed entry", tt.DictLoss.summed(summed_parts, "Total"), "a"),
     ("torcheval adapter", from_torcheval(eval_metrics.MeanSquaredError()), "MeanSquaredError"),
@@ -203,6 +202,29 @@ def test_monitor_mode_names_the_values_an_objective_reports_when_the_name_is_unk
     collection = tt.MetricCollection(Acc=metric_up, MAE=metric_down, prefix="val/")
     with pytest.raises(TrackerError, match=r"it reports \['val/Acc', 'val/MAE'\], not 'val/R2'"):
         tt.monitor_mode(collection, "val/R2")
+
+
+def test_the_advice_for_a_refused_value_is_one_the_caller_can_follow() -> None:
+    plain = tt.Metric(mae, "Gap")  # no direction
+    with pytest.raises(TrackerError) as refused:
+        tt.monitor_mode(plain, "Gap")
+    message = str(refused.value)
+    assert "give the metric higher_is_better=" in message
+    assert "here" not in message  # monitor_mode takes no higher_is_better=
+    with pytest.raises(TypeError):
+        tt.monitor_mode(plain, "Gap", higher_is_better=True)  # type: ignore[call-arg]
+    with pytest.raises(TrackerError, match=r"give the metric higher_is_better= \(or pass"):
+        tt.MetricTracker(plain, "Gap")  # the tracker does take it
+    # A name the objective does not report is a typo, not a missing direction.
+    for refuse in (
+        lambda: tt.monitor_mode(metric_down, "Mae"),
+        lambda: tt.MetricTracker(metric_down, "Mae"),
+    ):
+        with pytest.raises(TrackerError) as unknown:
+            refuse()
+        assert "it reports ['MAE'], not 'Mae'" in str(unknown.value)
+        assert "higher_is_better" not in str(unknown.value)
+        assert "ask for one of the names it reports" in str(unknown.value)
 
 
 def test_monitor_mode_refuses_an_unknown_tool() -> None:

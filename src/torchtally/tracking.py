@@ -89,23 +89,32 @@ def monitor_mode(
     modes = _MODES.get(for_) if isinstance(for_, str) else None
     if modes is None:
         raise TrackerError(f"monitor_mode: for_ must be one of {sorted(_MODES)}, found {for_!r}")
-    return modes[_direction(objective, name, "monitor_mode")]
+    return modes[_direction(objective, name, "monitor_mode", takes_direction=False)]
 
 
-def _direction(objective: Any, name: str, caller: str) -> bool:
-    """The objective's direction of ``name``, or a :class:`TrackerError` saying why not."""
+def _direction(objective: Any, name: str, caller: str, *, takes_direction: bool) -> bool:
+    """The objective's direction of ``name``, or a :class:`TrackerError` saying why not.
+
+    ``takes_direction``: whether the caller has a ``higher_is_better=`` argument
+    to suggest (the tracker has, ``monitor_mode`` has not).
+    """
     finder = getattr(objective, "higher_is_better_for", None)
     found = finder(name) if callable(finder) else None
     if isinstance(found, bool):
         return found
     known = _known_names(objective)
-    if known and name not in known:
-        why = f"it reports {list(known)}, not {name!r}"
+    complete = getattr(objective, "learns_names", False) is False  # learnt names come later
+    if known and complete and name not in known:  # a typo: no direction makes it a value
+        why, advice = (
+            f"it reports {list(known)}, not {name!r}",
+            "ask for one of the names it reports",
+        )
     else:
-        why = f"it knows no direction for {name!r}"
+        why, advice = f"it knows no direction for {name!r}", "give the metric higher_is_better="
+        if takes_direction:
+            advice += " (or pass higher_is_better= here)"
     raise TrackerError(
-        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; "
-        f"give the metric higher_is_better= (or pass higher_is_better= here)"
+        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
     )
 
 
@@ -202,7 +211,9 @@ class MetricTracker:
                 f"MetricTracker: first_epoch must be a whole number, found {first_epoch!r}"
             )
         if higher_is_better is None:
-            higher_is_better = _direction(objective, name, f"MetricTracker({name!r})")
+            higher_is_better = _direction(
+                objective, name, f"MetricTracker({name!r})", takes_direction=True
+            )
         else:
             finder = getattr(objective, "higher_is_better_for", None)
             known = finder(name) if callable(finder) else None
