@@ -280,7 +280,8 @@ def wrap(
     Raises:
         UnsupportedObjectError: ``obj`` fits none of the forms (a ``TypeError``).
         InvalidNameError: no usable name (a lambda without ``name=``).
-        ValueError: ``aggregation`` or ``higher_is_better`` given for a stateful form.
+        InvalidArgumentError: ``aggregation``, ``higher_is_better`` or ``weight``
+            given for a stateful form (a ``TypeError`` and a ``ValueError``).
 
     Example:
         >>> import torch

@@ -84,7 +84,8 @@ def accumulator_class(aggregation: Any, owner: str | Callable[[], str]) -> type[
     """The accumulator class an ``aggregation=`` names: a kind or an :class:`Accumulator` subclass.
 
     Raises:
-        ValueError: anything else (naming the accepted kinds).
+        InvalidArgumentError: anything else (naming the accepted kinds; a
+            ``TypeError`` and a ``ValueError``).
 
     Example:
         >>> from torchtally.aggregation import Max, accumulator_class

@@ -92,8 +92,10 @@ def sync_all(
             state; or a header or payload is not torchtally's. Every rank
             raises the same error after the same collectives; none hangs.
             Nothing is changed when it is raised.
-        TypeError: outside a distributed run, an argument cannot take part in a sync.
-        InvalidArgumentError: ``dataset_size`` or ``destination`` is not a valid count or rank.
+        InvalidArgumentError: outside a distributed run, an argument that
+            cannot take part in a sync (in a distributed run, the ``SyncError``
+            every rank raises names it); ``dataset_size`` or ``destination`` is
+            not a valid count or rank. A ``TypeError`` and a ``ValueError``.
 
     Example:
         >>> import torch
