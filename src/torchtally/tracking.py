@@ -21,9 +21,7 @@ Example:
     >>> error = tt.Metric(lambda o, t: (o - t).abs(), 'Error', higher_is_better=False)
     >>> tracker = tt.MetricTracker(error, 'Error')
     >>> for value in (3.0, 1.0, 2.0):  # one epoch each
-    ...     error.reset()
-    ...     _ = error.update(torch.tensor([value]), torch.zeros(1))
-    ...     _ = tracker.update()
+    ...     _ = error.reset(), error.update(torch.tensor([value]), torch.zeros(1)), tracker.update()
     >>> tracker.best_epoch, tracker.best_value, tt.monitor_mode(error, 'Error')
     (1, 1.0, 'min')
 """
@@ -89,30 +87,29 @@ def monitor_mode(
     modes = _MODES.get(for_) if isinstance(for_, str) else None
     if modes is None:
         raise TrackerError(f"monitor_mode: for_ must be one of {sorted(_MODES)}, found {for_!r}")
-    return modes[_direction(objective, name, "monitor_mode", takes_direction=False)]
+    return modes[_direction(objective, name, "monitor_mode")]
 
 
-def _direction(objective: Any, name: str, caller: str, *, takes_direction: bool) -> bool:
+def _direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
     """The objective's direction of ``name``, or a :class:`TrackerError` saying why not.
 
-    ``takes_direction``: whether the caller has a ``higher_is_better=`` argument
-    to suggest (the tracker has, ``monitor_mode`` has not).
+    ``also``: what else the caller takes (the tracker: ``higher_is_better=``).
     """
     finder = getattr(objective, "higher_is_better_for", None)
     found = finder(name) if callable(finder) else None
     if isinstance(found, bool):
         return found
-    known = _known_names(objective)
-    complete = getattr(objective, "learns_names", False) is False  # learnt names come later
-    if known and complete and name not in known:  # a typo: no direction makes it a value
+    known = _known_names(objective)  # complete unless names are learnt from the data
+    if known and name not in known and getattr(objective, "learns_names", False) is False:
         why, advice = (
             f"it reports {list(known)}, not {name!r}",
             "ask for one of the names it reports",
         )
     else:
-        why, advice = f"it knows no direction for {name!r}", "give the metric higher_is_better="
-        if takes_direction:
-            advice += " (or pass higher_is_better= here)"
+        why, advice = (
+            f"it knows no direction for {name!r}",
+            f"give the metric higher_is_better={also}",
+        )
     raise TrackerError(
         f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
     )
@@ -211,9 +208,8 @@ class MetricTracker:
                 f"MetricTracker: first_epoch must be a whole number, found {first_epoch!r}"
             )
         if higher_is_better is None:
-            higher_is_better = _direction(
-                objective, name, f"MetricTracker({name!r})", takes_direction=True
-            )
+            also = " (or pass higher_is_better= here)"
+            higher_is_better = _direction(objective, name, f"MetricTracker({name!r})", also)
         else:
             finder = getattr(objective, "higher_is_better_for", None)
             known = finder(name) if callable(finder) else None
