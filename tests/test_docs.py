@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import math
 import re
 import warnings
 from pathlib import Path
@@ -85,7 +86,10 @@ def _head_matches(output: str, head: str) -> bool:
         # a rounded copy of a longer number: equal at the places written (0 places: exact only)
         if not places or _decimals(printed) <= places:
             return False
-        if abs(float(printed) - float(written)) > 0.5 * 10.0**-places * (1 + 1e-9):
+        # (half a unit in the last place written, plus the float error of parsing both)
+        if abs(float(printed) - float(written)) > 0.5 * 10.0**-places + 4 * math.ulp(
+            float(printed)
+        ):
             return False
     return True
 
