@@ -1,127 +1,19 @@
-"""Training-loop companions: the best epoch of a value, and its direction for other tools.
-
-Every torchtally objective knows which way each value it reports is better
-(``higher_is_better_for(name)``), composed losses included: the combined value
-of ``ce - accuracy`` is lower-is-better because the algebra says so. This
-module puts that knowledge to work across epochs:
-
-- :class:`MetricTracker` follows one value of one objective, epoch after
-  epoch: the best value and its epoch, the history, early stopping with
-  ``patience`` and ``min_delta``, a ``state_dict`` for checkpoints.
-- :func:`monitor_mode` spells the direction the way Lightning's
-  ``ModelCheckpoint``/``EarlyStopping``, keras, W&B and Optuna want it.
-
-For a value over the last batches of an epoch (a progress bar), see
-:meth:`Objective.running <torchtally.Objective.running>`; for recipes
-(Lightning, W&B, Optuna, loggers), the "Training loop" page of the docs.
-
-Example:
-    >>> import torch
-    >>> import torchtally as tt
-    >>> error = tt.Metric(lambda o, t: (o - t).abs(), 'Error', higher_is_better=False)
-    >>> tracker = tt.MetricTracker(error, 'Error')
-    >>> for value in (3.0, 1.0, 2.0):  # one epoch each
-    ...     _ = error.reset(), error.update(torch.tensor([value]), torch.zeros(1)), tracker.update()
-    >>> tracker.best_epoch, tracker.best_value, tt.monitor_mode(error, 'Error')
-    (1, 1.0, 'min')
-"""
+"""The tracker: one value of an objective followed across epochs."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
 from torchtally.errors import InvalidArgumentError, StateDictError, TrackerError
+from torchtally.tracking._directions import direction
 
-__all__ = ["MetricTracker", "monitor_mode"]
-
-_MODES: dict[str, tuple[str, str]] = {
-    "lightning": ("min", "max"),
-    "keras": ("min", "max"),
-    "wandb": ("min", "max"),
-    "optuna": ("minimize", "maximize"),
-}
-"""For each tool: how it spells (lower is better, higher is better)."""
+__all__ = ["MetricTracker"]
 
 _STATE_VERSION = 1
-
-
-def monitor_mode(
-    objective: Any,
-    name: str,
-    *,
-    for_: Literal["lightning", "keras", "wandb", "optuna"] = "lightning",
-) -> str:
-    """The direction of the value ``name`` as a tool wants it: ``'min'`` or ``'max'``.
-
-    Read from ``objective.higher_is_better_for(name)``: a composed loss gets
-    the direction its algebra gives (``ce - accuracy``: ``'min'``).
-
-    Args:
-        objective: any torchtally objective (metrics, collections, losses,
-            joins, wrapped and adapted metrics).
-        name: the value's name, as ``compute()`` reports it.
-        for_: ``'lightning'`` (``ModelCheckpoint``/``EarlyStopping(mode=...)``),
-            ``'keras'`` and ``'wandb'`` (``define_metric(name, summary=...)``)
-            get ``'min'``/``'max'``; ``'optuna'`` (``create_study(direction=...)``,
-            a W&B sweep's ``goal``) gets ``'minimize'``/``'maximize'``.
-
-    Raises:
-        TrackerError: the objective knows no direction for ``name`` (or does
-            not report it), or ``for_`` names no known tool.
-
-    Example:
-        >>> import torch
-        >>> import torchtally as tt
-        >>> ce = tt.Loss(torch.nn.functional.cross_entropy, 'CE')
-        >>> accuracy = tt.Loss(lambda o, t: (o.argmax(1) == t).float(), 'Accuracy',
-        ...                    higher_is_better=True)
-        >>> tt.monitor_mode(ce - accuracy, 'Combined Loss')
-        'min'
-        >>> tt.monitor_mode(ce - accuracy, 'Accuracy', for_='optuna')
-        'maximize'
-    """
-    modes = _MODES.get(for_) if isinstance(for_, str) else None
-    if modes is None:
-        raise TrackerError(f"monitor_mode: for_ must be one of {sorted(_MODES)}, found {for_!r}")
-    return modes[_direction(objective, name, "monitor_mode")]
-
-
-def _direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
-    """The objective's direction of ``name``, or a :class:`TrackerError` saying why not.
-
-    ``also``: what else the caller takes (the tracker: ``higher_is_better=``).
-    """
-    finder = getattr(objective, "higher_is_better_for", None)
-    found = finder(name) if callable(finder) else None
-    if isinstance(found, bool):
-        return found
-    known = _known_names(objective)  # complete unless names are learnt from the data
-    if known and name not in known and getattr(objective, "learns_names", False) is False:
-        why, advice = (
-            f"it reports {list(known)}, not {name!r}",
-            "ask for one of the names it reports",
-        )
-    else:
-        why, advice = (
-            f"it knows no direction for {name!r}",
-            f"give the metric higher_is_better={also}",
-        )
-    raise TrackerError(
-        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
-    )
-
-
-def _known_names(objective: Any) -> tuple[str, ...]:
-    """The names ``objective`` reports, when it can tell without data (else ``()``)."""
-    for attribute in ("reported_names", "names"):
-        names = getattr(objective, attribute, None)
-        if isinstance(names, tuple) and names and all(isinstance(n, str) for n in names):
-            return names
-    return ()
 
 
 class MetricTracker:
@@ -209,7 +101,7 @@ class MetricTracker:
             )
         if higher_is_better is None:
             also = " (or pass higher_is_better= here)"
-            higher_is_better = _direction(objective, name, f"MetricTracker({name!r})", also)
+            higher_is_better = direction(objective, name, f"MetricTracker({name!r})", also)
         else:
             finder = getattr(objective, "higher_is_better_for", None)
             known = finder(name) if callable(finder) else None

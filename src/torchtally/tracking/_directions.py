@@ -1,0 +1,98 @@
+"""The direction of a value (which way is better), as tools spell it.
+
+Every torchtally objective knows which way each value it reports is better
+(``higher_is_better_for(name)``); :func:`monitor_mode` reads it for
+Lightning, keras, W&B and Optuna, and :func:`direction` for the tracker,
+with the same refusal when the objective cannot tell.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torchtally.errors import TrackerError
+
+__all__ = ["direction", "monitor_mode"]
+
+_MODES: dict[str, tuple[str, str]] = {
+    "lightning": ("min", "max"),
+    "keras": ("min", "max"),
+    "wandb": ("min", "max"),
+    "optuna": ("minimize", "maximize"),
+}
+"""For each tool: how it spells (lower is better, higher is better)."""
+
+
+def monitor_mode(
+    objective: Any,
+    name: str,
+    *,
+    for_: Literal["lightning", "keras", "wandb", "optuna"] = "lightning",
+) -> str:
+    """The direction of the value ``name`` as a tool wants it: ``'min'`` or ``'max'``.
+
+    Read from ``objective.higher_is_better_for(name)``: a composed loss gets
+    the direction its algebra gives (``ce - accuracy``: ``'min'``).
+
+    Args:
+        objective: any torchtally objective (metrics, collections, losses,
+            joins, wrapped and adapted metrics).
+        name: the value's name, as ``compute()`` reports it.
+        for_: ``'lightning'`` (``ModelCheckpoint``/``EarlyStopping(mode=...)``),
+            ``'keras'`` and ``'wandb'`` (``define_metric(name, summary=...)``)
+            get ``'min'``/``'max'``; ``'optuna'`` (``create_study(direction=...)``,
+            a W&B sweep's ``goal``) gets ``'minimize'``/``'maximize'``.
+
+    Raises:
+        TrackerError: the objective knows no direction for ``name`` (or does
+            not report it), or ``for_`` names no known tool.
+
+    Example:
+        >>> import torch
+        >>> import torchtally as tt
+        >>> ce = tt.Loss(torch.nn.functional.cross_entropy, 'CE')
+        >>> accuracy = tt.Loss(lambda o, t: (o.argmax(1) == t).float(), 'Accuracy',
+        ...                    higher_is_better=True)
+        >>> tt.monitor_mode(ce - accuracy, 'Combined Loss')
+        'min'
+        >>> tt.monitor_mode(ce - accuracy, 'Accuracy', for_='optuna')
+        'maximize'
+    """
+    modes = _MODES.get(for_) if isinstance(for_, str) else None
+    if modes is None:
+        raise TrackerError(f"monitor_mode: for_ must be one of {sorted(_MODES)}, found {for_!r}")
+    return modes[direction(objective, name, "monitor_mode")]
+
+
+def direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
+    """The objective's direction of ``name``, or a :class:`TrackerError` saying why not.
+
+    ``also``: what else the caller takes (the tracker: ``higher_is_better=``).
+    """
+    finder = getattr(objective, "higher_is_better_for", None)
+    found = finder(name) if callable(finder) else None
+    if isinstance(found, bool):
+        return found
+    known = _known_names(objective)  # complete unless names are learnt from the data
+    if known and name not in known and getattr(objective, "learns_names", False) is False:
+        why, advice = (
+            f"it reports {list(known)}, not {name!r}",
+            "ask for one of the names it reports",
+        )
+    else:
+        why, advice = (
+            f"it knows no direction for {name!r}",
+            f"give the metric higher_is_better={also}",
+        )
+    raise TrackerError(
+        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
+    )
+
+
+def _known_names(objective: Any) -> tuple[str, ...]:
+    """The names ``objective`` reports, when it can tell without data (else ``()``)."""
+    for attribute in ("reported_names", "names"):
+        names = getattr(objective, attribute, None)
+        if isinstance(names, tuple) and names and all(isinstance(n, str) for n in names):
+            return names
+    return ()
