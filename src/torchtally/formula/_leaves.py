@@ -10,7 +10,7 @@ combine them are in :mod:`torchtally.formula._tree`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from torchtally.errors import FormulaError
@@ -85,6 +85,9 @@ class Constant:
     """
 
     value: int | float
+    # Written once here: compiled with dynamic=True, a number read inside the graph is
+    # symbolic and has no repr (a formula first written in a compiled step broke it).
+    text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.value) not in (int, float):
@@ -99,6 +102,7 @@ class Constant:
                 f"the constant {describe_integer(self.value)} is outside the int64 range a "
                 f"tensor operation takes; write it as a float"
             )
+        object.__setattr__(self, "text", repr(self.value))
 
 
 @dataclass(frozen=True)
@@ -113,3 +117,7 @@ class Scheduled:
     """
 
     factor: Factor
+    text: str = field(init=False, repr=False, compare=False)  # the label, as Constant.text
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", self.factor.label)

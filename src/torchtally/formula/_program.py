@@ -24,12 +24,32 @@ def _negate(operand: Any, _unused: Any) -> Any:
     return -operand
 
 
+def _power(base: Any, exponent: Any) -> Any:
+    """``base ** exponent``; a tensor's int exponent is passed as the float of the same value.
+
+    Under ``torch.compile(dynamic=True)`` an int constant of the formula is a symbolic int,
+    and the gradient of a tensor's power by a symbolic int fails an internal assert of
+    torch; a float exponent does not. An int up to 2**53 is a float exactly, and torch
+    computes a floating tensor's power by a float or an int exponent alike.
+    """
+    if (
+        isinstance(exponent, int)
+        and not isinstance(base, (int, float))
+        and -_EXACT <= exponent <= _EXACT
+    ):
+        return base ** float(exponent)
+    return base**exponent
+
+
+_EXACT: Final = 2**53
+
+
 _FUNCTIONS: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "+": operator.add,
     "-": operator.sub,
     "*": operator.mul,
     "/": operator.truediv,
-    "**": operator.pow,
+    "**": _power,
 }
 
 

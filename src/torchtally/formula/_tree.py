@@ -193,7 +193,7 @@ def _binding(node: Expression) -> int:
         return _ATOM
     if isinstance(node, Constant):
         # A negative number is written with a unary minus, and binds like one: (-2)^[A].
-        return _UNARY if repr(node.value).startswith("-") else _ATOM
+        return _UNARY if node.text.startswith("-") else _ATOM
     if isinstance(node, Negation):
         return _UNARY
     return _POWER if node.op == "**" else _BINDING[node.op]
@@ -226,10 +226,8 @@ def render(node: Expression) -> str:
             parts.append(item)
         elif isinstance(item, Component):
             parts.append(f"[{item.name}]")
-        elif isinstance(item, Constant):
-            parts.append(repr(item.value))
-        elif isinstance(item, Scheduled):
-            parts.append(item.factor.label)
+        elif isinstance(item, (Constant, Scheduled)):
+            parts.append(item.text)  # written when the leaf was made
         elif isinstance(item, Negation):
             stack.extend(reversed(["-", *_wrapped(item.operand, _binding(item.operand) < _UNARY)]))
         else:

@@ -330,12 +330,17 @@ def _group(
     through views, see ``Accumulator.add``), whatever order the batch has.
     """
     order: dict[int, int] = {}  # accumulators, in the order they first appear
+    # An accumulator's rows are made in the order their names enter ``rows``, so a name's
+    # place there orders its rows. A row index would do, but compiled with dynamic=True it is
+    # a symbolic int, and dynamo cannot sort by one.
+    made = {name: place for place, name in enumerate(rows)}
 
     def by_row(member: tuple[int, Any]) -> tuple[int, int]:
-        held = rows.get(names[member[0]])
+        name = names[member[0]]
+        held = rows.get(name)
         if held is None:  # no row yet (a plan for checking only): keep the batch's order
             return (len(names), member[0])
-        return (order.setdefault(id(held[0]), len(order)), held[1])
+        return (order.setdefault(id(held[0]), len(order)), made[name])
 
     ordered = sorted(members, key=by_row)
     vectors = [position for position, shape in ordered if shape is None]
