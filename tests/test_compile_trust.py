@@ -76,3 +76,26 @@ def test_a_step_compiled_with_dynamic_shapes_keeps_a_loss_and_metrics_in_one_gra
     everything = torch.cat(values)
     torch.testing.assert_close(result["MAE"].double(), everything.mean(), rtol=1e-6, atol=0)
     assert result["Worst"].item() == pytest.approx(float(everything.max()), rel=1e-6)
+
+
+def shorter(outputs: Tensor, targets: Tensor) -> Tensor:
+    return mae(outputs, targets)[:-1]  # one value short of the batch
+
+
+@pytest.mark.timeout(300)
+def test_components_that_do_not_combine_raise_the_library_error_in_a_compiled_step() -> None:
+    # Eagerly a ResultShapeError; compiled (default mode), torch's broadcast error stopped the
+    # compiler with its own TorchRuntimeError. The step must fall back to eager code for
+    # that call and raise the library's error, as the docs say, changing nothing.
+    loss = tt.Loss(mae, "MAE") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(shorter, "S")
+    torch._dynamo.reset()
+    compiled = torch.compile(loss)
+    (outputs, targets), *_ = batches([6])
+    before = loss.state_dict()
+    with pytest.raises(tt.errors.ResultShapeError, match=r"\[MAE\].*\(6,\).*\(5,\)"):
+        compiled(outputs.requires_grad_(True), targets)
+    after = loss.state_dict()
+    assert after["tensors"] == before["tensors"] == [] and after["state"] == before["state"]
+    assert loss.schedule_values() == {"linear(0→1, 4)": 0.0}
+    with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
+        assert loss.compute()["MAE"].isnan()

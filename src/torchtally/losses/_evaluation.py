@@ -146,6 +146,10 @@ def criterion(
             ]
     if dtype is not None:
         factors = [factor.to(dtype) for factor in factors]
+    if torch.compiler.is_compiling():
+        # torch's broadcast error stops the compiler with its own error instead of reaching
+        # the except below; checked on the shapes while tracing, it costs the graph nothing
+        _check_broadcast(program.names, components, owner)
     try:
         result = program.run_list(components, factors)
     except (ZeroDivisionError, OverflowError):
@@ -178,6 +182,22 @@ def _one_floating_dtype(components: list[Any]) -> torch.dtype | None:
     return dtype
 
 
+def _check_broadcast(names: tuple[str, ...], components: list[Any], owner: str) -> None:
+    """Raise the library's error for tensor components whose shapes do not broadcast."""
+    shapes = [value.shape for value in components if isinstance(value, Tensor)]
+    width = 0
+    for shape in shapes:
+        width = max(width, len(shape))
+    for axis in range(1, width + 1):
+        size = 1
+        for shape in shapes:
+            if len(shape) >= axis and shape[-axis] != 1:
+                if size != 1 and shape[-axis] != size:
+                    error = RuntimeError(f"sizes {size} and {shape[-axis]} at dimension {-axis}")
+                    raise _combine_error(names, components, error, owner)
+                size = shape[-axis]
+
+
 def _combine_error(
     names: tuple[str, ...], components: list[Any], error: RuntimeError, owner: str
 ) -> Exception:
@@ -199,9 +219,10 @@ def _combine_error(
         name: tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         for name, value in zip(names, components, strict=True)
     }
+    reason = str(error).partition("\n")[0]  # torch.compile's errors add pages of advice
     return ResultShapeError(
         f"{owner}: the formula cannot combine the component values of shapes {shapes}; "
-        f"components are per-sample values of shape (B,) or scalars ({error})"
+        f"components are per-sample values of shape (B,) or scalars ({reason})"
     )
 
 
