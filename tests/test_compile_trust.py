@@ -99,3 +99,34 @@ def test_components_that_do_not_combine_raise_the_library_error_in_a_compiled_st
     assert loss.schedule_values() == {"linear(0→1, 4)": 0.0}
     with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
         assert loss.compute()["MAE"].isnan()
+
+
+@pytest.mark.timeout(300)
+def test_loading_a_state_between_compiled_steps_does_not_recompile_them() -> None:
+    # load_state_dict (a rollback to the best epoch, a resume) replaced the objects the
+    # graph folds into: every load recompiled the step, and after torch's limit of 8 the
+    # whole step, model included, ran eagerly for the rest of the run.
+    loss = tt.Loss(mse, "MSE") + tt.schedules.linear(0.0, 1.0, steps=4) * tt.Loss(mae, "MAE")
+    metrics = tt.MetricCollection(MAE=mae) | tt.Metric(mae, "Worst", aggregation="max")
+
+    def step(outputs: Tensor, targets: Tensor) -> Tensor:
+        metrics.update(outputs.detach(), targets)
+        return loss(outputs, targets)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step)
+    data = batches([4, 4, 4])
+    for outputs, targets in data:
+        compiled(outputs, targets)
+    saved = (loss.state_dict(), metrics.state_dict())
+    graphs = counters["stats"]["unique_graphs"]
+    for _epoch in range(3):
+        loss.load_state_dict(saved[0])
+        metrics.load_state_dict(saved[1])
+        compiled(*data[0])
+    assert counters["stats"]["unique_graphs"] == graphs
+    maes = torch.cat([mae(*batch).double() for batch in [*data, data[0]]])
+    torch.testing.assert_close(metrics.compute()["MAE"].double(), maes.mean(), rtol=1e-6, atol=0)
+    assert metrics.compute()["Worst"].item() == pytest.approx(float(maes.max()), rel=1e-6)
+    assert loss.schedule_values() == {"linear(0→1, 4)": 1.0}  # 3 steps saved, then one more

@@ -165,17 +165,13 @@ class Rows:
         names = [name for _, members in rebuilt.values() for name in members]
         self.add_names(names)
         for cls, (accumulator, members) in rebuilt.items():
+            # into the accumulator reset above, not a new one: a compiled step guards on the
+            # objects it folds into (a new one recompiled it at every load, then ran it eagerly)
             target = self.accumulators[cls]
-            fresh = type(target)(rows=target.rows)
-            fresh.labels = list(target.labels)
-            fresh.merge(accumulator, [self.rows[name][1] for name in members])
-            self.accumulators[cls] = fresh
-            for name, (held, row) in list(self.rows.items()):
-                if held is target:
-                    self.rows[name] = (fresh, row)
-            if fresh.device is not None:
-                self.device = fresh.device
-        self._rows_changing()  # what was planned points at the accumulators just replaced
+            target.merge(accumulator, [self.rows[name][1] for name in members])
+            if target.device is not None:
+                self.device = target.device
+        self._rows_changing()  # what was planned may hold the state just replaced
         self.updated = any(
             count > 0
             for accumulator in self.accumulators.values()
