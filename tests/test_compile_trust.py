@@ -130,3 +130,19 @@ def test_loading_a_state_between_compiled_steps_does_not_recompile_them() -> Non
     torch.testing.assert_close(metrics.compute()["MAE"].double(), maes.mean(), rtol=1e-6, atol=0)
     assert metrics.compute()["Worst"].item() == pytest.approx(float(maes.max()), rel=1e-6)
     assert loss.schedule_values() == {"linear(0→1, 4)": 1.0}  # 3 steps saved, then one more
+
+
+@pytest.mark.timeout(300)
+def test_an_infinite_number_weight_is_refused_once_weights_are_symbolic() -> None:
+    # After a number weight changes, dynamo makes it a symbolic float, and took the check
+    # ``weight < math.inf`` for true of any symbolic float: an inf token count was folded in
+    # (the mean read NaN, the sum inf), where eager code refuses it.
+    metric = tt.Metric(mae, "MAE") | tt.Metric(mae, "Total", aggregation="sum")
+    torch._dynamo.reset()
+    compiled = torch.compile(metric.update)
+    outputs, targets = torch.ones(4, 2), torch.zeros(4, 2)
+    for tokens in (3.0, 4.5):
+        compiled(outputs, targets, weight=tokens)
+    with pytest.raises(tt.errors.WeightError, match=r"finite and >= 0, found inf"):
+        compiled(outputs, targets, weight=float("inf"))
+    assert metric.compute() == {"MAE": torch.tensor(1.0), "Total": torch.tensor(7.5)}

@@ -22,8 +22,8 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 import numbers
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -209,7 +209,9 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
             f"{type(weight).__name__} {weight!r:.60}"
         )
     number = float(weight)
-    if not 0 <= number < math.inf:  # NaN compares false; math.isfinite breaks a compiled graph
+    # NaN compares false. Not math.isfinite, which breaks a compiled graph, nor ``< math.inf``,
+    # which torch.compile takes for true of every symbolic float: an inf weight passed.
+    if not 0 <= number <= sys.float_info.max:
         raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
     return number
 
