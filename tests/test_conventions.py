@@ -121,6 +121,8 @@ def test_weights_are_numbers_zero_dim_or_per_sample_tensors() -> None:
         (-1, "finite and >= 0"),
         (math.inf, "finite and >= 0"),
         (math.nan, "finite and >= 0"),
+        (10**400, r"finite and >= 0, found 1000+$"),  # float() overflows: a bare OverflowError
+        (Fraction(10**400, 3), "finite and >= 0"),
         (torch.ones(2), r"\(3,\) tensor of per-sample weights.*shape \(2,\)"),
         (torch.ones(3, 1), r"found shape \(3, 1\)"),
         (torch.ones(3, dtype=torch.complex64), "real numbers"),

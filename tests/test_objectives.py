@@ -1538,6 +1538,15 @@ def test_running_values_of_several_windows_read_the_same_remembered_batches(
             assert metric.running(action) == expected
 
 
+def test_a_value_not_matching_a_per_sample_weight_says_where_the_batch_size_comes_from() -> None:
+    # The (5,) weight sets the batch size; the message blamed the (6,) values alone.
+    mae = tt.Metric(lambda o, t: (o - t).abs().mean(1), "MAE")
+    with pytest.raises(ResultShapeError, match=r"found shape \(6,\) \(the batch size is the len"):
+        mae.update(torch.ones(6, 2), torch.zeros(6, 2), weight=torch.ones(5))
+    mae.update(torch.ones(6, 2), torch.zeros(6, 2), weight=torch.ones(6))
+    assert mae.compute() == {"MAE": torch.tensor(1.0)}
+
+
 def test_running_values_carry_the_prefix_and_postfix_compute_reports() -> None:
     mae = tt.Metric(lambda o, t: (o - t).abs().mean(1), "MAE")
     train = tt.MetricCollection(MAE=mae, prefix="val/", postfix="_ep")

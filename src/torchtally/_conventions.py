@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -208,11 +209,14 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
             f"{owner}: expected a weight that is a number or a tensor, found "
             f"{type(weight).__name__} {weight!r:.60}"
         )
-    number = float(weight)
+    try:
+        number = float(weight)
+    except OverflowError:  # an int (or Fraction) beyond float's range: not finite either
+        number = math.inf
     # NaN compares false. Not math.isfinite, which breaks a compiled graph, nor ``< math.inf``,
     # which torch.compile takes for true of every symbolic float: an inf weight passed.
     if not 0 <= number <= sys.float_info.max:
-        raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r}")
+        raise WeightError(f"{owner}: a batch weight must be finite and >= 0, found {weight!r:.60}")
     return number
 
 

@@ -267,6 +267,7 @@ def make_plan(
             raise ResultShapeError(
                 f"{label}: expected {name!r} to be a scalar or per-sample values of "
                 f"shape ({size},) for a batch of {size}, found shape {tuple(value.shape)}"
+                f"{_SIZE_FROM}"
             )
         if not vector and not cls.scalar_is_mean and cls.kind == "sum":
             scalar_totals = True
@@ -278,6 +279,12 @@ def make_plan(
         _group(dtype, odd is None, members, names, rows) for (dtype, odd), members in keys.items()
     )
     return Plan(tuple(names), groups, tuple(kept), device, scalar_totals, keeps_values)
+
+
+_SIZE_FROM = (
+    " (the batch size is the length of a per-sample weight= when one is given, else the "
+    "targets' leading dimension)"
+)
 
 
 def _device(values: Mapping[str, Tensor], held: torch.device | None, label: str) -> torch.device:
@@ -302,6 +309,7 @@ def _check_kept(
         raise ResultShapeError(
             f"{label}: expected {name!r} to be a scalar or to have a leading "
             f"dimension of {size} for a batch of {size}, found shape {tuple(value.shape)}"
+            f"{_SIZE_FROM}"
         )
     if held is None:
         return
