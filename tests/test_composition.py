@@ -150,6 +150,48 @@ def test_a_joined_update_with_a_bad_value_changes_no_part() -> None:
     assert_values(joined.compute(), before)
 
 
+def test_a_part_refusing_a_batch_an_earlier_part_took_stops_the_join_reporting() -> None:
+    # The torchmetrics MAE took the batch, then BinaryAccuracy refused its target 5: compute()
+    # reported an MAE over two batches beside an accuracy and a native MSE over one.
+    outputs, targets = torch.tensor([[0.2], [0.9]]), torch.tensor([[0.0], [1.0]])
+    joined = (
+        from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM")
+        | from_torchmetrics(torchmetrics.classification.BinaryAccuracy(), "Acc")
+        | tt.Metric(mse, "MSE")
+    )
+    joined.update(outputs, targets)
+    with pytest.raises(tt.errors.MetricCallError, match=r"Acc.*after .*TM.* took it"):
+        joined.update(outputs, 5 * targets)
+    for refused in (
+        joined.compute,
+        joined.state_dict,
+        joined.sync_identity,
+        lambda: copy.deepcopy(joined).merge_state(joined),
+    ):
+        with pytest.raises(tt.errors.MetricCallError, match="out of step"):
+            refused()
+    joined.reset()  # back in step
+    joined.update(outputs, targets)
+    assert_values(
+        joined.compute(),
+        {"TM": torch.tensor(0.15), "Acc": torch.tensor(1.0), "MSE": torch.tensor(0.025)},
+    )
+
+
+def test_a_part_that_cannot_take_outputs_and_targets_is_refused_at_the_join() -> None:
+    class Counter:
+        def update(self, outputs: Tensor) -> None: ...
+        def compute(self) -> int:
+            return 0
+
+        def reset(self) -> None: ...
+
+    with pytest.raises(
+        tt.errors.UnsupportedObjectError, match=r"Counter.*update\(outputs, targets\)"
+    ):
+        from_torchmetrics(torchmetrics.MeanAbsoluteError()) | Counter()
+
+
 def test_names_reported_twice_are_refused() -> None:
     with pytest.raises(NameConflictError, match="'MAE'"):
         tt.Metric(mae, "MAE") | tt.MetricCollection(MAE=mse)
@@ -409,3 +451,73 @@ def test_joined_losses_merge_states_of_the_same_formula() -> None:
     assert_values(left.compute(), whole.compute())
     with pytest.raises(tt.errors.IncompatibleStateError, match="another formula"):
         left.merge_state(2 * tt.Loss(mae, "MAE") | Peak())
+
+
+def abs_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs()
+
+
+def binary_batches() -> list[tuple[Tensor, Tensor]]:
+    return [(outputs[:, 0], (targets[:, 0] > 0).float()) for outputs, targets in batches()]
+
+
+def merging_join() -> Any:
+    return (
+        tt.Metric(abs_error, "MAE")
+        | from_torchmetrics(torchmetrics.MeanSquaredError(), "TM MSE")
+        | from_torcheval(eval_metrics.BinaryAUROC(), "TE AUROC")
+    )
+
+
+def test_a_join_of_adapters_merges_every_part_as_the_concatenated_data() -> None:
+    # merge_state raised IncompatibleStateError as soon as a part kept its own state.
+    data = binary_batches()
+    left, right = merging_join(), merging_join()
+    for outputs, targets in data[:2]:
+        left.update(outputs, targets)
+    right.update(*data[2])
+    left.merge_state(right)
+    alone = merging_join()
+    for outputs, targets in data:
+        alone.update(outputs, targets)
+    assert_values(left.compute(), alone.compute())
+    assert_values(right.compute(), alone_on(data[2:]))  # the other join is unchanged
+
+
+def alone_on(data: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    joined = merging_join()
+    for outputs, targets in data:
+        joined.update(outputs, targets)
+    return dict(joined.compute())
+
+
+def test_a_join_merge_refused_by_a_later_part_changes_no_part() -> None:
+    data = binary_batches()
+    left = merging_join()
+    left.update(*data[0])
+    before = left.compute()
+    other_options = (
+        tt.Metric(abs_error, "MAE")
+        | from_torchmetrics(torchmetrics.MeanSquaredError(), "TM MSE")
+        | from_torcheval(eval_metrics.BinaryAUROC(num_tasks=2), "TE AUROC")
+    )
+    with pytest.raises(tt.errors.IncompatibleStateError, match="num_tasks"):
+        left.merge_state(other_options)
+    assert_values(left.compute(), before)  # neither the native MAE nor the torchmetrics MSE
+    stateful = tt.wrap(Counted()) | tt.Metric(mae, "MAE")
+    with pytest.raises(tt.errors.IncompatibleStateError, match=r"Counted.*nothing was merged"):
+        stateful.merge_state(tt.wrap(Counted()) | tt.Metric(mae, "MAE"))
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.count += len(outputs)
+
+    def compute(self) -> int:
+        return self.count
+
+    def reset(self) -> None:
+        self.count = 0

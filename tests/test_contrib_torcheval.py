@@ -143,6 +143,49 @@ def test_a_keyword_a_metric_of_a_dict_does_not_take_is_refused_changing_nothing(
     assert weighted.compute() == {"A": reference.compute(), "B": reference.compute()}
 
 
+def test_positional_arguments_a_metric_of_a_dict_does_not_take_are_refused_changing_nothing() -> (
+    None
+):
+    # BinaryAUROC took the third positional argument (its weight), then the MSE raised.
+    outputs, targets = torch.tensor([0.1, 0.8, 0.4]), torch.tensor([0.0, 1.0, 1.0])
+    adapter = from_torcheval(
+        {"AUROC": eval_metrics.BinaryAUROC(), "MSE": eval_metrics.MeanSquaredError()}
+    )
+    adapter.update(outputs, targets)
+    before = adapter.compute()
+    with pytest.raises(errors.InvalidArgumentError, match=r"\['MSE'\].*3 positional"):
+        adapter.update(outputs, targets, torch.ones(3))
+    assert adapter.compute() == before
+    assert len(adapter.metric["AUROC"].inputs) == 1  # one batch, as the MSE's
+
+
+def test_a_metric_refusing_a_batch_an_earlier_one_took_stops_the_dict_reporting() -> None:
+    # The MSE took the (2, 1) batch, then BinaryAccuracy refused it: compute() reported an MSE
+    # over two batches beside an accuracy over one.
+    outputs, targets = torch.tensor([0.2, 0.9]), torch.tensor([0.0, 1.0])
+    adapter = from_torcheval(
+        {"MSE": eval_metrics.MeanSquaredError(), "Accuracy": eval_metrics.BinaryAccuracy()}
+    )
+    adapter.update(outputs, targets)
+    with pytest.raises(errors.MetricCallError, match=r"Accuracy.*after MSE took it.*out of step"):
+        adapter.update(outputs[:, None], targets[:, None])
+    for refused in (
+        adapter.compute,
+        adapter.state_dict,
+        adapter.sync_identity,
+        lambda: copy.deepcopy(adapter).merge_state(adapter),
+        lambda: from_torcheval(
+            {"MSE": eval_metrics.MeanSquaredError(), "Accuracy": eval_metrics.BinaryAccuracy()}
+        ).merge_state(adapter),
+    ):
+        with pytest.raises(errors.MetricCallError, match="out of step"):
+            refused()
+    adapter.reset()  # back in step
+    adapter.update(outputs, targets)
+    reference = eval_metrics.MeanSquaredError().update(outputs, targets).compute()
+    assert adapter.compute() == {"MSE": reference, "Accuracy": torch.tensor(1.0)}
+
+
 # -- nothing the user can reach shares storage with a state ----------------------------------------
 
 

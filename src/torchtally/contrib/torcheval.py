@@ -45,6 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
+from torchtally._foreign import InStep, binds
 from torchtally.contrib._adapter import (
     SyncedAdapter,
     differing_options,
@@ -53,7 +54,13 @@ from torchtally.contrib._adapter import (
     unshared,
 )
 from torchtally.contrib._torcheval_states import loaded_copy, metric_options
-from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
+from torchtally.errors import (
+    InvalidArgumentError,
+    InvalidNameError,
+    StateDictError,
+    SyncError,
+    UnsupportedObjectError,
+)
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.objectives._persistence import usable_device
@@ -77,7 +84,7 @@ def _json_key(key: Any, where: str) -> Any:
     )
 
 
-class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
+class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
     """A torcheval ``Metric`` (or a dict of them) for torchtally.
 
     Build it with :func:`from_torcheval`.
@@ -93,6 +100,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     """
 
     _every_keyword = True  # torcheval passes every keyword on: a metric not taking it raises
+    _checked_calls: frozenset[tuple[int, frozenset[str]]] = frozenset()
+    _checked_bare_call = False  # update(outputs, targets) checked: the hot path skips the check
 
     def __init__(
         self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
@@ -174,23 +183,49 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
 
         Raises:
             WeightError, InvalidArgumentError: a metric of a dict takes no such
-                keyword (``weight=``, say); no metric changed.
+                keyword (``weight=``, say) or not that many positional
+                arguments; no metric changed.
             MetricCallError: a metric's ``update`` raised (a single metric given
-                ``weight=``, say); the metrics before it kept the batch. The synced
-                view is kept if none did.
+                ``weight=``, say; the synced view is kept). In a dict, a metric
+                refusing a batch after the metrics before it took it leaves the
+                adapter out of step (``compute``, ``state_dict``, ``merge_state``
+                and ``sync`` refuse until ``reset`` or ``load_state_dict``).
         """
-        if kwargs and len(self._metrics) > 1:  # refused before the first metric takes the batch
-            self.check_keywords(kwargs)
+        if len(self._metrics) > 1 and (args or kwargs or not self._checked_bare_call):
+            self._check_call(len(args), kwargs)  # once per form of call, before any metric
         if self._keeps_inputs:
             outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         for index, metric in enumerate(self._metrics.values()):
             try:
                 metric.update(outputs, targets, *args, **kwargs)
             except Exception as error:
-                if index:  # the metrics before it changed: the synced view is stale
-                    self.drop_view()
-                raise foreign_error(metric, "update", self._owner, error) from error
+                refused = foreign_error(metric, "update", self._owner, error)
+                if not index:
+                    raise refused from error
+                self.drop_view()  # the metrics before it changed: the synced view is stale
+                keys = list(self._metrics)
+                raise self.out_of_step(self._owner, keys[:index], keys[index], refused) from error
         self.drop_view()
+
+    def _check_call(self, positional: int, kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before any metric of a dict updates, arguments one of them cannot take."""
+        call = (positional, frozenset(kwargs))
+        if call in self._checked_calls:
+            return
+        if kwargs:
+            self.check_keywords(kwargs)
+        refusing = [
+            key
+            for key, metric in self._metrics.items()
+            if not binds(metric.update, 2 + positional, kwargs)
+        ]
+        if refusing:
+            raise InvalidArgumentError(
+                f"{self._owner}: the update of {refusing} cannot take {2 + positional} positional "
+                f"arguments{' and ' + str(sorted(kwargs)) if kwargs else ''}; nothing was updated"
+            )
+        self._checked_calls |= {call}
+        self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The metrics' keys, and for each keyword the metrics whose ``update`` takes it."""
@@ -213,6 +248,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
 
         A tuple result becomes ``name_0``, ``name_1``, ...; a dict result keeps its keys.
         """
+        self.check_in_step()
         view = self.view()
         metrics = self._metrics if view is None else view
         result: dict[str, Tensor] = {}
@@ -226,12 +262,14 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         self.drop_view()
         for metric in self._metrics.values():
             metric.reset()
+        self.back_in_step()
         self._count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 
     def sync_identity(self) -> dict[str, Any]:
         """The wrapped classes by key, their options and state names, and the reported name."""
+        self.check_in_step()  # also refuses a sync and a merge_state, on every rank
         return {
             "kind": "torcheval",
             "name": self._name,
@@ -353,6 +391,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             >>> restored.compute()
             {'MeanSquaredError': tensor(2.5000)}
         """
+        self.check_in_step()
         return {
             "version": _STATE_VERSION,
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
@@ -389,6 +428,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
                 raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
         self._metrics = loaded  # every metric checked and rebuilt: swap them all at once
+        self.back_in_step()
         self.drop_view()
 
     def to(self, device: torch.device | str) -> Self:

@@ -12,7 +12,10 @@ torchmetrics or torcheval adapter, a wrapped stateful object, another
   sync participant, atomic updates). As for collections, the parts' own state
   is not carried over; use ``merge_state`` for that.
 - every other part (an adapter, a wrapped stateful object) keeps its own
-  state, and is updated, computed, reset, synced, saved and moved with the rest.
+  state, and is updated, computed, reset, synced, merged, saved and moved with
+  the rest. A batch one of them refuses after another took it leaves the join
+  out of step (:class:`~torchtally._foreign.InStep`): it reports nothing until
+  reset or loaded.
 
 Each value's name may appear once: two parts reporting the same name are a
 :class:`~torchtally.errors.NameConflictError` (at construction for names known
@@ -39,6 +42,7 @@ from torchtally._conventions import (
     normalize_result,
     shared_weight_fn,
 )
+from torchtally._foreign import InStep, binds
 from torchtally.aggregation import Accumulator
 from torchtally.errors import (
     IncompatibleStateError,
@@ -52,7 +56,7 @@ from torchtally.objectives._base import Objective, composites
 __all__ = ["Joined", "is_objective_like", "join"]
 
 
-class Joined(Objective[Any, Any]):
+class Joined(InStep, Objective[Any, Any]):
     """Several objectives of any kind, updated, computed, synced and saved as one.
 
     Build it with ``a | b`` (or :func:`join`); see the module documentation.
@@ -92,6 +96,12 @@ class Joined(Objective[Any, Any]):
                 )
         self._templates = [part for part in flat if isinstance(part, Objective)]
         self._kept = [part for part in flat if not isinstance(part, Objective)]
+        for part in self._kept:  # else it would refuse every batch after the parts before it
+            if not binds(part.update, 2):
+                raise UnsupportedObjectError(
+                    f"Joined: {type(part).__name__} {part!r:.60} cannot be called as "
+                    f"update(outputs, targets), as a join calls its parts"
+                )
         self._order = flat
         weight = shared_weight_fn((part._weight_fn for part in self._templates), "Joined")
         self._owners: dict[str, Objective[Any, Any]] = {}
@@ -218,7 +228,10 @@ class Joined(Objective[Any, Any]):
     ) -> dict[str, Tensor]:
         """Accumulate a calculated batch and give it to every kept part (see :meth:`update`).
 
-        The batch is checked in full before any kept part sees it.
+        The batch is checked in full before any kept part sees it, and the
+        torchtally parts keep it last. A kept part refusing it after another
+        took it cannot be undone (that would need a copy of every state at
+        every step): the join is then out of step (:class:`InStep`).
         """
         if not self._kept:
             return self._accumulate(values, size, weight, not self.learns_names)
@@ -230,15 +243,27 @@ class Joined(Objective[Any, Any]):
         if size:  # check this batch fully before any part keeps it
             self._ledger.check(values, size, weight)
         returned: dict[str, Tensor] = {}
-        for part in self._kept:
-            produced = part.update(outputs, targets)
+        for index, part in enumerate(self._kept):
+            try:
+                produced = part.update(outputs, targets)
+            except Exception as error:
+                if index:
+                    raise self._parted(index, repr(part), error) from error
+                raise
             if isinstance(produced, Mapping):
-                merge_results(returned, produced, self._label())
+                try:
+                    merge_results(returned, produced, self._label())
+                except Exception as error:
+                    raise self._parted(index + 1, "a name reported twice", error) from error
         merge_results(returned, self._accumulate(values, size, weight, False), self._label())
         return returned
 
+    def _parted(self, took: int, refused: str, error: Exception) -> Exception:
+        return self.out_of_step(self._label(), [repr(p) for p in self._kept[:took]], refused, error)
+
     @override
     def compute(self) -> dict[str, Tensor]:
+        self.check_in_step()
         result = super().compute() if self._templates else {}
         for part in self._kept:
             name = str(getattr(part, "name", type(part).__name__))
@@ -250,17 +275,43 @@ class Joined(Objective[Any, Any]):
     @override
     def reset(self) -> None:
         super().reset()
+        self.back_in_step()
         for part in self._kept:
             part.reset()
 
     @override
     def merge_state(self, other: Self) -> None:
-        if self._kept:
+        """Add another join's updates to this one's: every part's, or none.
+
+        The kept parts' merged states are prepared first (their
+        ``merged_with``, which changes nothing), then the torchtally parts'
+        state is merged (checked before it changes), then each kept part takes
+        its merged state (``adopt``).
+
+        Raises:
+            IncompatibleStateError: ``other`` is of another type or joins other
+                parts, or a kept part cannot merge (a wrapped object keeping its
+                own state); nothing changes then.
+            MetricCallError: either join is out of step (:class:`InStep`).
+        """
+        if type(other) is not type(self) or len(other._kept) != len(self._kept):
             raise IncompatibleStateError(
-                f"{self._label()}: {type(self._kept[0]).__name__} keeps its own state, which "
-                f"torchtally cannot merge; merge the parts themselves"
+                f"{self._label()}: cannot merge the state of {other!r:.160}, a join of other parts"
             )
+        self.check_in_step()
+        other.check_in_step()
+        for part in self._kept:
+            if not all(callable(getattr(part, hook, None)) for hook in ("merged_with", "adopt")):
+                raise IncompatibleStateError(
+                    f"{self._label()}: {part!r:.80} keeps its state inside the object, where "
+                    f"torchtally cannot merge it; nothing was merged"
+                )
+        views = [
+            mine.merged_with(theirs) for mine, theirs in zip(self._kept, other._kept, strict=True)
+        ]
         super().merge_state(other)
+        for part, view in zip(self._kept, views, strict=True):
+            part.adopt(view)
 
     def sync_parts(self) -> tuple[Any, ...]:
         """What ``sync_all`` syncs for this object: its own state, then every kept part."""
@@ -268,12 +319,14 @@ class Joined(Objective[Any, Any]):
 
     @override
     def sync_identity(self) -> dict[str, Any]:
+        self.check_in_step()  # also refuses a sync and a merge_state, on every rank
         identity = super().sync_identity()
         identity["parts"] = [template.sync_identity() for template in self._templates]
         return identity
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self.check_in_step()
         state = super().state_dict()
         state["parts"] = [part.state_dict() for part in self._kept]
         state["owners"] = {name: self._templates.index(part) for name, part in self._owners.items()}
@@ -311,6 +364,7 @@ class Joined(Objective[Any, Any]):
                 part.load_state_dict(state)
                 loaded += 1
             super().load_state_dict(state_dict)
+            self.back_in_step()
         except Exception:
             self._owners = previous
             for part, state in zip(self._kept[:loaded], before, strict=False):
