@@ -507,3 +507,49 @@ def test_weight_on_a_stateful_object_is_a_library_error_and_changes_nothing() ->
     with pytest.raises(errors.WeightError, match=r"'Acc'.*cannot be weighted.*Tensor"):
         accuracy.update(outputs, targets, weight=torch.ones(2))
     assert accuracy.compute()["Acc"].item() == 0.5  # the refused batch was not counted
+
+
+# -- nothing the user can reach shares storage with a wrapped object's state ----------------------
+
+
+class KeptInputs:
+    """Keeps the very tensors update is given, and returns its running total itself."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Tensor] = []
+        self.total = torch.zeros(())
+
+    def update(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        self.outputs.append(outputs)
+        self.total += (outputs - targets).abs().sum()
+        return {"total": self.total}
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"mean": torch.cat(self.outputs).mean(), "total": self.total}
+
+    def reset(self) -> None:
+        self.outputs, self.total = [], torch.zeros(())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"outputs": self.outputs, "total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.outputs, self.total = state["outputs"], state["total"]  # keeps the given tensors
+
+
+def test_a_wrapped_object_s_state_shares_no_storage_with_what_the_user_reaches() -> None:
+    # Reusing an input buffer moved the kept mean (1.0 became 101.0), changing a returned or
+    # computed total in place moved the next compute() (3.0 became 103.0), and updates after
+    # load_state_dict changed the loaded dict's tensors.
+    metric = tt.wrap(KeptInputs())
+    outputs, targets = torch.tensor([1.0, 2.0]), torch.zeros(2)
+    returned = metric.update(outputs, targets)
+    outputs.add_(100)  # the user reuses the buffer
+    returned["total"].add_(100)
+    metric.compute()["total"].add_(100)
+    assert metric.compute() == {"mean": torch.tensor(1.5), "total": torch.tensor(3.0)}
+    state = {"outputs": [torch.tensor([4.0])], "total": torch.tensor(4.0)}
+    metric.load_state_dict({"version": 1, "state_dict": state})
+    metric.update(torch.tensor([6.0]), torch.zeros(1))
+    assert state["total"] == torch.tensor(4.0)
+    assert metric.compute() == {"mean": torch.tensor(5.0), "total": torch.tensor(10.0)}

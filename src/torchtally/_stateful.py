@@ -19,6 +19,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
+from torchtally._foreign import unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
@@ -34,13 +35,31 @@ _kept_copy = outside_inference_mode(copy.deepcopy)
 """A deep copy the object keeps and changes in place (normal tensors under inference mode)."""
 
 
+_CONTAINERS = (list, tuple, dict, set)
+_MODULE_ATTRIBUTES = frozenset(vars(torch.nn.Module()))  # its own registries, not the state
+
+
+def _holds_containers(obj: Any) -> bool:
+    """Whether ``obj`` holds a list, tuple, dict or set attribute (where inputs may be kept)."""
+    try:
+        attributes = vars(obj)
+    except TypeError:  # no __dict__: nothing to tell, so copy
+        return True
+    skipped = _MODULE_ATTRIBUTES if isinstance(obj, torch.nn.Module) else frozenset()
+    return any(
+        isinstance(value, _CONTAINERS) for name, value in attributes.items() if name not in skipped
+    )
+
+
 class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     """An object with ``update``/``compute``/``reset`` that keeps its own state.
 
     ``update`` and ``compute`` call the object's and normalise what they return
     into ``dict[str, Tensor]`` (``update`` returns ``None`` when the object's
-    does). The object's state is its own business: torchtally cannot combine
-    it across processes, so :meth:`sync` raises
+    does), as copies: nothing the user reaches shares storage with the state
+    (an object holding a container attribute when wrapped, where it may keep
+    its inputs, gets copies of the batch too). The object's state is its own
+    business: torchtally cannot combine it across processes, so :meth:`sync` raises
     :class:`~torchtally.errors.SyncError` in a distributed run (on every rank,
     also within :func:`torchtally.sync_all`); outside one it does nothing.
     Build it with :func:`wrap`.
@@ -70,6 +89,8 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         self._object = obj
         self._name = check_name(name, "wrap")
         self._owner = f"{type(self).__name__} {name!r}"
+        # An object holding a container may keep the tensors update is given: it gets copies.
+        self._keeps_inputs = _holds_containers(obj)
 
     @property
     def name(self) -> str:
@@ -99,13 +120,15 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
                 f"{self._owner}: the wrapped object keeps its own state and cannot be weighted; "
                 f"leave weight= out (found {type(weight).__name__})"
             )
+        if self._keeps_inputs:
+            outputs, targets = unshared((outputs, targets))
         try:
             result = self._object.update(outputs, targets)
         except Exception as error:
             raise self._call_error("update", error) from error
         if result is None:
             return None
-        return normalize_result(result, self._name, self._owner)
+        return unshared(normalize_result(result, self._name, self._owner))  # it may be a state
 
     def compute(self) -> dict[str, Tensor]:
         """The object's ``compute()`` as ``dict[str, Tensor]`` of 0-d tensors.
@@ -119,7 +142,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             result = self._object.compute()
         except Exception as error:
             raise self._call_error("compute", error) from error
-        return normalize_result(result, self._name, self._owner, scalars=True)
+        return unshared(normalize_result(result, self._name, self._owner, scalars=True))
 
     def reset(self) -> None:
         """Call the object's ``reset``."""
@@ -198,8 +221,8 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         """
         if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
             loader = getattr(self._object, "load_state_dict", None)
-            if callable(loader):
-                loader(state_dict["state_dict"])
+            if callable(loader):  # a copy: the object may keep the tensors it is given
+                loader(_kept_copy(state_dict["state_dict"]))
                 return
         elif (
             isinstance(state_dict, Mapping)

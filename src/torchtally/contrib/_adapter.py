@@ -8,7 +8,8 @@ The wrapped libraries share tensors with their callers: a list state keeps
 the very tensors ``update`` was given (AUROC, Cat), and ``compute`` may
 return a state itself (a sum, a max). So an adapter gives a metric holding
 list states copies of its inputs (:func:`unshared`) and returns copies of
-what ``compute`` returns: nothing the user can reach shares storage with a state.
+what ``compute`` returns: nothing the user can reach shares storage with a state
+(:func:`torchtally._foreign.unshared`, the rule for every object keeping its own state).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
+from torchtally._foreign import unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
@@ -45,7 +47,6 @@ __all__ = [
 ]
 
 ViewT = TypeVar("ViewT")
-ValueT = TypeVar("ValueT")
 
 
 def foreign_compute(metric: Any, owner: str) -> Any:
@@ -60,24 +61,6 @@ def foreign_compute(metric: Any, owner: str) -> Any:
         return metric.compute()
     except Exception as error:
         raise foreign_error(metric, "compute", owner, error) from error
-
-
-def unshared(value: ValueT, *, detach: bool = True) -> ValueT:
-    """``value`` with every tensor in it (in tuples, lists and dicts too) copied.
-
-    For a metric that keeps its inputs in a list state: an in-place change to
-    a tensor after ``update`` must not reach the epoch value. ``detach=False``
-    keeps the copies differentiable (``forward``).
-    """
-    copied: Any = value
-    if isinstance(value, Tensor):
-        copied = value.detach().clone() if detach else value.clone()
-    elif isinstance(value, (tuple, list)):
-        parts = [unshared(part, detach=detach) for part in value]
-        copied = type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
-    elif isinstance(value, Mapping):
-        copied = {key: unshared(part, detach=detach) for key, part in value.items()}
-    return cast(ValueT, copied)
 
 
 _SIMPLE = (bool, int, float, str, type(None))
