@@ -11,6 +11,7 @@ import copy
 import importlib
 import logging
 import pickle
+import re
 import sys
 import warnings
 from collections.abc import Iterable
@@ -440,11 +441,17 @@ def test_missing_torcheval_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         importlib.import_module("torchtally.contrib.torcheval")
 
 
+class FailingCompute(eval_metrics.MeanSquaredError):
+    def compute(self) -> Tensor:
+        raise ValueError("no value")
+
+
 def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> None:
-    # torcheval's BinaryAUROC before any update raised a bare ValueError through the adapter.
-    auroc = from_torcheval({"AUROC": eval_metrics.BinaryAUROC()})
-    with pytest.raises(tt.errors.MetricCallError, match=r"BinaryAUROC\.compute.*ValueError"):
-        auroc.compute()
+    # A metric's compute() raising a bare ValueError came through the adapter as it was.
+    failing = from_torcheval({"MSE": FailingCompute()})
+    failing.update(torch.zeros(2), torch.ones(2))
+    with pytest.raises(tt.errors.MetricCallError, match=r"FailingCompute\.compute.*ValueError"):
+        failing.compute()
 
 
 def test_a_foreign_update_error_is_the_librarys_own_naming_the_adapter() -> None:
@@ -457,3 +464,36 @@ def test_a_foreign_update_error_is_the_librarys_own_naming_the_adapter() -> None
     with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.update.*TypeError"):
         adapters[0].update(torch.ones(2), torch.zeros(2), weight=torch.ones(2))
     assert adapters[0].compute()["MeanSquaredError"].item() == pytest.approx(10 / 3)  # synced
+
+
+# -- compute() before any update: the library's warning and NaN, as a native objective ------------
+
+
+def test_compute_before_any_update_warns_and_is_nan_for_every_name() -> None:
+    # A MeanSquaredError reported NaN and a Sum 0.0 without a word; BinaryAUROC raised.
+    for adapter, names in (
+        (from_torcheval(eval_metrics.MeanSquaredError()), ["MeanSquaredError"]),
+        (from_torcheval(eval_metrics.Sum(), "Sum"), ["Sum"]),
+        (
+            from_torcheval({"AUROC": eval_metrics.BinaryAUROC(), "MSE": eval_metrics.Sum()}),
+            ["AUROC", "MSE"],
+        ),
+    ):
+        with pytest.warns(errors.ComputedBeforeUpdatedWarning, match=re.escape(repr(adapter))):
+            values = adapter.compute()
+        assert list(values) == names and all(torch.isnan(v) for v in values.values())
+        restored = copy.deepcopy(adapter)
+        restored.load_state_dict(adapter.state_dict())
+        with pytest.warns(errors.ComputedBeforeUpdatedWarning):
+            restored.compute()
+    exact = from_torcheval(eval_metrics.MeanSquaredError())
+    exact.update(torch.ones(2), torch.ones(2))  # seen, and zero
+    summed = from_torcheval(eval_metrics.Sum().update(torch.tensor([3.0])))  # updated before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert exact.compute() == {"MeanSquaredError": torch.tensor(0.0)}
+        assert summed.compute() == {"Sum": torch.tensor(3.0, dtype=torch.float64)}
+    for adapter in (exact, summed):
+        adapter.reset()
+        with pytest.warns(errors.ComputedBeforeUpdatedWarning):
+            adapter.compute()

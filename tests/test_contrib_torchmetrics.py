@@ -11,6 +11,7 @@ import copy
 import importlib
 import pickle
 import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -724,12 +725,17 @@ def test_any_sharding_syncs_to_the_value_on_the_concatenated_data(
             assert torch.allclose(value, expected[name], atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
+class FailingCompute(torchmetrics.MeanSquaredError):
+    def compute(self) -> Tensor:
+        raise ValueError("no value")
+
+
 def test_a_foreign_compute_error_is_the_librarys_own_naming_the_adapter() -> None:
-    # torchmetrics' AUROC before any update raised a bare ValueError through the adapter.
-    auroc = from_torchmetrics(torchmetrics.classification.MulticlassAUROC(3))
-    with pytest.raises(tt.errors.MetricCallError, match=r"MulticlassAUROC\.compute.*ValueError"):
-        auroc.compute()
+    # A metric's compute() raising a bare ValueError came through the adapter as it was.
+    failing = from_torchmetrics(FailingCompute())
+    failing.update(torch.zeros(2), torch.ones(2))
+    with pytest.raises(tt.errors.MetricCallError, match=r"FailingCompute\.compute.*ValueError"):
+        failing.compute()
 
 
 def test_a_foreign_update_error_is_the_librarys_own_and_keeps_the_synced_view() -> None:
@@ -744,3 +750,45 @@ def test_a_foreign_update_error_is_the_librarys_own_and_keeps_the_synced_view() 
         with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.\w+.*TypeError"):
             call(torch.ones(2), torch.zeros(2), weight=torch.ones(2))
     assert adapters[0].compute()["MeanSquaredError"].item() == pytest.approx(10 / 3)  # synced
+
+
+# -- compute() before any update: the library's warning and NaN, as a native objective ------------
+
+
+def nan_before_any_update(adapter: Any) -> dict[str, Tensor]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = adapter.compute()
+    assert [type(w.message) for w in caught] == [tt.errors.ComputedBeforeUpdatedWarning]
+    assert repr(adapter) in str(caught[0].message)
+    assert all(torch.isnan(value).all() for value in values.values())
+    return values
+
+
+def test_compute_before_any_update_warns_and_is_nan_for_every_name() -> None:
+    # BinaryAccuracy reported 0.0 with torchmetrics' own UserWarning, MulticlassAUROC raised
+    # MetricCallError, and a first update torchmetrics refused (a target of 5) counted as one.
+    accuracy = from_torchmetrics(torchmetrics.classification.BinaryAccuracy())
+    assert list(nan_before_any_update(accuracy)) == ["BinaryAccuracy"]
+    with pytest.raises(tt.errors.MetricCallError):
+        accuracy.update(torch.tensor([0.2, 0.9]), torch.tensor([0, 5]))
+    nan_before_any_update(accuracy)
+    accuracy.update(torch.tensor([0.2, 0.9]), torch.tensor([0, 1]))
+    assert accuracy.compute() == {"BinaryAccuracy": torch.tensor(1.0)}
+    accuracy.reset()
+    nan_before_any_update(accuracy)
+    auroc = from_torchmetrics(torchmetrics.classification.MulticlassAUROC(3), "AUROC")
+    assert list(nan_before_any_update(auroc)) == ["AUROC"]
+    composition = from_torchmetrics(
+        torchmetrics.MeanSquaredError() + torchmetrics.classification.BinaryAUROC()
+    )
+    assert list(nan_before_any_update(composition)) == [
+        "Combined Loss",
+        "MeanSquaredError",
+        "BinaryAUROC",
+    ]
+    restored = from_torchmetrics(torchmetrics.classification.BinaryAccuracy())
+    restored.load_state_dict(
+        from_torchmetrics(torchmetrics.classification.BinaryAccuracy()).state_dict()
+    )
+    nan_before_any_update(restored)

@@ -7,6 +7,7 @@ import copy
 import pickle
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -111,7 +112,11 @@ def test_cco_example_3_custom_class_uneven_batches_averages_batch_means() -> Non
         metric.update(outputs, targets)
     batch_means = [float(accuracy_on(o, t)) for o, t in batches]
     assert metric.compute()["acc"].item() == pytest.approx(sum(batch_means) / len(batch_means))
-    metric.reset()
+    metric.reset()  # before any update: NaN and the library's warning, not ZeroDivisionError
+    with pytest.warns(errors.ComputedBeforeUpdatedWarning):
+        assert torch.isnan(metric.compute()["acc"])
+    metric.update(outputs, targets)
+    metric.wrapped.avgs.clear()  # its compute raises after an update: the library's error
     with pytest.raises(errors.MetricCallError, match="ZeroDivisionError"):
         metric.compute()
 
@@ -372,8 +377,10 @@ def test_stateful_compute_must_return_scalars() -> None:
         def compute(self) -> Any:  # type: ignore[override]
             return torch.ones(3)
 
+    vector = tt.wrap(Vector())
+    vector.update(*classification_batches([3])[0])
     with pytest.raises(errors.ResultShapeError, match=r"'Vector'.*\(3,\)"):
-        tt.wrap(Vector()).compute()
+        vector.compute()
 
 
 def test_normalize_result() -> None:
@@ -553,3 +560,39 @@ def test_a_wrapped_object_s_state_shares_no_storage_with_what_the_user_reaches()
     metric.update(torch.tensor([6.0]), torch.zeros(1))
     assert state["total"] == torch.tensor(4.0)
     assert metric.compute() == {"mean": torch.tensor(5.0), "total": torch.tensor(10.0)}
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.hits = self.seen = 0
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.hits += int((outputs.argmax(1) == targets).sum())
+        self.seen += len(targets)
+
+    def compute(self) -> dict[str, int]:
+        return {"hits": self.hits, "seen": self.seen}
+
+    def reset(self) -> None:
+        self.hits = self.seen = 0
+
+
+def test_compute_of_a_wrapped_object_before_any_update_warns_and_is_nan() -> None:
+    # Counts reported 0 hits of 0, CustomAccuracy raised ZeroDivisionError (MetricCallError).
+    # Names come from compute() where it answers, else the object's name.
+    for obj, names, batch in (
+        (Counts(), ["hits", "seen"], classification_batches([3])[0]),
+        (KeptInputs(), ["KeptInputs"], (torch.ones(2), torch.zeros(2))),
+        (CustomAccuracy(), ["CustomAccuracy"], classification_batches([3])[0]),
+    ):
+        metric = tt.wrap(obj)
+        with pytest.warns(errors.ComputedBeforeUpdatedWarning, match="StatefulObjective"):
+            values = metric.compute()
+        assert list(values) == names and all(torch.isnan(v) for v in values.values())
+        metric.update(*batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            metric.compute()
+        metric.reset()
+        with pytest.warns(errors.ComputedBeforeUpdatedWarning):
+            metric.compute()

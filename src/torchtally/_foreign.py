@@ -77,7 +77,11 @@ def binds(fn: Callable[..., Any], positional: int, keywords: Iterable[str] = ())
 
 
 def nan_before_update(
-    owner: str, names_of: Callable[[], Iterable[str]], fallback: Iterable[str]
+    owner: str,
+    names_of: Callable[[], Iterable[str]],
+    fallback: Iterable[str],
+    *,
+    stacklevel: int = 3,
 ) -> dict[str, Tensor]:
     """NaN for every name, with :class:`~torchtally.errors.ComputedBeforeUpdatedWarning`.
 
@@ -87,6 +91,7 @@ def nan_before_update(
             anything it raises or warns is dropped: the foreign library's value
             before any update (0, NaN or an error) is not reported.
         fallback: the names known without data, when ``names_of`` raises.
+        stacklevel: the warning's, pointing at the user's ``compute()`` call.
 
     Example:
         >>> import warnings
@@ -99,7 +104,7 @@ def nan_before_update(
         ComputedBeforeUpdatedWarning(
             f"{owner}: compute() called before any update; values are NaN"
         ),
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
     try:
         with warnings.catch_warnings():

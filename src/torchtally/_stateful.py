@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
-from torchtally._foreign import unshared
+from torchtally._foreign import nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
@@ -49,6 +49,11 @@ def _holds_containers(obj: Any) -> bool:
     return any(
         isinstance(value, _CONTAINERS) for name, value in attributes.items() if name not in skipped
     )
+
+
+def _was_updated(state: Mapping[str, Any]) -> bool:
+    """Whether a saved state had seen a batch (a state saved before this flag: assume so)."""
+    return state.get("updated", True) is not False
 
 
 class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
@@ -84,6 +89,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
 
     can_sync = False
     """Whether :meth:`sync` can combine this objective's state across processes."""
+    _updated = False  # whether the object took a batch since it was wrapped, reset or loaded
 
     def __init__(self, obj: Any, name: str) -> None:
         self._object = obj
@@ -126,6 +132,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             result = self._object.update(outputs, targets)
         except Exception as error:
             raise self._call_error("update", error) from error
+        self._updated = True
         if result is None:
             return None
         return unshared(normalize_result(result, self._name, self._owner))  # it may be a state
@@ -133,20 +140,32 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     def compute(self) -> dict[str, Tensor]:
         """The object's ``compute()`` as ``dict[str, Tensor]`` of 0-d tensors.
 
+        Before any update (since it was wrapped, reset or loaded from a state
+        saved before any) it warns
+        (:class:`~torchtally.errors.ComputedBeforeUpdatedWarning`) and reports
+        NaN, as a native objective does, under the names the object's
+        ``compute()`` gives (its name if that raises).
+
         Raises:
             MetricCallError: the object's ``compute`` raised.
             ResultTypeError: it returned something other than the accepted types.
             ResultShapeError: a value has more than one element.
         """
+        if not self._updated:
+            return nan_before_update(self._owner, self._computed, [self._name])
+        return unshared(self._computed())
+
+    def _computed(self) -> dict[str, Tensor]:
         try:
             result = self._object.compute()
         except Exception as error:
             raise self._call_error("compute", error) from error
-        return unshared(normalize_result(result, self._name, self._owner, scalars=True))
+        return normalize_result(result, self._name, self._owner, scalars=True)
 
     def reset(self) -> None:
         """Call the object's ``reset``."""
         self._object.reset()
+        self._updated = False
 
     def higher_is_better_for(self, name: str) -> bool | None:
         """The object's ``higher_is_better`` attribute if it has one, else ``None``."""
@@ -203,7 +222,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         """
         if callable(getattr(self._object, "state_dict", None)):
             state = copy.deepcopy(self._object.state_dict())
-            return {"version": _STATE_VERSION, "state_dict": state}
+            return {"version": _STATE_VERSION, "state_dict": state, "updated": self._updated}
         try:
             attributes = vars(self._object)
         except TypeError:
@@ -211,7 +230,11 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
                 f"{self._owner}: a {type(self._object).__name__} has neither state_dict() nor "
                 f"attributes to save"
             ) from None
-        return {"version": _STATE_VERSION, "attributes": copy.deepcopy(attributes)}
+        return {
+            "version": _STATE_VERSION,
+            "attributes": copy.deepcopy(attributes),
+            "updated": self._updated,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`.
@@ -223,6 +246,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             loader = getattr(self._object, "load_state_dict", None)
             if callable(loader):  # a copy: the object may keep the tensors it is given
                 loader(_kept_copy(state_dict["state_dict"]))
+                self._updated = _was_updated(state_dict)
                 return
         elif (
             isinstance(state_dict, Mapping)
@@ -230,6 +254,7 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             and hasattr(self._object, "__dict__")
         ):
             vars(self._object).update(_kept_copy(dict(state_dict["attributes"])))
+            self._updated = _was_updated(state_dict)
             return
         raise StateDictError(
             f"{self._owner}: expected a dict from StatefulObjective.state_dict() for a "

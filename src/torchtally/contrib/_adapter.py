@@ -24,7 +24,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
-from torchtally._foreign import unshared
+from torchtally._foreign import nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
@@ -136,6 +136,8 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     _synced: ViewT | None = None
     _elsewhere: str | None = None
     _warned_repeats = False
+    _updated = False
+    """Whether the metrics took a batch through the adapter since built, reset or loaded."""
     _every_keyword = False
     """Whether every member must take every keyword (else its update raises halfway)."""
     _checked_keywords: frozenset[frozenset[str]] = frozenset()
@@ -256,7 +258,10 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
             IncompatibleStateError: ``other`` is of another type or wraps other
                 metrics (classes, options, names, states); nothing changes then.
         """
-        self.adopt(self.merged_with(other))
+        view = self.merged_with(other)
+        updated = self._updated or other._updated
+        self.adopt(view)
+        self._updated = updated
 
     def merged_with(self, other: Self) -> ViewT:
         """This adapter's state combined with ``other``'s, as a view (``self`` unchanged).
@@ -295,6 +300,30 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
 
     def adopt(self, view: ViewT) -> None:
         """Make the state of a view (:meth:`merged_with`) this adapter's own."""
+        raise NotImplementedError
+
+    def before_update(self) -> dict[str, Tensor] | None:
+        """NaN and the library's warning when ``compute`` would report no batch, else ``None``.
+
+        As a native objective, whatever the wrapped library reports then (0,
+        NaN, an error): this process's metrics took no batch and no synced
+        view stands in for them.
+        """
+        if self._synced is not None or self._elsewhere is not None or self.has_data():
+            return None
+        names = self.known_names()
+        return nan_before_update(self._owner, lambda: self.values(None), names, stacklevel=4)
+
+    def has_data(self) -> bool:
+        """Whether this process's metrics took a batch (what :meth:`before_update` asks)."""
+        return self._updated
+
+    def values(self, view: ViewT | None) -> dict[str, Tensor]:
+        """The wrapped metrics' values (the view's, when given), normalised, not copied."""
+        raise NotImplementedError
+
+    def known_names(self) -> list[str]:
+        """The names ``compute`` reports, as far as they are known without data."""
         raise NotImplementedError
 
     def copy(self) -> Self:

@@ -1,9 +1,10 @@
-"""Loading a saved state into a torcheval metric: checked first, then put into a copy.
+"""A torcheval metric's state: loading a saved one (checked first, then put into a copy).
 
 For :class:`~torchtally.contrib.torcheval.TorchEvalAdapter`'s
 ``load_state_dict``: every metric's stored state is checked against the
 kind of state the metric holds and loaded into a copy, so that the adapter
-can swap all its metrics at once or change none. Imported by
+can swap all its metrics at once or change none; and whether a state moved
+from its defaults (torcheval keeps no update count). Imported by
 :mod:`torchtally.contrib.torcheval` alone, after torcheval itself.
 """
 
@@ -13,6 +14,7 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 from torchtally.contrib._adapter import options
 
-__all__ = ["loaded_copy", "metric_options"]
+__all__ = ["loaded_copy", "metric_options", "moved_from_defaults"]
 
 
 def metric_options(metric: TorchEvalMetric[Any]) -> dict[str, Any]:
@@ -59,3 +61,33 @@ def _check_like(current: Any, stored: Any, name: str) -> None:
         isinstance(stored, list) and all(isinstance(part, Tensor) for part in stored)
     ):
         raise ValueError(f"state {name!r} must be a list of tensors, found {type(stored).__name__}")
+
+
+def moved_from_defaults(metric: TorchEvalMetric[Any]) -> bool:
+    """Whether a state of ``metric`` differs from its default (it saw data; reads values)."""
+    return any(
+        _differs(getattr(metric, name), default)
+        for name, default in metric._state_name_to_default.items()
+    )
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(default, Tensor):
+        return not (
+            isinstance(value, Tensor)
+            and value.shape == default.shape
+            and torch.equal(value.to(default.device), default)
+        )
+    if isinstance(default, (list, tuple)):
+        return (
+            not isinstance(value, (list, tuple))
+            or len(value) != len(default)
+            or any(_differs(part, base) for part, base in zip(value, default, strict=True))
+        )
+    if isinstance(default, Mapping):
+        return (
+            not isinstance(value, Mapping)
+            or value.keys() != default.keys()
+            or any(_differs(value[key], base) for key, base in default.items())
+        )
+    return bool(value != default)

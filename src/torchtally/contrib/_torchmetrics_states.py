@@ -40,6 +40,7 @@ __all__ = [
     "receivers",
     "saved_states",
     "states_identity",
+    "uncount",
 ]
 
 TorchMetricsObject = torchmetrics.Metric | torchmetrics.MetricCollection
@@ -109,6 +110,11 @@ def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) ->
     leaf._update_count = count
     leaf._computed = None
     leaf._forward_cache = None
+
+
+def uncount(leaf: torchmetrics.Metric) -> None:
+    """Take back the update count torchmetrics adds before an ``update`` that then raised."""
+    leaf._update_count = max(leaf._update_count - 1, 0)
 
 
 # -- sync -------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from torchtally.contrib._adapter import (
     foreign_error,
     unshared,
 )
-from torchtally.contrib._torcheval_states import loaded_copy, metric_options
+from torchtally.contrib._torcheval_states import loaded_copy, metric_options, moved_from_defaults
 from torchtally.errors import (
     InvalidArgumentError,
     InvalidNameError,
@@ -205,6 +205,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
                 self.drop_view()  # the metrics before it changed: the synced view is stale
                 keys = list(self._metrics)
                 raise self.out_of_step(self._owner, keys[:index], keys[index], refused) from error
+        self._updated = True
         self.drop_view()
 
     def _check_call(self, positional: int, kwargs: Mapping[str, Any]) -> None:
@@ -247,21 +248,41 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
         """``{name: value}`` (one metric) or ``{key: value}`` (a dict), over all ranks after sync.
 
         A tuple result becomes ``name_0``, ``name_1``, ...; a dict result keeps its keys.
+        Before any update, NaN for each (see
+        :meth:`~torchtally.contrib._adapter.SyncedAdapter.before_update`).
         """
         self.check_in_step()
-        view = self.view()
-        metrics = self._metrics if view is None else view
+        before = self.before_update()
+        if before is not None:
+            return before
+        return unshared(self.values(self.view()))  # a result may be a state itself (a sum)
+
+    def values(self, view: dict[str, Any] | None) -> dict[str, Tensor]:
+        """The metrics' values (the synced view's, when given), normalised, not copied."""
         result: dict[str, Tensor] = {}
-        for key, metric in metrics.items():
+        for key, metric in (self._metrics if view is None else view).items():
             value = normalize_result(foreign_compute(metric, self._owner), key, self._owner)
             merge_results(result, value, self._owner)
-        return unshared(result)  # a result may be a state itself (a sum)
+        return result
+
+    def has_data(self) -> bool:
+        """Whether a metric took a batch through the adapter, or holds other than its defaults.
+
+        torcheval keeps no count: a metric updated before it was wrapped, or
+        directly, shows in its states.
+        """
+        return self._updated or any(moved_from_defaults(m) for m in self._metrics.values())
+
+    def known_names(self) -> list[str]:
+        """The metrics' names (a tuple or dict result's are learnt from it)."""
+        return list(self._metrics)
 
     def reset(self) -> None:
         """Reset every metric and drop the synced view."""
         self.drop_view()
         for metric in self._metrics.values():
             metric.reset()
+        self._updated = False
         self.back_in_step()
         self._count_reset()
 
@@ -396,6 +417,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
             "version": _STATE_VERSION,
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
             "options": self._options,
+            "updated": self.has_data(),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -428,6 +450,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
             except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
                 raise StateDictError(f"{self._owner}: metric {key!r}: {error}") from error
         self._metrics = loaded  # every metric checked and rebuilt: swap them all at once
+        self._updated = state_dict.get("updated", True) is not False  # older states: assume so
         self.back_in_step()
         self.drop_view()
 

@@ -65,6 +65,7 @@ from torchtally.contrib._torchmetrics_states import (
     receivers,
     saved_states,
     states_identity,
+    uncount,
 )
 from torchtally.errors import (
     InvalidNameError,
@@ -216,6 +217,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         try:
             self._metric.update(outputs, targets, *args, **kwargs)
         except Exception as error:
+            if not self._filters:  # torchmetrics counted the batch it refused
+                uncount(self._leaves[0])
             raise foreign_error(self._metric, "update", self._owner, error) from error
         self.drop_view()
 
@@ -261,9 +264,16 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         example) keeps its keys; a composition reports its combined value
         under ``name`` (default ``'Combined Loss'``) and then each leaf metric
         under its class name, made unique (``MeanSquaredError``,
-        ``MeanSquaredError_2``).
+        ``MeanSquaredError_2``). Before any update, NaN for each (see
+        :meth:`~torchtally.contrib._adapter.SyncedAdapter.before_update`).
         """
-        view = self.view()
+        before = self.before_update()
+        if before is not None:
+            return before
+        return unshared(self.values(self.view()))  # a result may be a state itself (a sum, a max)
+
+    def values(self, view: tuple[TorchMetricsObject, tuple[Any, ...]] | None) -> dict[str, Tensor]:
+        """The metric's values (the synced view's, when given), normalised, not copied."""
         root, leaves = (self._metric, self._leaves) if view is None else view
         owner = self._owner
         result = normalize_result(foreign_compute(root, owner), self._name, owner)
@@ -271,7 +281,17 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             for leaf_name, leaf in zip(self._leaf_names, leaves, strict=True):
                 value = foreign_compute(leaf, owner)
                 merge_results(result, normalize_result(value, leaf_name, owner), owner)
-        return unshared(result)  # a result may be a state itself (a sum, a max)
+        return result
+
+    def has_data(self) -> bool:
+        """Whether a leaf counted an update (torchmetrics' count, kept through syncs and loads)."""
+        return any(leaf._update_count > 0 for leaf in self._leaves)
+
+    def known_names(self) -> list[str]:
+        """The name, a composition's leaf names, a collection's keys (a result's are learnt)."""
+        if isinstance(self._metric, torchmetrics.MetricCollection):
+            return [str(key) for key in self._metric.keys(keep_base=False)]  # prefixed
+        return [self._name, *self._leaf_names]
 
     def reset(self) -> None:
         """Reset the metric and drop the synced view."""
