@@ -15,6 +15,7 @@ what ``compute`` returns: nothing the user can reach shares storage with a state
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
@@ -24,7 +25,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
-from torchtally._foreign import nan_before_update, unshared
+from torchtally._foreign import binds, nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
@@ -145,9 +146,55 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     def __init__(self) -> None:
         SyncCounters.__init__(self)
 
-    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-        """The members' names, and for each keyword the members whose ``update`` gets it."""
+    _checked_calls: frozenset[tuple[int, frozenset[str]]] = frozenset()
+    _checked_bare_call = False  # update(outputs, targets) checked: the hot path skips the check
+
+    def member_updates(self) -> dict[str, Any]:
+        """Every member metric's ``update``, by name."""
         raise NotImplementedError
+
+    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The members' names, and for each keyword the members whose ``update`` takes it."""
+        updates = self.member_updates()
+        found: dict[str, list[str]] = {keyword: [] for keyword in keywords}
+        for key, update in updates.items():
+            parameters = inspect.signature(update).parameters.values()
+            named = {
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            }
+            anything = any(p.kind is p.VAR_KEYWORD for p in parameters)
+            for keyword in keywords:
+                if anything or keyword in named:
+                    found[keyword].append(key)
+        return list(updates), found
+
+    def check_call(self, positional: int, kwargs: Mapping[str, Any]) -> None:
+        """Refuse, before any member updates, arguments one of them cannot take.
+
+        ``positional`` counts the arguments after ``outputs`` and ``targets``.
+        Each form of call is checked once.
+
+        Raises:
+            WeightError, InvalidArgumentError: see :meth:`check_keywords`; or a
+                member's ``update`` cannot take that many positional arguments.
+        """
+        call = (positional, frozenset(kwargs))
+        if call in self._checked_calls:
+            return
+        if kwargs:
+            self.check_keywords(kwargs)
+        refusing = [
+            key
+            for key, update in self.member_updates().items()
+            if not binds(update, 2 + positional, kwargs)
+        ]
+        if refusing:
+            raise InvalidArgumentError(
+                f"{self._owner}: the update of {refusing} cannot take {2 + positional} positional "
+                f"arguments{' and ' + str(sorted(kwargs)) if kwargs else ''}; nothing was updated"
+            )
+        self._checked_calls |= {call}
+        self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
 
     def check_keywords(self, kwargs: Mapping[str, Any]) -> None:
         """Refuse, before any member updates, keywords some member would not get.

@@ -14,93 +14,30 @@ itself (whose absence that module reports with the extra to install).
 from __future__ import annotations
 
 import copy
-import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 import torchmetrics
 from torch import Tensor
-from torchmetrics.metric import CompositionalMetric
 from torchmetrics.utilities import dim_zero_cat, dim_zero_sum
 
-from torchtally.contrib._adapter import differing_options, options
+from torchtally.contrib._adapter import differing_options
+from torchtally.contrib._torchmetrics_leaves import TorchMetricsObject, leaves_of
 from torchtally.errors import StateDictError, SyncError, UnsupportedObjectError
 from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = [
-    "TorchMetricsObject",
     "checked_states",
     "combined",
+    "counted",
     "exported",
     "install",
-    "leaf_options",
-    "leaves_of",
-    "nodes",
-    "receivers",
     "saved_states",
     "states_identity",
+    "take_states",
     "uncount",
 ]
-
-TorchMetricsObject = torchmetrics.Metric | torchmetrics.MetricCollection
-
-
-def nodes(node: Any) -> Iterator[torchmetrics.Metric]:
-    """Every metric in a metric, composition or collection (compositions included), depth first."""
-    if isinstance(node, torchmetrics.MetricCollection):
-        for member in node._modules.values():
-            yield from nodes(member)
-    elif isinstance(node, CompositionalMetric):
-        yield node
-        yield from nodes(node.metric_a)
-        yield from nodes(node.metric_b)
-    elif isinstance(node, torchmetrics.Metric):
-        yield node
-
-
-def leaves_of(root: TorchMetricsObject) -> tuple[torchmetrics.Metric, ...]:
-    """The metrics holding state (not compositions), each once, in a fixed order."""
-    seen: dict[int, torchmetrics.Metric] = {}
-    for node in nodes(root):
-        if not isinstance(node, CompositionalMetric):
-            seen.setdefault(id(node), node)
-    return tuple(seen.values())
-
-
-def receivers(leaves: tuple[torchmetrics.Metric, ...], keywords: Iterable[str]) -> dict[str, Any]:
-    """For each keyword argument, the leaves whose ``update`` a composition or collection gives it.
-
-    torchmetrics filters the keywords by each leaf's ``update`` signature and
-    drops the others without a word.
-    """
-    names = list(keywords)
-    found: dict[str, Any] = {name: [] for name in names}
-    for leaf in leaves:
-        for name in leaf._filter_kwargs(**dict.fromkeys(names)):
-            found[name].append(leaf)
-    return found
-
-
-class _Bare(torchmetrics.Metric):
-    """A metric with no state and no option: what every torchmetrics metric has."""
-
-    def update(self) -> None:
-        """Nothing to update."""
-
-    def compute(self) -> None:
-        """Nothing to compute."""
-
-
-@functools.cache
-def _base_attributes() -> frozenset[str]:
-    # torchmetrics' own bookkeeping, and validate_args, which checks inputs and changes no value
-    return frozenset(vars(_Bare())) | {"validate_args"}
-
-
-def leaf_options(leaf: torchmetrics.Metric) -> dict[str, Any]:
-    """A leaf's constructor options (``squared``, ``num_classes``, ``average``, ...)."""
-    return options(leaf, _base_attributes() | set(leaf._defaults))
 
 
 def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) -> None:
@@ -110,6 +47,23 @@ def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) ->
     leaf._update_count = count
     leaf._computed = None
     leaf._forward_cache = None
+
+
+def take_states(
+    leaves: tuple[torchmetrics.Metric, ...], merged: tuple[torchmetrics.Metric, ...]
+) -> None:
+    """Give every leaf the states and update count of its merged copy (the leaves stay)."""
+    for leaf, source in zip(leaves, merged, strict=True):
+        states = {name: getattr(source, name) for name in leaf._reductions}
+        for name, value in states.items():  # a list state stays a list: updates append to it
+            if isinstance(leaf._defaults[name], list) and isinstance(value, Tensor):
+                states[name] = [value]
+        install(leaf, states, source._update_count)
+
+
+def counted(leaves: Iterable[torchmetrics.Metric]) -> bool:
+    """Whether a leaf counted an update (its count travels with syncs, merges and loads)."""
+    return any(leaf._update_count > 0 for leaf in leaves)
 
 
 def uncount(leaf: torchmetrics.Metric) -> None:

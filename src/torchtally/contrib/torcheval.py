@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +44,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally._foreign import InStep, binds
+from torchtally._foreign import InStep
 from torchtally.contrib._adapter import (
     SyncedAdapter,
     differing_options,
@@ -53,9 +52,14 @@ from torchtally.contrib._adapter import (
     foreign_error,
     unshared,
 )
-from torchtally.contrib._torcheval_states import loaded_copy, metric_options, moved_from_defaults
+from torchtally.contrib._torcheval_states import (
+    exported_states,
+    loaded_copy,
+    metric_options,
+    moved_from_defaults,
+    split_states,
+)
 from torchtally.errors import (
-    InvalidArgumentError,
     InvalidNameError,
     StateDictError,
     SyncError,
@@ -69,19 +73,8 @@ from torchtally.sync import Gathered, SyncState, callable_identity
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
 _STATE_VERSION = 1
-_JSON_KEYS = (str, int, float, bool)
 
 AnyMetric = TorchEvalMetric[Any]
-
-
-def _json_key(key: Any, where: str) -> Any:
-    # bool is an int: both round-trip through JSON unchanged, as do str and float.
-    if key is None or isinstance(key, _JSON_KEYS):
-        return key
-    raise SyncError(
-        f"{where}: a dict state has the key {key!r} of type {type(key).__name__}; only str, "
-        f"int, float, bool and None keys can be sent between processes"
-    )
 
 
 class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
@@ -100,8 +93,6 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
     """
 
     _every_keyword = True  # torcheval passes every keyword on: a metric not taking it raises
-    _checked_calls: frozenset[tuple[int, frozenset[str]]] = frozenset()
-    _checked_bare_call = False  # update(outputs, targets) checked: the hot path skips the check
 
     def __init__(
         self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
@@ -192,7 +183,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
                 and ``sync`` refuse until ``reset`` or ``load_state_dict``).
         """
         if len(self._metrics) > 1 and (args or kwargs or not self._checked_bare_call):
-            self._check_call(len(args), kwargs)  # once per form of call, before any metric
+            self.check_call(len(args), kwargs)  # once per form of call, before any metric
         if self._keeps_inputs:
             outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
         for index, metric in enumerate(self._metrics.values()):
@@ -208,39 +199,9 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
         self._updated = True
         self.drop_view()
 
-    def _check_call(self, positional: int, kwargs: Mapping[str, Any]) -> None:
-        """Refuse, before any metric of a dict updates, arguments one of them cannot take."""
-        call = (positional, frozenset(kwargs))
-        if call in self._checked_calls:
-            return
-        if kwargs:
-            self.check_keywords(kwargs)
-        refusing = [
-            key
-            for key, metric in self._metrics.items()
-            if not binds(metric.update, 2 + positional, kwargs)
-        ]
-        if refusing:
-            raise InvalidArgumentError(
-                f"{self._owner}: the update of {refusing} cannot take {2 + positional} positional "
-                f"arguments{' and ' + str(sorted(kwargs)) if kwargs else ''}; nothing was updated"
-            )
-        self._checked_calls |= {call}
-        self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
-
-    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-        """The metrics' keys, and for each keyword the metrics whose ``update`` takes it."""
-        found: dict[str, list[str]] = {keyword: [] for keyword in keywords}
-        for key, metric in self._metrics.items():
-            parameters = inspect.signature(metric.update).parameters.values()
-            named = {
-                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            }
-            anything = any(p.kind is p.VAR_KEYWORD for p in parameters)
-            for keyword in keywords:
-                if anything or keyword in named:
-                    found[keyword].append(key)
-        return list(self._metrics), found
+    def member_updates(self) -> dict[str, Any]:
+        """Every metric's ``update``, by key."""
+        return {key: metric.update for key, metric in self._metrics.items()}
 
     # -- values -------------------------------------------------------------------------------
 
@@ -307,66 +268,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
 
     def sync_export(self, drop_last: bool) -> SyncState:
         """Every metric's state dict (after torcheval's own pre-merge step)."""
-        entries: list[dict[str, Any]] = []
-        tensors: list[Tensor] = []
-        for key, metric in self._metrics.items():
-            where = f"{self._owner}: metric {key!r}"
-            metric._prepare_for_merge_state()  # torcheval's own pre-sync step (lists to one tensor)
-            states: list[list[Any]] = []
-            for state_name, value in metric.state_dict().items():
-                if isinstance(value, Tensor):
-                    states.append([state_name, "tensor", None])
-                    tensors.append(value)
-                elif isinstance(value, list):
-                    states.append([state_name, "list", len(value)])
-                    tensors.extend(value)
-                elif isinstance(value, dict):
-                    keys = [_json_key(dict_key, where) for dict_key in value]
-                    states.append([state_name, "dict", keys])
-                    tensors.extend(value.values())
-                else:  # int or float
-                    states.append([state_name, "number", value])
-            entries.append({"key": key, "class": type(metric).__name__, "states": states})
-        return SyncState(meta={"metrics": entries}, tensors=tensors)
-
-    def _split_states(self, states: list[tuple[Any, list[Any]]]) -> list[dict[str, dict[str, Any]]]:
-        """Every rank's state dict of every metric, from the gathered metadata and tensors."""
-        layouts = [
-            [
-                (entry["key"], entry["class"], [[name, kind] for name, kind, _ in entry["states"]])
-                for entry in meta["metrics"]
-            ]
-            for meta, _ in states
-        ]
-        if any(layout != layouts[0] for layout in layouts):
-            found = "; ".join(
-                f"rank {index}: "
-                + ", ".join(f"{key}={cls}{[n for n, _ in entries]}" for key, cls, entries in layout)
-                for index, layout in enumerate(layouts)
-            )
-            raise SyncError(f"from_torcheval: processes hold different metrics or states ({found})")
-        per_rank: list[dict[str, dict[str, Any]]] = []
-        for meta, tensors in states:
-            offset = 0
-            rank_states: dict[str, dict[str, Any]] = {}
-            for entry in meta["metrics"]:
-                state: dict[str, Any] = {}
-                for state_name, kind, info in entry["states"]:
-                    if kind == "tensor":
-                        state[state_name] = tensors[offset]
-                        offset += 1
-                    elif kind == "list":
-                        state[state_name] = list(tensors[offset : offset + info])
-                        offset += info
-                    elif kind == "dict":
-                        values = tensors[offset : offset + len(info)]
-                        state[state_name] = dict(zip(info, values, strict=True))
-                        offset += len(info)
-                    else:
-                        state[state_name] = info
-                rank_states[entry["key"]] = state
-            per_rank.append(rank_states)
-        return per_rank
+        return exported_states(self._metrics, self._owner)
 
     def combine(self, gathered: Gathered) -> dict[str, Any] | None:
         """Copies of the metrics holding every rank's state, merged with ``merge_state``."""
@@ -374,7 +276,7 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
             return None  # gathered to another rank (sync_all(destination=...))
         states = gathered.states
         try:
-            per_rank = self._split_states(states)
+            per_rank = split_states(states)
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise SyncError(f"{self._owner}: a process's state is malformed: {error}") from None
 

@@ -53,18 +53,24 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
-from torchtally.contrib._torchmetrics_states import (
+from torchtally.contrib._torchmetrics_leaves import (
     TorchMetricsObject,
-    checked_states,
-    combined,
-    exported,
-    install,
+    direction_of,
+    keeps_inputs,
     leaf_options,
     leaves_of,
-    nodes,
-    receivers,
+    named_receivers,
+    switch_off_sync,
+)
+from torchtally.contrib._torchmetrics_states import (
+    checked_states,
+    combined,
+    counted,
+    exported,
+    install,
     saved_states,
     states_identity,
+    take_states,
     uncount,
 )
 from torchtally.errors import (
@@ -127,17 +133,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         # A composition or collection gives each leaf the keywords its update names, and
         # drops the rest without a word: check_keywords refuses what a leaf would miss.
         self._filters = self._composition or isinstance(metric, torchmetrics.MetricCollection)
-        # A list state keeps the tensors update is given: such metrics get copies.
-        self._keeps_inputs = any(
-            not isinstance(default, Tensor)
-            for leaf in self._leaves
-            for default in leaf._defaults.values()
-        )
-        # Sync happens in one place, our sync(): none inside torchmetrics' compute or forward.
-        for node in nodes(metric):
-            node.sync_on_compute = False
-            node.dist_sync_on_step = False
-            node._to_sync = False
+        self._keeps_inputs = keeps_inputs(self._leaves)  # such metrics get copies
+        switch_off_sync(metric)  # sync happens in one place, our sync()
         default = COMBINED_NAME if self._composition else type(metric).__name__
         self._name = default if name is None else name
         self._owner = f"from_torchmetrics({type(metric).__name__}, name={self._name!r})"
@@ -181,17 +178,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             ...     'MeanSquaredError')
             False
         """
-        candidates: dict[str, Any] = {}
-        if self._composition:
-            candidates = dict(zip(self._leaf_names, self._leaves, strict=True))
-        elif isinstance(self._metric, torchmetrics.MetricCollection):
-            candidates = dict(
-                zip(map(str, self._metric.keys()), self._metric._modules.values(), strict=True)
-            )
-        else:
-            candidates = {self._name: self._metric}
-        direction = getattr(candidates.get(name), "higher_is_better", None)
-        return direction if isinstance(direction, bool) else None
+        return direction_of(self._metric, self._leaves, self._leaf_names, self._name, name)
 
     def __repr__(self) -> str:
         return self._owner
@@ -243,12 +230,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
-        names = list(self._leaf_names) or unique_names(
-            [type(leaf).__name__ for leaf in self._leaves]
-        )
-        by_leaf = {id(leaf): name for name, leaf in zip(names, self._leaves, strict=True)}
-        found = receivers(self._leaves, keywords)
-        return names, {key: [by_leaf[id(leaf)] for leaf in takers] for key, takers in found.items()}
+        return named_receivers(self._leaves, self._leaf_names, keywords)
 
     def __call__(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Same as :meth:`forward`."""
@@ -285,7 +267,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
 
     def has_data(self) -> bool:
         """Whether a leaf counted an update (torchmetrics' count, kept through syncs and loads)."""
-        return any(leaf._update_count > 0 for leaf in self._leaves)
+        return counted(self._leaves)
 
     def known_names(self) -> list[str]:
         """The name, a composition's leaf names, a collection's keys (a result's are learnt)."""
@@ -326,12 +308,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
 
     def adopt(self, view: tuple[TorchMetricsObject, tuple[Any, ...]]) -> None:
         """Give every leaf the states of the view's leaves (the wrapped objects stay the same)."""
-        for leaf, merged in zip(self._leaves, view[1], strict=True):
-            states = {name: getattr(merged, name) for name in leaf._reductions}
-            for name, value in states.items():  # a list state stays a list: updates append to it
-                if isinstance(leaf._defaults[name], list) and isinstance(value, Tensor):
-                    states[name] = [value]
-            install(leaf, states, merged._update_count)
+        take_states(self._leaves, view[1])
         self.drop_view()
 
     # -- persistence and devices --------------------------------------------------------------
