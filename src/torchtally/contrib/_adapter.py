@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
+import torch
 from torch import Tensor
 from typing_extensions import Self
 
@@ -36,6 +37,7 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives import is_objective_like, join
+from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, sync_all
 
 __all__ = [
@@ -372,6 +374,22 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     def known_names(self) -> list[str]:
         """The names ``compute`` reports, as far as they are known without data."""
         raise NotImplementedError
+
+    def held_metrics(self) -> list[Any]:
+        """The wrapped library's objects this adapter holds (its own, a synced view's)."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move the wrapped metrics (and a synced view) to ``device``; returns ``self``.
+
+        Raises:
+            InvalidArgumentError: as :meth:`torchtally.Objective.to` (a dtype would
+                lower the precision of the metrics' states). Nothing moves then.
+        """
+        device = usable_device(device, self._owner)
+        for metric in self.held_metrics():
+            metric.to(device)
+        return self
 
     def copy(self) -> Self:
         """An independent deep copy, the wrapped objects and their state included."""

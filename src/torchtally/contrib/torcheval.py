@@ -32,9 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
-from typing_extensions import Self
 
 try:
     from torcheval.metrics import Metric as TorchEvalMetric
@@ -67,7 +65,6 @@ from torchtally.errors import (
 )
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
@@ -356,19 +353,9 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
         self.back_in_step()
         self.drop_view()
 
-    def to(self, device: torch.device | str) -> Self:
-        """Move every metric (and a synced view) to ``device``; returns ``self``.
-
-        Raises:
-            InvalidArgumentError: as :meth:`torchtally.Objective.to`. Nothing moves then.
-        """
-        device = usable_device(device, self._owner)
-        for metric in self._metrics.values():
-            metric.to(device)
-        if self._synced is not None:
-            for metric in self._synced.values():
-                metric.to(device)
-        return self
+    def held_metrics(self) -> list[Any]:
+        """The torcheval metrics held: this process's, and a synced view's."""
+        return [*self._metrics.values(), *(self._synced or {}).values()]
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented

@@ -39,9 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
-from typing_extensions import Self
 
 try:
     import torchmetrics
@@ -81,7 +79,6 @@ from torchtally.errors import (
 )
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, SyncState, callable_identity
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
@@ -351,18 +348,9 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             install(leaf, states, count)
         self.drop_view()
 
-    def to(self, device: torch.device | str) -> Self:
-        """Move the metric (and a synced view) to ``device``; returns ``self``.
-
-        Raises:
-            InvalidArgumentError: as :meth:`torchtally.Objective.to` (a dtype would
-                lower the precision of the metric's states). Nothing moves then.
-        """
-        device = usable_device(device, self._owner)
-        self._metric.to(device)
-        if self._synced is not None:
-            self._synced[0].to(device)
-        return self
+    def held_metrics(self) -> list[Any]:
+        """The torchmetrics object held, and a synced view's copy."""
+        return [self._metric] + ([self._synced[0]] if self._synced is not None else [])
 
     def __ror__(self, other: object) -> Any:
         return join(other, self) if is_objective_like(other) else NotImplemented

@@ -52,6 +52,7 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives._base import Objective, composites
+from torchtally.objectives._joined_state import checked_layout
 
 __all__ = ["Joined", "is_objective_like", "join"]
 
@@ -336,22 +337,9 @@ class Joined(InStep, Objective[Any, Any]):
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore every part, or none: a part that refuses its state undoes the others."""
-        parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
-        if not isinstance(parts, list) or len(parts) != len(self._kept):
-            raise StateDictError(
-                f"{self._label()}: expected the states of {len(self._kept)} kept parts under "
-                f"'parts', found {type(parts).__name__}"
-            )
-        owners = state_dict.get("owners")
-        if not isinstance(owners, Mapping) or not all(
-            isinstance(index, int) and 0 <= index < len(self._templates)
-            for index in owners.values()
-        ):
-            raise StateDictError(
-                f"{self._label()}: expected the part of every name under 'owners', found "
-                f"{owners!r:.80}"
-            )
-        self._check_owners(owners, state_dict.get("reported"))
+        parts, owners = checked_layout(
+            state_dict, self._label(), len(self._kept), self._templates, self._owners
+        )
         previous = dict(self._owners)
         before = [copy.deepcopy(part.state_dict()) for part in self._kept]
         loaded = 0
@@ -370,28 +358,6 @@ class Joined(InStep, Objective[Any, Any]):
             for part, state in zip(self._kept[:loaded], before, strict=False):
                 part.load_state_dict(state)
             raise
-
-    def _check_owners(self, owners: Mapping[str, int], reported: Any) -> None:
-        """Refuse a state whose names belong to other parts than here (another join's).
-
-        A declared name must belong to the same part; a name learnt from data to
-        a part that learns names, reporting it as the state's join did (its prefix).
-        """
-        for name, index in owners.items():
-            template, current = self._templates[index], self._owners.get(name)
-            said = reported.get(name, name) if isinstance(reported, Mapping) else None
-            if current is not None and current is not template:
-                why = f"here {current!r} reports it"
-            elif current is None and not template.learns_names:
-                why = f"{template!r} does not report it"
-            elif said is not None and said != template.reported_name(name):
-                why = f"here it is reported as {template.reported_name(name)!r}, there as {said!r}"
-            else:
-                continue
-            raise StateDictError(
-                f"{self._label()}: the state is of another join: it holds {name!r} from part "
-                f"{index}, but {why}; load it into a join of the same parts in the same order"
-            )
 
     @override
     def to(self, device: Any) -> Self:

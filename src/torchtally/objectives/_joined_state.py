@@ -1,0 +1,79 @@
+"""Checks of a join's saved state against the join it is loaded into.
+
+A join's ``state_dict`` says which part owns each name (``owners``: the
+part's index) and how that part reported it (``reported``: with its prefix).
+A state saved by a join of other parts, or of the same parts in another
+order, must be refused before anything changes: it would report learnt names
+under another part's prefix for the rest of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torchtally.errors import StateDictError
+
+__all__ = ["checked_layout"]
+
+
+def checked_layout(
+    state_dict: Any,
+    label: str,
+    kept: int,
+    templates: Sequence[Any],
+    current: Mapping[str, Any],
+) -> tuple[list[Any], Mapping[str, int]]:
+    """The kept parts' states and the names' owners of a join's state, checked.
+
+    ``kept`` is the number of parts keeping their own state, ``templates`` the
+    torchtally parts, ``current`` the owner of each name known here.
+
+    Raises:
+        StateDictError: the state is malformed, or of another join (see
+            a name here owned by another part). Nothing is changed here.
+    """
+    parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
+    if not isinstance(parts, list) or len(parts) != kept:
+        raise StateDictError(
+            f"{label}: expected the states of {kept} kept parts under "
+            f"'parts', found {type(parts).__name__}"
+        )
+    owners = state_dict.get("owners")
+    if not isinstance(owners, Mapping) or not all(
+        isinstance(index, int) and 0 <= index < len(templates) for index in owners.values()
+    ):
+        raise StateDictError(
+            f"{label}: expected the part of every name under 'owners', found {owners!r:.80}"
+        )
+    _check_owners(label, templates, current, owners, state_dict.get("reported"))
+    return parts, owners
+
+
+def _check_owners(
+    label: str,
+    templates: Sequence[Any],
+    current_owners: Mapping[str, Any],
+    owners: Mapping[str, int],
+    reported: Any,
+) -> None:
+    """Refuse a state whose names belong to other parts than here (another join's).
+
+    A declared name must belong to the same part; a name learnt from data to
+    a part that learns names, reporting it as the state's join did (its prefix).
+    """
+    for name, index in owners.items():
+        template, current = templates[index], current_owners.get(name)
+        said = reported.get(name, name) if isinstance(reported, Mapping) else None
+        if current is not None and current is not template:
+            why = f"here {current!r} reports it"
+        elif current is None and not template.learns_names:
+            why = f"{template!r} does not report it"
+        elif said is not None and said != template.reported_name(name):
+            why = f"here it is reported as {template.reported_name(name)!r}, there as {said!r}"
+        else:
+            continue
+        raise StateDictError(
+            f"{label}: the state is of another join: it holds {name!r} from part "
+            f"{index}, but {why}; load it into a join of the same parts in the same order"
+        )
