@@ -333,14 +333,10 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
         For a progress bar: the batches are weighted as for the epoch value
         (by their size, or their ``weight=``), the result stays on the
-        values' device, and the epoch state is not touched. Batches are
-        remembered from the first call on (and after each :meth:`reset`),
-        with those not yet folded into the epoch state at that call (a
-        ``compute()`` folds them): call it once before the loop to count
-        exactly the batches from then on. As many pairs of numbers per name
-        are kept as the largest window asked for, so a progress bar and a log
-        line may ask for different windows; values aggregated otherwise than
-        by a mean are left out.
+        values' device, and the epoch state is not touched. Batches count
+        from the first call on (and each :meth:`reset`), with those still
+        queued then: call it once before the loop. The largest window asked
+        for is kept, and any window reads it; non-mean values are left out.
 
         Raises:
             InvalidArgumentError: ``window`` is not an int >= 1.
