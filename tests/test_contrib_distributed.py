@@ -284,6 +284,21 @@ def run_errors(rank: int) -> Record:
     # the processes are still in step: a good sync works afterwards
     tt.sync_all(native)
     record["after good sync"] = snapshot(native)
+    # a join out of step on rank 0 alone (a later part refused a batch the first took):
+    # every rank raises, none hangs, and after a reset the join syncs again
+    joined = from_torchmetrics(torchmetrics.MeanAbsoluteError()) | from_torchmetrics(
+        torchmetrics.classification.BinaryAccuracy()
+    )
+    joined.update(torch.tensor([0.2, 0.8]), torch.tensor([0, 1]))
+    if rank == 0:
+        record["out of step update"] = raised(
+            lambda: joined.update(torch.tensor([0.2, 0.8]), torch.tensor([0, 5]))
+        )
+    record["out of step"] = raised(lambda: tt.sync_all(joined))
+    joined.reset()
+    joined.update(torch.tensor([0.2, 0.8]), torch.tensor([0.0, float(rank)]))
+    tt.sync_all(joined)
+    record["back in step"] = snapshot(joined)
     return record
 
 
@@ -379,3 +394,11 @@ def test_errors_are_raised_on_every_rank_without_hanging(records: list[Record]) 
         assert_raised(record["sync_all stateful"], "cannot combine", "sync_all")
         assert record["after failure"] == {"MAE": torch.tensor(float(rank))}  # nothing installed
         assert torch.allclose(record["after good sync"]["MAE"], torch.tensor(2 / 3))
+        out_of_step = r"could not take part.*rank 0: MetricCallError"
+        assert_raised(record["out of step"], out_of_step, "step")
+        if rank == 0:
+            assert record["out of step update"] is not None
+            assert issubclass(record["out of step update"][0], errors.MetricCallError)
+        back = record["back in step"]  # |0.2 - 0| + |0.8 - 0| on rank 0, + |0.8 - 1| on rank 1
+        assert torch.allclose(back["MeanAbsoluteError"], torch.tensor((0.2 + 0.8 + 0.2 + 0.2) / 4))
+        assert torch.allclose(back["BinaryAccuracy"], torch.tensor(3 / 4))
