@@ -183,7 +183,11 @@ def _one_floating_dtype(components: list[Any]) -> torch.dtype | None:
 
 
 def _check_broadcast(names: tuple[str, ...], components: list[Any], owner: str) -> None:
-    """Raise the library's error for tensor components whose shapes do not broadcast."""
+    """Raise the library's error for tensor components whose shapes do not broadcast.
+
+    Written out on the shapes, not ``torch.broadcast_shapes``: dynamo runs a torch
+    function as a graph node, whose error stops the compiler before this one is raised.
+    """
     shapes = [value.shape for value in components if isinstance(value, Tensor)]
     width = 0
     for shape in shapes:
