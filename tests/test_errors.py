@@ -90,6 +90,8 @@ def test_arguments_of_the_wrong_type_or_value_raise_invalid_argument_error() -> 
         lambda: tt.wrap(tt.Metric(mae, "MAE"), name="Other"),
         lambda: tt.wrap(lambda o, t: {"a": o}, "Parts", aggregation={"a": "median"}),
         lambda: set_payload_limit(-1),
+        # a header carries it as an int64: beyond, one rank raised and the others waited
+        lambda: set_payload_limit(2**63),
         lambda: tt.sync_all(object()),  # type: ignore[arg-type]
     ]
     limit = payload_limit()

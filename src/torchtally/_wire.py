@@ -96,9 +96,10 @@ def set_payload_limit(limit: int) -> int:
         >>> _ = set_payload_limit(previous)
     """
     global _limit
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    # below 2**63: the limit travels in every header as an int64
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**63:
         raise InvalidArgumentError(
-            f"set_payload_limit: expected a number of bytes >= 0, found {limit!r}"
+            f"set_payload_limit: expected a number of bytes from 0 to 2**63 - 1, found {limit!r}"
         )
     previous, _limit = _limit, limit
     return previous
@@ -144,10 +145,10 @@ def check_headers(headers: Sequence[Sequence[int]]) -> None:
             "diagnostics": fields["diagnostics"] * len(headers),
         }
         for what, size in sizes.items():
-            if not 0 <= size <= _limit:  # this rank's, the same as every rank's by now
+            if not 0 <= size <= limit:
                 raise SyncError(
                     f"sync_all: rank {index} announces {what} that would bring {size} bytes to "
-                    f"every rank, outside 0 to the limit of {_limit} bytes "
+                    f"every rank, outside 0 to the limit of {limit} bytes "
                     f"(torchtally.distributed.set_payload_limit)"
                 )
         if fields["flags"] not in (0, FAILED, DISAGREEING, FAILED | DISAGREEING):
