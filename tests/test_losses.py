@@ -1125,6 +1125,12 @@ def test_python_number_components_stay_numbers_and_divide_like_tensors() -> None
     root = Loss(lambda o, t: -8.0, "Negative") ** (1 / 3)
     assert math.isnan(float(root(outputs, targets)))  # not a complex number
     assert Loss(lambda o, t: np.float32(0.5), "Half")(outputs, targets) == 0.5
+    # NumPy booleans (np.all returns one) are values; in a formula they crashed on an assert
+    hit = Loss(lambda o, t: np.True_, "Hit", higher_is_better=True)
+    assert (2 * hit)(outputs, targets) == 2
+    torch.testing.assert_close(
+        (Loss(mae_fn, "MAE") - hit)(outputs, targets), mae_fn(outputs, targets).mean() - 1
+    )
 
 
 class Flaky:

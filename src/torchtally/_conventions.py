@@ -36,6 +36,7 @@ from torchtally._results import (
     as_value_tensor,
     merge_results,
     normalize_result,
+    real_number,
     unique_names,
     values_dict,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "is_objective_like",
     "merge_results",
     "normalize_result",
+    "real_number",
     "shared_weight_fn",
     "size_and_weight",
     "unique_names",

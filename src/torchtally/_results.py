@@ -35,6 +35,7 @@ __all__ = [
     "as_value_tensor",
     "merge_results",
     "normalize_result",
+    "real_number",
     "unique_names",
     "values_dict",
 ]
@@ -77,8 +78,30 @@ def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -
                 f"return a dense one (.to_dense())"
             )
         return value
+    number = real_number(value, owner, name, hint)
+    if isinstance(number, float):
+        return torch.tensor(number, dtype=torch.float64)
+    return torch.tensor(number)
+
+
+def real_number(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -> bool | int | float:
+    """A real number a callable returned, as Python's ``bool``, ``int`` or ``float``.
+
+    The rule :func:`as_value_tensor` applies to what is not a tensor: booleans
+    (NumPy's too) stay booleans, integers in int64's range stay integers, other
+    real numbers become floats.
+
+    Raises:
+        ResultTypeError: as :func:`as_value_tensor`.
+
+    Example:
+        >>> from fractions import Fraction
+        >>> from torchtally._results import real_number
+        >>> [real_number(value, 'Loss', 'A') for value in (True, 3, Fraction(1, 2))]
+        [True, 3, 0.5]
+    """
     if isinstance(value, bool) or _is_numpy(value, "bool"):  # np.all() returns numpy's
-        return torch.tensor(bool(value))
+        return bool(value)
     if isinstance(value, numbers.Integral):
         integer = int(value)
         if not _INT64[0] <= integer <= _INT64[1]:
@@ -86,9 +109,9 @@ def as_value_tensor(value: Any, owner: str, name: str, hint: str = FORMS_HINT) -
                 f"{owner}: {name!r} is the integer {integer}, outside the int64 range a tensor "
                 f"can hold; return it as a float"
             )
-        return torch.tensor(integer)
+        return integer
     if isinstance(value, numbers.Real):
-        return torch.tensor(float(value), dtype=torch.float64)
+        return float(value)
     kind = type(value)
     what = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
     if isinstance(value, numbers.Complex):

@@ -10,14 +10,13 @@ refused batch changes nothing.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchtally._conventions import Weight, as_value_tensor
+from torchtally._conventions import Weight, as_value_tensor, real_number
 from torchtally._dtypes import refuse_unheld
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
@@ -267,17 +266,9 @@ def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch
 
 
 def _python_number(value: Any, owner: str, name: str) -> int | float:
-    """A number a component returned, as a Python ``int`` or ``float``."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Integral):
-        number = int(value)
-        if -(2**63) <= number < 2**63:
-            return number
-    elif isinstance(value, numbers.Real):
-        return float(value)
-    as_value_tensor(value, owner, name)  # raises the library's error, naming the component
-    raise AssertionError("unreachable")  # pragma: no cover
+    """A number a component returned, as a Python ``int`` or ``float`` (a boolean as 0 or 1)."""
+    number = real_number(value, owner, name)  # the rule values follow, in one place
+    return int(number) if isinstance(number, bool) else number
 
 
 def batch_value(criterion: Any, weight: Weight) -> Tensor:
