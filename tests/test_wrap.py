@@ -562,6 +562,33 @@ def test_a_wrapped_object_s_state_shares_no_storage_with_what_the_user_reaches()
     assert metric.compute() == {"mean": torch.tensor(5.0), "total": torch.tensor(10.0)}
 
 
+class LaterList:
+    """Makes the list it keeps its inputs in at the first update (none when wrapped)."""
+
+    def __init__(self) -> None:
+        self.kept: list[Tensor] | None = None
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.kept = [*(self.kept or []), outputs]
+
+    def compute(self) -> Tensor:
+        assert self.kept is not None
+        return torch.cat(self.kept).mean()
+
+    def reset(self) -> None:
+        self.kept = None
+
+
+def test_an_object_that_makes_its_container_later_gets_copies_of_the_batch_too() -> None:
+    # Inputs were copied only for objects holding a container when wrapped: reusing the
+    # buffer moved this one's value from 1.0 to 101.0.
+    metric = tt.wrap(LaterList(), "Mean")
+    outputs = torch.ones(2)
+    metric.update(outputs, torch.zeros(2))
+    outputs.add_(100)
+    assert metric.compute() == {"Mean": torch.tensor(1.0)}
+
+
 class Counts:
     def __init__(self) -> None:
         self.hits = self.seen = 0

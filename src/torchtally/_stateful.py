@@ -35,22 +35,6 @@ _kept_copy = outside_inference_mode(copy.deepcopy)
 """A deep copy the object keeps and changes in place (normal tensors under inference mode)."""
 
 
-_CONTAINERS = (list, tuple, dict, set)
-_MODULE_ATTRIBUTES = frozenset(vars(torch.nn.Module()))  # its own registries, not the state
-
-
-def _holds_containers(obj: Any) -> bool:
-    """Whether ``obj`` holds a list, tuple, dict or set attribute (where inputs may be kept)."""
-    try:
-        attributes = vars(obj)
-    except TypeError:  # no __dict__: nothing to tell, so copy
-        return True
-    skipped = _MODULE_ATTRIBUTES if isinstance(obj, torch.nn.Module) else frozenset()
-    return any(
-        isinstance(value, _CONTAINERS) for name, value in attributes.items() if name not in skipped
-    )
-
-
 def _was_updated(state: Mapping[str, Any]) -> bool:
     """Whether a saved state had seen a batch (a state saved before this flag: assume so)."""
     return state.get("updated", True) is not False
@@ -62,11 +46,11 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     ``update`` and ``compute`` call the object's and normalise what they return
     into ``dict[str, Tensor]`` (``update`` returns ``None`` when the object's
     does), as copies: nothing the user reaches shares storage with the state
-    (an object holding a container attribute when wrapped, where it may keep
-    its inputs, gets copies of the batch too). The object's state is its own
-    business: torchtally cannot combine it across processes, so :meth:`sync` raises
-    :class:`~torchtally.errors.SyncError` in a distributed run (on every rank,
-    also within :func:`torchtally.sync_all`); outside one it does nothing.
+    (the object gets copies of the batch too, in case it keeps its inputs).
+    The object's state is its own business: torchtally cannot combine it
+    across processes, so :meth:`sync` raises :class:`~torchtally.errors.SyncError`
+    in a distributed run (on every rank, also within :func:`torchtally.sync_all`);
+    outside one it does nothing.
     Build it with :func:`wrap`.
 
     Example:
@@ -95,8 +79,6 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         self._object = obj
         self._name = check_name(name, "wrap")
         self._owner = f"{type(self).__name__} {name!r}"
-        # An object holding a container may keep the tensors update is given: it gets copies.
-        self._keeps_inputs = _holds_containers(obj)
 
     @property
     def name(self) -> str:
@@ -126,8 +108,9 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
                 f"{self._owner}: the wrapped object keeps its own state and cannot be weighted; "
                 f"leave weight= out (found {type(weight).__name__})"
             )
-        if self._keeps_inputs:
-            outputs, targets = unshared((outputs, targets))
+        # The object may keep the tensors it is given (whether it does cannot be told from
+        # its attributes: a list made later, one in a submodule): it gets copies.
+        outputs, targets = unshared((outputs, targets))
         try:
             result = self._object.update(outputs, targets)
         except Exception as error:
