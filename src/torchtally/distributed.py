@@ -136,7 +136,7 @@ def is_distributed(group: ProcessGroup = None) -> bool:
 
 
 def world_size(group: ProcessGroup = None) -> int:
-    """Number of processes in ``group``; 1 outside a distributed run.
+    """Number of processes in ``group``; 1 outside a distributed run (torch's -1 outside ``group``).
 
     Example:
         >>> from torchtally.distributed import world_size

@@ -8,8 +8,9 @@ its ``state_dict``, copies and pickles), so a resumed run continues exactly
 where it stopped:
 
 - ``unit='step'`` (default): the position is the number of training
-  ``forward`` calls of the loss (``update``, and a ``forward`` with gradients
-  disabled, as in validation, do not advance it);
+  ``forward`` calls of the loss (``update``, a ``forward`` with gradients
+  disabled, as in validation, and a ``forward`` on an empty batch do not
+  advance it);
 - ``unit='epoch'``: the position is the number of calls of the loss's
   :meth:`~torchtally.LossBase.advance_epoch`.
 

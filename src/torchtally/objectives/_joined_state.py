@@ -30,8 +30,8 @@ def checked_layout(
     torchtally parts, ``current`` the owner of each name known here.
 
     Raises:
-        StateDictError: the state is malformed, or of another join (see
-            a name here owned by another part). Nothing is changed here.
+        StateDictError: the state is malformed, or of another join (a name
+            it holds is owned here by another part). Nothing is changed here.
     """
     parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
     if not isinstance(parts, list) or len(parts) != kept:

@@ -108,15 +108,14 @@ def sync_all(
         {'MAE': tensor(1.)}
     """
     participants = tuple(part for item in objectives for part in _participants(item))
+    world = distributed.world_size(process_group)
     if not distributed.is_distributed(process_group):
         for item in participants:
             _check_participant(item)
         # A process outside the group (torch reports its size as -1) returns at once; it
         # cannot tell whether destination= is a rank of the group.
-        world = distributed.world_size(process_group)
         _check_options(dataset_size, destination, world if world >= 1 else None)
         return
-    world = distributed.world_size(process_group)
     me = distributed.rank(process_group)
     exchange = _Exchange(participants, process_group, world, me)
     exchange.prepare(dataset_size, destination)
