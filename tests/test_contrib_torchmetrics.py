@@ -752,6 +752,43 @@ def test_a_foreign_update_error_is_the_librarys_own_and_keeps_the_synced_view() 
     assert adapters[0].compute()["MeanSquaredError"].item() == pytest.approx(10 / 3)  # synced
 
 
+def test_a_forward_that_raises_loses_the_state_and_refuses_to_report_until_reset_or_load() -> None:
+    # torchmetrics' forward sets the accumulated state aside, resets and updates with the batch:
+    # a batch its update refused lost the state, compute() reported NaN without a warning, and
+    # 9.0 after one more batch where the two good batches make 5.0.
+    first, second = (torch.zeros(2), torch.ones(2)), (torch.zeros(2), torch.full((2,), 3.0))
+    adapter = from_torchmetrics(torchmetrics.MeanSquaredError(), "MSE")
+    adapter.update(*first)
+    with pytest.raises(tt.errors.MetricCallError, match=r"MeanSquaredError\.forward.*TypeError"):
+        adapter.forward(*second, weight=torch.ones(2))  # its update takes no weight: refused before
+    assert adapter.compute() == {"MSE": torch.tensor(1.0)}  # nothing was lost
+    saved = adapter.state_dict()
+    with pytest.raises(tt.errors.MetricCallError, match=r"forward.*RuntimeError.*be restored"):
+        adapter.forward(torch.zeros(2), torch.ones(3))  # shapes torchmetrics refuses
+    adapter.update(*second)
+    other = from_torchmetrics(torchmetrics.MeanSquaredError(), "MSE")
+    other.update(*second)
+    for refused in (
+        adapter.compute,
+        adapter.state_dict,
+        adapter.sync_identity,
+        lambda: other.merge_state(adapter),
+        lambda: adapter.merge_state(other),
+    ):
+        with pytest.raises(tt.errors.MetricCallError, match="forward raised"):
+            refused()
+    assert other.compute() == {"MSE": torch.tensor(9.0)}  # the refused merge changed nothing
+    adapter.load_state_dict(saved)  # back in step, with the state from before the forward
+    adapter.update(*second)
+    expected = ((first[0] - first[1]) ** 2 + (second[0] - second[1]) ** 2).sum() / 4
+    assert adapter.compute() == {"MSE": expected}
+    with pytest.raises(tt.errors.MetricCallError):
+        adapter.forward(torch.zeros(2), torch.ones(3))
+    adapter.reset()  # back in step, empty
+    assert adapter.forward(*second) == torch.tensor(9.0)
+    assert adapter.compute() == {"MSE": torch.tensor(9.0)}
+
+
 # -- compute() before any update: the library's warning and NaN, as a native objective ------------
 
 

@@ -10,7 +10,7 @@ torchtally cannot see inside such a state, so three rules are written once here:
 - :class:`InStep`: an object of several parts whose later part refuses a batch
   after an earlier part took it cannot undo the earlier part (that would need
   a copy of every state at every step), so it refuses to report values until
-  it is reset or loaded.
+  it is reset or loaded; so does one whose state a call that raised lost.
 
 Example:
     >>> import torch
@@ -119,7 +119,8 @@ class InStep:
     """An object of several parts that refuses to report them once they are out of step.
 
     :meth:`out_of_step` marks it (where a part refused a batch after another
-    took it); :meth:`check_in_step` raises then, and :meth:`back_in_step`
+    took it), as :meth:`lost` does (where a call that raised lost the state it
+    had set aside); :meth:`check_in_step` raises then, and :meth:`back_in_step`
     (``reset``, ``load_state_dict``) clears the mark. The mark is a string
     (pickled and copied with the object, saved nowhere).
     """
@@ -137,11 +138,28 @@ class InStep:
             refused: what refused it (the part that raised).
             error: what it raised.
         """
-        self._out_of_step = (
+        return self._mark(
             f"{owner}: the batch was refused by {refused} after {', '.join(took)} took it "
             f"({type(error).__name__}: {error}); a part's update cannot be undone, so the "
-            f"parts are out of step: compute(), state_dict(), merge_state() and sync refuse "
-            f"until reset() or load_state_dict()"
+            f"parts are out of step"
+        )
+
+    def lost(self, owner: str, what: str, error: Exception) -> MetricCallError:
+        """Mark the state lost (a call that raised after setting it aside); the error to raise.
+
+        Args:
+            owner: the object, as messages name it.
+            what: what raised and what it lost (``"forward raised after ..."``).
+            error: what it raised.
+        """
+        return self._mark(
+            f"{owner}: {what} ({type(error).__name__}: {error}); the state cannot be restored"
+        )
+
+    def _mark(self, why: str) -> MetricCallError:
+        self._out_of_step = (
+            f"{why}: compute(), state_dict(), merge_state() and sync refuse until reset() or "
+            f"load_state_dict()"
         )
         return MetricCallError(self._out_of_step)
 
@@ -149,8 +167,8 @@ class InStep:
         """Refuse to report parts out of step.
 
         Raises:
-            MetricCallError: a part refused a batch another part took, since
-                the last ``reset()`` or ``load_state_dict()``.
+            MetricCallError: a part refused a batch another part took, or the
+                state was lost, since the last ``reset()`` or ``load_state_dict()``.
         """
         if self._out_of_step is not None:
             raise MetricCallError(self._out_of_step)

@@ -26,7 +26,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error
-from torchtally._foreign import binds, nan_before_update, unshared
+from torchtally._foreign import InStep, binds, nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
@@ -127,7 +127,7 @@ def foreign_error(metric: Any, method: str, owner: str, error: Exception) -> Met
     return callable_error(owner, f"{type(metric).__name__}.{method}", error)
 
 
-class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
+class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     """Base of the adapters: a synced view of type ``ViewT``, and the hooks around it.
 
     Subclasses implement ``sync_identity``, ``sync_export`` and
@@ -350,6 +350,22 @@ class SyncedAdapter(SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     def adopt(self, view: ViewT) -> None:
         """Make the state of a view (:meth:`merged_with`) this adapter's own."""
         raise NotImplementedError
+
+    def compute(self) -> dict[str, Tensor]:
+        """The values as ``dict[str, Tensor]``, over all processes after :meth:`sync`.
+
+        Before any update, NaN for each name (see :meth:`before_update`).
+
+        Raises:
+            MetricCallError: the wrapped metrics are out of step or lost their
+                state (:class:`~torchtally._foreign.InStep`), until ``reset()``
+                or ``load_state_dict()``.
+        """
+        self.check_in_step()
+        before = self.before_update()
+        if before is not None:
+            return before
+        return unshared(self.values(self.view()))  # a result may be a state itself (a sum, a max)
 
     def before_update(self) -> dict[str, Tensor] | None:
         """NaN and the library's warning when ``compute`` would report no batch, else ``None``.

@@ -42,7 +42,6 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
-from torchtally._foreign import InStep
 from torchtally.contrib._adapter import (
     SyncedAdapter,
     differing_options,
@@ -74,10 +73,11 @@ _STATE_VERSION = 1
 AnyMetric = TorchEvalMetric[Any]
 
 
-class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
+class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     """A torcheval ``Metric`` (or a dict of them) for torchtally.
 
-    Build it with :func:`from_torcheval`.
+    Build it with :func:`from_torcheval`, which documents the names
+    ``compute`` reports.
 
     Example:
         >>> import torch
@@ -201,19 +201,6 @@ class TorchEvalAdapter(InStep, LossOperand, SyncedAdapter[dict[str, Any]]):
         return {key: metric.update for key, metric in self._metrics.items()}
 
     # -- values -------------------------------------------------------------------------------
-
-    def compute(self) -> dict[str, Tensor]:
-        """``{name: value}`` (one metric) or ``{key: value}`` (a dict), over all ranks after sync.
-
-        A tuple result becomes ``name_0``, ``name_1``, ...; a dict result keeps its keys.
-        Before any update, NaN for each (see
-        :meth:`~torchtally.contrib._adapter.SyncedAdapter.before_update`).
-        """
-        self.check_in_step()
-        before = self.before_update()
-        if before is not None:
-            return before
-        return unshared(self.values(self.view()))  # a result may be a state itself (a sum)
 
     def values(self, view: dict[str, Any] | None) -> dict[str, Tensor]:
         """The metrics' values (the synced view's, when given), normalised, not copied."""

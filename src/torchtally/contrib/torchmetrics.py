@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -209,11 +210,23 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
     def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``).
 
+        torchmetrics' ``forward`` sets the accumulated state aside, updates the
+        metric with the batch alone and adds the state back: a batch its
+        ``update`` refuses loses the state set aside. Arguments a plain
+        metric's ``update`` cannot take are refused before (nothing changes).
+
         Raises:
-            MetricCallError: as :meth:`update`.
+            WeightError, InvalidArgumentError: as :meth:`update`; nothing changed.
+            MetricCallError: the call does not fit the metric's ``update`` (nothing
+                changed), or the metric's ``forward`` raised: the state it set
+                aside is lost, and ``compute``, ``state_dict``, ``merge_state``
+                and ``sync`` refuse until ``reset`` or ``load_state_dict``.
         """
-        if kwargs and self._filters:
-            self.check_keywords(kwargs)
+        if self._filters:
+            if kwargs:
+                self.check_keywords(kwargs)
+        elif args or kwargs or not self._checked_bare_call:
+            self._check_binds(args, kwargs)  # once per form of call, before the state is set aside
         if self._keeps_inputs:  # copies that keep the batch value differentiable
             outputs, targets, args, kwargs = unshared(
                 (outputs, targets, args, kwargs), detach=False
@@ -221,9 +234,33 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         try:
             value = self._metric(outputs, targets, *args, **kwargs)
         except Exception as error:
-            raise foreign_error(self._metric, "forward", self._owner, error) from error
+            self.drop_view()
+            refused = foreign_error(self._metric, "forward", self._owner, error)
+            what = "forward raised after torchmetrics set the accumulated state aside"
+            raise self.lost(self._owner, what, refused) from error
         self.drop_view()
         return value
+
+    def _check_binds(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Refuse a call the metric's ``update`` cannot take (its ``forward`` would lose the state).
+
+        Raises:
+            MetricCallError: the ``TypeError`` binding the call raised; nothing changed.
+        """
+        call = (len(args), frozenset(kwargs))
+        if call in self._checked_calls:
+            return
+        try:
+            signature = inspect.signature(self._metric.update)
+        except (TypeError, ValueError):  # unreadable: the call will tell
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(None, None, *args, **kwargs)
+            except TypeError as error:
+                raise foreign_error(self._metric, "forward", self._owner, error) from error
+        self._checked_calls |= {call}
+        self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
@@ -234,22 +271,6 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         return self.forward(outputs, targets, *args, **kwargs)
 
     # -- values -------------------------------------------------------------------------------
-
-    def compute(self) -> dict[str, Tensor]:
-        """The values as ``dict[str, Tensor]``, over all processes after :meth:`sync`.
-
-        A plain metric reports ``{name: value}`` (a tuple result becomes
-        ``name_0``, ``name_1``, ...); a dict result (a collection, for
-        example) keeps its keys; a composition reports its combined value
-        under ``name`` (default ``'Combined Loss'``) and then each leaf metric
-        under its class name, made unique (``MeanSquaredError``,
-        ``MeanSquaredError_2``). Before any update, NaN for each (see
-        :meth:`~torchtally.contrib._adapter.SyncedAdapter.before_update`).
-        """
-        before = self.before_update()
-        if before is not None:
-            return before
-        return unshared(self.values(self.view()))  # a result may be a state itself (a sum, a max)
 
     def values(self, view: tuple[TorchMetricsObject, tuple[Any, ...]] | None) -> dict[str, Tensor]:
         """The metric's values (the synced view's, when given), normalised, not copied."""
@@ -276,12 +297,14 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """Reset the metric and drop the synced view."""
         self.drop_view()
         self._metric.reset()
+        self.back_in_step()
         self._count_reset()
 
     # -- sync ---------------------------------------------------------------------------------
 
     def sync_identity(self) -> dict[str, Any]:
         """The wrapped classes, their states and reductions, and the reported names."""
+        self.check_in_step()  # also refuses a sync and a merge_state, on every rank
         return {
             "kind": "torchmetrics",
             "root": callable_identity(type(self._metric)),
@@ -327,6 +350,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             >>> restored.compute()
             {'MeanAbsoluteError': tensor(1.)}
         """
+        self.check_in_step()
         return {"version": _STATE_VERSION, "leaves": saved_states(self._leaves, self._options)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -346,6 +370,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         prepared = checked_states(self._leaves, self._options, stored, self._owner)
         for leaf, (states, count) in zip(self._leaves, prepared, strict=True):
             install(leaf, states, count)
+        self.back_in_step()
         self.drop_view()
 
     def held_metrics(self) -> list[Any]:
