@@ -789,6 +789,47 @@ def test_a_forward_that_raises_loses_the_state_and_refuses_to_report_until_reset
     assert adapter.compute() == {"MSE": torch.tensor(9.0)}
 
 
+def test_a_leaf_refusing_a_batch_another_leaf_took_stops_the_collection_reporting() -> None:
+    # The MSE took the batch of targets [0.5, 3.0], then BinaryAccuracy refused it: no error
+    # but the refusal, both counts ended at 2, and compute() reported an MSE over both batches
+    # beside an accuracy over one.
+    outputs, targets = torch.tensor([0.2, 0.9]), torch.tensor([0.0, 1.0])
+    members = {
+        "a_mse": torchmetrics.MeanSquaredError(),
+        "b_acc": torchmetrics.classification.BinaryAccuracy(),
+    }
+    adapter = from_torchmetrics(torchmetrics.MetricCollection(members))
+    adapter.update(outputs, targets)
+    with pytest.raises(tt.errors.MetricCallError, match=r"b_acc after a_mse took it.*out of step"):
+        adapter.update(outputs, torch.tensor([0.5, 3.0]))
+    assert members["b_acc"]._update_count == 1  # the refused batch is not counted
+    for refused in (adapter.compute, adapter.state_dict, adapter.sync_identity):
+        with pytest.raises(tt.errors.MetricCallError, match="out of step"):
+            refused()
+    adapter.reset()  # back in step
+    adapter.update(outputs, targets)
+    expected_mse = ((outputs - targets) ** 2).mean()
+    assert adapter.compute() == {"a_mse": expected_mse, "b_acc": torch.tensor(1.0)}
+    # The first leaf refusing: nothing took the batch, nothing is counted, nothing out of step.
+    with pytest.raises(tt.errors.MetricCallError, match=r"MetricCollection\.update"):
+        adapter.update(outputs, torch.ones(3))
+    assert [m._update_count for m in members.values()] == [1, 1]
+    assert adapter.compute() == {"a_mse": expected_mse, "b_acc": torch.tensor(1.0)}
+
+
+def test_a_composition_of_one_leaf_refusing_its_first_batch_counts_none() -> None:
+    # The refused batch stayed counted: compute() gave torchmetrics' nan without the warning.
+    composition = from_torchmetrics(1 + torchmetrics.classification.BinaryAccuracy())
+    with pytest.raises(tt.errors.MetricCallError):
+        composition.update(torch.tensor([0.2, 0.9]), torch.tensor([0, 5]))
+    nan_before_any_update(composition)
+    composition.update(torch.tensor([0.2, 0.9]), torch.tensor([0, 1]))
+    assert composition.compute() == {
+        "Combined Loss": torch.tensor(2.0),
+        "BinaryAccuracy": torch.tensor(1.0),
+    }
+
+
 # -- compute() before any update: the library's warning and NaN, as a native objective ------------
 
 

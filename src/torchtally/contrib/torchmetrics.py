@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from torch import Tensor
 
@@ -132,6 +132,8 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         # drops the rest without a word: check_keywords refuses what a leaf would miss.
         self._filters = self._composition or isinstance(metric, torchmetrics.MetricCollection)
         self._keeps_inputs = keeps_inputs(self._leaves)  # such metrics get copies
+        # Several leaves: update reads their counts first, to tell which took a refused batch.
+        self._several = len(self._leaves) > 1
         switch_off_sync(metric)  # sync happens in one place, our sync()
         default = COMBINED_NAME if self._composition else type(metric).__name__
         self._name = default if name is None else name
@@ -193,19 +195,55 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             InvalidArgumentError: a keyword no leaf of a composition or
                 collection takes (torchmetrics would drop it); nothing changed.
             MetricCallError: the metric's ``update`` raised (an argument it does
-                not take, ``weight=`` say); the synced view is kept.
+                not take, ``weight=`` say); the synced view is kept. In a
+                composition or collection, a leaf refusing a batch after other
+                leaves took it leaves the adapter out of step (``compute``,
+                ``state_dict``, ``merge_state`` and ``sync`` refuse until
+                ``reset`` or ``load_state_dict``).
         """
         if kwargs and self._filters:
             self.check_keywords(kwargs)
         if self._keeps_inputs:
             outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
+        counts = [leaf._update_count for leaf in self._leaves] if self._several else None
         try:
             self._metric.update(outputs, targets, *args, **kwargs)
         except Exception as error:
-            if not self._filters:  # torchmetrics counted the batch it refused
+            refused = foreign_error(self._metric, "update", self._owner, error)
+            if counts is None:  # one leaf: torchmetrics counted the batch it refused
                 uncount(self._leaves[0])
-            raise foreign_error(self._metric, "update", self._owner, error) from error
+                raise refused from error
+            self._refused(counts, refused, error)
         self.drop_view()
+
+    def _refused(self, counts: list[int], refused: Exception, error: Exception) -> NoReturn:
+        """Raise for an update some leaf of several refused, undoing its count.
+
+        torchmetrics counts a batch before a leaf's ``update`` runs: the leaves
+        whose count moved took the batch, the last of them refused it. When
+        others took it, their updates cannot be undone: the adapter is out of step.
+        """
+        leaves = self._leaves
+        took = [i for i, count in enumerate(counts) if leaves[i]._update_count != count]
+        if not took:
+            raise refused from error
+        uncount(self._leaves[took[-1]])
+        if len(took) == 1:
+            raise refused from error
+        self.drop_view()  # the leaves before it changed: the synced view is stale
+        names = self._member_names()
+        raise self.out_of_step(
+            self._owner, [names[i] for i in took[:-1]], names[took[-1]], refused
+        ) from error
+
+    def _member_names(self) -> list[str]:
+        """The leaves as messages name them: a composition's leaf names, a collection's keys."""
+        if self._composition:
+            return list(self._leaf_names)
+        if isinstance(self._metric, torchmetrics.MetricCollection):
+            keys = {id(m): str(k) for k, m in self._metric.items(keep_base=False, copy_state=False)}
+            return [keys.get(id(leaf), type(leaf).__name__) for leaf in self._leaves]
+        return [type(leaf).__name__ for leaf in self._leaves]
 
     def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``).
