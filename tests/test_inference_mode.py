@@ -292,3 +292,23 @@ def test_a_wrapped_object_loaded_in_inference_mode_keeps_counting_outside_it() -
     for outputs, targets in data[1:]:
         restored.update(outputs, targets)
     torch.testing.assert_close(restored.compute()["MAE"], reference(data), rtol=1e-6, atol=0)
+
+
+def test_a_torchmetrics_adapter_loaded_or_merged_in_inference_mode_keeps_counting_outside_it() -> (
+    None
+):
+    # The leaves took inference tensors as states: every later update raised "Inplace update
+    # to inference tensor outside InferenceMode".
+    data = batches()
+    saved = torchmetrics_mae()
+    saved.update(*data[0])
+    loaded, merged = torchmetrics_mae(), torchmetrics_mae()
+    with torch.inference_mode():
+        loaded.load_state_dict(saved.state_dict())
+        merged.merge_state(saved)
+    for restored in (loaded, merged):
+        for outputs, targets in data[1:]:
+            restored.update(outputs, targets)
+        torch.testing.assert_close(
+            restored.compute()["MAE"].double(), reference(data), rtol=1e-6, atol=0
+        )

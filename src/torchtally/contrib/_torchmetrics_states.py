@@ -22,6 +22,7 @@ import torchmetrics
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat, dim_zero_sum
 
+from torchtally.aggregation._states import outside_inference_mode
 from torchtally.contrib._adapter import differing_options
 from torchtally.contrib._torchmetrics_leaves import TorchMetricsObject, leaves_of
 from torchtally.errors import StateDictError, SyncError, UnsupportedObjectError
@@ -40,13 +41,25 @@ __all__ = [
 ]
 
 
+@outside_inference_mode
 def install(leaf: torchmetrics.Metric, states: Mapping[str, Any], count: int) -> None:
-    """Give ``leaf`` these states and update count, and forget what it computed from the old."""
+    """Give ``leaf`` these states and update count, and forget what it computed from the old.
+
+    A state made under ``torch.inference_mode()`` (a load or merge in a
+    validation hook) is given as a normal copy: the leaf's updates change it
+    in place, which an inference tensor refuses outside that mode.
+    """
     for state_name, value in states.items():
-        setattr(leaf, state_name, value)
+        normal = _normal(value) if isinstance(value, Tensor) else [_normal(p) for p in value]
+        setattr(leaf, state_name, normal)
     leaf._update_count = count
     leaf._computed = None
     leaf._forward_cache = None
+
+
+def _normal(tensor: Tensor) -> Tensor:
+    """``tensor``, or a normal copy of it if it is an inference tensor (inference mode off)."""
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 def take_states(
