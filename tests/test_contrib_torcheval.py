@@ -230,6 +230,25 @@ def test_a_state_saved_with_other_options_is_refused_changing_nothing() -> None:
     assert torch.equal(fresh.compute()["A"], macro.compute()["A"])
 
 
+def test_editing_the_options_of_a_returned_state_changes_not_the_adapter() -> None:
+    # state_dict()["options"] was the adapter's own dict: an edit to the returned state changed
+    # the options it checks loads and other ranks against (a good state was then refused).
+    def accuracy() -> Any:
+        return eval_metrics.MulticlassAccuracy(num_classes=3, average="macro")
+
+    adapter = from_torcheval(accuracy(), "A")
+    identity = copy.deepcopy(adapter.sync_identity())
+    returned = adapter.state_dict()
+    returned["options"]["A"]["num_classes"] = 4
+    assert adapter.sync_identity() == identity
+    good = from_torcheval(accuracy(), "A")
+    good.update(torch.eye(3), torch.tensor([0, 1, 0]))
+    adapter.load_state_dict(good.state_dict())
+    assert adapter.compute() == {
+        "A": accuracy().update(torch.eye(3), torch.tensor([0, 1, 0])).compute()
+    }
+
+
 def test_ranks_with_other_options_are_refused_at_sync() -> None:
     # Rank 0 merged rank 1's per-class counts into its micro counts by broadcasting (0.6722).
     ranks = [

@@ -456,6 +456,20 @@ def test_ranks_with_other_options_are_refused_at_sync() -> None:
     assert [adapter.compute()["E"].item() for adapter in ranks] == pytest.approx([5.0, 5**0.5])
 
 
+def test_editing_the_options_of_a_returned_state_changes_not_the_adapter() -> None:
+    # A saved leaf's "options" was the adapter's own dict: an edit to the returned state changed
+    # the options it checks loads and other ranks against (a good state was then refused).
+    adapter = from_torchmetrics(torchmetrics.MeanSquaredError(), "E")
+    identity = copy.deepcopy(adapter.sync_identity())
+    returned = adapter.state_dict()
+    returned["leaves"][0]["options"]["squared"] = False
+    assert adapter.sync_identity() == identity
+    good = from_torchmetrics(torchmetrics.MeanSquaredError(), "E")
+    good.update(torch.zeros(2), torch.tensor([1.0, 3.0]))
+    adapter.load_state_dict(good.state_dict())
+    assert adapter.compute() == {"E": torch.tensor((1.0 + 9.0) / 2)}
+
+
 # -- merge_state -------------------------------------------------------------------------------
 
 

@@ -320,7 +320,7 @@ def saved_states(
         saved.append(
             {
                 "class": type(leaf).__name__,
-                "options": leaf_opts,
+                "options": copy.deepcopy(leaf_opts),  # an edit to it must not reach the adapter
                 "count": int(leaf._update_count),
                 "states": states,
             }

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -302,7 +303,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         return {
             "version": _STATE_VERSION,
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
-            "options": self._options,
+            "options": copy.deepcopy(self._options),  # an edit to it must not reach the adapter
             "updated": self.has_data(),
         }
 
