@@ -12,6 +12,7 @@ import copy
 import io
 import itertools
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -507,6 +508,45 @@ def test_a_join_merge_refused_by_a_later_part_changes_no_part() -> None:
     stateful = tt.wrap(Counted()) | tt.Metric(mae, "MAE")
     with pytest.raises(tt.errors.IncompatibleStateError, match=r"Counted.*nothing was merged"):
         stateful.merge_state(tt.wrap(Counted()) | tt.Metric(mae, "MAE"))
+
+
+class TargetTotal(eval_metrics.Metric[Tensor]):
+    """A torcheval metric whose state stays at its default after a batch of zero targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._add_state("total", torch.tensor(0.0))
+
+    @torch.inference_mode()
+    def update(self, outputs: Tensor, targets: Tensor) -> TargetTotal:
+        self.total += targets.sum()
+        return self
+
+    @torch.inference_mode()
+    def compute(self) -> Tensor:
+        return self.total.clone()
+
+    @torch.inference_mode()
+    def merge_state(self, metrics: Any) -> TargetTotal:
+        for metric in metrics:
+            self.total += metric.total
+        return self
+
+
+def test_a_join_merging_a_state_only_the_other_updated_reports_it() -> None:
+    # The join's merge took the merged torcheval state but not that the other adapter had been
+    # updated: a state equal to its defaults then reported NaN, with ComputedBeforeUpdatedWarning.
+    def joined() -> Any:
+        return tt.Metric(mae, "MAE") | from_torcheval(TargetTotal(), "Total")
+
+    left, right = joined(), joined()
+    right.update(torch.ones(2, 1), torch.zeros(2, 1))
+    left.merge_state(right)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = left.compute()
+    assert values == {"MAE": torch.tensor(1.0), "Total": torch.tensor(0.0)}
+    assert left.state_dict()["parts"][0]["updated"] is True
 
 
 class Counted:

@@ -139,8 +139,6 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
     _synced: ViewT | None = None
     _elsewhere: str | None = None
     _warned_repeats = False
-    _updated = False
-    """Whether the metrics took a batch through the adapter since built, reset or loaded."""
     _every_keyword = False
     """Whether every member must take every keyword (else its update raises halfway)."""
     _checked_keywords: frozenset[frozenset[str]] = frozenset()
@@ -307,10 +305,7 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
             IncompatibleStateError: ``other`` is of another type or wraps other
                 metrics (classes, options, names, states); nothing changes then.
         """
-        view = self.merged_with(other)
-        updated = self._updated or other._updated
-        self.adopt(view)
-        self._updated = updated
+        self.adopt_merged(self.merged_with(other), other)
 
     def merged_with(self, other: Self) -> ViewT:
         """This adapter's state combined with ``other``'s, as a view (``self`` unchanged).
@@ -351,6 +346,15 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
         """Make the state of a view (:meth:`merged_with`) this adapter's own."""
         raise NotImplementedError
 
+    def adopt_merged(self, view: ViewT, other: Self) -> None:
+        """Make ``self.merged_with(other)`` this adapter's state: the last step of a merge.
+
+        What :meth:`merge_state` and a join's ``merge_state`` both call;
+        an adapter keeping more than its metrics' states (whether they took a
+        batch) takes ``other``'s part of it here.
+        """
+        self.adopt(view)
+
     def compute(self) -> dict[str, Tensor]:
         """The values as ``dict[str, Tensor]``, over all processes after :meth:`sync`.
 
@@ -381,7 +385,7 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
 
     def has_data(self) -> bool:
         """Whether this process's metrics took a batch (what :meth:`before_update` asks)."""
-        return self._updated
+        raise NotImplementedError
 
     def values(self, view: ViewT | None) -> dict[str, Tensor]:
         """The wrapped metrics' values (the view's, when given), normalised, not copied."""

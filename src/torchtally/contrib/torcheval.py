@@ -91,6 +91,9 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     """
 
     _every_keyword = True  # torcheval passes every keyword on: a metric not taking it raises
+    _updated = False
+    """Whether the metrics took a batch through the adapter since built, reset or loaded
+    (torcheval keeps no count), or merged a state that had."""
 
     def __init__(
         self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
@@ -282,6 +285,12 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         """Keep the view's merged metrics in place of the wrapped ones (as ``load_state_dict``)."""
         self._metrics = dict(view)
         self.drop_view()
+
+    def adopt_merged(self, view: dict[str, Any], other: TorchEvalAdapter) -> None:
+        """Keep the merged metrics; updated if either adapter was."""
+        updated = self._updated or other._updated
+        self.adopt(view)
+        self._updated = updated
 
     # -- persistence and devices --------------------------------------------------------------
 

@@ -287,7 +287,7 @@ class Joined(InStep, Objective[Any, Any]):
         The kept parts' merged states are prepared first (their
         ``merged_with``, which changes nothing), then the torchtally parts'
         state is merged (checked before it changes), then each kept part takes
-        its merged state (``adopt``).
+        its merged state (``adopt_merged``).
 
         Raises:
             IncompatibleStateError: ``other`` is of another type or joins other
@@ -302,7 +302,9 @@ class Joined(InStep, Objective[Any, Any]):
         self.check_in_step()
         other.check_in_step()
         for part in self._kept:
-            if not all(callable(getattr(part, hook, None)) for hook in ("merged_with", "adopt")):
+            if not all(
+                callable(getattr(part, hook, None)) for hook in ("merged_with", "adopt_merged")
+            ):
                 raise IncompatibleStateError(
                     f"{self._label()}: {part!r:.80} keeps its state inside the object, where "
                     f"torchtally cannot merge it; nothing was merged"
@@ -311,8 +313,8 @@ class Joined(InStep, Objective[Any, Any]):
             mine.merged_with(theirs) for mine, theirs in zip(self._kept, other._kept, strict=True)
         ]
         super().merge_state(other)
-        for part, view in zip(self._kept, views, strict=True):
-            part.adopt(view)
+        for part, view, theirs in zip(self._kept, views, other._kept, strict=True):
+            part.adopt_merged(view, theirs)
 
     def sync_parts(self) -> tuple[Any, ...]:
         """What ``sync_all`` syncs for this object: its own state, then every kept part."""
