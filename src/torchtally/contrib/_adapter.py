@@ -130,9 +130,23 @@ def foreign_error(metric: Any, method: str, owner: str, error: Exception) -> Met
 class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[ViewT]):
     """Base of the adapters: a synced view of type ``ViewT``, and the hooks around it.
 
-    Subclasses implement ``sync_identity``, ``sync_export`` and
-    :meth:`combine` (every rank's states into a view), and read the view
-    with :meth:`view`.
+    It gives the shared lifecycle: :meth:`compute` (refusing while out of
+    step, :class:`~torchtally._foreign.InStep`; NaN before any update),
+    :meth:`sync`, :meth:`merge_state`, :meth:`to` and :meth:`copy`.
+    Subclasses implement the hooks these call:
+
+    - :meth:`sync_identity` (what other ranks and merged states must equal;
+      it calls ``check_in_step``), :meth:`sync_export` (this process's state)
+      and :meth:`combine` (every rank's states into a view);
+    - :meth:`adopt` (a merged view's state made the adapter's own; override
+      :meth:`adopt_merged` to take more of the other adapter than its states);
+    - :meth:`values` (the metrics' or a view's values), :meth:`known_names`
+      (the names known without data) and :meth:`has_data` (whether this
+      process's metrics took a batch);
+    - :meth:`held_metrics` (the wrapped objects, for :meth:`to`);
+    - :meth:`member_updates`, for an adapter calling :meth:`check_call`.
+
+    They read the view with :meth:`view`.
     """
 
     _owner: str
