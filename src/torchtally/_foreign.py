@@ -32,7 +32,7 @@ from torch import Tensor
 
 from torchtally.errors import ComputedBeforeUpdatedWarning, MetricCallError
 
-__all__ = ["InStep", "binds", "nan_before_update", "unshared"]
+__all__ = ["InStep", "bind_error", "binds", "nan_before_update", "unshared"]
 
 ValueT = TypeVar("ValueT")
 
@@ -74,6 +74,22 @@ def binds(fn: Callable[..., Any], positional: int, keywords: Iterable[str] = ())
     except TypeError:
         return False
     return True
+
+
+def bind_error(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> TypeError | None:
+    """The ``TypeError`` binding ``fn(*args, **kwargs)`` raises (not called); ``None`` if it binds.
+
+    ``None`` also when its signature cannot be read (a builtin): the call will tell.
+    """
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as error:
+        return error
+    except ValueError:
+        pass
+    return None
 
 
 def nan_before_update(

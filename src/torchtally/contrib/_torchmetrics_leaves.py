@@ -24,6 +24,7 @@ __all__ = [
     "TorchMetricsObject",
     "direction_of",
     "keeps_inputs",
+    "leaf_labels",
     "leaf_options",
     "leaves_of",
     "named_receivers",
@@ -138,3 +139,15 @@ def direction_of(
         candidates = {own_name: metric}
     direction = getattr(candidates.get(name), "higher_is_better", None)
     return direction if isinstance(direction, bool) else None
+
+
+def leaf_labels(
+    root: TorchMetricsObject, leaves: tuple[torchmetrics.Metric, ...], leaf_names: tuple[str, ...]
+) -> list[str]:
+    """The leaves as messages name them: a composition's leaf names, a collection's keys."""
+    if leaf_names:
+        return list(leaf_names)
+    keys: dict[int, str] = {}
+    if isinstance(root, torchmetrics.MetricCollection):
+        keys = {id(m): str(k) for k, m in root.items(keep_base=False, copy_state=False)}
+    return [keys.get(id(leaf), type(leaf).__name__) for leaf in leaves]

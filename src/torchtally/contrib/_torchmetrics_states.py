@@ -34,6 +34,7 @@ __all__ = [
     "counted",
     "exported",
     "install",
+    "refusing_leaves",
     "saved_states",
     "states_identity",
     "take_states",
@@ -82,6 +83,14 @@ def counted(leaves: Iterable[torchmetrics.Metric]) -> bool:
 def uncount(leaf: torchmetrics.Metric) -> None:
     """Take back the update count torchmetrics adds before an ``update`` that then raised."""
     leaf._update_count = max(leaf._update_count - 1, 0)
+
+
+def refusing_leaves(leaves: tuple[torchmetrics.Metric, ...], counts: list[int]) -> list[int]:
+    """The leaves whose count moved since ``counts``: the last refused the batch (uncounted)."""
+    took = [i for i, count in enumerate(counts) if leaves[i]._update_count != count]
+    if took:
+        uncount(leaves[took[-1]])
+    return took
 
 
 # -- sync -------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -51,11 +50,13 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
+from torchtally._foreign import bind_error
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._torchmetrics_leaves import (
     TorchMetricsObject,
     direction_of,
     keeps_inputs,
+    leaf_labels,
     leaf_options,
     leaves_of,
     named_receivers,
@@ -67,6 +68,7 @@ from torchtally.contrib._torchmetrics_states import (
     counted,
     exported,
     install,
+    refusing_leaves,
     saved_states,
     states_identity,
     take_states,
@@ -217,33 +219,14 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self.drop_view()
 
     def _refused(self, counts: list[int], refused: Exception, error: Exception) -> NoReturn:
-        """Raise for an update some leaf of several refused, undoing its count.
-
-        torchmetrics counts a batch before a leaf's ``update`` runs: the leaves
-        whose count moved took the batch, the last of them refused it. When
-        others took it, their updates cannot be undone: the adapter is out of step.
-        """
-        leaves = self._leaves
-        took = [i for i, count in enumerate(counts) if leaves[i]._update_count != count]
-        if not took:
-            raise refused from error
-        uncount(self._leaves[took[-1]])
-        if len(took) == 1:
+        """Raise for an update one of several leaves refused (its count taken back)."""
+        took = refusing_leaves(self._leaves, counts)  # the last of them refused it
+        if len(took) < 2:
             raise refused from error
         self.drop_view()  # the leaves before it changed: the synced view is stale
-        names = self._member_names()
-        raise self.out_of_step(
-            self._owner, [names[i] for i in took[:-1]], names[took[-1]], refused
-        ) from error
-
-    def _member_names(self) -> list[str]:
-        """The leaves as messages name them: a composition's leaf names, a collection's keys."""
-        if self._composition:
-            return list(self._leaf_names)
-        if isinstance(self._metric, torchmetrics.MetricCollection):
-            keys = {id(m): str(k) for k, m in self._metric.items(keep_base=False, copy_state=False)}
-            return [keys.get(id(leaf), type(leaf).__name__) for leaf in self._leaves]
-        return [type(leaf).__name__ for leaf in self._leaves]
+        names = leaf_labels(self._metric, self._leaves, self._leaf_names)
+        taken = [names[i] for i in took[:-1]]
+        raise self.out_of_step(self._owner, taken, names[took[-1]], refused) from error
 
     def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
         """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``).
@@ -280,25 +263,14 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         return value
 
     def _check_binds(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Refuse a call the metric's ``update`` cannot take (its ``forward`` would lose the state).
-
-        Raises:
-            MetricCallError: the ``TypeError`` binding the call raised; nothing changed.
-        """
+        """Refuse (``MetricCallError``) a call the metric's ``update`` cannot take."""
         call = (len(args), frozenset(kwargs))
-        if call in self._checked_calls:
-            return
-        try:
-            signature = inspect.signature(self._metric.update)
-        except (TypeError, ValueError):  # unreadable: the call will tell
-            signature = None
-        if signature is not None:
-            try:
-                signature.bind(None, None, *args, **kwargs)
-            except TypeError as error:
+        if call not in self._checked_calls:
+            error = bind_error(self._metric.update, (None, None, *args), kwargs)
+            if error is not None:
                 raise foreign_error(self._metric, "forward", self._owner, error) from error
-        self._checked_calls |= {call}
-        self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
+            self._checked_calls |= {call}
+            self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
