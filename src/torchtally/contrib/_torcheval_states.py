@@ -21,7 +21,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from torcheval.metrics import Metric as TorchEvalMetric
 
-from torchtally.contrib._adapter import options
+from torchtally.contrib._options import options
 from torchtally.errors import SyncError
 from torchtally.sync import SyncState
 

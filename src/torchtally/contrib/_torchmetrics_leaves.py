@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics.metric import CompositionalMetric
 
 from torchtally._results import unique_names
-from torchtally.contrib._adapter import options
+from torchtally.contrib._options import options
 
 __all__ = [
     "TorchMetricsObject",

@@ -23,7 +23,7 @@ from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat, dim_zero_sum
 
 from torchtally.aggregation._states import outside_inference_mode
-from torchtally.contrib._adapter import differing_options
+from torchtally.contrib._options import differing_options
 from torchtally.contrib._torchmetrics_leaves import TorchMetricsObject, leaves_of
 from torchtally.errors import StateDictError, SyncError, UnsupportedObjectError
 from torchtally.sync import Gathered, SyncState, callable_identity

@@ -45,11 +45,11 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 from torchtally._conventions import merge_results, normalize_result
 from torchtally.contrib._adapter import (
     SyncedAdapter,
-    differing_options,
     foreign_compute,
     foreign_error,
     unshared,
 )
+from torchtally.contrib._options import differing_options
 from torchtally.contrib._torcheval_states import (
     exported_states,
     loaded_copy,
