@@ -36,6 +36,7 @@ from torchtally.errors import (
     DeviceMismatchError,
     IncompatibleStateError,
     ResultShapeError,
+    ResultTypeError,
     StateDictError,
     WeightError,
 )
@@ -652,6 +653,24 @@ def test_loading_cat_values_of_another_dtype_than_their_metadata_is_refused() ->
         assert value_of(acc).tolist() == [1.0] and value_of(acc).dtype == torch.float32
     acc.load(meta, tensors)
     torch.testing.assert_close(value_of(acc), torch.tensor([0.1, 0.5]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda cls: cls.kind)
+def test_a_dtype_no_state_holds_is_refused_where_a_row_would_record_it(
+    cls: type[Accumulator],
+) -> None:
+    # Sum().add(uint16 values) was kept and exported as 'uint16', which load refuses.
+    acc = cls(rows=2)
+    with pytest.raises(ResultTypeError, match=r"uint16"):
+        acc.add(torch.tensor([[1, 2], [3, 4]], dtype=torch.uint16))
+    assert acc.dtypes == [None, None]
+    acc.add(torch.tensor([[5, 6], [7, 8]]))
+    restored = cls(rows=2)
+    restored.load(*acc.export())  # everything recorded loads back
+    expected = {Mean: [5.5, 7.5], Sum: [11, 15], Min: [5, 7], Max: [6, 8]}.get(cls)
+    found = [value.tolist() for value in restored.reduce()]
+    assert found == (expected if expected is not None else [[5, 6], [7, 8]])
+    assert restored.dtypes == [torch.int64, torch.int64]
 
 
 @pytest.mark.parametrize("cls", ALL)

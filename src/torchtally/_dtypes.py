@@ -15,7 +15,7 @@ import torch
 
 from torchtally.errors import ResultTypeError
 
-__all__ = ["DTYPES", "dtype_from_name", "dtype_name", "refuse_unheld"]
+__all__ = ["DTYPES", "dtype_from_name", "dtype_name", "is_held", "refuse_unheld"]
 
 DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
@@ -61,6 +61,18 @@ def dtype_from_name(name: Any) -> torch.dtype | None:
     return DTYPES.get(name) if isinstance(name, str) else None
 
 
+def is_held(dtype: torch.dtype) -> bool:
+    """Whether a state may hold ``dtype``: whether it is one of :data:`DTYPES`.
+
+    Example:
+        >>> import torch
+        >>> from torchtally._dtypes import is_held
+        >>> is_held(torch.bfloat16), is_held(torch.uint16)
+        (True, False)
+    """
+    return dtype in _HELD
+
+
 def refuse_unheld(dtype: torch.dtype, owner: str, name: str) -> None:
     """Refuse a value of a dtype no state holds (``uint16``, the float8 types, complex).
 
@@ -75,7 +87,7 @@ def refuse_unheld(dtype: torch.dtype, owner: str, name: str) -> None:
         ...
         torchtally.errors.ResultTypeError: Metric: 'MAE' has dtype torch.uint16, which no ...
     """
-    if dtype not in _HELD:
+    if not is_held(dtype):
         raise ResultTypeError(
             f"{owner}: {name!r} has dtype {dtype}, which no state holds (states, checkpoints "
             f"and syncs keep {', '.join(DTYPES)}); convert it, e.g. with .to(torch.int64) or "

@@ -24,7 +24,7 @@ from typing import Any, Final
 import torch
 from torch import Tensor
 
-from torchtally._dtypes import dtype_from_name, dtype_name
+from torchtally._dtypes import dtype_from_name, dtype_name, is_held
 from torchtally.errors import InvalidArgumentError, SyncError
 
 __all__ = [
@@ -171,7 +171,7 @@ def pack(meta: Any, tensors: Sequence[Tensor], device: torch.device | None = Non
     """
     layout = []
     for tensor in tensors:
-        if dtype_from_name(dtype_name(tensor.dtype)) is None:
+        if not is_held(tensor.dtype):
             raise SyncError(f"sync_all: cannot send a tensor of dtype {tensor.dtype}")
         layout.append([dtype_name(tensor.dtype), list(tensor.shape)])
     try:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self
 
+from torchtally._dtypes import refuse_unheld
 from torchtally.aggregation._export import Exportable, ExportedState
 from torchtally.aggregation._layout import SyncLayout, dtypes_from_counts
 from torchtally.aggregation._states import (
@@ -219,11 +220,17 @@ class Accumulator(SyncLayout, Exportable, ABC):
         )
 
     def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None:
-        """Promote the recorded dtype of ``rows`` by ``dtype`` (values of it were added)."""
+        """Promote the recorded dtype of ``rows`` by ``dtype`` (values of it were added).
+
+        Raises:
+            ResultTypeError: a row would record a dtype no state holds (``uint16``,
+                float8, complex), which its export could not load back.
+        """
         dtypes = self.dtypes
         for row in rows:
             promoted = promote(dtypes[row], dtype)
-            if promoted is not dtypes[row]:  # stored only when it changes: no store to replay
+            if promoted is not dtypes[row]:  # checked and stored only when it changes: no
+                refuse_unheld(promoted, type(self).__name__, self.labels[row])  # store to replay
                 dtypes[row] = promoted  # after each torch.compile graph (the dtype is guarded)
 
     def _take_dtypes(self, other: Accumulator, targets: Sequence[int]) -> None:

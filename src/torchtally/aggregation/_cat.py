@@ -90,8 +90,8 @@ class Cat(Accumulator):
                 self._ensure_state(values.device)  # raises DeviceMismatchError
         if values.shape[1] == 0:
             return
-        self.device = values.device
         self._promote_rows(targets, values.dtype)
+        self.device = values.device
         for line, row in enumerate(targets):
             self._chunks[row].append(values[line].detach().clone())
             self._counts[row] += int(values.shape[1]) if samples is None else int(samples)
