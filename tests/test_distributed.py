@@ -549,7 +549,7 @@ def test_composed_loss_syncs_with_metrics_in_two_collectives(world: int, runs: R
         assert torch.equal(values["Combined Loss"], losses[0]["values"]["Combined Loss"])
 
 
-TRAFFIC = "72·W  +  72·m  +  48·x  +  24·x·W  +  (c + descriptions)·W   bytes"
+TRAFFIC = "72·W  +  144·m  +  104·x  +  24·x·W  +  (c + descriptions)·W   bytes"
 """The bytes per rank of one sync, as docs/distributed.md ("What it costs") gives them."""
 
 
@@ -560,7 +560,7 @@ def test_bytes_received_per_sync_are_the_documented_ones(world: int, runs: Runs)
         for case, received in record["traffic"].items():
             means, maxima = map(int, case.split(","))
             # headers, the summed vector, every rank's fixed block; no concatenation here
-            assert received == 72 * world + 72 * means + 48 * maxima + 24 * maxima * world, case
+            assert received == 72 * world + 144 * means + 104 * maxima + 24 * maxima * world, case
 
 
 def test_sync_over_a_subgroup(runs: Runs) -> None:

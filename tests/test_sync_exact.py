@@ -7,19 +7,26 @@ float64 over the concatenated data).
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 import subprocess
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from _sync import simulate_sync  # tests/_sync.py
+from torchtally.aggregation import Max, Mean, Min, Sum, dtypes_from_counts
+from torchtally.aggregation._states import promote
 
 MODULE = "test_sync_exact"
 WORLD = 2
@@ -325,3 +332,132 @@ def test_dataset_size_with_a_value_left_out_of_some_batches_says_so() -> None:
     assert "'always' saw the whole pass, so 'sometimes' was left out of some batches" in message
     assert "once per sample" not in message
     assert [metric.compute() for metric in ranks] == before  # nothing changed
+
+
+# -- a sync reports the dtype and value a merge does ---------------------------------------------
+
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+EXACT = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+SAMPLES_OF: dict[torch.dtype, list[Any]] = {  # what one rank adds, exactly held by its dtype
+    torch.bool: [True, False],
+    torch.uint8: [255, 1],
+    torch.int8: [127, -128],
+    torch.int16: [32767, -5],
+    torch.int32: [2**24 + 1, 3],  # float32 rounds 2**24 + 1 to 2**24
+    torch.int64: [2**24 + 1, -7],
+    torch.float16: [0.5, -1.5],
+    torch.bfloat16: [0.5, 2.0],
+    torch.float32: [0.5, 0.1],
+    torch.float64: [0.25, 0.1],
+}
+
+
+def expected_dtype(kind: str, first: torch.dtype, second: torch.dtype) -> torch.dtype:
+    """docs/aggregation.md's precision table: ``first`` values on one rank, ``second`` on one."""
+    floats = [dtype for dtype in (first, second) if dtype.is_floating_point]
+    integers = [dtype for dtype in (first, second) if not dtype.is_floating_point]
+    if torch.float64 in floats or (floats and {torch.int32, torch.int64} & set(integers)):
+        return torch.float64  # int32 and int64 values joining floats need float64
+    if kind == "cat":
+        promoted = torch.promote_types(first, second)
+        return (
+            torch.promote_types(promoted, torch.float32)
+            if torch.int16 in integers and floats
+            else promoted
+        )
+    if floats:
+        return torch.float32
+    return torch.float64 if kind == "mean" else torch.int64
+
+
+def expected_value(kind: str, values: list[Any], dtype: torch.dtype) -> Tensor:
+    """The value over the concatenated data, computed exactly, then rounded once to ``dtype``."""
+    if kind == "cat":
+        return torch.tensor([float(value) for value in values], dtype=torch.float64).to(dtype)
+    exact = [Fraction(value) for value in values]
+    found = {
+        "sum": sum(exact),
+        "mean": sum(exact) / len(exact),
+        "max": max(exact),
+        "min": min(exact),
+    }[kind]
+    if not dtype.is_floating_point:
+        assert found.denominator == 1
+        return torch.tensor(int(found), dtype=dtype)
+    return torch.tensor(float(found), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("second", FLOATS + EXACT, ids=str)
+@pytest.mark.parametrize("first", FLOATS + EXACT, ids=str)
+@pytest.mark.parametrize("kind", ["mean", "sum", "min", "max", "cat"])
+def test_a_sync_reports_what_a_merge_and_one_process_report(
+    kind: str, first: torch.dtype, second: torch.dtype
+) -> None:
+    # Rank 0 adding int64 2**24 + 1 and rank 1 float32 0.5 synced to a float32 row (the dtype
+    # counts said "floats and integers"), while merge_state promoted to float64: a sum of
+    # 16777218. against 16777217.5, a max of 16777216. against 16777217.
+    batches = [torch.tensor(SAMPLES_OF[dtype]).to(dtype) for dtype in (first, second)]
+
+    def made() -> tt.Objective[Tensor, Tensor]:
+        return Rows() if kind == "cat" else tt.Metric(identity, "rows", aggregation=kind)
+
+    ranks = [made() for _ in batches]
+    merged, alone = made(), made()
+    for metric, batch in zip(ranks, batches, strict=True):
+        metric.update(batch, batch)
+        alone.update(batch, batch)
+        merged.merge_state(copy.deepcopy(metric))  # type: ignore[arg-type]
+    simulate_sync([[metric] for metric in ranks])
+    dtype = expected_dtype(kind, first, second)
+    expected = expected_value(kind, [value for batch in batches for value in batch.tolist()], dtype)
+    for objective in (merged, alone, *ranks):
+        found = objective.compute()["rows"]
+        assert found.dtype == expected.dtype, (found, expected)
+        assert found.tolist() == expected.tolist(), (found, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(FLOATS + EXACT + [None]), min_size=1, max_size=5))
+def test_synced_dtypes_are_a_fold_of_promote_over_the_ranks(
+    dtypes: list[torch.dtype | None],
+) -> None:
+    # What the added-up dtype counts tell equals promote() folded over the ranks' dtypes in
+    # some order (every order, for two ranks; all orders report alike).
+    ranks = []
+    for dtype in dtypes:
+        accumulator = Mean()
+        if dtype is not None:
+            accumulator.add(torch.zeros(1, dtype=dtype))
+        ranks.append(accumulator)
+    (synced,) = dtypes_from_counts(sum(rank.dtype_counts() for rank in ranks))
+    held = [dtype for dtype in dtypes if dtype is not None]
+    folds = set()
+    for order in itertools.permutations(held):
+        folded: torch.dtype | None = None
+        for dtype in order:
+            folded = promote(folded, dtype)
+        folds.add(folded)
+    if not held:
+        assert synced is None
+        return
+    assert synced in folds, (dtypes, synced, folds)
+    if len(held) <= 2:
+        assert folds == {synced}
+    assert synced is not None
+    for cls in (Mean, Sum, Min, Max):
+        assert {cls().report_dtype(fold) for fold in folds if fold is not None} == {
+            cls().report_dtype(synced)
+        }
+
+
+def test_integer_words_from_one_rank_do_not_round_another_ranks_floats() -> None:
+    # An integer row's words went as (v - v mod 2**32, v mod 2**32) into the same columns as
+    # another rank's float words: 1e-9 + (-(2**32)) rounds to a multiple of 2**-20.
+    ranks = [tt.Metric(identity, "Total", aggregation="sum") for _ in range(2)]
+    parts = [torch.tensor([1e-9, 2.5e-10], dtype=torch.float64), torch.tensor([-1, 0])]
+    for metric, values in zip(ranks, parts, strict=True):
+        metric.update(values, values)
+    simulate_sync([[metric] for metric in ranks])
+    exact = Fraction(1e-9) + Fraction(2.5e-10) - 1
+    for metric in ranks:
+        assert metric.compute()["Total"].item() == float(exact)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self
 
+from torchtally._dtypes import DTYPES
 from torchtally.aggregation._states import (
     StateHolder,
     StateSpec,
@@ -26,6 +27,8 @@ from torchtally.aggregation._states import (
     fresh_state,
     is_exact,
     outside_inference_mode,
+    promote,
+    two_sum_into,
 )
 
 __all__ = ["SyncLayout", "dtypes_from_counts"]
@@ -34,6 +37,12 @@ _F64 = torch.float64
 _I64 = torch.int64
 _ADDED = ("sum", "twosum")  # the rules of states that a sum all-reduce combines
 _CPU = torch.device("cpu")
+_HELD = tuple(DTYPES.values())  # one dtype count per held dtype, in this order
+
+
+def _sent_width(spec: StateSpec) -> int:
+    """Columns a summed state takes in :meth:`SyncLayout.sync_columns` (``'twosum'``: 4)."""
+    return spec.width + 2 if spec.rule == "twosum" else spec.width
 
 
 class SyncLayout(StateHolder):
@@ -67,8 +76,8 @@ class SyncLayout(StateHolder):
 
     @classmethod
     def sync_width(cls) -> int:
-        """Columns per row of :meth:`sync_columns`: the added-up states, then 3 dtype counts."""
-        return sum(spec.width for spec in cls.states if spec.rule in _ADDED) + 3
+        """Columns per row of :meth:`sync_columns`: the added-up states, then the dtype counts."""
+        return sum(_sent_width(spec) for spec in cls.states if spec.rule in _ADDED) + len(_HELD)
 
     def sync_columns(self) -> Tensor:
         """The states that add up, and the dtype counts: ``(rows, sync_width())`` float64.
@@ -76,12 +85,12 @@ class SyncLayout(StateHolder):
         Added up over ranks (one all-reduce), they give those states over all
         ranks (exactly for counts below 2**53 and for integer sums, see
         :func:`_integer_words`; for float64 sums, to the rounding of adding one
-        number per rank) and the reported dtype (:meth:`dtype_counts`).
+        number per rank) and the row's dtype (:meth:`dtype_counts`).
         """
         device = self.device if self.device is not None else _CPU
         added = [spec for spec in self.states if spec.rule in _ADDED]
         if self._state is None:
-            width = sum(spec.width for spec in added)
+            width = sum(_sent_width(spec) for spec in added)
             values = [torch.zeros(self.rows, width, dtype=_F64, device=device)]
         else:
             exact = [dtype is not None and is_exact(dtype) for dtype in self.dtypes]
@@ -95,22 +104,15 @@ class SyncLayout(StateHolder):
         return torch.cat([*values, self.dtype_counts()], 1)
 
     def dtype_counts(self) -> Tensor:
-        """Per row, whether it saw float64, another floating dtype, integers: ``(rows, 3)``.
+        """Per row, a 1 in the column of its dtype, one column per held dtype: ``(rows, 10)``.
 
-        Added up over ranks, they tell the reported dtype (:func:`dtypes_from_counts`).
+        The columns follow :data:`torchtally._dtypes.DTYPES`; a row that has seen
+        nothing is all 0. Added up over ranks, they tell which dtypes the ranks
+        saw, and so the row's dtype over all of them (:func:`dtypes_from_counts`).
         """
         device = self.device if self.device is not None else _CPU
-        flags = [
-            [0.0, 0.0, 0.0]
-            if dtype is None
-            else [
-                float(dtype == _F64),
-                float(dtype.is_floating_point and dtype != _F64),
-                float(is_exact(dtype)),
-            ]
-            for dtype in self.dtypes
-        ]
-        return torch.tensor(flags, dtype=_F64, device=device).reshape(self.rows, 3)
+        flags = [[float(dtype == held) for held in _HELD] for dtype in self.dtypes]
+        return torch.tensor(flags, dtype=_F64, device=device).reshape(self.rows, len(_HELD))
 
     @classmethod
     def fixed_layout(cls, rows: int) -> list[tuple[StateSpec, int, int]]:
@@ -163,18 +165,24 @@ class SyncLayout(StateHolder):
         """
         result = cls(rows=columns.shape[0])
         result.labels = list(labels)
-        result.dtypes = dtypes_from_counts(columns[:, -3:])
+        result.dtypes = dtypes_from_counts(columns[:, -len(_HELD) :])
         if all(dtype is None for dtype in result.dtypes):
             return result
         result.device = columns.device
         state = fresh_state(cls.states, result.rows, columns.device)
         offset = 0
         for spec in cls.states:
-            if spec.rule in _ADDED:
+            if spec.rule == "twosum":  # the float words, then the integer words added exactly
+                part = columns[:, offset : offset + 4]
+                total = part[:, :2].to(spec.dtype, copy=True)
+                two_sum_into(total, part[:, 2])
+                two_sum_into(total, part[:, 3])
+                state[spec.name] = total
+            elif spec.rule in _ADDED:
                 part = columns[:, offset : offset + spec.width]
                 exact = not spec.dtype.is_floating_point
                 state[spec.name] = part.round().to(spec.dtype) if exact else part.to(spec.dtype)
-                offset += spec.width
+            offset += _sent_width(spec) if spec.rule in _ADDED else 0
         if blocks is not None:
             ranks = blocks.shape[0]
             stacked = {
@@ -217,15 +225,20 @@ class SyncLayout(StateHolder):
 
 
 def _integer_words(total: Tensor, integers: Tensor) -> Tensor:
-    """Compensated ``(high, low)`` pairs; those of integer rows split so ranks add them exactly.
+    """Compensated ``(high, low)`` pairs as 4 columns: float words, then integer words.
 
     A float64 all-reduce rounds a sum of high words past 2**53 (``2**53 + 1``
     over two ranks gave ``2**53``). A row of integers (``integers``, from its
-    dtype) whose words hold an integer ``v`` below 2**63 in magnitude is sent
-    as ``(v - v mod 2**32, v mod 2**32)``: a multiple of 2**32 with 31
-    significant bits and a number below 2**32, whose sums over up to 2**21
-    ranks are exact in float64. Other rows (floats, weighted integers) go as
-    they are.
+    dtype) whose two words are integers below 2**62 in magnitude (so their
+    int64 sum ``v`` cannot wrap) is sent as ``(0, 0, v - v mod 2**32, v mod 2**32)``:
+    a multiple of 2**32 with at most 31 significant bits and a number below
+    2**32, whose sums over up to 2**21 ranks are exact in float64. Other rows
+    (floats, weighted integers, integer words beyond 2**62) are sent as
+    ``(high, low, 0, 0)``. The integer words have columns of their own: added
+    to another rank's float words, ``-2**32`` would round them (a float64 row
+    of ``0.35`` on one rank and an int8 sum of ``-1`` on another came back
+    off by ``2**-23``). :meth:`SyncLayout.from_synced` adds the integer words
+    to the float words exactly.
     """
     high, low = total[:, 0], total[:, 1]
     limit = 2.0**62
@@ -239,19 +252,33 @@ def _integer_words(total: Tensor, integers: Tensor) -> Tensor:
     value = torch.where(whole, high, 0.0).to(_I64) + torch.where(whole, low, 0.0).to(_I64)
     below = value & (2**32 - 1)  # v mod 2**32, in [0, 2**32) for negative v too
     split = torch.stack([value - below, below], 1).to(_F64)
-    return torch.where(whole.unsqueeze(1), split, total)
+    kept = whole.unsqueeze(1)
+    return torch.cat([torch.where(kept, 0.0, total), torch.where(kept, split, 0.0)], 1)
 
 
 def dtypes_from_counts(counts: Tensor) -> list[torch.dtype | None]:
-    """The dtype each row reports from, given its added-up :meth:`Accumulator.dtype_counts`.
+    """Each row's dtype over all ranks, given its added-up :meth:`Accumulator.dtype_counts`.
+
+    :func:`~torchtally.aggregation._states.promote` folded over the dtypes the
+    ranks saw (in the order of :data:`torchtally._dtypes.DTYPES`), so a synced
+    row has the dtype a merge of the ranks' accumulators gives: the very one
+    for two ranks, and for more one that reports alike (only the order of
+    float16, bfloat16 and narrow integers may differ, and those all report
+    float32); ``None`` for a row no rank has seen.
 
     Example:
         >>> import torch
-        >>> from torchtally.aggregation import dtypes_from_counts
-        >>> dtypes_from_counts(torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 0.0]]))
-        [torch.float32, None]
+        >>> from torchtally.aggregation import Max, Mean, dtypes_from_counts
+        >>> ids, scores, empty = Max(), Max(), Mean()
+        >>> ids.add(torch.tensor([16_777_217])); scores.add(torch.tensor([0.5]))
+        >>> dtypes_from_counts(ids.dtype_counts() + scores.dtype_counts() + empty.dtype_counts())
+        [torch.float64]
     """
-    return [
-        _F64 if f64 else torch.float32 if floating else _I64 if exact else None
-        for f64, floating, exact in counts.tolist()
-    ]
+    found: list[torch.dtype | None] = []
+    for row in counts.tolist():
+        dtype: torch.dtype | None = None
+        for held, count in zip(_HELD, row, strict=True):
+            if count > 0:
+                dtype = promote(dtype, held)
+        found.append(dtype)
+    return found
