@@ -12,6 +12,7 @@ import itertools
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -25,7 +26,7 @@ from torch import Tensor
 import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from _sync import simulate_sync  # tests/_sync.py
-from torchtally.aggregation import Max, Mean, Min, Sum, dtypes_from_counts
+from torchtally.aggregation import Accumulator, Cat, Max, Mean, Min, Sum, dtypes_from_counts
 from torchtally.aggregation._states import promote
 
 MODULE = "test_sync_exact"
@@ -461,3 +462,37 @@ def test_integer_words_from_one_rank_do_not_round_another_ranks_floats() -> None
     exact = Fraction(1e-9) + Fraction(2.5e-10) - 1
     for metric in ranks:
         assert metric.compute()["Total"].item() == float(exact)
+
+
+class Shifted(tt.Objective[Tensor, Tensor]):
+    """Every sample's output shifted by its batch's mean, kept ('cat'), and that batch mean."""
+
+    def accumulator_for(self, name: str) -> type[Accumulator]:
+        return Cat if name == "shifted" else Mean
+
+    def derived_values(self) -> dict[str, tuple[str, ...]]:
+        return {"shifted": ("batch",)}
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        batch = outputs.mean()  # a scalar: the repeat's share of it cannot be dropped
+        return {"batch": batch, "shifted": outputs + batch}
+
+
+def test_a_derived_value_kept_by_cat_keeps_the_repeat_its_sources_keep() -> None:
+    # Cat had no keeping_last: the shifted values dropped the repeated sample's entry (5
+    # values) while the batch mean they were computed from kept it.
+    batches = [[1.0, 2.0, 4.0], [8.0, 16.0, 1.0]]  # 5 samples on 2 ranks: rank 1's last repeats
+    ranks = [Shifted(), Shifted()]
+    for objective, batch in zip(ranks, batches, strict=True):
+        values = torch.tensor(batch)
+        objective.update(values, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the kept repeat is named in a warning
+        simulate_sync([[objective] for objective in ranks], dataset_size=5)
+    # every served sample's value, the repeat included (float32, as calculate computes it)
+    shifted = torch.cat([torch.tensor(batch) + torch.tensor(batch).mean() for batch in batches])
+    served = [value for batch in batches for value in batch]
+    for objective in ranks:
+        found = objective.compute()
+        assert found["shifted"].tolist() == shifted.tolist() and len(shifted) == 6
+        assert found["batch"].item() == pytest.approx(sum(served) / len(served), rel=1e-7)

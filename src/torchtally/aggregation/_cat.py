@@ -187,6 +187,15 @@ class Cat(Accumulator):
         return copied, torch.tensor(dropped, dtype=torch.bool, device=device)
 
     @override
+    def keeping_last(self, rows: Tensor) -> Self:
+        """A copy whose :meth:`without_last` keeps the last value of ``rows`` (read on the host)."""
+        copied = self.copy()
+        for row, keep in enumerate(rows.tolist()):
+            if keep:
+                copied._droppable[row] = False
+        return copied
+
+    @override
     @classmethod
     def combined(
         cls, parts: Sequence[tuple[Accumulator, Sequence[int]]], rows: int, labels: Sequence[str]

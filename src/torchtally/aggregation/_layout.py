@@ -215,11 +215,11 @@ class SyncLayout(StateHolder):
 
         For a row whose last value was computed from values that could not
         drop their repeat (a loss's combined value broadcasting a batch
-        mean): its last entry is not one sample's value either. :class:`Mean`
-        and :class:`Sum` mark those rows as holding no droppable sample; the
-        default copies only, right for minima and maxima (they drop nothing)
-        but not for :class:`Cat`, whose derived rows would still drop their last
-        value (losses derive means only).
+        mean): its last entry is not one sample's value either. :class:`Mean`,
+        :class:`Sum` and :class:`Cat` mark those rows as holding no droppable
+        sample; the default copies only, right for minima and maxima (they
+        drop nothing). A custom kind whose :meth:`without_last` drops values
+        overrides this too.
         """
         return self.copy()
 
