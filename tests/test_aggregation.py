@@ -690,6 +690,21 @@ def test_values_from_another_device_raise_device_mismatch() -> None:
     assert value_of(acc).device.type == "meta"
 
 
+def test_cat_values_from_another_device_raise_device_mismatch_and_change_nothing() -> None:
+    # The first mismatch moved the device silently (and made an empty state), the next
+    # add of the original device's values raised StopIteration.
+    acc = Cat(rows=1)
+    acc.add(torch.tensor([1.0, 2.0]))
+    with pytest.raises(DeviceMismatchError, match=r"cpu.*meta.*\.to\('meta'\)"):
+        acc.add(torch.ones(2, device="meta"))
+    assert acc.device == torch.device("cpu")
+    acc.add(torch.tensor([3.0]))
+    assert value_of(acc).tolist() == [1.0, 2.0, 3.0] and acc.samples() == [3]
+    acc.reset()
+    acc.add(torch.ones(2, device="meta"))  # after a reset the values may live anywhere
+    assert value_of(acc).device.type == "meta"
+
+
 def test_grow_adds_empty_rows() -> None:
     acc = Mean()
     acc.add(torch.tensor([4.0]))

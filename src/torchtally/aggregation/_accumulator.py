@@ -243,16 +243,24 @@ class Accumulator(SyncLayout, Exportable, ABC):
         if self._state is None:
             self.device = device
             self._state = fresh_state(self.states, self.rows, device)
-        elif not torch.compiler.is_compiling() and next(iter(self._state.values())).is_inference():
+        elif (
+            self._state  # a kind may declare no state tensors
+            and not torch.compiler.is_compiling()
+            and next(iter(self._state.values())).is_inference()
+        ):
             # made inside a graph compiled under torch.inference_mode() (the graph's outputs
             # are inference tensors, which nothing outside it may change in place)
             self._state = normal_state(self._state)
         if device != self.device:
-            raise DeviceMismatchError(
-                f"{self.labels[0] if self.labels else type(self).__name__}: state lives on "
-                f"{self.device} but values arrived on {device}; call .to({str(device)!r}) on the "
-                f"objective (or reset() it) before feeding values from another device"
-            )
+            raise self._device_mismatch(device)
+
+    def _device_mismatch(self, device: torch.device) -> DeviceMismatchError:
+        """The error for values that arrived on ``device`` while the state lives elsewhere."""
+        return DeviceMismatchError(
+            f"{self.labels[0] if self.labels else type(self).__name__}: state lives on "
+            f"{self.device} but values arrived on {device}; call .to({str(device)!r}) on the "
+            f"objective (or reset() it) before feeding values from another device"
+        )
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -63,6 +63,8 @@ class Cat(Accumulator):
         """Keep copies of ``values``: ``(m, T, *trailing)`` for ``m`` rows (``(T,)`` for one row).
 
         Raises:
+            DeviceMismatchError: ``values`` are on another device than the values held
+                (nothing is kept; ``reset()`` or ``to()`` first).
             ResultShapeError: the values' trailing shape differs from what a row holds.
             WeightError: weights were given.
         """
@@ -86,8 +88,8 @@ class Cat(Accumulator):
                     f"{self.labels[row]}: values must share their trailing shape to be "
                     f"concatenated, found {tuple(held[0].shape[1:])} and {tuple(values.shape[2:])}"
                 )
-            if self.device is not None and values.device != self.device:
-                self._ensure_state(values.device)  # raises DeviceMismatchError
+        if self.device is not None and values.device != self.device:
+            raise self._device_mismatch(values.device)
         if values.shape[1] == 0:
             return
         self._promote_rows(targets, values.dtype)
