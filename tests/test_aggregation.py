@@ -690,6 +690,20 @@ def test_values_from_another_device_raise_device_mismatch() -> None:
     assert value_of(acc).device.type == "meta"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64], ids=str)
+@pytest.mark.parametrize("cls", BANKED, ids=lambda cls: cls.kind)
+def test_a_negative_tensor_weight_does_what_the_docs_say(
+    cls: type[Accumulator], dtype: torch.dtype
+) -> None:
+    # docs/aggregation.md said minima and maxima include an entry of negative weight; they
+    # leave it out, as one of weight 0. Means and sums give NaN.
+    acc = cls()
+    acc.add(torch.tensor([5, 1, 3]).to(dtype), torch.tensor([-1.0, 1.0, 2.0]))
+    found = value_of(acc).item()
+    expected = {Min: 1, Max: 3}.get(cls)
+    assert math.isnan(found) if expected is None else found == expected
+
+
 def test_cat_values_from_another_device_raise_device_mismatch_and_change_nothing() -> None:
     # The first mismatch moved the device silently (and made an empty state), the next
     # add of the original device's values raised StopIteration.

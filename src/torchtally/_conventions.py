@@ -172,8 +172,10 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
 
     A Python number or a 0-d (or one-element) tensor is the batch's total
     weight (a token count, say); a ``(B,)`` tensor holds one weight per sample
-    (0 excludes a sample). Tensors are detached, never read on the host:
-    a negative tensor weight is not detected.
+    (0 excludes a sample). Tensors are detached, never read on the host, so
+    a negative tensor weight cannot be refused here: means and sums (and the
+    running values they give) become NaN, minima and maxima leave the entry
+    out, as one of weight 0.
 
     Args:
         weight: what the user passed (or a weight callable returned).

@@ -18,7 +18,7 @@ rank builds the same error message.
 
 Headers and payloads are validated before anything is allocated from them:
 a header that is not torchtally's, sizes over :func:`payload_limit`, a dtype
-outside :data:`torchtally._conventions.DTYPES`, shapes that do not match the
+outside :data:`torchtally._dtypes.DTYPES`, shapes that do not match the
 bytes, truncated or non-UTF-8 metadata all raise
 :class:`~torchtally.errors.SyncError`. Every rank sees every header and payload,
 so every rank raises the same error after the same collectives, and none
