@@ -38,6 +38,9 @@ _I64 = torch.int64
 _ADDED = ("sum", "twosum")  # the rules of states that a sum all-reduce combines
 _CPU = torch.device("cpu")
 _HELD = tuple(DTYPES.values())  # one dtype count per held dtype, in this order
+_ONE_HOT: dict[torch.dtype | None, list[float]] = {
+    dtype: [float(dtype == held) for held in _HELD] for dtype in (None, *_HELD)
+}  # a row's dtype counts, by its dtype (read once per row at each sync)
 
 
 def _sent_width(spec: StateSpec) -> int:
@@ -111,7 +114,7 @@ class SyncLayout(StateHolder):
         saw, and so the row's dtype over all of them (:func:`dtypes_from_counts`).
         """
         device = self.device if self.device is not None else _CPU
-        flags = [[float(dtype == held) for held in _HELD] for dtype in self.dtypes]
+        flags = [_ONE_HOT[dtype] for dtype in self.dtypes]
         return torch.tensor(flags, dtype=_F64, device=device).reshape(self.rows, len(_HELD))
 
     @classmethod
