@@ -20,6 +20,7 @@ from typing_extensions import Self
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result
 from torchtally._foreign import nan_before_update, unshared
+from torchtally._state_keys import check_state_keys
 from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
@@ -219,12 +220,19 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             "updated": self._updated,
         }
 
+    def state_keys(self) -> frozenset[str]:
+        """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
+        held = "state_dict" if callable(getattr(self._object, "state_dict", None)) else "attributes"
+        return frozenset(("version", held, "updated"))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`.
 
         Raises:
-            StateDictError: the state is not one :meth:`state_dict` made for this kind of object.
+            StateDictError: the state is not one :meth:`state_dict` made for this kind of
+                object (it holds a key :meth:`state_keys` does not name, say).
         """
+        check_state_keys(state_dict, self.state_keys(), self._owner)
         if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
             loader = getattr(self._object, "load_state_dict", None)
             if callable(loader):  # a copy: the object may keep the tensors it is given

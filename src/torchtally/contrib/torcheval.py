@@ -43,6 +43,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result
+from torchtally._state_keys import check_state_keys
 from torchtally.contrib._adapter import (
     SyncedAdapter,
     foreign_compute,
@@ -316,13 +317,18 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             "updated": self.has_data(),
         }
 
+    def state_keys(self) -> frozenset[str]:
+        """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
+        return frozenset(("version", "metrics", "options", "updated"))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`, all of them or none.
 
         Raises:
-            StateDictError: the state holds other metrics, options or states, or
-                one that torcheval refuses; no metric changes then.
+            StateDictError: the state holds another key, other metrics, options
+                or states, or one that torcheval refuses; no metric changes then.
         """
+        check_state_keys(state_dict, self.state_keys(), self._owner)
         stored = state_dict.get("metrics") if isinstance(state_dict, Mapping) else None
         if not isinstance(stored, Mapping) or sorted(stored) != sorted(self._metrics):
             found = sorted(stored) if isinstance(stored, Mapping) else type(state_dict).__name__

@@ -51,6 +51,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally._foreign import bind_error
+from torchtally._state_keys import check_state_keys
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._torchmetrics_leaves import (
     TorchMetricsObject,
@@ -363,12 +364,18 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self.check_in_step()
         return {"version": _STATE_VERSION, "leaves": saved_states(self._leaves, self._options)}
 
+    def state_keys(self) -> frozenset[str]:
+        """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
+        return frozenset(("version", "leaves"))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`.
 
         Raises:
-            StateDictError: the state holds other metrics or states than this adapter's.
+            StateDictError: the state holds another key, or other metrics or
+                states than this adapter's.
         """
+        check_state_keys(state_dict, self.state_keys(), self._owner)
         stored = state_dict.get("leaves") if isinstance(state_dict, Mapping) else None
         if not isinstance(stored, list):
             raise StateDictError(

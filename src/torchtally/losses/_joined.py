@@ -251,6 +251,10 @@ class JoinedLoss(Joined):
         return state
 
     @override
+    def state_keys(self) -> frozenset[str]:
+        return super().state_keys() | self._loss._loss_keys()
+
+    @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore every part and the schedules' positions, or nothing (see ``Joined``).
 

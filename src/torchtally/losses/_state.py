@@ -79,6 +79,10 @@ class LossState(LossDefinition[OutputT, TargetT]):
         return state
 
     @override
+    def state_keys(self) -> frozenset[str]:
+        return super().state_keys() | self._loss_keys()
+
+    @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace the state with one from :meth:`state_dict` of a loss with the same formula.
 
@@ -91,8 +95,8 @@ class LossState(LossDefinition[OutputT, TargetT]):
         is refused too: it was saved by an objective that is not a loss, or
         by a development version of torchtally before losses saved their
         formula; nothing tells which formula its combined value belongs to.
-        States of objectives that are not losses carry no formula and load as
-        before.
+        A loss's state (its formula, its positions) is refused by an objective
+        that is not a loss, whose state carries neither.
 
         Raises:
             StateDictError: the state holds another formula or none, a
@@ -108,6 +112,10 @@ class LossState(LossDefinition[OutputT, TargetT]):
     def _loss_state(self) -> dict[str, Any]:
         """The formula and the schedules' positions as state-dict entries."""
         return {"formula": self._formula, **self._schedule_state()}
+
+    def _loss_keys(self) -> frozenset[str]:
+        """The keys of :meth:`_loss_state` (``'schedule_position'`` only with schedules)."""
+        return frozenset({"formula", "schedule_position"} if self._program.factors else {"formula"})
 
     def _schedule_state(self) -> dict[str, Any]:
         """The schedules' positions as state-dict entries (none without schedules)."""

@@ -337,10 +337,15 @@ class Joined(InStep, Objective[Any, Any]):
         return state
 
     @override
+    def state_keys(self) -> frozenset[str]:
+        return super().state_keys() | {"parts", "owners", "reported"}
+
+    @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore every part, or none: a part that refuses its state undoes the others."""
+        keys = self.state_keys()  # checked before any part loads
         parts, owners = checked_layout(
-            state_dict, self._label(), len(self._kept), self._templates, self._owners
+            state_dict, self._label(), keys, len(self._kept), self._templates, self._owners
         )
         previous = dict(self._owners)
         before = [copy.deepcopy(part.state_dict()) for part in self._kept]

@@ -9,9 +9,10 @@ under another part's prefix for the rest of the run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
+from torchtally._state_keys import check_state_keys
 from torchtally.errors import StateDictError
 
 __all__ = ["checked_layout"]
@@ -20,19 +21,23 @@ __all__ = ["checked_layout"]
 def checked_layout(
     state_dict: Any,
     label: str,
+    keys: Set[str],
     kept: int,
     templates: Sequence[Any],
     current: Mapping[str, Any],
 ) -> tuple[list[Any], Mapping[str, int]]:
     """The kept parts' states and the names' owners of a join's state, checked.
 
-    ``kept`` is the number of parts keeping their own state, ``templates`` the
-    torchtally parts, ``current`` the owner of each name known here.
+    ``keys`` are the top-level keys the join's state may hold, ``kept`` the
+    number of parts keeping their own state, ``templates`` the torchtally
+    parts, ``current`` the owner of each name known here.
 
     Raises:
-        StateDictError: the state is malformed, or of another join (a name
-            it holds is owned here by another part). Nothing is changed here.
+        StateDictError: the state holds another key, is malformed, or is of
+            another join (a name it holds is owned here by another part).
+            Nothing is changed here.
     """
+    check_state_keys(state_dict, keys, label)
     parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
     if not isinstance(parts, list) or len(parts) != kept:
         raise StateDictError(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
+from torchtally._state_keys import check_state_keys
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import InvalidArgumentError, StateDictError
 from torchtally.objectives._holder import LedgerHolder
@@ -50,11 +51,29 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         meta, tensors = self._ledger.export()
         return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
 
+    def state_keys(self) -> frozenset[str]:
+        """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others.
+
+        A subclass whose ``state_dict`` adds keys adds them here
+        (``super().state_keys() | {'epoch'}``).
+
+        Example:
+            >>> import torchtally as tt
+            >>> sorted(tt.Metric(lambda o, t: (o - t).abs(), 'MAE').state_keys())
+            ['state', 'tensors', 'version']
+        """
+        return frozenset(("version", "state", "tensors"))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace the state with one from :meth:`state_dict`, after checking all of it.
 
+        The state must be this objective's own: a key :meth:`state_keys` does
+        not name (another objective's parts, the user's metadata) is refused;
+        keep other data beside it (``{'metrics': m.state_dict(), 'epoch': 3}``).
+
         Raises:
-            StateDictError: the state is malformed, misses a name this objective
+            StateDictError: the state holds a key this objective does not write,
+                is malformed, misses a name this objective
                 declares, holds one it does not, aggregates a value differently
                 or holds tensors of the wrong shape, dtype or count. Nothing
                 changes then.
@@ -70,6 +89,7 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
                 f"{label}: expected a dict from state_dict() of format version {STATE_VERSION}, "
                 f"found {found}"
             )
+        check_state_keys(state_dict, self.state_keys(), label)
         tensors = state_dict.get("tensors")
         if not isinstance(tensors, (list, tuple)):
             raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")

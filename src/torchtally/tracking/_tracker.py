@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
+from torchtally._state_keys import check_state_keys
 from torchtally.errors import InvalidArgumentError, StateDictError, TrackerError
 from torchtally.tracking._directions import direction
 
@@ -248,6 +249,10 @@ class MetricTracker:
             "history": list(self._history),
         }
 
+    def state_keys(self) -> frozenset[str]:
+        """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
+        return frozenset(("version", "name", "higher_is_better", "history"))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace the recorded values with those of :meth:`state_dict`.
 
@@ -256,8 +261,9 @@ class MetricTracker:
         resumed run stops at the same epoch as an uninterrupted one.
 
         Raises:
-            StateDictError: the state is malformed or follows another value
-                or direction. Nothing changes then.
+            StateDictError: the state is malformed, holds a key
+                :meth:`state_keys` does not name, or follows another value or
+                direction. Nothing changes then.
         """
         label = f"MetricTracker({self.name!r})"
         if not isinstance(state_dict, Mapping) or state_dict.get("version") != _STATE_VERSION:
@@ -265,6 +271,7 @@ class MetricTracker:
                 f"{label}: expected a dict from MetricTracker.state_dict() "
                 f"(version {_STATE_VERSION}), found {state_dict!r:.80}"
             )
+        check_state_keys(state_dict, self.state_keys(), label)
         for key, mine in (("name", self.name), ("higher_is_better", self.higher_is_better)):
             if state_dict.get(key) != mine:
                 raise StateDictError(
