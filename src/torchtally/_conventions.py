@@ -4,8 +4,9 @@ Every objective, loss and adapter reads its inputs through these helpers:
 how big a batch is (:func:`batch_size`), what a ``weight=`` may be
 (:func:`batch_weight`), how a callable's result becomes a tensor
 (:func:`as_value_tensor`) or a dict of tensors (:func:`normalize_result`),
-what a name may be (:func:`check_name`, :func:`default_name`) and which error
-a failing user callable becomes (:func:`callable_error`). The rules for what
+what a name may be (:func:`check_name`, :func:`default_name`), which error
+a failing user callable becomes (:func:`callable_error`) and which devices a
+state may move to (:func:`usable_device`). The rules for what
 callables return are written in :mod:`torchtally._results` and named here
 too. Nothing here imports another torchtally module but that one and
 :mod:`torchtally.errors`.
@@ -67,6 +68,7 @@ __all__ = [
     "shared_weight_fn",
     "size_and_weight",
     "unique_names",
+    "usable_device",
     "values_dict",
 ]
 
@@ -368,3 +370,29 @@ def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
 def is_objective_like(item: object) -> bool:
     """Whether ``item`` has ``update``, ``compute`` and ``reset`` (what ``|`` can join)."""
     return all(callable(getattr(item, method, None)) for method in ("update", "compute", "reset"))
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def usable_device(device: Any, label: str) -> torch.device:
+    """``device`` as a :class:`torch.device` a state can live on (checked before any move).
+
+    Every objective's and adapter's ``to()`` asks this first, so a refused move
+    changes nothing.
+    """
+    if isinstance(device, torch.dtype):
+        why = "the state keeps the dtypes its values had"
+    else:
+        try:
+            target = torch.device(device)
+            torch.empty(0, device=target)  # an unusable device raises here, not half-way through
+        except (TypeError, ValueError, RuntimeError, AssertionError) as error:
+            why = str(error).splitlines()[0]
+        else:
+            if target.type != "meta":
+                return target
+            why = "meta tensors hold no values: the state would be lost"
+    raise InvalidArgumentError(
+        f"{label}: to() takes a device this process can use, found {device!r} ({why})"
+    )

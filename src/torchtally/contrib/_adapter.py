@@ -25,7 +25,7 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally import distributed
-from torchtally._conventions import callable_error
+from torchtally._conventions import callable_error, usable_device
 from torchtally._foreign import InStep, binds, nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
@@ -37,7 +37,6 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives import is_objective_like, join
-from torchtally.objectives._persistence import usable_device
 from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, sync_all
 
 __all__ = ["SyncedAdapter", "foreign_compute", "foreign_error", "unshared"]

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from typing_extensions import Self
 
+from torchtally._conventions import usable_device
 from torchtally._state_keys import check_state_keys
 from torchtally.aggregation._states import KeptOutsideInferenceMode
-from torchtally.errors import InvalidArgumentError, StateDictError
+from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 
-__all__ = ["STATE_VERSION", "Persistence", "usable_device"]
+__all__ = ["STATE_VERSION", "Persistence"]
 
 STATE_VERSION = 2
 """The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
@@ -128,26 +129,3 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
-
-
-def usable_device(device: Any, label: str) -> torch.device:
-    """``device`` as a :class:`torch.device` a state can live on (checked before any move).
-
-    Every objective's and adapter's ``to()`` asks this first, so a refused move
-    changes nothing.
-    """
-    if isinstance(device, torch.dtype):
-        why = "the state keeps the dtypes its values had"
-    else:
-        try:
-            target = torch.device(device)
-            torch.empty(0, device=target)  # an unusable device raises here, not half-way through
-        except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-            why = str(error).splitlines()[0]
-        else:
-            if target.type != "meta":
-                return target
-            why = "meta tensors hold no values: the state would be lost"
-    raise InvalidArgumentError(
-        f"{label}: to() takes a device this process can use, found {device!r} ({why})"
-    )
