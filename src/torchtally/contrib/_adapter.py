@@ -26,7 +26,7 @@ from typing_extensions import Self
 
 from torchtally import distributed
 from torchtally._conventions import callable_error, usable_device
-from torchtally._foreign import InStep, binds, nan_before_update, unshared
+from torchtally._foreign import InStep, bind_error, nan_before_update, unshared
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
@@ -84,7 +84,7 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
       (the names known without data) and :meth:`has_data` (whether this
       process's metrics took a batch);
     - :meth:`held_metrics` (the wrapped objects, for :meth:`to`);
-    - :meth:`member_updates`, for an adapter calling :meth:`check_call`.
+    - :meth:`members`, for an adapter calling :meth:`check_call`.
 
     They read the view with :meth:`view`.
     """
@@ -103,16 +103,16 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
     _checked_calls: frozenset[tuple[int, frozenset[str]]] = frozenset()
     _checked_bare_call = False  # update(outputs, targets) checked: the hot path skips the check
 
-    def member_updates(self) -> dict[str, Any]:
-        """Every member metric's ``update``, by name."""
+    def members(self) -> dict[str, Any]:
+        """The metrics whose ``update`` the adapter calls, by name."""
         raise NotImplementedError
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The members' names, and for each keyword the members whose ``update`` takes it."""
-        updates = self.member_updates()
+        members = self.members()
         found: dict[str, list[str]] = {keyword: [] for keyword in keywords}
-        for key, update in updates.items():
-            parameters = inspect.signature(update).parameters.values()
+        for key, member in members.items():
+            parameters = inspect.signature(member.update).parameters.values()
             named = {
                 p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             }
@@ -120,32 +120,45 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
             for keyword in keywords:
                 if anything or keyword in named:
                     found[keyword].append(key)
-        return list(updates), found
+        return list(members), found
 
-    def check_call(self, positional: int, kwargs: Mapping[str, Any]) -> None:
+    def check_call(
+        self, positional: int, kwargs: Mapping[str, Any], method: str = "update"
+    ) -> None:
         """Refuse, before any member updates, arguments one of them cannot take.
 
-        ``positional`` counts the arguments after ``outputs`` and ``targets``.
-        Each form of call is checked once.
+        ``positional`` counts the arguments after ``outputs`` and ``targets``;
+        ``method`` is the adapter's method called. Each form of call is
+        checked once. A single member refuses as its ``update`` would (its
+        ``TypeError``, as the library's error); of several, every one that
+        cannot take the call is named.
 
         Raises:
-            WeightError, InvalidArgumentError: see :meth:`check_keywords`; or a
-                member's ``update`` cannot take that many positional arguments.
+            MetricCallError: the single member's ``update`` cannot take the call.
+            WeightError, InvalidArgumentError: of several members, one takes no
+                such keyword (see :meth:`check_keywords`) or not that many
+                positional arguments.
         """
         call = (positional, frozenset(kwargs))
         if call in self._checked_calls:
             return
-        if kwargs:
+        members = self.members()
+        if kwargs and len(members) > 1:
             self.check_keywords(kwargs)
-        refusing = [
-            key
-            for key, update in self.member_updates().items()
-            if not binds(update, 2 + positional, kwargs)
-        ]
+        placeholders = (None,) * (2 + positional)
+        refusing = {
+            key: error
+            for key, member in members.items()
+            if (error := bind_error(member.update, placeholders, kwargs)) is not None
+        }
+        if len(members) == 1 and refusing:
+            ((key, error),) = refusing.items()
+            raise foreign_error(members[key], method, self._owner, error) from error
         if refusing:
+            keywords = f" and {sorted(kwargs)}" if kwargs else ""
             raise InvalidArgumentError(
-                f"{self._owner}: the update of {refusing} cannot take {2 + positional} positional "
-                f"arguments{' and ' + str(sorted(kwargs)) if kwargs else ''}; nothing was updated"
+                f"{self._owner}: the update of {list(refusing)} cannot take {2 + positional} "
+                f"positional arguments{keywords}; nothing was updated"
             )
         self._checked_calls |= {call}
         self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())

@@ -201,9 +201,9 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         self._updated = True
         self.drop_view()
 
-    def member_updates(self) -> dict[str, Any]:
-        """Every metric's ``update``, by key."""
-        return {key: metric.update for key, metric in self._metrics.items()}
+    def members(self) -> dict[str, Any]:
+        """Every metric, by key."""
+        return dict(self._metrics)
 
     # -- values -------------------------------------------------------------------------------
 

@@ -50,7 +50,6 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
     ) from error
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
-from torchtally._foreign import bind_error
 from torchtally._state_keys import check_state_keys
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._torchmetrics_leaves import (
@@ -248,7 +247,7 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
             if kwargs:
                 self.check_keywords(kwargs)
         elif args or kwargs or not self._checked_bare_call:
-            self._check_binds(args, kwargs)  # once per form of call, before the state is set aside
+            self.check_call(len(args), kwargs, "forward")  # before the state is set aside
         if self._keeps_inputs:  # copies that keep the batch value differentiable
             outputs, targets, args, kwargs = unshared(
                 (outputs, targets, args, kwargs), detach=False
@@ -263,15 +262,9 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         self.drop_view()
         return value
 
-    def _check_binds(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Refuse (``MetricCallError``) a call the metric's ``update`` cannot take."""
-        call = (len(args), frozenset(kwargs))
-        if call not in self._checked_calls:
-            error = bind_error(self._metric.update, (None, None, *args), kwargs)
-            if error is not None:
-                raise foreign_error(self._metric, "forward", self._owner, error) from error
-            self._checked_calls |= {call}
-            self._checked_bare_call = self._checked_bare_call or call == (0, frozenset())
+    def members(self) -> dict[str, Any]:
+        """The wrapped object (whose ``update`` the adapter calls), by name."""
+        return {self._name: self._metric}
 
     def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
