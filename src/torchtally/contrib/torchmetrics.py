@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 from torch import Tensor
 
@@ -51,15 +51,14 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result, unique_names
 from torchtally._state_keys import check_state_keys
-from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
+from torchtally.contrib._torchmetrics_calls import TorchMetricsCalls, View
 from torchtally.contrib._torchmetrics_leaves import (
     TorchMetricsObject,
     direction_of,
     keeps_inputs,
-    leaf_labels,
     leaf_options,
     leaves_of,
-    named_receivers,
     switch_off_sync,
 )
 from torchtally.contrib._torchmetrics_states import (
@@ -68,11 +67,9 @@ from torchtally.contrib._torchmetrics_states import (
     counted,
     exported,
     install,
-    refusing_leaves,
     saved_states,
     states_identity,
     take_states,
-    uncount,
 )
 from torchtally.errors import (
     InvalidNameError,
@@ -92,7 +89,7 @@ COMBINED_NAME = "Combined Loss"
 _STATE_VERSION = 1
 
 
-class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, tuple[Any, ...]]]):
+class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
     """A torchmetrics ``Metric``, ``CompositionalMetric`` or ``MetricCollection`` for torchtally.
 
     It satisfies :class:`~torchtally.protocols.LossProtocol`: ``forward`` (and
@@ -185,98 +182,9 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
     def __repr__(self) -> str:
         return self._owner
 
-    # -- the hot path -------------------------------------------------------------------------
-
-    def update(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> None:
-        """Update the metric with one batch (extra arguments go to the metric's ``update``).
-
-        Raises:
-            WeightError: ``weight=`` to a composition or collection with a leaf
-                whose ``update`` takes none (torchmetrics would drop it for that
-                leaf); nothing changed.
-            InvalidArgumentError: a keyword no leaf of a composition or
-                collection takes (torchmetrics would drop it); nothing changed.
-            MetricCallError: the metric's ``update`` raised (an argument it does
-                not take, ``weight=`` say); the synced view is kept. In a
-                composition or collection, a leaf refusing a batch after other
-                leaves took it leaves the adapter out of step (``compute``,
-                ``state_dict``, ``merge_state`` and ``sync`` refuse until
-                ``reset`` or ``load_state_dict``).
-        """
-        if kwargs and self._filters:
-            self.check_keywords(kwargs)
-        if self._keeps_inputs:
-            outputs, targets, args, kwargs = unshared((outputs, targets, args, kwargs))
-        counts = [leaf._update_count for leaf in self._leaves] if self._several else None
-        try:
-            self._metric.update(outputs, targets, *args, **kwargs)
-        except Exception as error:
-            refused = foreign_error(self._metric, "update", self._owner, error)
-            if counts is None:  # one leaf: torchmetrics counted the batch it refused
-                uncount(self._leaves[0])
-                raise refused from error
-            self._refused(counts, refused, error)
-        self.drop_view()
-
-    def _refused(self, counts: list[int], refused: Exception, error: Exception) -> NoReturn:
-        """Raise for an update one of several leaves refused (its count taken back)."""
-        took = refusing_leaves(self._leaves, counts)  # the last of them refused it
-        if len(took) < 2:
-            raise refused from error
-        self.drop_view()  # the leaves before it changed: the synced view is stale
-        names = leaf_labels(self._metric, self._leaves, self._leaf_names)
-        taken = [names[i] for i in took[:-1]]
-        raise self.out_of_step(self._owner, taken, names[took[-1]], refused) from error
-
-    def forward(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
-        """Accumulate one batch and return the metric's value on it (torchmetrics' ``forward``).
-
-        torchmetrics' ``forward`` sets the accumulated state aside, updates the
-        metric with the batch alone and adds the state back: a batch its
-        ``update`` refuses loses the state set aside. Arguments a plain
-        metric's ``update`` cannot take are refused before (nothing changes).
-
-        Raises:
-            WeightError, InvalidArgumentError: as :meth:`update`; nothing changed.
-            MetricCallError: the call does not fit the metric's ``update`` (nothing
-                changed), or the metric's ``forward`` raised: the state it set
-                aside is lost, and ``compute``, ``state_dict``, ``merge_state``
-                and ``sync`` refuse until ``reset`` or ``load_state_dict``.
-        """
-        if self._filters:
-            if kwargs:
-                self.check_keywords(kwargs)
-        elif args or kwargs or not self._checked_bare_call:
-            self.check_call(len(args), kwargs, "forward")  # before the state is set aside
-        if self._keeps_inputs:  # copies that keep the batch value differentiable
-            outputs, targets, args, kwargs = unshared(
-                (outputs, targets, args, kwargs), detach=False
-            )
-        try:
-            value = self._metric(outputs, targets, *args, **kwargs)
-        except Exception as error:
-            self.drop_view()
-            refused = foreign_error(self._metric, "forward", self._owner, error)
-            what = "forward raised after torchmetrics set the accumulated state aside"
-            raise self.lost(self._owner, what, refused) from error
-        self.drop_view()
-        return value
-
-    def members(self) -> dict[str, Any]:
-        """The wrapped object (whose ``update`` the adapter calls), by name."""
-        return {self._name: self._metric}
-
-    def keyword_receivers(self, keywords: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-        """The leaves' names, and for each keyword those whose update torchmetrics gives it."""
-        return named_receivers(self._leaves, self._leaf_names, keywords)
-
-    def __call__(self, outputs: Any, targets: Any, *args: Any, **kwargs: Any) -> Any:
-        """Same as :meth:`forward`."""
-        return self.forward(outputs, targets, *args, **kwargs)
-
     # -- values -------------------------------------------------------------------------------
 
-    def values(self, view: tuple[TorchMetricsObject, tuple[Any, ...]] | None) -> dict[str, Tensor]:
+    def values(self, view: View | None) -> dict[str, Tensor]:
         """The metric's values (the synced view's, when given), normalised, not copied."""
         root, leaves = (self._metric, self._leaves) if view is None else view
         owner = self._owner
@@ -326,11 +234,11 @@ class TorchMetricsAdapter(LossOperand, SyncedAdapter[tuple[TorchMetricsObject, t
         """
         return exported(self._leaves, self._owner)
 
-    def combine(self, gathered: Gathered) -> tuple[TorchMetricsObject, tuple[Any, ...]] | None:
+    def combine(self, gathered: Gathered) -> View | None:
         """A copy of the metric holding every rank's states, reduced as torchmetrics does."""
         return combined(self._metric, self._leaves, gathered, self._owner)
 
-    def adopt(self, view: tuple[TorchMetricsObject, tuple[Any, ...]]) -> None:
+    def adopt(self, view: View) -> None:
         """Give every leaf the states of the view's leaves (the wrapped objects stay the same)."""
         take_states(self._leaves, view[1])
         self.drop_view()
