@@ -271,3 +271,35 @@ def test_any_key_a_metric_does_not_write_is_refused(key: Any) -> None:
     with pytest.raises(StateDictError, match="unexpected"):
         metric.load_state_dict({**state, key: None})
     assert same(metric.state_dict(), before)
+
+
+class Epochs(tt.Objective[Tensor, Tensor]):
+    """A subclass whose state carries one more key, declared in ``state_keys``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"E": mae(outputs, targets)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def state_keys(self) -> frozenset[str]:
+        return super().state_keys() | {"epoch"}
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        super().load_state_dict(state_dict)
+        self.epoch = state_dict["epoch"]
+
+
+def test_a_subclass_adding_a_key_declares_it_in_state_keys() -> None:
+    saved = Epochs()
+    feed(saved)
+    saved.epoch = 3
+    restored = Epochs()
+    restored.load_state_dict(saved.state_dict())
+    assert restored.epoch == 3 and same(restored.compute(), saved.compute())
+    with pytest.raises(StateDictError, match=r"unexpected \['junk'\]"):
+        restored.load_state_dict({**saved.state_dict(), "junk": 1})
