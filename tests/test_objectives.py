@@ -576,7 +576,7 @@ def test_state_dict_includes_pending_values_and_load_replaces_state() -> None:
 
 def test_load_state_dict_refuses_foreign_states() -> None:
     metric = tt.Metric(mae, "MAE")
-    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*found list"):
+    with pytest.raises(StateDictError, match=r"Metric 'MAE'.*found a list"):
         metric.load_state_dict([])  # type: ignore[arg-type]
     other = tt.Metric(mse, "MSE")
     other.update(*batches_of([2])[0])

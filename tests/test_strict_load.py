@@ -303,3 +303,38 @@ def test_a_subclass_adding_a_key_declares_it_in_state_keys() -> None:
     assert restored.epoch == 3 and same(restored.compute(), saved.compute())
     with pytest.raises(StateDictError, match=r"unexpected \['junk'\]"):
         restored.load_state_dict({**saved.state_dict(), "junk": 1})
+
+
+def test_a_state_of_another_format_version_is_refused_by_every_kind() -> None:
+    # The adapters and wrap() objects read any 'version' (a future format would load as this one)
+    class Counter:
+        def __init__(self) -> None:
+            self.total = 0.0
+
+        def update(self, outputs: Tensor, targets: Tensor) -> None:
+            self.total += float((outputs - targets).abs().sum())
+
+        def compute(self) -> float:
+            return self.total
+
+        def reset(self) -> None:
+            self.total = 0.0
+
+    outputs, targets = torch.tensor([1.0, 3.0]), torch.zeros(2)
+    for make in (
+        lambda: from_torchmetrics(torchmetrics.MeanSquaredError()),
+        lambda: from_torcheval(eval_metrics.MeanSquaredError()),
+        lambda: tt.wrap(Counter(), "Total"),
+        lambda: tt.Metric(lambda o, t: (o - t).abs(), "MAE"),
+    ):
+        source, target = make(), make()
+        source.update(outputs, targets)
+        state = {**source.state_dict(), "version": 99}
+        target.update(outputs, outputs)
+        before = target.compute()
+        with pytest.raises(StateDictError, match=r"format version .* found version 99"):
+            target.load_state_dict(state)
+        after = target.compute()
+        assert list(after) == list(before)
+        for name in before:
+            assert torch.equal(torch.as_tensor(after[name]), torch.as_tensor(before[name]))

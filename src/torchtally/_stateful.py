@@ -231,24 +231,21 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             StateDictError: the state is not one :meth:`state_dict` made for this kind of
                 object (it holds a key :meth:`state_keys` does not name, say).
         """
-        check_state_keys(state_dict, self.state_keys(), self._owner)
-        if isinstance(state_dict, Mapping) and "state_dict" in state_dict:
+        check_state_keys(state_dict, self.state_keys(), _STATE_VERSION, self._owner)
+        if "state_dict" in state_dict:
             loader = getattr(self._object, "load_state_dict", None)
             if callable(loader):  # a copy: the object may keep the tensors it is given
                 loader(_kept_copy(state_dict["state_dict"]))
                 self._updated = _was_updated(state_dict)
                 return
-        elif (
-            isinstance(state_dict, Mapping)
-            and "attributes" in state_dict
-            and hasattr(self._object, "__dict__")
-        ):
+        elif "attributes" in state_dict and hasattr(self._object, "__dict__"):
             vars(self._object).update(_kept_copy(dict(state_dict["attributes"])))
             self._updated = _was_updated(state_dict)
             return
         raise StateDictError(
             f"{self._owner}: expected a dict from StatefulObjective.state_dict() for a "
-            f"{type(self._object).__name__}, found {type(state_dict).__name__}"
+            f"{type(self._object).__name__} (keys {sorted(self.state_keys())}), found keys "
+            f"{sorted(state_dict, key=repr)}"
         )
 
     def to(self, device: torch.device | str) -> Self:

@@ -328,10 +328,10 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             StateDictError: the state holds another key, other metrics, options
                 or states, or one that torcheval refuses; no metric changes then.
         """
-        check_state_keys(state_dict, self.state_keys(), self._owner)
-        stored = state_dict.get("metrics") if isinstance(state_dict, Mapping) else None
+        check_state_keys(state_dict, self.state_keys(), _STATE_VERSION, self._owner)
+        stored = state_dict.get("metrics")
         if not isinstance(stored, Mapping) or sorted(stored) != sorted(self._metrics):
-            found = sorted(stored) if isinstance(stored, Mapping) else type(state_dict).__name__
+            found = sorted(stored) if isinstance(stored, Mapping) else type(stored).__name__
             raise StateDictError(
                 f"{self._owner}: expected the states of the metrics {sorted(self._metrics)}, "
                 f"found {found}"

@@ -276,12 +276,12 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
             StateDictError: the state holds another key, or other metrics or
                 states than this adapter's.
         """
-        check_state_keys(state_dict, self.state_keys(), self._owner)
-        stored = state_dict.get("leaves") if isinstance(state_dict, Mapping) else None
+        check_state_keys(state_dict, self.state_keys(), _STATE_VERSION, self._owner)
+        stored = state_dict.get("leaves")
         if not isinstance(stored, list):
             raise StateDictError(
-                f"{self._owner}: expected a dict from state_dict() with key 'leaves', found "
-                f"{type(state_dict).__name__}"
+                f"{self._owner}: expected a list of leaf states under 'leaves', found "
+                f"{type(stored).__name__}"
             )
         # Everything is checked and converted before any leaf changes: a damaged state
         # changes nothing.

@@ -14,6 +14,7 @@ from typing import Any
 
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import StateDictError
+from torchtally.objectives._persistence import STATE_VERSION
 
 __all__ = ["checked_layout"]
 
@@ -37,8 +38,8 @@ def checked_layout(
             another join (a name it holds is owned here by another part).
             Nothing is changed here.
     """
-    check_state_keys(state_dict, keys, label)
-    parts = state_dict.get("parts") if isinstance(state_dict, Mapping) else None
+    check_state_keys(state_dict, keys, STATE_VERSION, label)
+    parts = state_dict.get("parts")
     if not isinstance(parts, list) or len(parts) != kept:
         raise StateDictError(
             f"{label}: expected the states of {kept} kept parts under "

@@ -80,17 +80,7 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
                 changes then.
         """
         label = self._ledger.label
-        if not isinstance(state_dict, Mapping) or state_dict.get("version") != STATE_VERSION:
-            found = (
-                f"version {state_dict.get('version')!r}"
-                if isinstance(state_dict, Mapping)
-                else type(state_dict).__name__
-            )
-            raise StateDictError(
-                f"{label}: expected a dict from state_dict() of format version {STATE_VERSION}, "
-                f"found {found}"
-            )
-        check_state_keys(state_dict, self.state_keys(), label)
+        check_state_keys(state_dict, self.state_keys(), STATE_VERSION, label)
         tensors = state_dict.get("tensors")
         if not isinstance(tensors, (list, tuple)):
             raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")

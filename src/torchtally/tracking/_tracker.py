@@ -266,12 +266,7 @@ class MetricTracker:
                 direction. Nothing changes then.
         """
         label = f"MetricTracker({self.name!r})"
-        if not isinstance(state_dict, Mapping) or state_dict.get("version") != _STATE_VERSION:
-            raise StateDictError(
-                f"{label}: expected a dict from MetricTracker.state_dict() "
-                f"(version {_STATE_VERSION}), found {state_dict!r:.80}"
-            )
-        check_state_keys(state_dict, self.state_keys(), label)
+        check_state_keys(state_dict, self.state_keys(), _STATE_VERSION, label)
         for key, mine in (("name", self.name), ("higher_is_better", self.higher_is_better)):
             if state_dict.get(key) != mine:
                 raise StateDictError(
