@@ -416,7 +416,7 @@ def test_merge_state_refuses_another_objective_type() -> None:
 def test_merge_state_refuses_a_different_aggregation() -> None:
     mean, maximum = tt.Metric(mae, "MAE"), tt.Metric(mae, "MAE", aggregation="max")
     maximum.update(*batches_of([2])[0])
-    with pytest.raises(IncompatibleStateError, match=r"'MAE'.*'max'.*'mean'"):
+    with pytest.raises(IncompatibleStateError, match=r'\'MAE\'.*"max".*"mean"'):
         mean.merge_state(maximum)
 
 

@@ -38,6 +38,7 @@ from torchtally.errors import (
 )
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, sync_all
+from torchtally.sync._agreement import check_mergeable
 
 __all__ = ["SyncedAdapter", "foreign_compute", "foreign_error", "unshared"]
 
@@ -280,18 +281,7 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
         Raises:
             IncompatibleStateError: as :meth:`merge_state`.
         """
-        if type(other) is not type(self):
-            raise IncompatibleStateError(
-                f"{self._owner}: cannot merge the state of a {type(other).__name__}"
-            )
-        mine, theirs = self.sync_identity(), other.sync_identity()
-        if mine != theirs:
-            differing = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
-            raise IncompatibleStateError(
-                f"{self._owner}: cannot merge the state of {other._owner}, which wraps other "
-                f"metrics ({', '.join(differing)} differ: {theirs.get(differing[0])!r:.300} "
-                f"against this one's {mine.get(differing[0])!r:.300})"
-            )
+        check_mergeable(self._owner, self, other)
         mine_sent, theirs_sent = self.sync_export(False), other.sync_export(False)
         sums = (mine_sent.sums, theirs_sent.sums)
         gathered = Gathered(

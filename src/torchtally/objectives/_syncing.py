@@ -18,9 +18,10 @@ from typing_extensions import Self
 from torchtally import sync as _sync
 from torchtally._conventions import WeightFn
 from torchtally.aggregation import Accumulator
-from torchtally.errors import IncompatibleStateError, RepeatedSampleWarning
+from torchtally.errors import RepeatedSampleWarning
 from torchtally.objectives._holder import LedgerHolder
 from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, export_rows, merge_rows
+from torchtally.sync._agreement import check_mergeable
 
 __all__ = ["SyncHooks"]
 
@@ -45,19 +46,7 @@ class SyncHooks(SyncCounters, LedgerHolder):
                 agree on, :meth:`sync_identity`: names, aggregations, callables,
                 ``weight=``). Nothing changes then.
         """
-        if type(other) is not type(self):
-            raise IncompatibleStateError(
-                f"{self._ledger.label}: cannot merge the state of a {type(other).__name__}"
-            )
-        mine, theirs = self.sync_identity(), other.sync_identity()
-        differing = sorted(key for key in {*mine, *theirs} if mine.get(key) != theirs.get(key))
-        if differing:
-            key = differing[0]
-            raise IncompatibleStateError(
-                f"{self._ledger.label}: cannot merge the state of an objective defined otherwise "
-                f"({', '.join(differing)} differ; {key}: the other's {theirs.get(key)!r:.200}, "
-                f"this one's {mine.get(key)!r:.200})"
-            )
+        check_mergeable(self._ledger.label, self, other)
         self._ledger.merge(other._ledger)
 
     def sync(self, process_group: Any = None, *, dataset_size: int | None = None) -> None:

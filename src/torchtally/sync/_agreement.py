@@ -20,19 +20,21 @@ import functools
 import hashlib
 import json
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchtally.errors import SyncError
+from torchtally.errors import IncompatibleStateError, SyncError
 
 __all__ = [
     "Diagnostics",
     "Padding",
     "callable_identity",
+    "check_mergeable",
     "describe",
     "disagreement",
     "fingerprint",
+    "identity_difference",
     "serial",
 ]
 
@@ -237,19 +239,52 @@ class Diagnostics:
         return found
 
 
+def identity_difference(first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
+    """Which fields of two identities differ, with both values as JSON (abridged); ``""``: none.
+
+    What :func:`~torchtally.sync_all` names when ranks disagree and what
+    ``merge_state`` names when it refuses an objective defined otherwise.
+
+    Example:
+        >>> from torchtally.sync._agreement import identity_difference
+        >>> identity_difference({'kind': 'M', 'names': ['A']}, {'kind': 'M', 'names': ['B']})
+        'names: ["A"] against ["B"]'
+    """
+    keys = sorted({*first, *second}, key=lambda key: (key != "kind", key))
+    return "; ".join(
+        f"{key}: {_shown(first.get(key))} against {_shown(second.get(key))}"
+        for key in keys
+        if first.get(key) != second.get(key)
+    )
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)[:160]
+
+
+def check_mergeable(label: str, mine: Any, other: Any) -> None:
+    """Refuse to merge ``other`` into ``mine`` unless a sync would pair them (type and identity).
+
+    Raises:
+        IncompatibleStateError: ``other`` is of another type, or its
+            ``sync_identity()`` differs (named with both values, the other's first).
+    """
+    if type(other) is not type(mine):
+        raise IncompatibleStateError(f"{label}: cannot merge the state of a {type(other).__name__}")
+    difference = identity_difference(other.sync_identity(), mine.sync_identity())
+    if difference:
+        raise IncompatibleStateError(
+            f"{label}: cannot merge the state of one defined otherwise (the other's against this "
+            f"one's: {difference})"
+        )
+
+
 def _differing_keys(first: str, second: str) -> str:
-    """Which fields of two identities differ, with both values (abridged)."""
+    """:func:`identity_difference` of two identities as they travel (canonical JSON)."""
     try:
-        left, right = json.loads(first), json.loads(second)
+        return identity_difference(json.loads(first), json.loads(second))
     except ValueError:  # pragma: no cover - identities are always JSON
         return f"{first[:120]} against {second[:120]}"
-    keys = sorted(set(left) | set(right), key=lambda key: (key != "kind", key))
-    found = [
-        f"{key}: {json.dumps(left.get(key))[:160]} against {json.dumps(right.get(key))[:160]}"
-        for key in keys
-        if left.get(key) != right.get(key)
-    ]
-    return "; ".join(found)
 
 
 def disagreement(every: Sequence[Diagnostics]) -> str:
