@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -86,20 +86,28 @@ def _routed(groups: Groups, known: bool, route: str) -> list[tuple[Accumulator, 
     return sorted(found, key=lambda group: (group[0].kind, type(group[0]).__qualname__))
 
 
-def _dropped(accumulator: Accumulator, drop_last: bool) -> tuple[Accumulator, Tensor, Tensor]:
-    """The accumulator to send, and per row whether a repeat was dropped or had to be kept."""
+class _Sent(NamedTuple):
+    """An accumulator as sent, and per row whether its repeat was dropped or had to be kept."""
+
+    held: Accumulator
+    dropped: Tensor
+    kept: Tensor
+
+
+def _dropped(accumulator: Accumulator, drop_last: bool) -> _Sent:
+    """The accumulator to send, with its rows' dropped and kept flags."""
     device = accumulator.device if accumulator.device is not None else torch.device("cpu")
     if not drop_last:
         nothing = torch.zeros(accumulator.rows, dtype=torch.bool, device=device)
-        return accumulator, nothing, nothing
+        return _Sent(accumulator, nothing, nothing)
     held, dropped = accumulator.without_last()
     seen = torch.tensor(accumulator.samples(), device=device) > 0
-    return held, dropped, seen & ~dropped
+    return _Sent(held, dropped, seen & ~dropped)
 
 
 def _dropped_rows(
     groups: Groups, drop_last: bool, derived: Mapping[str, Collection[str]]
-) -> dict[int, tuple[Accumulator, Tensor, Tensor]]:
+) -> dict[int, _Sent]:
     """:func:`_dropped` of every accumulator (by ``id``), derived rows kept where they must be.
 
     A derived row (``derived[name]``: the names its value was computed from,
@@ -110,32 +118,26 @@ def _dropped_rows(
     found = {id(acc): _dropped(acc, drop_last) for acc, _ in groups}
     if not drop_last or not derived:
         return found
-    derived = {name: _sources(name, derived) for name in derived}  # through derived sources
-    kept_by_name = {
-        name: found[id(acc)][2][row] for acc, names in groups for row, name in enumerate(names)
+    kept = {
+        name: found[id(acc)].kept[row] for acc, names in groups for row, name in enumerate(names)
     }
     for accumulator, names in groups:
+        # per row, the kept flags of the values it was computed from (none: not derived)
         sources = [
-            [kept_by_name[source] for source in derived.get(name, ()) if source in kept_by_name]
-            for name in names
+            [kept[source] for source in _sources(name, derived) if source in kept] for name in names
         ]
         if not any(sources):
             continue
-        device = found[id(accumulator)][1].device
-        keep = torch.stack(
-            [
-                torch.stack(row).any() if row else torch.zeros((), dtype=torch.bool, device=device)
-                for row in sources
-            ]
-        )
+        none = torch.zeros((), dtype=torch.bool, device=found[id(accumulator)].dropped.device)
+        keep = torch.stack([torch.stack(flags).any() if flags else none for flags in sources])
         found[id(accumulator)] = _dropped(accumulator.keeping_last(keep), drop_last)
     return found
 
 
 def _sources(name: str, derived: Mapping[str, Collection[str]]) -> list[str]:
-    """Every name ``name`` is computed from, through the derived names among them."""
+    """The names ``name`` is computed from, through derived ones among them ([]: not derived)."""
     found: list[str] = []
-    pending = list(derived[name])
+    pending = list(derived.get(name, ()))
     while pending:
         source = pending.pop()
         if source != name and source not in found:
