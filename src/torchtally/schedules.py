@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -67,6 +67,23 @@ def _count(value: Any, what: str, owner: str) -> int:
 def _short(value: float) -> str:
     text = repr(value)
     return text[:-2] if text.endswith(".0") else text
+
+
+_Operator = Callable[["Schedule", object], Any]
+
+
+def _refusing(name: str, op: str) -> tuple[_Operator, _Operator]:
+    """The methods ``__name__`` and ``__rname__`` of :class:`Schedule` for the operator ``op``."""
+
+    def method(right: bool) -> _Operator:
+        def operator(self: Schedule, other: object) -> Any:
+            return self._alone(other, op, right=right)
+
+        operator.__name__ = f"__{'r' if right else ''}{name}__"
+        operator.__qualname__ = f"Schedule.{operator.__name__}"
+        return operator
+
+    return method(False), method(True)
 
 
 @dataclass(frozen=True)
@@ -141,35 +158,12 @@ class Schedule(ABC):
             f"factor in the schedule (linear(0.0, 0.1, steps))"
         )
 
-    def __mul__(self, other: object) -> Any:
-        return self._alone(other, "*")
-
-    def __rmul__(self, other: object) -> Any:
-        return self._alone(other, "*", right=True)
-
-    def __truediv__(self, other: object) -> Any:
-        return self._alone(other, "/")
-
-    def __rtruediv__(self, other: object) -> Any:
-        return self._alone(other, "/", right=True)
-
-    def __add__(self, other: object) -> Any:
-        return self._alone(other, "+")
-
-    def __radd__(self, other: object) -> Any:
-        return self._alone(other, "+", right=True)
-
-    def __sub__(self, other: object) -> Any:
-        return self._alone(other, "-")
-
-    def __rsub__(self, other: object) -> Any:
-        return self._alone(other, "-", right=True)
-
-    def __pow__(self, other: object) -> Any:
-        return self._alone(other, "**")
-
-    def __rpow__(self, other: object) -> Any:
-        return self._alone(other, "**", right=True)
+    # each binary operator, both ways round (``2 * schedule`` is ``__rmul__``)
+    __mul__, __rmul__ = _refusing("mul", "*")
+    __truediv__, __rtruediv__ = _refusing("truediv", "/")
+    __add__, __radd__ = _refusing("add", "+")
+    __sub__, __rsub__ = _refusing("sub", "-")
+    __pow__, __rpow__ = _refusing("pow", "**")
 
     def __neg__(self) -> Any:
         return self._alone(-1, "*", right=True)
