@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 from torchtally.errors import FormulaError
 
@@ -177,6 +178,16 @@ class _Ramp(Schedule):
     end: float = 1.0
     steps: int = 1
 
+    @classmethod
+    def checked(cls, start: Any, end: Any, steps: Any, unit: str) -> Self:
+        """The schedule, its arguments checked (the errors name ``cls.kind``)."""
+        return cls(
+            start=_number(start, "start", cls.kind),
+            end=_number(end, "end", cls.kind),
+            steps=_count(steps, "steps", cls.kind),
+            unit=unit,
+        )
+
     @property
     def label(self) -> str:
         return f"{self.kind}({_short(self.start)}→{_short(self.end)}, {self.steps}{self._suffix()})"
@@ -280,12 +291,7 @@ def linear(start: float, end: float, steps: int, *, unit: str = "step") -> Sched
         >>> warm_up.label, warm_up.value(0), warm_up.value(50), warm_up.value(500)
         ('linear(0→1, 100)', 0.0, 0.5, 1.0)
     """
-    return _Linear(
-        start=_number(start, "start", "linear"),
-        end=_number(end, "end", "linear"),
-        steps=_count(steps, "steps", "linear"),
-        unit=unit,
-    )
+    return _Linear.checked(start, end, steps, unit)
 
 
 def cosine(start: float, end: float, steps: int, *, unit: str = "step") -> Schedule:
@@ -300,12 +306,7 @@ def cosine(start: float, end: float, steps: int, *, unit: str = "step") -> Sched
         >>> decay.label, decay.value(0), round(decay.value(5), 6), decay.value(10)
         ('cosine(1→0, 10 epochs)', 1.0, 0.5, 0.0)
     """
-    return _Cosine(
-        start=_number(start, "start", "cosine"),
-        end=_number(end, "end", "cosine"),
-        steps=_count(steps, "steps", "cosine"),
-        unit=unit,
-    )
+    return _Cosine.checked(start, end, steps, unit)
 
 
 def piecewise(points: Mapping[int, float], *, unit: str = "step") -> Schedule:
