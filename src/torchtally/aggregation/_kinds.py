@@ -199,8 +199,8 @@ class Sum(Mean):
         # Integer rows: both words hold integers, so converting each is exact.
         exact = total[:, 0].to(_I64) + total[:, 1].to(_I64)
         return [
-            exact[index] if dtype is not None and is_exact(dtype) else floats[index]
-            for index, dtype in enumerate(self.dtypes)
+            exact[index] if integer else floats[index]
+            for index, integer in enumerate(_integer_rows(self))
         ]
 
 
@@ -280,8 +280,8 @@ class _Extremum(Accumulator):
         floats, integers = state["float"][:, 0], state["integer"][:, 0]
         included = state["included"][:, 0] > 0
         results = []
-        for index, dtype in enumerate(self.dtypes):
-            if dtype is not None and is_exact(dtype):
+        for index, integer in enumerate(_integer_rows(self)):
+            if integer:
                 results.append(integers[index])  # NaN if nothing included: see reduce()
             else:  # a row that also saw integers compares them as float64
                 both = torch.stack([floats[index], integers[index].to(_F64)])
