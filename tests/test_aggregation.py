@@ -483,6 +483,35 @@ def test_merge_refuses_another_kind_or_row_count() -> None:
         Mean().merge(Mean(rows=2))
 
 
+@pytest.mark.parametrize("cls", ALL)
+def test_a_refused_merge_of_rows_changes_nothing(cls: type[Accumulator]) -> None:
+    # Cat.merge checked no row map: rows=[0] for a 2-row state merged row 0 and silently left
+    # row 1 out ([1, 10] and [2]: what neither state holds), an unknown row raised IndexError
+    # after merging the rows before it. Every kind refuses both, as Mean does.
+    mine, theirs = cls(rows=2), cls(rows=2)
+    mine.add(torch.tensor([[1.0], [2.0]]))
+    theirs.add(torch.tensor([[10.0], [20.0]]))
+    before = [value.clone() for value in mine.reduce()]
+    for rows in ([0], [0, 5], [0, 1, 1]):
+        with pytest.raises(IncompatibleStateError, match=rf"2 rows into rows \[{rows[0]}"):
+            mine.merge(theirs, rows=rows)
+        assert all(map(torch.equal, mine.reduce(), before)), rows
+        assert mine.samples() == [1, 1]
+
+
+def test_a_cat_merge_refused_for_one_rows_shape_changes_no_row() -> None:
+    # Row 0 was merged before row 1's trailing shape was refused: the refused merge left
+    # row 0 with the other's values, and an objective's merge_state with them.
+    mine, theirs = Cat(rows=2), Cat(rows=2)
+    mine.add(torch.ones(2, 1, 3))
+    theirs.add(torch.full((1, 1, 3), 5.0), rows=[0])
+    theirs.add(torch.full((1, 1, 4), 5.0), rows=[1])
+    with pytest.raises(IncompatibleStateError, match=r"Cat row 1.*\(4,\).*\(3,\)"):
+        mine.merge(theirs)
+    assert [value.tolist() for value in mine.reduce()] == [[[1.0] * 3], [[1.0] * 3]]
+    assert mine.samples() == [1, 1]
+
+
 def test_merge_moves_the_other_state_to_this_device() -> None:
     mine, theirs = Mean(), Mean()
     mine.add(torch.ones(2, device="meta"))

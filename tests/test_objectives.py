@@ -449,6 +449,25 @@ def test_merge_state_refuses_another_definition_and_changes_nothing() -> None:
         assert_same(computed(mine), before)
 
 
+def test_a_merge_state_refused_for_a_concatenations_shape_changes_nothing() -> None:
+    # The 'cat' rows were merged one by one: 'Row' took the other's value before 'Vector''s
+    # trailing shape (4,) against (3,) was refused, so the refused merge left 'Row' as
+    # [1, 1, 5] (what a fresh compute() and every copy reported).
+    class Kept(tt.Objective[Tensor, Tensor]):
+        aggregation = "cat"
+
+        @override
+        def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+            return {"Row": outputs[:, 0], "Vector": outputs}
+
+    mine, theirs = Kept(), Kept()
+    mine.update(torch.ones(2, 3), torch.zeros(2))
+    theirs.update(torch.full((1, 4), 5.0), torch.zeros(1))
+    with pytest.raises(IncompatibleStateError, match=r"'Vector'.*\(4,\).*\(3,\)"):
+        mine.merge_state(theirs)
+    assert_same(computed(mine.copy()), {"Row": torch.ones(2), "Vector": torch.ones(2, 3)})
+
+
 def roundtrips(objective: Any) -> list[Any]:
     buffer = io.BytesIO()
     torch.save(objective, buffer)

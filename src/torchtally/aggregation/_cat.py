@@ -152,27 +152,23 @@ class Cat(Accumulator):
 
     @override
     def merge(self, other: Accumulator, rows: Sequence[int] | None = None) -> None:
-        if not isinstance(other, Cat):
-            raise IncompatibleStateError(
-                f"Cat: cannot merge a {other.kind!r} state into a 'cat' state"
-            )
+        """Append ``other``'s values to the rows ``rows`` (see :meth:`Accumulator.merge`).
+
+        Raises:
+            IncompatibleStateError: ``other`` is of another kind or row count, or
+                holds values of another trailing shape than a row they join;
+                nothing changes then.
+        """
+        super().merge(other, rows)  # the kind and the rows, checked; Cat declares no state tensor
         targets = list(range(other.rows)) if rows is None else list(rows)
-        for source, target in enumerate(targets):
-            joined = other._joined(source)
-            if joined is None:
-                continue
-            held = self._chunks[target]
-            if held and held[0].shape[1:] != joined.shape[1:]:
-                raise IncompatibleStateError(
-                    f"{self.labels[target]}: cannot merge values of trailing shape "
-                    f"{tuple(joined.shape[1:])} into {tuple(held[0].shape[1:])}"
-                )
+        shapes = [self.trailing(row) for row in range(self.rows)]
+        for part, source, target, joined in _placed([(other, targets)], shapes, self.labels):
             device = self.device if self.device is not None else joined.device
             self.device = device
-            held.append(joined.to(device, copy=True))
+            self._chunks[target].append(joined.to(device, copy=True))
             self._promote_rows((target,), joined.dtype)
-            self._counts[target] += other._counts[source]
-            self._droppable[target] = other._droppable[source]
+            self._counts[target] += part._counts[source]
+            self._droppable[target] = part._droppable[source]
 
     @override
     def without_last(self) -> tuple[Self, Tensor]:
@@ -206,22 +202,10 @@ class Cat(Accumulator):
         result = cls(rows=rows)
         result.labels = list(labels)
         pieces: list[list[Tensor]] = [[] for _ in range(rows)]
-        for part, targets in parts:
-            if not isinstance(part, Cat):
-                raise IncompatibleStateError(f"Cat: cannot combine a {part.kind!r} state")
-            for source, target in enumerate(targets):
-                joined = part._joined(source)
-                if joined is None:
-                    continue
-                held = pieces[target]
-                if held and held[0].shape[1:] != joined.shape[1:]:
-                    raise IncompatibleStateError(
-                        f"{result.labels[target]}: cannot combine values of trailing shape "
-                        f"{tuple(joined.shape[1:])} with {tuple(held[0].shape[1:])}"
-                    )
-                held.append(joined)
-                result._promote_rows((target,), joined.dtype)
-                result._counts[target] += part._counts[source]
+        for part, source, target, joined in _placed(parts, [None] * rows, result.labels):
+            pieces[target].append(joined)
+            result._promote_rows((target,), joined.dtype)
+            result._counts[target] += part._counts[source]
         for row, held in enumerate(pieces):
             if held:
                 device = result.device if result.device is not None else held[0].device
@@ -335,3 +319,36 @@ class Cat(Accumulator):
         self._droppable = [bool(flag) for flag in flags]
         self.device = target
         self._state = None
+
+
+def _placed(
+    parts: Sequence[tuple[Accumulator, Sequence[int]]],
+    shapes: list[tuple[int, ...] | None],
+    labels: Sequence[str],
+) -> list[tuple[Cat, int, int, Tensor]]:
+    """Every row of ``parts`` that holds values, as ``(part, its row, target row, values)``.
+
+    All of it is checked before the caller changes anything: ``shapes`` holds
+    each target row's trailing shape (``None``: no value yet) and follows the
+    rows placed, so values of two shapes never meet in one row.
+
+    Raises:
+        IncompatibleStateError: a part is not a :class:`Cat`, or values of
+            another trailing shape than their target row's.
+    """
+    placed = []
+    for part, targets in parts:
+        if not isinstance(part, Cat):
+            raise IncompatibleStateError(f"Cat: cannot combine a {part.kind!r} state")
+        for source, target in enumerate(targets):
+            joined = part._joined(source)
+            if joined is None:
+                continue
+            found, held = tuple(joined.shape[1:]), shapes[target]
+            if held is not None and found != held:
+                raise IncompatibleStateError(
+                    f"{labels[target]}: cannot combine values of trailing shape {found} with {held}"
+                )
+            shapes[target] = found
+            placed.append((part, source, target, joined))
+    return placed
