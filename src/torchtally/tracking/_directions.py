@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from torchtally.errors import TrackerError
 
-__all__ = ["direction", "monitor_mode"]
+__all__ = ["direction", "known_direction", "monitor_mode"]
 
 _MODES: dict[str, tuple[str, str]] = {
     "lightning": ("min", "max"),
@@ -69,9 +69,8 @@ def direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
 
     ``also``: what else the caller takes (the tracker: ``higher_is_better=``).
     """
-    finder = getattr(objective, "higher_is_better_for", None)
-    found = finder(name) if callable(finder) else None
-    if isinstance(found, bool):
+    found = known_direction(objective, name)
+    if found is not None:
         return found
     known = _known_names(objective)  # complete unless names are learnt from the data
     if known and name not in known and getattr(objective, "learns_names", False) is False:
@@ -87,6 +86,13 @@ def direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
     raise TrackerError(
         f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
     )
+
+
+def known_direction(objective: Any, name: str) -> bool | None:
+    """``objective.higher_is_better_for(name)`` where it is ``True`` or ``False``, else ``None``."""
+    finder = getattr(objective, "higher_is_better_for", None)
+    found = finder(name) if callable(finder) else None
+    return found if isinstance(found, bool) else None
 
 
 def _known_names(objective: Any) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import InvalidArgumentError, StateDictError, TrackerError
-from torchtally.tracking._directions import direction
+from torchtally.tracking._directions import direction, known_direction
 
 __all__ = ["MetricTracker"]
 
@@ -104,9 +104,8 @@ class MetricTracker:
             also = " (or pass higher_is_better= here)"
             higher_is_better = direction(objective, name, f"MetricTracker({name!r})", also)
         else:
-            finder = getattr(objective, "higher_is_better_for", None)
-            known = finder(name) if callable(finder) else None
-            if isinstance(known, bool) and known != higher_is_better:
+            known = known_direction(objective, name)
+            if known is not None and known != higher_is_better:
                 raise TrackerError(
                     f"MetricTracker({name!r}): higher_is_better={higher_is_better} contradicts "
                     f"{objective!r}, for which a {'higher' if known else 'lower'} {name!r} is "
