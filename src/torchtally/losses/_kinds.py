@@ -61,13 +61,7 @@ class Loss(LossBase[OutputT, TargetT]):
         *,
         weight: WeightFn | None = None,
     ) -> None:
-        if not callable(fn):
-            raise InvalidArgumentError(
-                f"Loss: expected a callable of (outputs, targets), found {fn!r:.60}"
-            )
-        name = check_loss_name(default_name(fn, "Loss") if name is None else name, "Loss")
-        direction = check_direction(higher_is_better, f"Loss {name!r}", optional=False)
-        assert direction is not None
+        name, direction = _named(fn, name, higher_is_better, "Loss")
         super().__init__(Component(name), (NamedCallable(name, fn, direction),), weight=weight)
 
     @property
@@ -295,13 +289,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
             >>> loss.compute()
             {'Loss': tensor(2.), 'cls_loss': tensor(1.), 'box_loss': tensor(0.5000)}
         """
-        if not callable(fn):
-            raise InvalidArgumentError(
-                f"DictLoss: expected a callable of (outputs, targets), found {fn!r:.60}"
-            )
-        name = check_loss_name(default_name(fn, "DictLoss") if name is None else name, "DictLoss")
-        direction = check_direction(higher_is_better, f"DictLoss {name!r}", optional=False)
-        assert direction is not None
+        name, direction = _named(fn, name, higher_is_better, "DictLoss")
         loss: DictLoss[Any, Any] = cls.__new__(cls)
         loss._name = name
         if weights is None:
@@ -357,3 +345,21 @@ def _declared(names: Iterable[str], name: str) -> list[str]:
     if isinstance(names, str):
         raise FormulaError(f"DictLoss {name!r}: names= takes a list of entry names, found a string")
     return [check_name(entry, f"DictLoss {name!r}") for entry in names if entry != name]
+
+
+def _named(fn: Any, name: str | None, higher_is_better: Any, kind: str) -> tuple[str, bool]:
+    """A loss callable's name (its default if ``None``) and direction, checked.
+
+    Raises:
+        InvalidArgumentError: ``fn`` is not callable, or ``higher_is_better`` not a bool.
+        InvalidNameError: the name is not a valid loss name (``check_loss_name``).
+        NameConflictError: the name is ``'Combined Loss'``.
+    """
+    if not callable(fn):
+        raise InvalidArgumentError(
+            f"{kind}: expected a callable of (outputs, targets), found {fn!r:.60}"
+        )
+    name = check_loss_name(default_name(fn, kind) if name is None else name, kind)
+    direction = check_direction(higher_is_better, f"{kind} {name!r}", optional=False)
+    assert direction is not None
+    return name, direction
