@@ -68,7 +68,9 @@ def sync_all(
     keeps its own updates; the synced view is rebuilt from all of them), and
     updates made after a sync are counted once at the next sync. Until then
     ``compute()`` reports this process's own updates. Outside a distributed
-    run this is a no-op.
+    run (or in a group of one process) nothing is exchanged and nothing
+    changes; ``dataset_size`` is still checked against the samples each value
+    saw, as a distributed sync checks it.
 
     Args:
         *objectives: torchtally objectives and adapters, in the same order on
@@ -77,7 +79,8 @@ def sync_all(
         dataset_size: the length of the dataset a ``DistributedSampler``
             (``drop_last=False``) spread over the ranks: the samples it
             repeated to even out the ranks are dropped, so the values are those
-            of the ``dataset_size`` samples. Objectives that saw only batch
+            of the ``dataset_size`` samples (in one process: checked, nothing
+            is repeated). Objectives that saw only batch
             values cannot drop them: they warn
             (:class:`~torchtally.errors.RepeatedSampleWarning`).
         destination: a rank of the group: minima, maxima, concatenations and
@@ -89,9 +92,10 @@ def sync_all(
         SyncError: ranks disagree on the objectives (position, kind, names,
             aggregations, callables, formula, state layout), are at different
             syncs, pass different arguments, or a rank could not export its
-            state; or a header or payload is not torchtally's. Every rank
-            raises the same error after the same collectives; none hangs.
-            Nothing is changed when it is raised.
+            state; or a header or payload is not torchtally's; or a value saw
+            another number of samples than ``dataset_size`` gives (in one
+            process too). Every rank raises the same error after the same
+            collectives; none hangs. Nothing is changed when it is raised.
         InvalidArgumentError: outside a distributed run, an argument that
             cannot take part in a sync (in a distributed run, the ``SyncError``
             every rank raises names it); ``dataset_size`` or ``destination`` is
@@ -115,6 +119,10 @@ def sync_all(
         # A process outside the group (torch reports its size as -1) returns at once; it
         # cannot tell whether destination= is a rank of the group.
         _check_options(dataset_size, destination, world if world >= 1 else None)
+        if dataset_size is not None and world >= 1:  # the counts a sync checks, checked here too
+            alone = _Exchange(participants, process_group, 1, 0)
+            alone.prepare(dataset_size, None)
+            alone.check_alone()
         return
     me = distributed.rank(process_group)
     exchange = _Exchange(participants, process_group, world, me)

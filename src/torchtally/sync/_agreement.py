@@ -184,11 +184,14 @@ class Padding:
                     "dataset, once per sample (reset() before the pass), and none when the "
                     "sampler has drop_last=True"
                 )
-                raise SyncError(
-                    f"{label}: value {name!r} saw {samples} samples over {self.world} processes, "
-                    f"but a DistributedSampler over dataset_size={self.dataset_size} samples "
-                    f"hands out {self.per_rank} to each ({total} in all); {why}"
+                expected = (
+                    f"over {self.world} processes, but a DistributedSampler over "
+                    f"dataset_size={self.dataset_size} samples hands out {self.per_rank} to "
+                    f"each ({total} in all)"
+                    if self.world > 1
+                    else f"in one process, but dataset_size={self.dataset_size}"
                 )
+                raise SyncError(f"{label}: value {name!r} saw {samples} samples {expected}; {why}")
             if dropped + kept != self.repeats:
                 raise SyncError(
                     f"{label}: value {name!r}: {self.repeats} processes hold a repeated sample "

@@ -202,11 +202,33 @@ class _Exchange:
         ]
         raise SyncError(disagreement(every)) from self.failure
 
+    def check_alone(self) -> None:
+        """One process: merge as a world of one would, to check ``dataset_size``; install nothing.
+
+        A sync in one process exchanges nothing, but the counts it would check are
+        here: a loop that forgot a ``reset()`` is refused as it is under torchrun.
+
+        Raises:
+            SyncError: a value saw another number of samples than ``dataset_size``.
+        """
+        if self.failure is None:
+            sums, payload = self.outgoing(torch.device("cpu"))
+        if self.failure is not None:
+            raise self.failure
+        self.merged(sums, [payload])
+
     def merge_and_install(self, reduced: Tensor | None, received: list[Tensor] | None) -> None:
         """Merge every participant from the added-up sums and the gathered payloads, then install.
 
         ``received`` is ``None`` on a rank that is not the destination.
         """
+        prepared = self.merged(reduced, received)
+        # Every participant is merged before any is installed: an error leaves all as they were.
+        for item, result in zip(self.participants, prepared, strict=True):
+            item.sync_install(result)
+
+    def merged(self, reduced: Tensor | None, received: list[Tensor] | None) -> list[Any]:
+        """What each participant would install (see :meth:`merge_and_install`); nothing changes."""
         fixed: Tensor | None = None
         per_rank: list[list[tuple[Any, list[Tensor]]]] | None = None
         if received is not None:
@@ -225,9 +247,7 @@ class _Exchange:
                 sends = state.meta is not None or bool(state.tensors)
                 states = [rank_parts[index] for rank_parts in per_rank] if sends else []
             prepared.append(item.sync_merge(Gathered(part, states, blocks), self.padding))
-        # Every participant is merged before any is installed: an error leaves all as they were.
-        for item, result in zip(self.participants, prepared, strict=True):
-            item.sync_install(result)
+        return prepared
 
     def _received(
         self, received: list[Tensor]
