@@ -16,7 +16,7 @@ from torch import Tensor
 
 import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
-from torchtally.errors import SyncError
+from torchtally.errors import SyncError, TrackerError
 
 MODULE = "test_loops_trust"
 
@@ -81,3 +81,51 @@ def _in_a_group_of_one(rank: int, world: int) -> dict[str, Any]:
 def test_dataset_size_is_checked_in_a_gloo_group_of_one(tmp_path: Path) -> None:
     (found,) = _dist.launch(1, f"{MODULE}:_in_a_group_of_one", tmp_path)
     torch.testing.assert_close(found["MAE"], found["reference"], rtol=1e-6, atol=0)
+
+
+# -- a tracker follows a name its objective reports -------------------------------------------
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.argmax(1) == targets).float()
+
+
+@pytest.mark.parametrize("given", [None, True])
+def test_a_tracker_of_a_name_compute_does_not_report_is_refused_when_built(
+    given: bool | None,
+) -> None:
+    """``MetricTracker(val_metrics, 'Accuracy')`` on a collection made with ``prefix='val/'``.
+
+    ``compute()`` reports ``'val/Accuracy'``: the tracker was built, and the
+    first ``update()``, after a whole epoch, raised.
+    """
+    metrics = tt.MetricCollection(
+        Accuracy=tt.Metric(accuracy, "Accuracy", higher_is_better=True), prefix="val/"
+    )
+    with pytest.raises(TrackerError, match=r"it reports \['val/Accuracy'\], not 'Accuracy'"):
+        tt.MetricTracker(metrics, "Accuracy", higher_is_better=given)
+    tracker = tt.MetricTracker(metrics, "val/Accuracy", higher_is_better=given)
+    metrics.update(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]))
+    assert tracker.update() == 0.5
+    assert tt.monitor_mode(metrics, "Accuracy") == "max"  # a direction, asked by its own name
+
+
+def test_a_join_with_a_foreign_part_is_not_said_to_lack_that_part() -> None:
+    """A collection joined with a torcheval metric (no direction) and a tracker of the latter.
+
+    The advice was to ask for one of the names it reports, listing the
+    collection's alone; the join does report the torcheval value, which needs a
+    direction given (and then is tracked).
+    """
+    torcheval_metrics = pytest.importorskip("torcheval.metrics")
+    from torchtally.contrib.torcheval import from_torcheval
+
+    metrics = tt.MetricCollection(MAE=tt.Metric(absolute, "MAE", higher_is_better=False))
+    joined = metrics | from_torcheval(torcheval_metrics.MeanSquaredError(), name="MSE")
+    for ask in (lambda: tt.monitor_mode(joined, "MSE"), lambda: tt.MetricTracker(joined, "MSE")):
+        with pytest.raises(TrackerError, match="give the metric higher_is_better=") as refused:
+            ask()
+        assert "it reports" not in str(refused.value)
+    tracker = tt.MetricTracker(joined, "MSE", higher_is_better=False)
+    joined.update(torch.full((3, 1), 2.0), torch.zeros(3, 1))
+    assert tracker.update() == 4.0

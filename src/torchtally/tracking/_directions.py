@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from torchtally.errors import TrackerError
 
-__all__ = ["direction", "known_direction", "monitor_mode"]
+__all__ = ["direction", "known_direction", "monitor_mode", "refuse_unreported"]
 
 _MODES: dict[str, tuple[str, str]] = {
     "lightning": ("min", "max"),
@@ -72,19 +72,10 @@ def direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
     found = known_direction(objective, name)
     if found is not None:
         return found
-    known = _known_names(objective)  # complete unless names are learnt from the data
-    if known and name not in known and getattr(objective, "learns_names", False) is False:
-        why, advice = (
-            f"it reports {list(known)}, not {name!r}",
-            "ask for one of the names it reports",
-        )
-    else:
-        why, advice = (
-            f"it knows no direction for {name!r}",
-            f"give the metric higher_is_better={also}",
-        )
+    refuse_unreported(objective, name, caller)  # a typo, not a missing direction
     raise TrackerError(
-        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: {why}; {advice}"
+        f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: it knows no "
+        f"direction for {name!r}; give the metric higher_is_better={also}"
     )
 
 
@@ -95,10 +86,27 @@ def known_direction(objective: Any, name: str) -> bool | None:
     return found if isinstance(found, bool) else None
 
 
+def refuse_unreported(objective: Any, name: str, caller: str) -> None:
+    """Raise a :class:`TrackerError` if ``objective`` is known never to report ``name``."""
+    known = _known_names(objective)
+    if known and name not in known:
+        raise TrackerError(
+            f"{caller}: {objective!r} never reports {name!r}: it reports {list(known)}, not "
+            f"{name!r}; ask for one of the names it reports"
+        )
+
+
 def _known_names(objective: Any) -> tuple[str, ...]:
-    """The names ``objective`` reports, when it can tell without data (else ``()``)."""
-    for attribute in ("reported_names", "names"):
-        names = getattr(objective, attribute, None)
-        if isinstance(names, tuple) and names and all(isinstance(n, str) for n in names):
-            return names
+    """Every name ``objective.compute()`` reports, when it can tell before any data (else ``()``).
+
+    A join with a foreign part reports no ``reported_names`` (``()``): its
+    ``names`` would leave that part's out.
+    """
+    if getattr(objective, "learns_names", False) is not False:
+        return ()
+    names = getattr(objective, "reported_names", None)
+    if names is None:
+        names = getattr(objective, "names", None)
+    if isinstance(names, tuple) and all(isinstance(n, str) for n in names):
+        return names
     return ()

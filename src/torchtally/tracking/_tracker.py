@@ -10,7 +10,7 @@ from torch import Tensor
 
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import InvalidArgumentError, StateDictError, TrackerError
-from torchtally.tracking._directions import direction, known_direction
+from torchtally.tracking._directions import direction, known_direction, refuse_unreported
 
 __all__ = ["MetricTracker"]
 
@@ -48,7 +48,8 @@ class MetricTracker:
 
     Raises:
         TrackerError: no direction is given and the objective knows none, or
-            the given one contradicts the objective's.
+            the given one contradicts the objective's; or the objective knows
+            the names its ``compute()`` reports and ``name`` is not one of them.
         InvalidArgumentError: an argument has the wrong type or range.
 
     Example:
@@ -100,6 +101,8 @@ class MetricTracker:
             raise InvalidArgumentError(
                 f"MetricTracker: first_epoch must be a whole number, found {first_epoch!r}"
             )
+        # now, not at the first update() an epoch later (a collection's prefix left out)
+        refuse_unreported(objective, name, f"MetricTracker({name!r})")
         if higher_is_better is None:
             also = " (or pass higher_is_better= here)"
             higher_is_better = direction(objective, name, f"MetricTracker({name!r})", also)
