@@ -307,24 +307,11 @@ def test_a_subclass_adding_a_key_declares_it_in_state_keys() -> None:
 
 def test_a_state_of_another_format_version_is_refused_by_every_kind() -> None:
     # The adapters and wrap() objects read any 'version' (a future format would load as this one)
-    class Counter:
-        def __init__(self) -> None:
-            self.total = 0.0
-
-        def update(self, outputs: Tensor, targets: Tensor) -> None:
-            self.total += float((outputs - targets).abs().sum())
-
-        def compute(self) -> float:
-            return self.total
-
-        def reset(self) -> None:
-            self.total = 0.0
-
     outputs, targets = torch.tensor([1.0, 3.0]), torch.zeros(2)
     for make in (
         lambda: from_torchmetrics(torchmetrics.MeanSquaredError()),
         lambda: from_torcheval(eval_metrics.MeanSquaredError()),
-        lambda: tt.wrap(Counter(), "Total"),
+        lambda: tt.wrap(Hits(), "Total"),
         lambda: tt.Metric(lambda o, t: (o - t).abs(), "MAE"),
     ):
         source, target = make(), make()
