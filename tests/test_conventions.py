@@ -126,7 +126,7 @@ def test_weights_are_numbers_zero_dim_or_per_sample_tensors() -> None:
         (torch.ones(2), r"\(3,\) tensor of per-sample weights.*shape \(2,\)"),
         (torch.ones(3, 1), r"found shape \(3, 1\)"),
         (torch.ones(3, dtype=torch.complex64), "real numbers"),
-        (torch.ones(3, dtype=torch.bool), "real numbers"),
+        (torch.ones(3, dtype=torch.bool), r"dtype bool \(a mask: pass mask.float\(\)"),
     ],
 )
 def test_bad_weights_are_refused(weight: Any, message: str) -> None:

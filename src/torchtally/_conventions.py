@@ -198,9 +198,10 @@ def batch_weight(weight: Any, size: int, owner: str) -> Weight:
         return None
     if isinstance(weight, Tensor):
         if weight.is_complex() or weight.dtype == torch.bool:
+            dtype = str(weight.dtype).removeprefix("torch.")
+            mask = " (a mask: pass mask.float(), 1 keeps a sample)" if dtype == "bool" else ""
             raise WeightError(
-                f"{owner}: a weight tensor must hold real numbers, found dtype "
-                f"{str(weight.dtype).removeprefix('torch.')}"
+                f"{owner}: a weight tensor must hold real numbers, found dtype {dtype}{mask}"
             )
         if weight.ndim == 0 or (weight.ndim == 1 and weight.shape[0] == size):
             return weight.detach()
