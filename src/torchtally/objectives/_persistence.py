@@ -20,6 +20,8 @@ from torchtally._state_keys import check_state_keys
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
+from torchtally.sync import SyncCounters
+from torchtally.sync._participant import saved_on
 
 __all__ = ["STATE_VERSION", "Persistence"]
 
@@ -27,7 +29,7 @@ STATE_VERSION = 2
 """The format of ``state_dict()`` (version 1 was written by torchtally 0.1)."""
 
 
-class Persistence(LedgerHolder, KeptOutsideInferenceMode):
+class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
     """Saving, loading, moving and copying (a mixin of :class:`~torchtally.objectives.Objective`).
 
     It works on the objective's ledger, and reads its declared names and
@@ -38,6 +40,8 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         """This process's accumulated state (pending batches included), ``torch.save``-able.
 
         Plain metadata and tensors only: it loads with ``torch.load(weights_only=True)``.
+        It records the rank it was saved on: a sync refuses updates loaded from
+        another rank's state (see :meth:`load_state_dict`).
 
         Example:
             >>> import torch
@@ -50,6 +54,7 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
             {'MAE': tensor(1.)}
         """
         meta, tensors = self._ledger.export()
+        meta["saved_on"] = saved_on()
         return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
 
     def state_keys(self) -> frozenset[str]:
@@ -85,6 +90,7 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         if not isinstance(tensors, (list, tuple)):
             raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
         rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
+        origin = _saved_on(state_dict["state"], label)
         stored = {name for _, names in rebuilt.values() for name in names}
         declared = set(self.declared_names())
         missing = sorted(declared - stored)
@@ -95,6 +101,7 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
                 f"{sorted(declared)}; missing {missing}, unexpected {unexpected}"
             )
         self._ledger.install(rebuilt)
+        self._note_loaded(origin, holds_updates=self._ledger.updated)
 
     def to(self, device: torch.device | str) -> Self:
         """Move the accumulated state to ``device`` (in place) and return ``self``.
@@ -119,3 +126,13 @@ class Persistence(LedgerHolder, KeptOutsideInferenceMode):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
+
+
+def _saved_on(meta: Mapping[str, Any], label: str) -> int | None:
+    """The rank a state was saved on; ``None`` for a state that does not say (an older one)."""
+    origin = meta.get("saved_on")
+    if origin is None:
+        return None
+    if isinstance(origin, bool) or not isinstance(origin, int) or origin < 0:
+        raise StateDictError(f"{label}: 'saved_on' must be a rank (an int >= 0), found {origin!r}")
+    return origin

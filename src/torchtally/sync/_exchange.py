@@ -19,7 +19,7 @@ from torch import Tensor
 from torchtally import distributed
 from torchtally.errors import InvalidArgumentError, SyncError
 from torchtally.sync._agreement import Diagnostics, Padding, describe, disagreement, fingerprint
-from torchtally.sync._participant import _check_participant
+from torchtally.sync._participant import _check_own_state, _check_participant
 from torchtally.sync._rows import Gathered, SyncState
 
 __all__ = ["agreeing"]
@@ -97,8 +97,10 @@ class _Exchange:
         options = {"dataset_size": dataset_size, "destination": destination}
         try:
             labels = [_label(item) for item in self.participants]
-            for item in self.participants:
+            here = distributed.rank()  # the global rank, as state_dict() records it
+            for item, label in zip(self.participants, labels, strict=True):
                 _check_participant(item)
+                _check_own_state(item, label, here)
             _check_options(dataset_size, destination, self.world)
             self.destination = destination
             if dataset_size is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from torchtally.errors import InvalidArgumentError
+from torchtally import distributed
+from torchtally.errors import InvalidArgumentError, SyncError
 from torchtally.sync._agreement import Padding, serial
 from torchtally.sync._rows import Gathered, SyncState
 
-__all__ = ["SyncCounters", "SyncParticipant"]
+__all__ = ["SyncCounters", "SyncParticipant", "saved_on"]
 
 
 @runtime_checkable
@@ -59,8 +60,9 @@ class SyncParticipant(Protocol):
 class SyncCounters:
     """The bookkeeping behind :meth:`SyncParticipant.sync_stamp`: resets, syncs, creation order.
 
-    A mixin: call :meth:`_count_reset` from ``reset`` and :meth:`_count_sync`
-    from ``sync_install``.
+    A mixin: call :meth:`_count_reset` from ``reset``, :meth:`_count_sync`
+    from ``sync_install`` and :meth:`_note_loaded` from ``load_state_dict``
+    (with the :func:`saved_on` its ``state_dict`` recorded).
 
     Example:
         >>> from torchtally.sync import SyncCounters
@@ -73,6 +75,7 @@ class SyncCounters:
     _resets = 0
     _syncs = 0
     _serial = 0
+    _loaded_from: int | None = None  # the rank whose saved updates this state holds, till reset
 
     def __init__(self) -> None:
         self._serial = serial()
@@ -94,10 +97,37 @@ class SyncCounters:
         """Note a reset."""
         self._resets += 1
         self._syncs = 0
+        self._loaded_from = None
+
+    def _note_loaded(self, saved_on: int | None, holds_updates: bool) -> None:
+        """Note a loaded state, saved on rank ``saved_on`` (``None``: the state does not say)."""
+        self._loaded_from = saved_on if holds_updates else None
 
     def _count_sync(self) -> None:
         """Note a completed sync."""
         self._syncs += 1
+
+
+def saved_on() -> int:
+    """The rank a ``state_dict()`` is written on (0 outside a distributed run), saved in it."""
+    return distributed.rank()
+
+
+def _check_own_state(item: object, label: str, here: int) -> None:
+    """Refuse to sync updates loaded from another rank's ``state_dict()``.
+
+    A checkpoint written by rank 0 alone and loaded on every rank puts rank 0's
+    updates on every rank: a sync would count them once per rank, and the other
+    ranks' saved updates not at all.
+    """
+    loaded = getattr(item, "_loaded_from", None)
+    if loaded is not None and loaded != here:
+        raise SyncError(
+            f"{label} holds updates from a state_dict() saved on rank {loaded}, loaded on rank "
+            f"{here}: a sync would count rank {loaded}'s updates on every rank that loaded them; "
+            f"load each rank's own state_dict() (a checkpoint written by one rank holds that "
+            f"rank's updates alone), or reset() after loading"
+        )
 
 
 def _participants(item: object) -> tuple[Any, ...]:

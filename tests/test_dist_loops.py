@@ -1,0 +1,172 @@
+"""Distributed loops as users write them (torchrun style, 2 gloo ranks): exact or refused.
+
+One spawned run (``scenario``) goes through every case; the parent checks each
+rank's record against float64 values computed here from the concatenated data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+import _dist  # tests/_dist.py, importable through tests/conftest.py
+import torchtally as tt
+
+MODULE = "test_dist_loops"
+WORLD = 2
+TIMEOUT = 60.0
+pytestmark = pytest.mark.timeout(TIMEOUT + 30)
+
+
+def absolute(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().flatten(1).mean(1)
+
+
+def squared(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).pow(2).flatten(1).mean(1)
+
+
+def shard(rank: int) -> list[tuple[Tensor, Tensor]]:
+    """Rank ``rank``'s batches of one epoch (uneven sizes)."""
+    generator = torch.Generator().manual_seed(7 + rank)
+    sizes = [4, 3, 5, 2] if rank == 0 else [3, 6, 1, 4]
+    return [
+        (torch.randn(size, 2, generator=generator), torch.randn(size, 2, generator=generator))
+        for size in sizes
+    ]
+
+
+def _objectives() -> list[Any]:
+    return [
+        tt.MetricCollection(MAE=absolute),
+        tt.Loss(absolute, "L1") + 0.5 * tt.Loss(squared, "L2"),
+        tt.MetricCollection(SE=squared) | tt.Metric(absolute, "AE", aggregation="max"),
+    ]
+
+
+def _values(objectives: list[Any]) -> dict[str, float]:
+    return tt.compute_metrics(*objectives)
+
+
+def _attempt(action: Any) -> str | None:
+    try:
+        action()
+    except tt.errors.SyncError as error:
+        return str(error)
+    return None
+
+
+def _update(objectives: list[Any], batches: list[tuple[Tensor, Tensor]]) -> None:
+    for outputs, targets in batches:
+        for objective in objectives:
+            objective.update(outputs, targets)
+
+
+def resumed_from_rank_0(rank: int, world: int) -> dict[str, Any]:
+    """Checkpointed mid-epoch on rank 0 alone, every rank resumed from that one checkpoint."""
+    batches = shard(rank)
+    first = _objectives()
+    _update(first, batches[:2])
+    box = [[objective.state_dict() for objective in first] if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)  # the one file every rank loads
+    shared = box[0]
+    assert shared is not None
+    record: dict[str, Any] = {}
+    # the new run: every rank loads rank 0's state and goes on with its own batches
+    resumed = _objectives()
+    for objective, state in zip(resumed, shared, strict=True):
+        objective.load_state_dict(state)
+    _update(resumed, batches[2:])
+    before = _values(resumed)
+    record["refused"] = _attempt(lambda: tt.sync_all(*resumed))
+    record["unchanged"] = _values(resumed) == before
+    # each rank's own checkpoint restores each rank: the synced values of the whole epoch
+    own = _objectives()
+    _update(own, batches[:2])
+    saved = [objective.state_dict() for objective in own]
+    restored = _objectives()
+    for objective, state in zip(restored, saved, strict=True):
+        objective.load_state_dict(state)
+    _update(restored, batches[2:])
+    tt.sync_all(*restored)
+    record["own"] = _values(restored)
+    # a shared checkpoint, then reset() before the next epoch (the Lightning pattern): fine
+    fresh = _objectives()
+    for objective, state in zip(fresh, shared, strict=True):
+        objective.load_state_dict(state)
+        objective.reset()
+    _update(fresh, batches[2:])
+    tt.sync_all(*fresh)
+    record["reset"] = _values(fresh)
+    return record
+
+
+CASES = {"resumed_from_rank_0": resumed_from_rank_0}
+
+
+def scenario(rank: int, world: int) -> dict[str, Any]:
+    """Every case in turn on one process group (spawning is the slow part)."""
+    return {name: case(rank, world) for name, case in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _dist.launch(WORLD, f"{MODULE}:scenario", tmp_path_factory.mktemp("loops"), TIMEOUT)
+
+
+def _reference(batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    outputs = torch.cat([o for o, _ in batches]).double()
+    targets = torch.cat([t for _, t in batches]).double()
+    ae, se = absolute(outputs, targets), squared(outputs, targets)
+    return {
+        "MAE": ae.mean().item(),
+        "Combined Loss": (ae + 0.5 * se).mean().item(),
+        "L1": ae.mean().item(),
+        "L2": se.mean().item(),
+        "SE": se.mean().item(),
+        "AE": ae.max().item(),
+    }
+
+
+def _assert_close(found: dict[str, float], expected: dict[str, float]) -> None:
+    assert found.keys() == expected.keys()
+    for name, value in expected.items():
+        assert found[name] == pytest.approx(value, rel=1e-6), name
+
+
+def test_a_checkpoint_of_rank_0_loaded_on_every_rank_is_refused_at_the_sync(
+    records: list[dict[str, Any]],
+) -> None:
+    """A mid-epoch state saved on rank 0 alone (what users and Lightning do), loaded everywhere.
+
+    Every rank then held rank 0's first batches, and the sync counted them
+    once per rank and rank 1's not at all: an MAE of 1.2284 and a squared error
+    of 2.4304 where the epoch's are 1.2375 and 2.8402, without a word.
+    """
+    for rank, record in enumerate(records):
+        case = record["resumed_from_rank_0"]
+        assert case["refused"] is not None, f"rank {rank} synced a state loaded from rank 0"
+        assert "saved on rank 0" in case["refused"] and "loaded on rank 1" in case["refused"]
+        assert case["refused"] == records[0]["resumed_from_rank_0"]["refused"]
+        assert case["unchanged"]
+        _assert_close(case["own"], _reference(shard(0) + shard(1)))
+        _assert_close(case["reset"], _reference(shard(0)[2:] + shard(1)[2:]))
+
+
+def test_a_malformed_saved_on_is_refused_and_changes_nothing() -> None:
+    metric = tt.Metric(absolute, "MAE")
+    metric.update(torch.ones(2, 1), torch.zeros(2, 1))
+    state = metric.state_dict()
+    assert state["state"]["saved_on"] == 0  # outside a distributed run: rank 0
+    for wrong in ("0", -1, True, 1.0):
+        damaged = {**state, "state": {**state["state"], "saved_on": wrong}}
+        with pytest.raises(tt.errors.StateDictError, match="'saved_on' must be a rank"):
+            metric.load_state_dict(damaged)
+        assert metric.compute()["MAE"] == 1.0
+    older = {**state, "state": {k: v for k, v in state["state"].items() if k != "saved_on"}}
+    metric.load_state_dict(older)  # a state saved before ranks were recorded still loads
+    assert metric.compute()["MAE"] == 1.0
