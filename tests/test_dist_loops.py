@@ -6,6 +6,7 @@ rank's record against float64 values computed here from the concatenated data.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -40,12 +41,25 @@ def shard(rank: int) -> list[tuple[Tensor, Tensor]]:
     ]
 
 
+ADAPTERS = all(importlib.util.find_spec(name) for name in ("torchmetrics", "torcheval"))
+
+
 def _objectives() -> list[Any]:
-    return [
+    objectives = [
         tt.MetricCollection(MAE=absolute),
         tt.Loss(absolute, "L1") + 0.5 * tt.Loss(squared, "L2"),
         tt.MetricCollection(SE=squared) | tt.Metric(absolute, "AE", aggregation="max"),
     ]
+    if ADAPTERS:
+        import torchmetrics
+        from torcheval.metrics import MeanSquaredError
+
+        from torchtally.contrib.torcheval import from_torcheval
+        from torchtally.contrib.torchmetrics import from_torchmetrics
+
+        objectives.append(from_torchmetrics(torchmetrics.MeanAbsoluteError(), name="tmMAE"))
+        objectives.append(from_torcheval(MeanSquaredError(), name="teMSE"))
+    return objectives
 
 
 def _values(objectives: list[Any]) -> dict[str, float]:
@@ -83,6 +97,7 @@ def resumed_from_rank_0(rank: int, world: int) -> dict[str, Any]:
     _update(resumed, batches[2:])
     before = _values(resumed)
     record["refused"] = _attempt(lambda: tt.sync_all(*resumed))
+    record["adapters_refused"] = _attempt(lambda: tt.sync_all(*resumed[3:])) if ADAPTERS else ""
     record["unchanged"] = _values(resumed) == before
     # each rank's own checkpoint restores each rank: the synced values of the whole epoch
     own = _objectives()
@@ -122,7 +137,7 @@ def _reference(batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
     outputs = torch.cat([o for o, _ in batches]).double()
     targets = torch.cat([t for _, t in batches]).double()
     ae, se = absolute(outputs, targets), squared(outputs, targets)
-    return {
+    found = {
         "MAE": ae.mean().item(),
         "Combined Loss": (ae + 0.5 * se).mean().item(),
         "L1": ae.mean().item(),
@@ -130,6 +145,9 @@ def _reference(batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
         "SE": se.mean().item(),
         "AE": ae.max().item(),
     }
+    if ADAPTERS:
+        found.update(tmMAE=found["MAE"], teMSE=found["SE"])
+    return found
 
 
 def _assert_close(found: dict[str, float], expected: dict[str, float]) -> None:
@@ -152,21 +170,33 @@ def test_a_checkpoint_of_rank_0_loaded_on_every_rank_is_refused_at_the_sync(
         assert case["refused"] is not None, f"rank {rank} synced a state loaded from rank 0"
         assert "saved on rank 0" in case["refused"] and "loaded on rank 1" in case["refused"]
         assert case["refused"] == records[0]["resumed_from_rank_0"]["refused"]
+        assert case["adapters_refused"] is not None, f"rank {rank} synced adapters from rank 0"
         assert case["unchanged"]
         _assert_close(case["own"], _reference(shard(0) + shard(1)))
         _assert_close(case["reset"], _reference(shard(0)[2:] + shard(1)[2:]))
 
 
-def test_a_malformed_saved_on_is_refused_and_changes_nothing() -> None:
-    metric = tt.Metric(absolute, "MAE")
-    metric.update(torch.ones(2, 1), torch.zeros(2, 1))
+@pytest.mark.parametrize("index", [0, 3, 4])  # a collection, both adapters
+def test_a_malformed_saved_on_is_refused_and_changes_nothing(index: int) -> None:
+    if index >= 3 and not ADAPTERS:
+        pytest.skip("needs torchmetrics and torcheval")
+    metric = _objectives()[index]
+    metric.update(torch.ones(2, 2), torch.zeros(2, 2))
+    expected = tt.compute_metrics(metric)
     state = metric.state_dict()
-    assert state["state"]["saved_on"] == 0  # outside a distributed run: rank 0
+    inner = index == 0  # an objective keeps it in its metadata, an adapter at the top
+    where = state["state"] if inner else state
+    assert where["saved_on"] == 0  # outside a distributed run: rank 0
+
+    def with_saved_on(value: Any) -> dict[str, Any]:
+        changed = {k: v for k, v in where.items() if k != "saved_on"}
+        if value is not None:
+            changed["saved_on"] = value
+        return {**state, "state": changed} if inner else changed
+
     for wrong in ("0", -1, True, 1.0):
-        damaged = {**state, "state": {**state["state"], "saved_on": wrong}}
         with pytest.raises(tt.errors.StateDictError, match="'saved_on' must be a rank"):
-            metric.load_state_dict(damaged)
-        assert metric.compute()["MAE"] == 1.0
-    older = {**state, "state": {k: v for k, v in state["state"].items() if k != "saved_on"}}
-    metric.load_state_dict(older)  # a state saved before ranks were recorded still loads
-    assert metric.compute()["MAE"] == 1.0
+            metric.load_state_dict(with_saved_on(wrong))
+        assert tt.compute_metrics(metric) == expected
+    metric.load_state_dict(with_saved_on(None))  # a state saved before ranks were recorded
+    assert tt.compute_metrics(metric) == expected

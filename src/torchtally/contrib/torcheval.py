@@ -67,6 +67,7 @@ from torchtally.errors import (
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity
+from torchtally.sync._participant import checked_saved_on, saved_on
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
@@ -315,11 +316,12 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
             "options": copy.deepcopy(self._options),  # an edit to it must not reach the adapter
             "updated": self.has_data(),
+            "saved_on": saved_on(),
         }
 
     def state_keys(self) -> frozenset[str]:
         """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
-        return frozenset(("version", "metrics", "options", "updated"))
+        return frozenset(("version", "metrics", "options", "updated", "saved_on"))
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`, all of them or none.
@@ -345,6 +347,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
                     f"{self._owner}: metric {key!r}: the state was saved with other options "
                     f"({different})"
                 )
+        origin = checked_saved_on(state_dict.get("saved_on"), self._owner)
         loaded: dict[str, AnyMetric] = {}
         for key, metric in self._metrics.items():
             try:
@@ -355,6 +358,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
         self._updated = state_dict.get("updated", True) is not False  # older states: assume so
         self.back_in_step()
         self.drop_view()
+        self._note_loaded(origin, holds_updates=self.has_data())  # another rank's: sync refuses
 
     def held_metrics(self) -> list[Any]:
         """The torcheval metrics held: this process's, and a synced view's."""

@@ -80,6 +80,7 @@ from torchtally.errors import (
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity
+from torchtally.sync._participant import checked_saved_on, saved_on
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 
@@ -263,11 +264,12 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
             {'MeanAbsoluteError': tensor(1.)}
         """
         self.check_in_step()
-        return {"version": _STATE_VERSION, "leaves": saved_states(self._leaves, self._options)}
+        leaves = saved_states(self._leaves, self._options)
+        return {"version": _STATE_VERSION, "leaves": leaves, "saved_on": saved_on()}
 
     def state_keys(self) -> frozenset[str]:
         """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""
-        return frozenset(("version", "leaves"))
+        return frozenset(("version", "leaves", "saved_on"))
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the states saved by :meth:`state_dict`.
@@ -286,10 +288,12 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
         # Everything is checked and converted before any leaf changes: a damaged state
         # changes nothing.
         prepared = checked_states(self._leaves, self._options, stored, self._owner)
+        origin = checked_saved_on(state_dict.get("saved_on"), self._owner)
         for leaf, (states, count) in zip(self._leaves, prepared, strict=True):
             install(leaf, states, count)
         self.back_in_step()
         self.drop_view()
+        self._note_loaded(origin, holds_updates=self.has_data())  # another rank's: sync refuses
 
     def held_metrics(self) -> list[Any]:
         """The torchmetrics object held, and a synced view's copy."""

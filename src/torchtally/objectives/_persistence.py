@@ -21,7 +21,7 @@ from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 from torchtally.sync import SyncCounters
-from torchtally.sync._participant import saved_on
+from torchtally.sync._participant import checked_saved_on, saved_on
 
 __all__ = ["STATE_VERSION", "Persistence"]
 
@@ -90,7 +90,7 @@ class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
         if not isinstance(tensors, (list, tuple)):
             raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
         rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
-        origin = _saved_on(state_dict["state"], label)
+        origin = checked_saved_on(state_dict["state"].get("saved_on"), label)
         stored = {name for _, names in rebuilt.values() for name in names}
         declared = set(self.declared_names())
         missing = sorted(declared - stored)
@@ -126,13 +126,3 @@ class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
         # Pickles and deep copies carry folded state, never a queue of batches.
         self._ledger.prepare_pickle()
         return self.__dict__.copy()
-
-
-def _saved_on(meta: Mapping[str, Any], label: str) -> int | None:
-    """The rank a state was saved on; ``None`` for a state that does not say (an older one)."""
-    origin = meta.get("saved_on")
-    if origin is None:
-        return None
-    if isinstance(origin, bool) or not isinstance(origin, int) or origin < 0:
-        raise StateDictError(f"{label}: 'saved_on' must be a rank (an int >= 0), found {origin!r}")
-    return origin

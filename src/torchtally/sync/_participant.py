@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from torchtally import distributed
-from torchtally.errors import InvalidArgumentError, SyncError
+from torchtally.errors import InvalidArgumentError, StateDictError, SyncError
 from torchtally.sync._agreement import Padding, serial
 from torchtally.sync._rows import Gathered, SyncState
 
-__all__ = ["SyncCounters", "SyncParticipant", "saved_on"]
+__all__ = ["SyncCounters", "SyncParticipant", "checked_saved_on", "saved_on"]
 
 
 @runtime_checkable
@@ -111,6 +111,19 @@ class SyncCounters:
 def saved_on() -> int:
     """The rank a ``state_dict()`` is written on (0 outside a distributed run), saved in it."""
     return distributed.rank()
+
+
+def checked_saved_on(value: Any, label: str) -> int | None:
+    """The rank a loaded state says it was saved on; ``None`` for one that does not say (older).
+
+    Raises:
+        StateDictError: ``value`` is not a rank (an int >= 0).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateDictError(f"{label}: 'saved_on' must be a rank (an int >= 0), found {value!r}")
+    return value
 
 
 def _check_own_state(item: object, label: str, here: int) -> None:
