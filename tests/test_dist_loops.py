@@ -99,6 +99,11 @@ def resumed_from_rank_0(rank: int, world: int) -> dict[str, Any]:
     record["refused"] = _attempt(lambda: tt.sync_all(*resumed))
     record["adapters_refused"] = _attempt(lambda: tt.sync_all(*resumed[3:])) if ADAPTERS else ""
     record["unchanged"] = _values(resumed) == before
+    # saved again on each rank and reloaded, the state still holds rank 0's updates
+    again = _objectives()
+    for objective, state in zip(again, [o.state_dict() for o in resumed], strict=True):
+        objective.load_state_dict(state)
+    record["resaved_refused"] = _attempt(lambda: tt.sync_all(*again))
     # each rank's own checkpoint restores each rank: the synced values of the whole epoch
     own = _objectives()
     _update(own, batches[:2])
@@ -172,6 +177,9 @@ def test_a_checkpoint_of_rank_0_loaded_on_every_rank_is_refused_at_the_sync(
         assert case["refused"] == records[0]["resumed_from_rank_0"]["refused"]
         assert case["adapters_refused"] is not None, f"rank {rank} synced adapters from rank 0"
         assert case["unchanged"]
+        assert case["resaved_refused"] == case["refused"], (
+            "saving again hid where updates came from"
+        )
         _assert_close(case["own"], _reference(shard(0) + shard(1)))
         _assert_close(case["reset"], _reference(shard(0)[2:] + shard(1)[2:]))
 

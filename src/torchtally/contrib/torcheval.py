@@ -67,7 +67,7 @@ from torchtally.errors import (
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity
-from torchtally.sync._participant import checked_saved_on, saved_on
+from torchtally.sync._participant import checked_saved_on
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 
@@ -316,7 +316,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             "metrics": {key: metric.state_dict() for key, metric in self._metrics.items()},
             "options": copy.deepcopy(self._options),  # an edit to it must not reach the adapter
             "updated": self.has_data(),
-            "saved_on": saved_on(),
+            "saved_on": self._saved_on(),
         }
 
     def state_keys(self) -> frozenset[str]:

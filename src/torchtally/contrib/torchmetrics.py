@@ -80,7 +80,7 @@ from torchtally.errors import (
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity
-from torchtally.sync._participant import checked_saved_on, saved_on
+from torchtally.sync._participant import checked_saved_on
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 
@@ -265,7 +265,7 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
         """
         self.check_in_step()
         leaves = saved_states(self._leaves, self._options)
-        return {"version": _STATE_VERSION, "leaves": leaves, "saved_on": saved_on()}
+        return {"version": _STATE_VERSION, "leaves": leaves, "saved_on": self._saved_on()}
 
     def state_keys(self) -> frozenset[str]:
         """The top-level keys :meth:`state_dict` writes; :meth:`load_state_dict` refuses others."""

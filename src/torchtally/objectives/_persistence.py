@@ -21,7 +21,7 @@ from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 from torchtally.sync import SyncCounters
-from torchtally.sync._participant import checked_saved_on, saved_on
+from torchtally.sync._participant import checked_saved_on
 
 __all__ = ["STATE_VERSION", "Persistence"]
 
@@ -54,7 +54,7 @@ class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
             {'MAE': tensor(1.)}
         """
         meta, tensors = self._ledger.export()
-        meta["saved_on"] = saved_on()
+        meta["saved_on"] = self._saved_on()
         return {"version": STATE_VERSION, "state": meta, "tensors": tensors}
 
     def state_keys(self) -> frozenset[str]:

@@ -15,7 +15,7 @@ from torchtally.errors import InvalidArgumentError, StateDictError, SyncError
 from torchtally.sync._agreement import Padding, serial
 from torchtally.sync._rows import Gathered, SyncState
 
-__all__ = ["SyncCounters", "SyncParticipant", "checked_saved_on", "saved_on"]
+__all__ = ["SyncCounters", "SyncParticipant", "checked_saved_on"]
 
 
 @runtime_checkable
@@ -62,7 +62,7 @@ class SyncCounters:
 
     A mixin: call :meth:`_count_reset` from ``reset``, :meth:`_count_sync`
     from ``sync_install`` and :meth:`_note_loaded` from ``load_state_dict``
-    (with the :func:`saved_on` its ``state_dict`` recorded).
+    (with the :meth:`_saved_on` its ``state_dict`` recorded).
 
     Example:
         >>> from torchtally.sync import SyncCounters
@@ -103,14 +103,18 @@ class SyncCounters:
         """Note a loaded state, saved on rank ``saved_on`` (``None``: the state does not say)."""
         self._loaded_from = saved_on if holds_updates else None
 
+    def _saved_on(self) -> int:
+        """The rank whose updates a ``state_dict()`` written now holds, to be saved in it.
+
+        This process's rank (0 outside a distributed run), unless the state
+        holds updates loaded from another rank's state: saving it again keeps
+        that rank, so a second save and load is refused at the sync as the first.
+        """
+        return distributed.rank() if self._loaded_from is None else self._loaded_from
+
     def _count_sync(self) -> None:
         """Note a completed sync."""
         self._syncs += 1
-
-
-def saved_on() -> int:
-    """The rank a ``state_dict()`` is written on (0 outside a distributed run), saved in it."""
-    return distributed.rank()
 
 
 def checked_saved_on(value: Any, label: str) -> int | None:
