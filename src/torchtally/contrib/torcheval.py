@@ -44,12 +44,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
 
 from torchtally._conventions import merge_results, normalize_result
 from torchtally._state_keys import check_state_keys
-from torchtally.contrib._adapter import (
-    SyncedAdapter,
-    foreign_compute,
-    foreign_error,
-    unshared,
-)
+from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._options import differing_options
 from torchtally.contrib._torcheval_states import (
     exported_states,
@@ -58,12 +53,7 @@ from torchtally.contrib._torcheval_states import (
     moved_from_defaults,
     split_states,
 )
-from torchtally.errors import (
-    InvalidNameError,
-    StateDictError,
-    SyncError,
-    UnsupportedObjectError,
-)
+from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity
