@@ -208,3 +208,36 @@ def test_a_malformed_saved_on_is_refused_and_changes_nothing(index: int) -> None
         assert tt.compute_metrics(metric) == expected
     metric.load_state_dict(with_saved_on(None))  # a state saved before ranks were recorded
     assert tt.compute_metrics(metric) == expected
+
+
+def _saved_on(state: dict[str, Any], inner: bool, rank: int | None = None) -> Any:
+    """The rank ``state`` records (or ``state`` recording ``rank`` instead)."""
+    where = state["state"] if inner else state
+    if rank is None:
+        return where["saved_on"]
+    changed = {**where, "saved_on": rank}
+    return {**state, "state": changed} if inner else changed
+
+
+def test_the_states_of_every_rank_merged_in_one_process_sync_with_dataset_size() -> None:
+    """An evaluation in one process of the states each rank of a training run saved.
+
+    Nothing is counted twice in one process, but the sync with ``dataset_size``
+    refused the merged state because rank 1's was loaded first.
+    """
+    states = []
+    for rank in range(WORLD):
+        metric = tt.MetricCollection(MAE=absolute)
+        _update([metric], shard(rank))
+        states.append(_saved_on(metric.state_dict(), True, rank=rank))
+    merged, other = tt.MetricCollection(MAE=absolute), tt.MetricCollection(MAE=absolute)
+    merged.load_state_dict(states[1])
+    other.load_state_dict(states[0])
+    merged.merge_state(other)
+    samples = sum(len(outputs) for rank in range(WORLD) for outputs, _ in shard(rank))
+    tt.sync_all(merged, dataset_size=samples)
+    merged.sync(dataset_size=samples)
+    _assert_close(
+        {name: value.item() for name, value in merged.compute().items()},
+        {"MAE": _reference(shard(0) + shard(1))["MAE"]},
+    )

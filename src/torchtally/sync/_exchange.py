@@ -100,7 +100,8 @@ class _Exchange:
             here = distributed.rank()  # the global rank, as state_dict() records it
             for item, label in zip(self.participants, labels, strict=True):
                 _check_participant(item)
-                _check_own_state(item, label, here)
+                if self.world > 1:  # alone, nothing is counted twice: any rank's state is fine
+                    _check_own_state(item, label, here)
             _check_options(dataset_size, destination, self.world)
             self.destination = destination
             if dataset_size is not None:
