@@ -104,6 +104,13 @@ def resumed_from_rank_0(rank: int, world: int) -> dict[str, Any]:
     for objective, state in zip(again, [o.state_dict() for o in resumed], strict=True):
         objective.load_state_dict(state)
     record["resaved_refused"] = _attempt(lambda: tt.sync_all(*again))
+    # merged into new objects (merge_state, not load_state_dict): still rank 0's updates
+    merged, sources = _objectives(), _objectives()
+    for objective, source, state in zip(merged, sources, shared, strict=True):
+        source.load_state_dict(state)
+        objective.merge_state(source)
+    _update(merged, batches[2:])
+    record["merged_refused"] = _attempt(lambda: tt.sync_all(*merged))
     # each rank's own checkpoint restores each rank: the synced values of the whole epoch
     own = _objectives()
     _update(own, batches[:2])
@@ -180,6 +187,9 @@ def test_a_checkpoint_of_rank_0_loaded_on_every_rank_is_refused_at_the_sync(
         assert case["resaved_refused"] == case["refused"], (
             "saving again hid where updates came from"
         )
+        assert case["merged_refused"] == case["refused"], (
+            "merging into a new object hid where updates came from"
+        )
         _assert_close(case["own"], _reference(shard(0) + shard(1)))
         _assert_close(case["reset"], _reference(shard(0)[2:] + shard(1)[2:]))
 
@@ -217,6 +227,33 @@ def _saved_on(state: dict[str, Any], inner: bool, rank: int | None = None) -> An
         return where["saved_on"]
     changed = {**where, "saved_on": rank}
     return {**state, "state": changed} if inner else changed
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3, 4])  # collection, loss, join, both adapters
+def test_a_state_merged_into_an_empty_object_keeps_the_rank_it_came_from(index: int) -> None:
+    """``fresh.merge_state(loaded)`` holds exactly the loaded updates, as a load would.
+
+    It held rank 1's updates and recorded none (saved again: rank 0's), so a
+    sync on every rank counted them once per rank without a word.
+    """
+    if index >= 3 and not ADAPTERS:
+        pytest.skip("needs torchmetrics and torcheval")
+    inner = index < 3
+    saved = _objectives()[index]
+    saved.update(torch.ones(2, 2), torch.zeros(2, 2))
+    loaded = _objectives()[index]
+    loaded.load_state_dict(_saved_on(saved.state_dict(), inner, rank=1))
+    fresh = _objectives()[index]
+    fresh.merge_state(loaded)
+    assert _saved_on(fresh.state_dict(), inner) == 1
+    # merged into this process's own updates, the state is this process's (a consolidation)
+    own = _objectives()[index]
+    own.update(torch.ones(2, 2), torch.zeros(2, 2))
+    own.merge_state(loaded)
+    assert _saved_on(own.state_dict(), inner) == 0
+    own.reset()
+    fresh.reset()
+    assert _saved_on(fresh.state_dict(), inner) == 0
 
 
 def test_the_states_of_every_rank_merged_in_one_process_sync_with_dataset_size() -> None:

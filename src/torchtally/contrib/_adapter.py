@@ -308,9 +308,11 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
 
         What :meth:`merge_state` and a join's ``merge_state`` both call;
         an adapter keeping more than its metrics' states (whether they took a
-        batch) takes ``other``'s part of it here.
+        batch) takes ``other``'s part of it here, around this method.
         """
+        held = self.has_data()
         self.adopt(view)
+        self._note_merged(other, held)  # into an adapter holding nothing: other's origin too
 
     def compute(self) -> dict[str, Tensor]:
         """The values as ``dict[str, Tensor]``, over all processes after :meth:`sync`.

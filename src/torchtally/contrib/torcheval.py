@@ -281,7 +281,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     def adopt_merged(self, view: dict[str, Any], other: TorchEvalAdapter) -> None:
         """Keep the merged metrics; updated if either adapter was."""
         updated = self._updated or other._updated
-        self.adopt(view)
+        super().adopt_merged(view, other)
         self._updated = updated
 
     # -- persistence and devices --------------------------------------------------------------

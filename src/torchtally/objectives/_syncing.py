@@ -47,7 +47,9 @@ class SyncHooks(SyncCounters, LedgerHolder):
                 ``weight=``). Nothing changes then.
         """
         check_mergeable(self._ledger.label, self, other)
+        held = self._ledger.updated
         self._ledger.merge(other._ledger)
+        self._note_merged(other, held)
 
     def sync(self, process_group: Any = None, *, dataset_size: int | None = None) -> None:
         """Make :meth:`compute` report the value over all ranks (see :func:`~torchtally.sync_all`).

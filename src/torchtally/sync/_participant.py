@@ -61,8 +61,9 @@ class SyncCounters:
     """The bookkeeping behind :meth:`SyncParticipant.sync_stamp`: resets, syncs, creation order.
 
     A mixin: call :meth:`_count_reset` from ``reset``, :meth:`_count_sync`
-    from ``sync_install`` and :meth:`_note_loaded` from ``load_state_dict``
-    (with the :meth:`_saved_on` its ``state_dict`` recorded).
+    from ``sync_install``, :meth:`_note_loaded` from ``load_state_dict``
+    (with the :meth:`_saved_on` its ``state_dict`` recorded) and
+    :meth:`_note_merged` from ``merge_state``.
 
     Example:
         >>> from torchtally.sync import SyncCounters
@@ -102,6 +103,17 @@ class SyncCounters:
     def _note_loaded(self, saved_on: int | None, holds_updates: bool) -> None:
         """Note a loaded state, saved on rank ``saved_on`` (``None``: the state does not say)."""
         self._loaded_from = saved_on if holds_updates else None
+
+    def _note_merged(self, other: object, held_updates: bool) -> None:
+        """Note a merged-in state: into one holding no updates, it takes ``other``'s origin.
+
+        Merging into an object holding nothing is a load of ``other``'s
+        updates, and keeps the rank they came from as :meth:`_note_loaded`
+        does. Merged into updates held here, the state is this one's (a
+        consolidation of several ranks' states) and keeps this one's origin.
+        """
+        if not held_updates:
+            self._loaded_from = getattr(other, "_loaded_from", None)
 
     def _saved_on(self) -> int:
         """The rank whose updates a ``state_dict()`` written now holds, to be saved in it.
