@@ -129,3 +129,28 @@ def test_a_join_with_a_foreign_part_is_not_said_to_lack_that_part() -> None:
     tracker = tt.MetricTracker(joined, "MSE", higher_is_better=False)
     joined.update(torch.full((3, 1), 2.0), torch.zeros(3, 1))
     assert tracker.update() == 4.0
+
+
+class _PrecisionRecall(tt.MetricCollection):
+    """A collection whose ``finalize`` (the documented hook) derives F1 from its entries."""
+
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        values = super().finalize(values)
+        precision, recall = values["P"], values["R"]
+        return {**values, "F1": 2 * precision * recall / (precision + recall)}
+
+
+def test_a_tracker_follows_a_value_a_finalize_override_derives() -> None:
+    """``MetricTracker(metrics, 'F1', higher_is_better=True)`` where ``finalize`` adds F1.
+
+    The names of the entries are not all ``compute()`` reports once the hook is
+    overridden: the tracker was refused when built ('never reports F1').
+    """
+    metrics = _PrecisionRecall(
+        P=lambda o, t: (o * t).sum(1) / o.sum(1), R=lambda o, t: (o * t).sum(1) / t.sum(1)
+    )
+    tracker = tt.MetricTracker(metrics, "F1", higher_is_better=True)
+    with pytest.raises(TrackerError, match="give the metric higher_is_better="):
+        tt.monitor_mode(metrics, "F1")  # no direction known: not "never reports"
+    metrics.update(torch.ones(4, 3), torch.tensor([[1.0, 0.0, 0.0]]).repeat(4, 1))
+    assert tracker.update() == pytest.approx(0.5)  # P = 1/3, R = 1

@@ -100,9 +100,10 @@ def _known_names(objective: Any) -> tuple[str, ...]:
     """Every name ``objective.compute()`` reports, when it can tell before any data (else ``()``).
 
     A join with a foreign part reports no ``reported_names`` (``()``): its
-    ``names`` would leave that part's out.
+    ``names`` would leave that part's out. Nor does a class overriding
+    ``finalize`` or ``compute`` (which may derive, rename or drop values).
     """
-    if getattr(objective, "learns_names", False) is not False:
+    if getattr(objective, "learns_names", False) is not False or _overrides_results(objective):
         return ()
     names = getattr(objective, "reported_names", None)
     if names is None:
@@ -110,3 +111,13 @@ def _known_names(objective: Any) -> tuple[str, ...]:
     if isinstance(names, tuple) and all(isinstance(n, str) for n in names):
         return names
     return ()
+
+
+def _overrides_results(objective: Any) -> bool:
+    """Whether ``objective``'s class turns values into results with hooks of its own."""
+    for hook in ("finalize", "compute"):
+        found = getattr(type(objective), hook, None)
+        module = str(getattr(found, "__module__", ""))
+        if found is not None and module.partition(".")[0] != "torchtally":
+            return True
+    return False
