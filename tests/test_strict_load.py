@@ -325,3 +325,13 @@ def test_a_state_of_another_format_version_is_refused_by_every_kind() -> None:
         assert list(after) == list(before)
         for name in before:
             assert torch.equal(torch.as_tensor(after[name]), torch.as_tensor(before[name]))
+
+
+@pytest.mark.parametrize("version", [torch.tensor([2, 2]), torch.tensor(2), "2", 2.5, None])
+def test_a_version_that_is_no_whole_number_is_a_state_dict_error(version: Any) -> None:
+    # A tensor version raised torch's RuntimeError (its truth value is ambiguous).
+    metric = tt.Metric(lambda o, t: (o - t).abs(), "MAE")
+    metric.update(torch.ones(2), torch.zeros(2))
+    with pytest.raises(StateDictError, match=r"format version 2, found version"):
+        metric.load_state_dict({**metric.state_dict(), "version": version})
+    assert metric.compute() == {"MAE": torch.tensor(1.0)}

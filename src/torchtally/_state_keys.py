@@ -40,7 +40,7 @@ def check_state_keys(
         StateDictError: naming ``label`` and what was found against what was
             expected (the type, the version, or the unexpected and expected keys).
     """
-    if not isinstance(state_dict, Mapping) or state_dict.get("version") != version:
+    if not isinstance(state_dict, Mapping) or not _is_version(state_dict.get("version"), version):
         found = (
             f"version {state_dict.get('version')!r}"
             if isinstance(state_dict, Mapping)
@@ -60,3 +60,8 @@ def check_state_keys(
             f"was loaded"
         )
     return state_dict
+
+
+def _is_version(found: Any, version: int) -> bool:
+    """Whether ``found`` is the int ``version`` (a tensor compares as a tensor, which may raise)."""
+    return isinstance(found, int) and not isinstance(found, bool) and found == version
