@@ -94,7 +94,9 @@ def sync_all(
             syncs, pass different arguments, or a rank could not export its
             state; or a header or payload is not torchtally's; or a value saw
             another number of samples than ``dataset_size`` gives (in one
-            process too). Every rank raises the same error after the same
+            process too, where an object keeping its own state, which cannot
+            count its samples, is refused with ``dataset_size`` as in a
+            distributed run). Every rank raises the same error after the same
             collectives; none hangs. Nothing is changed when it is raised.
         InvalidArgumentError: outside a distributed run, an argument that
             cannot take part in a sync (in a distributed run, the ``SyncError``
