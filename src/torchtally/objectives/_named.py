@@ -243,16 +243,18 @@ class CallableObjective(Objective[OutputT, TargetT]):
         ``False``: nothing changed, and :meth:`_batch` and :meth:`_accumulate`
         take it (they check everything and raise the library's errors).
         """
-        return bool(
-            weight is None
-            and type(targets) is Tensor
-            and targets.ndim
-            and targets.shape[0]  # an empty batch changes nothing: the full path says so
-            and self._weight_fn is None
-            and type(values) is dict
-            and not _is_compiling()
-            and self._ledger.queue(values, targets.shape[0], self._names_ordered)
-        )
+        if (
+            weight is not None
+            or type(targets) is not Tensor
+            or self._weight_fn is not None
+            or type(values) is not dict
+            or _is_compiling()
+        ):
+            return False
+        shape = targets.shape  # read once: each read builds a torch.Size
+        if not (shape and shape[0]):  # an empty batch changes nothing: the full path says so
+            return False
+        return self._ledger.queue(values, shape[0], self._names_ordered)
 
     @property
     def entries(self) -> tuple[NamedCallable, ...]:
