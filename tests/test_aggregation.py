@@ -757,6 +757,27 @@ def test_grow_adds_empty_rows() -> None:
     assert acc.labels[-1] == "new"
 
 
+@pytest.mark.parametrize("cls", ALL)
+def test_entries_for_no_row_change_nothing(cls: type[Accumulator]) -> None:
+    """Adding ``(0, T)`` entries to no row (an accumulator without rows yet) is a no-op."""
+    empty = cls(rows=0)
+    empty.add(torch.ones(0, 3))
+    assert empty.state is None and empty.reduce() == [] and empty.samples() == []
+    held = cls(rows=2)
+    held.add(torch.tensor([[1, 2], [3, 4]]))
+    held.add(torch.ones(0, 3, dtype=torch.int64), rows=[])
+    assert held.samples() == [2, 2]
+    assert [value.tolist() for value in held.reduce()] == [
+        value.tolist() for value in _fed(cls, torch.tensor([[1, 2], [3, 4]])).reduce()
+    ]
+
+
+def _fed(cls: type[Accumulator], values: Tensor) -> Accumulator:
+    accumulator = cls(rows=values.shape[0])
+    accumulator.add(values)
+    return accumulator
+
+
 # -- declarations -------------------------------------------------------------------------------
 
 

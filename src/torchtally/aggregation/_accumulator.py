@@ -205,12 +205,13 @@ class Accumulator(SyncLayout, Exportable, ABC):
                     f"{type(self).__name__}: expected weights of shape {tuple(values.shape[1:])}, "
                     f"found {tuple(weights.shape)}"
                 )
-        if values[0].numel() == 0 or not targets:
+        entries = values.shape[1:].numel()  # (values[0] does not exist when no row is targeted)
+        if entries == 0 or not targets:
             return
         self._ensure_state(values.device)
         self._promote_rows(targets, self.entry_dtype(values.dtype, weights is not None))
         if samples is None:
-            samples = values[0].numel()
+            samples = entries
         values = values.detach()
         if weights is not None:
             weights = weights.detach().to(_F64)
