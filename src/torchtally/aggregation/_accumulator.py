@@ -1,8 +1,9 @@
 """The accumulator base: declared state tensors, and everything derived from them.
 
-What the state looks like on the wire (:class:`~torchtally.aggregation._layout.SyncLayout`)
-and as an export (:class:`~torchtally.aggregation._export.Exportable`) are mixins
-of their own; how states combine is :mod:`torchtally.aggregation._states`.
+What the state looks like on the wire (:class:`~torchtally.aggregation._layout.SyncLayout`),
+as an export (:class:`~torchtally.aggregation._export.Exportable`) and how another
+accumulator's state is merged in (:class:`~torchtally.aggregation._merging.Merging`) are
+mixins of their own; how two states' tensors combine is :mod:`torchtally.aggregation._states`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing_extensions import Self
 from torchtally._dtypes import refuse_unheld
 from torchtally.aggregation._export import Exportable, ExportedState
 from torchtally.aggregation._layout import SyncLayout, dtypes_from_counts
+from torchtally.aggregation._merging import Merging
 from torchtally.aggregation._states import (
     MERGE_RULES,
     StateSpec,
@@ -29,12 +31,10 @@ from torchtally.aggregation._states import (
     normal_state,
     outside_inference_mode,
     promote,
-    replace_state,
     two_sum_into,
 )
 from torchtally.errors import (
     DeviceMismatchError,
-    IncompatibleStateError,
     InvalidArgumentError,
     ResultShapeError,
     WeightError,
@@ -58,7 +58,7 @@ _I64 = torch.int64
 _CPU = torch.device("cpu")
 
 
-class Accumulator(SyncLayout, Exportable, ABC):
+class Accumulator(SyncLayout, Exportable, Merging, ABC):
     """Running state of ``rows`` named values that aggregate the same way.
 
     Subclasses declare their state tensors in :attr:`states` and implement
@@ -234,12 +234,6 @@ class Accumulator(SyncLayout, Exportable, ABC):
                 refuse_unheld(promoted, type(self).__name__, self.labels[row])  # store to replay
                 dtypes[row] = promoted  # after each torch.compile graph (the dtype is guarded)
 
-    def _take_dtypes(self, other: Accumulator, targets: Sequence[int]) -> None:
-        """Promote each row of ``targets`` by the dtype of ``other``'s row that goes into it."""
-        for target, dtype in zip(targets, other.dtypes, strict=True):
-            if dtype is not None:
-                self._promote_rows((target,), dtype)
-
     def _ensure_state(self, device: torch.device) -> None:
         if self._state is None:
             self.device = device
@@ -322,74 +316,6 @@ class Accumulator(SyncLayout, Exportable, ABC):
                 name: torch.cat([tensor, fresh[name]]) for name, tensor in self._state.items()
             }
         return first
-
-    # -- combining ----------------------------------------------------------------------------
-
-    def merge(self, other: Accumulator, rows: Sequence[int] | None = None) -> None:
-        """Add ``other``'s state to this one's (``other`` is not changed).
-
-        Args:
-            other: an accumulator of the same kind.
-            rows: for each row of ``other``, the row of ``self`` it merges into
-                (default: the same rows, in order).
-
-        Raises:
-            IncompatibleStateError: ``other`` is of another kind or row count.
-        """
-        if other.kind != self.kind:
-            raise IncompatibleStateError(
-                f"{type(self).__name__}: cannot merge a {other.kind!r} state into a "
-                f"{self.kind!r} state"
-            )
-        targets = list(range(other.rows)) if rows is None else list(rows)
-        if len(targets) != other.rows or any(not 0 <= row < self.rows for row in targets):
-            raise IncompatibleStateError(
-                f"{type(self).__name__}: cannot merge {other.rows} rows into rows {targets} of "
-                f"{self.rows}"
-            )
-        if other._state is None:
-            return
-        assert other.device is not None
-        self._ensure_state(self.device if self.device is not None else other.device)
-        theirs = {name: tensor.to(self.device) for name, tensor in other._state.items()}
-        self._take_dtypes(other, targets)
-        assert self._state is not None
-        change_rows(
-            self._state,
-            None if rows is None else targets,
-            lambda mine: replace_state(mine, combine_states(self.states, [mine, theirs])),
-        )
-
-    @classmethod
-    @outside_inference_mode
-    def combined(
-        cls, parts: Sequence[tuple[Accumulator, Sequence[int]]], rows: int, labels: Sequence[str]
-    ) -> Self:
-        """One accumulator of ``rows`` rows holding every part's state (parts unchanged).
-
-        Each part comes with the row each of its rows goes to; all parts are
-        combined at once (:func:`combine_states`), so ``n`` parts cost one pass,
-        not ``n`` merges.
-        """
-        result = cls(rows=rows)
-        result.labels = list(labels)
-        held = [(part, list(targets)) for part, targets in parts if part._state is not None]
-        if not held:
-            return result
-        device = held[0][0].device
-        assert device is not None
-        aligned = []
-        for part, targets in held:
-            full = fresh_state(cls.states, rows, device)
-            assert part._state is not None
-            index = torch.tensor(targets, dtype=_I64, device=device)
-            for name, tensor in part._state.items():
-                full[name].index_copy_(0, index, tensor.to(device))
-            aligned.append(full)
-            result._take_dtypes(part, targets)
-        result.device = device
-        result._state = combine_states(cls.states, aligned)
-        return result
 
     # -- lifecycle ----------------------------------------------------------------------------
 
