@@ -151,7 +151,7 @@ class Cat(Accumulator):
         return first
 
     @override
-    def merge(self, other: Accumulator, rows: Sequence[int] | None = None) -> None:
+    def merge(self, other: Self, rows: Sequence[int] | None = None) -> None:
         """Append ``other``'s values to the rows ``rows`` (see :meth:`Accumulator.merge`).
 
         Raises:
