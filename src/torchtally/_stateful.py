@@ -146,8 +146,16 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
         return normalize_result(result, self._name, self._owner, scalars=True)
 
     def reset(self) -> None:
-        """Call the object's ``reset``."""
-        self._object.reset()
+        """Call the object's ``reset``.
+
+        Raises:
+            MetricCallError: the object's ``reset`` raised (this objective still
+                counts the batches it saw).
+        """
+        try:
+            self._object.reset()
+        except Exception as error:
+            raise self._call_error("reset", error) from error
         self._updated = False
 
     def higher_is_better_for(self, name: str) -> bool | None:
