@@ -15,6 +15,7 @@ import copy
 import pickle
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +23,14 @@ import torch
 import torchmetrics
 from torch import Tensor
 from torch.nn import functional
+from torcheval import metrics as eval_metrics
+from typing_extensions import override
 
+import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
 from torchtally import errors
+from torchtally.contrib.torcheval import from_torcheval
+from torchtally.contrib.torchmetrics import from_torchmetrics
 
 Batch = tuple[Tensor, Tensor]
 
@@ -435,3 +441,357 @@ def test_a_value_of_the_wrong_shape_is_refused_and_changes_nothing(shape: tuple[
     vector.update(*good)
     with pytest.raises(errors.ResultShapeError, match=r"'Vector'.*one element.*\(3,\)"):
         vector.compute()
+
+
+# -- Deeplite Neutrino: a dict of losses summed, one evaluation key monitored, deepcopy -----------
+
+
+def detection_losses(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Neutrino's loss form: a dict of tensors (batch means and per-sample values) to sum."""
+    return {
+        "cls_loss": functional.cross_entropy(outputs, targets),
+        "box_loss": outputs.pow(2).mean(1),  # per sample
+        "obj_loss": outputs.abs().mean(),
+    }
+
+
+def detection_reference(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    outputs = outputs.double()
+    parts = {
+        "cls_loss": functional.cross_entropy(outputs, targets),
+        "box_loss": outputs.pow(2).mean(1).mean(),
+        "obj_loss": outputs.abs().mean(),
+    }
+    return {"Total": sum(parts.values()), **parts}  # type: ignore[dict-item]
+
+
+def test_neutrino_loss_dict_is_summed_for_backprop_and_tracked_per_entry() -> None:
+    loss = tt.DictLoss.summed(detection_losses, "Total")
+    batches = classification([5, 3, 1, 4], seed=30, classes=3)
+    for outputs, targets in batches:
+        outputs = outputs.clone().requires_grad_(True)
+        value = loss(outputs, targets)
+        value.backward()
+        outputs64 = outputs.detach().double().requires_grad_(True)
+        expected = detection_reference(outputs64, targets)["Total"]
+        expected.backward()
+        assert torch.allclose(value.double(), expected, atol=1e-6)
+        assert outputs.grad is not None and outputs64.grad is not None
+        assert torch.allclose(outputs.grad.double(), outputs64.grad, atol=1e-6)
+    values = computed(loss)
+    # the epoch value of a batch mean is the batch-size-weighted mean of the batch means
+    reference = {
+        name: weighted_by_size(batches, lambda b, n=name: detection_reference(*b)[n])
+        for name in ("Total", "cls_loss", "box_loss", "obj_loss")
+    }
+    assert list(values) == list(reference)
+    for name, expected in reference.items():
+        assert values[name].dtype == torch.float32
+        assert torch.allclose(values[name].double(), expected, atol=1e-6), name
+    all_outputs, all_targets = joined(batches)
+    cls_all = functional.cross_entropy(all_outputs.double(), all_targets)
+    assert torch.allclose(values["cls_loss"].double(), cls_all, atol=1e-6)  # exact, all data
+
+
+@pytest.mark.parametrize(
+    ("fn", "names"),
+    [
+        (lambda o, t: {"loss": functional.cross_entropy(o, t)}, ["Loss", "loss"]),  # Neutrino's
+        (lambda o, t: functional.cross_entropy(o, t), ["Loss"]),  # "or a single tensor"
+        (
+            lambda o, t: (functional.cross_entropy(o, t), o.abs().mean()),
+            ["Loss", "Loss_0", "Loss_1"],
+        ),
+    ],
+)
+def test_neutrino_single_tensor_and_sequence_forms(fn: Any, names: list[str]) -> None:
+    loss = tt.DictLoss.summed(fn, "Loss")
+    batches = classification([4, 2, 7], seed=31, classes=3)
+    for batch in batches:
+        loss(*batch)
+    values = computed(loss)
+    assert list(values) == names
+    cross_entropy = weighted_by_size(
+        batches, lambda b: functional.cross_entropy(b[0].double(), b[1])
+    )
+    extra = weighted_by_size(batches, lambda b: b[0].double().abs().mean())
+    expected = cross_entropy + (extra if len(names) == 3 else 0)
+    assert torch.allclose(values["Loss"].double(), expected, atol=1e-6)
+
+
+def test_neutrino_evaluation_dict_with_one_key_monitored() -> None:
+    # Neutrino's EvalAccuracy returns {'accuracy': ...} (and others); the engine follows one key.
+    evaluation = tt.MetricCollection(
+        accuracy=tt.Metric(lambda o, t: 100 * hits64(o, t), "accuracy", higher_is_better=True),
+        loss=tt.Metric(lambda o, t: functional.cross_entropy(o, t), "loss"),
+    )
+    tracker = tt.MetricTracker(evaluation, "accuracy", patience=2)
+    assert tt.monitor_mode(evaluation, "accuracy") == "max"
+    epochs = [classification([5, 3, 2], seed=40 + epoch) for epoch in range(4)]
+    expected = []
+    for batches in epochs:
+        evaluation.reset()
+        for batch in batches:
+            evaluation.update(*batch)
+        tracker.update()
+        expected.append(float(100 * hits64(*joined(batches)).mean()))
+    assert tracker.history == pytest.approx(expected, abs=1e-9)
+    best = max(range(len(expected)), key=expected.__getitem__)
+    assert tracker.best_epoch == best and tracker.best_value == pytest.approx(expected[best])
+    clone = copy.deepcopy(tracker)
+    assert clone.history == tracker.history and clone.best_epoch == tracker.best_epoch
+
+
+def mae_per_sample(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs().flatten(1).mean(1)
+
+
+def mse_mean(outputs: Tensor, targets: Tensor) -> Tensor:
+    return functional.mse_loss(outputs, targets)
+
+
+def two_parts(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    return {"a": mse_mean(outputs, targets), "b": mae_per_sample(outputs, targets)}
+
+
+DEEPCOPIED: dict[str, Callable[[], Any]] = {
+    "Loss": lambda: tt.Loss(mse_mean, "MSE"),
+    "composed": lambda: tt.Loss(mse_mean, "MSE") ** 2 + 0.5 * tt.Loss(mae_per_sample, "MAE"),
+    "scheduled": lambda: (
+        tt.Loss(mse_mean, "MSE") + tt.schedules.linear(0.0, 1.0, steps=3) * tt.Loss(mae_per_sample)
+    ),
+    "DictLoss.summed": lambda: tt.DictLoss.summed(two_parts, "S", weights={"a": 1, "b": 2}),
+    "loss | metric": lambda: tt.Loss(mse_mean, "MSE") | tt.Metric(mae_per_sample, "MAE"),
+    "collection": lambda: tt.MetricCollection(MAE=mae_per_sample, MSE=mse_mean),
+    "torchmetrics": lambda: from_torchmetrics(torchmetrics.MeanSquaredError()),
+    "torcheval": lambda: from_torcheval(eval_metrics.MeanSquaredError()),
+    "loss + torchmetrics": lambda: (
+        tt.Loss(mse_mean, "MSE") + from_torchmetrics(torchmetrics.MeanAbsoluteError())
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(DEEPCOPIED))
+def test_neutrino_objects_survive_deepcopy_mid_epoch(kind: str) -> None:
+    original = DEEPCOPIED[kind]()
+    batches = regression([5, 3, 1, 4, 2], seed=50)
+    step = original.__call__ if hasattr(original, "forward") else original.update
+    for batch in batches[:2]:
+        step(*batch)
+    clone = copy.deepcopy(original)
+    clone_step = clone.__call__ if hasattr(clone, "forward") else clone.update
+    for batch in batches[2:]:
+        step(*batch)
+        clone_step(*batch)
+    values = computed(original)
+    assert_same(computed(clone), values)
+    clone.reset()
+    assert_same(computed(original), values)
+    outputs, targets = (x.double() for x in joined(batches))
+    mse = functional.mse_loss(outputs, targets)
+    mae = (outputs - targets).abs().mean()
+    for name, value in values.items():  # the components against float64 references
+        if name in ("MSE", "MeanSquaredError", "a"):
+            assert torch.allclose(value.double(), mse, atol=1e-6), name
+        elif name in ("MAE", "MeanAbsoluteError", "b", "mae_per_sample"):
+            assert torch.allclose(value.double(), mae, atol=1e-6), name
+    if kind == "composed":  # per batch: MSE_b^2 + 0.5 MAE_i, weighted by samples
+        combined = weighted_by_size(
+            batches,
+            lambda b: (
+                functional.mse_loss(b[0].double(), b[1].double()) ** 2
+                + 0.5 * mae_per_sample(b[0].double(), b[1].double()).mean()
+            ),
+        )
+        assert torch.allclose(values["Combined Loss"].double(), combined, atol=1e-6)
+
+
+# -- t3w: higher_better, loss re-weighting, a dataset metric synced however often ----------------
+
+
+def test_t3w_higher_better_and_loss_default() -> None:
+    accuracy = tt.Metric(lambda o, t: hits64(o, t), "Acc", higher_is_better=True)
+    loss = tt.Loss(lambda o, t: functional.cross_entropy(o, t), "CE")
+    assert accuracy.higher_is_better_for("Acc") is True
+    assert loss.higher_is_better_for("CE") is False  # a loss: lower is better, unless told
+    assert (tt.monitor_mode(accuracy, "Acc"), tt.monitor_mode(loss, "CE")) == ("max", "min")
+    reward = tt.Loss(lambda o, t: hits64(o, t), "Hits", higher_is_better=True)
+    assert (loss - 0.1 * reward).higher_is_better_for("Combined Loss") is False
+    with pytest.raises(ValueError, match=r"\[CE\].*\[Hits\]|\[Hits\].*\[CE\]"):
+        loss + reward  # opposite directions added: refused
+
+
+def test_t3w_loss_reweighting_reports_raw_components_and_the_reweighted_sum() -> None:
+    # t3w reports each loss as (loss_reweight, raw value) and optimises the reweighted sum.
+    ce = tt.Loss(lambda o, t: functional.cross_entropy(o, t), "CE")
+    l1 = tt.Loss(lambda o, t: o.abs().mean(1), "L1")
+    loss = 0.3 * ce + 2 * l1
+    assert loss.formula == "0.3 x [CE] + 2 x [L1]"
+    batches = classification([4, 7, 1], seed=60, classes=3)
+    for outputs, targets in batches:
+        outputs = outputs.clone().requires_grad_(True)
+        value = loss(outputs, targets)
+        value.backward()
+        outputs64 = outputs.detach().double().requires_grad_(True)
+        expected = 0.3 * functional.cross_entropy(outputs64, targets) + 2 * outputs64.abs().mean()
+        expected.backward()
+        assert torch.allclose(value.double(), expected, atol=1e-6)
+        assert outputs.grad is not None and outputs64.grad is not None
+        assert torch.allclose(outputs.grad.double(), outputs64.grad, atol=1e-6)
+    values = computed(loss)
+    raw_ce = weighted_by_size(batches, lambda b: functional.cross_entropy(b[0].double(), b[1]))
+    raw_l1 = joined(batches)[0].double().abs().mean()
+    assert torch.allclose(values["CE"].double(), raw_ce, atol=1e-6)
+    assert torch.allclose(values["L1"].double(), raw_l1, atol=1e-6)
+    combined = 0.3 * raw_ce + 2 * raw_l1
+    assert torch.allclose(values["Combined Loss"].double(), combined, atol=1e-6)
+    assert torch.allclose(loss.formula_value().double(), combined, atol=1e-6)
+
+
+# -- torchtraining: memory-bounded mean and sum, a concatenating accumulator -----------------------
+
+
+def state_bytes(state: Any) -> int:
+    if isinstance(state, Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(value) for value in state)
+    return 0
+
+
+def batch_total(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).sum()  # a batch total, for the 'sum' aggregation
+
+
+def test_torchtraining_mean_and_sum_are_memory_bounded_and_exact_at_every_step() -> None:
+    # torchtraining's Mean and Sum return the value "up to this point" at each step.
+    running = tt.MetricCollection(
+        Mean=lambda o, t: (o - t).flatten(1).mean(1),
+        Total=tt.Metric(batch_total, "Total", aggregation="sum"),
+    )
+    batches = regression([1 + step % 7 for step in range(600)], seed=70)
+    sizes, seen = set(), []
+    for step, batch in enumerate(batches):
+        running.update(*batch)
+        seen.append(batch)
+        if step in (0, 1, 9, 255, 256, 257, 599):
+            sizes.add(state_bytes(running.state_dict()))
+            outputs, targets = (x.double() for x in joined(seen))
+            values = computed(running)
+            assert torch.allclose(values["Mean"].double(), (outputs - targets).mean(), atol=1e-6)
+            assert torch.allclose(values["Total"].double(), (outputs - targets).sum(), atol=1e-4)
+    assert len(sizes) == 1, sizes  # constant bytes whatever the number of updates
+
+
+class MedianError(tt.Objective[Tensor, Tensor]):
+    """torchtraining's List accumulator, for a metric that needs every value."""
+
+    aggregation = "cat"
+
+    @override
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"errors": (outputs - targets).abs().flatten(1).mean(1)}
+
+    @override
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"Median Error": values["errors"].median()}
+
+
+def test_torchtraining_concatenating_accumulator_sees_every_value() -> None:
+    batches = regression([5, 3, 1, 4, 6], seed=71)
+    median = MedianError()
+    for batch in batches[:2]:
+        median.update(*batch)
+    state, clone = median.state_dict(), copy.deepcopy(median)
+    for batch in batches[2:]:
+        median.update(*batch)
+    outputs, targets = joined(batches)
+    expected = (outputs - targets).abs().flatten(1).mean(1).median()
+    assert_same(computed(median), {"Median Error": expected})
+    restored = MedianError()
+    restored.load_state_dict(state)
+    for other in (restored, clone):
+        for batch in batches[2:]:
+            other.update(*batch)
+        assert_same(computed(other), computed(median))
+    with pytest.raises(errors.InvalidArgumentError, match="'cat'"):
+        tt.Metric(mae_per_sample, "MAE", aggregation="cat")  # a vector is not an epoch value
+
+
+# -- t3w: synchronize() stays correct however often it is called -----------------------------------
+
+STEP_SIZES = {0: [3, 0, 5, 2], 1: [4, 2, 0, 6]}  # rank -> batch size per step (0: no update)
+SYNCS_PER_STEP = [1, 3, 2, 1]
+
+
+def _sync_batch(rank: int, step: int) -> Batch:
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    size = STEP_SIZES[rank][step]
+    return torch.randn(size, 3, generator=generator), torch.randn(size, 3, generator=generator)
+
+
+def _synced_objectives() -> dict[str, Any]:
+    return {
+        "mean": tt.Metric(mae_per_sample, "MAE"),
+        "sum": tt.Metric(batch_total, "Total", aggregation="sum"),
+        "max": tt.wrap(mae_per_sample, "Worst", aggregation="max"),
+        "median": MedianError(),
+        "loss": tt.Loss(mse_mean, "MSE") + 0.5 * tt.Loss(mae_per_sample, "MAE"),
+    }
+
+
+def repeated_sync_scenario(rank: int, world: int) -> dict[str, Any]:
+    objectives = _synced_objectives()
+    record: dict[str, Any] = {}
+    for step, syncs in enumerate(SYNCS_PER_STEP):
+        batch = _sync_batch(rank, step)
+        if len(batch[1]):
+            for name, objective in objectives.items():
+                objective(*batch) if name == "loss" else objective.update(*batch)
+        for _ in range(syncs):
+            tt.sync_all(*objectives.values())
+            record[(step, "synced")] = {k: o.compute() for k, o in objectives.items()}
+        objectives["mean"].sync()  # one more, alone
+        record[(step, "again")] = {k: o.compute() for k, o in objectives.items()}
+    return record
+
+
+def _synced_reference(step: int) -> dict[str, dict[str, Tensor]]:
+    batches = [
+        _sync_batch(rank, s) for s in range(step + 1) for rank in (0, 1) if STEP_SIZES[rank][s]
+    ]
+    outputs, targets = (x.double() for x in joined(batches))
+    errors_ = (outputs - targets).abs().flatten(1).mean(1)
+    mse = weighted_by_size(batches, lambda b: mse_mean(b[0].double(), b[1].double()))
+    return {
+        "mean": {"MAE": errors_.mean()},
+        "sum": {"Total": (outputs - targets).sum()},
+        "max": {"Worst": errors_.max()},
+        "median": {"Median Error": errors_.median()},
+        "loss": {"Combined Loss": mse + 0.5 * errors_.mean(), "MSE": mse, "MAE": errors_.mean()},
+    }
+
+
+@pytest.mark.timeout(120)
+def test_t3w_dataset_metric_sync_stays_correct_however_often_it_is_called(
+    tmp_path: Path,
+) -> None:
+    records = _dist.launch(2, "test_reference_coverage:repeated_sync_scenario", tmp_path, 90.0)
+    for step in range(len(SYNCS_PER_STEP)):
+        expected = _synced_reference(step)
+        for rank, record in enumerate(records):
+            for stage in ("synced", "again"):
+                found = record[(step, stage)]
+                for key, values in expected.items():
+                    assert list(found[key]) == list(values), (step, rank, key)
+                    for name, value in values.items():
+                        assert torch.allclose(found[key][name].double(), value, atol=1e-5), (
+                            step,
+                            rank,
+                            stage,
+                            key,
+                            name,
+                        )
+            assert_same(record[(step, "again")]["mean"], records[0][(step, "synced")]["mean"])
