@@ -25,6 +25,7 @@ __all__ = [
     "BatchSizeError",
     "CompileError",
     "ComputedBeforeUpdatedWarning",
+    "CriterionWeightWarning",
     "DeviceMismatchError",
     "FormulaError",
     "HookError",
@@ -56,6 +57,17 @@ class TorchTallyWarning(UserWarning):
 
 class ComputedBeforeUpdatedWarning(TorchTallyWarning):
     """``compute()`` was called on an objective that has seen no data; values are NaN."""
+
+
+class CriterionWeightWarning(TorchTallyWarning):
+    """A callable averages each batch with weights of its own, and no ``weight=`` says so.
+
+    ``torch.nn.CrossEntropyLoss(weight=w)`` (and the other class-weighted
+    ``torch.nn`` criteria with ``reduction='mean'``) divides a batch by its
+    targets' summed class weights, while the batch is weighed by its size: the
+    epoch value is then not the criterion on the whole data. Give
+    ``weight=lambda o, t: w[t].sum()``. Warned once, when the objective is built.
+    """
 
 
 class RepeatedSampleWarning(TorchTallyWarning):

@@ -57,6 +57,7 @@ from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import InvalidArgumentError, InvalidNameError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import Objective
+from torchtally.objectives._named import warn_if_self_weighted
 from torchtally.sync import SyncParticipant
 
 __all__ = [
@@ -145,6 +146,8 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
         self._higher_is_better = higher_is_better
         self._owner = owner
         self._sequence_names: tuple[str, ...] = ()
+        if weight is None:
+            warn_if_self_weighted(fn, owner, stacklevel=4)
         super().__init__(weight=weight)
 
     @property

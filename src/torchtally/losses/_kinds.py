@@ -15,6 +15,7 @@ from torchtally.losses._algebra import check_direction, check_loss_name, constan
 from torchtally.losses._base import LossBase
 from torchtally.losses._evaluation import MultiCall, Produced, common_dtype
 from torchtally.objectives import NamedCallable
+from torchtally.objectives._named import warn_if_self_weighted
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
 
@@ -62,6 +63,8 @@ class Loss(LossBase[OutputT, TargetT]):
         weight: WeightFn | None = None,
     ) -> None:
         name, direction = _named(fn, name, higher_is_better, "Loss")
+        if weight is None:
+            warn_if_self_weighted(fn, f"Loss {name!r}", stacklevel=3)
         super().__init__(Component(name), (NamedCallable(name, fn, direction),), weight=weight)
 
     @property

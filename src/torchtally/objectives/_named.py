@@ -11,6 +11,7 @@ no batch still takes part in a sync.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,7 +22,12 @@ from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_direction, check_name
 from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
-from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
+from torchtally.errors import (
+    CriterionWeightWarning,
+    InvalidArgumentError,
+    NameConflictError,
+    ResultTypeError,
+)
 from torchtally.objectives._base import Objective
 from torchtally.sync import callable_identity
 
@@ -150,6 +156,9 @@ class CallableObjective(Objective[OutputT, TargetT]):
                     f"value, not an epoch value; subclass tt.Objective and finalize() them"
                 )
         self._calls = tuple((entry.name, entry.fn) for entry in self._entries.values())
+        if weight is None:
+            for name, fn in self._calls:
+                warn_if_self_weighted(fn, f"{owner} {name!r}")
         super().__init__(weight=weight)
 
     @override
@@ -276,3 +285,25 @@ class CallableObjective(Objective[OutputT, TargetT]):
 def is_loss(objective: object) -> bool:
     """Whether ``objective`` is a loss (they live in the layer above, and mark themselves)."""
     return getattr(objective, "is_loss", False) is True
+
+
+def warn_if_self_weighted(fn: Any, label: str, stacklevel: int = 4) -> None:
+    """Warn if ``fn`` is a ``torch.nn`` criterion averaging a batch with its class weights.
+
+    Its batch mean divides by the targets' summed class weights, not the batch
+    size the batch is weighed by; ``weight=`` makes the epoch value exact.
+    """
+    if not (
+        isinstance(fn, torch.nn.Module)
+        and isinstance(getattr(fn, "weight", None), Tensor)
+        and getattr(fn, "reduction", None) == "mean"
+    ):
+        return
+    warnings.warn(
+        f"{label}: {type(fn).__name__} averages each batch with its class weights, but "
+        f"batches are weighed by their size, so the epoch value is not the criterion on the "
+        f"whole data; pass weight=lambda o, t: w[t].sum() with w its class weights "
+        f"(see 'Losses and formulas' in the docs)",
+        CriterionWeightWarning,
+        stacklevel=stacklevel,
+    )
