@@ -282,7 +282,9 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     float16 values with weights summing beyond 65504 (1000 per sample in a
     batch of 128) give their mean, not ``inf / inf``. All device work, no
     host sync; weights that all are 0, and an empty batch, give NaN, as the
-    hand-written mean does.
+    hand-written mean does, also for a criterion that is one number for the
+    batch (otherwise that number, exactly, keeping the graph of weights that
+    require grad: their gradient is 0).
 
     Example:
         >>> import torch
@@ -301,13 +303,20 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     )
     if not value.dtype.is_floating_point:
         value = value.to(torch.get_default_dtype())
+    per_sample = isinstance(weight, Tensor) and weight.ndim == 1
     if value.ndim == 0:
-        return value
-    if isinstance(weight, Tensor) and weight.ndim == 1 and value.shape[0]:
+        if not per_sample:
+            return value
+        # one number for the batch: its weighted mean is the number times total / total,
+        # exactly 1 (so the value is exact), NaN for weights summing to 0 or for no sample, as
+        # the hand-written mean; weights that require grad keep their graph (gradient 0)
+        total = weight.to(torch.promote_types(value.dtype, torch.float32)).sum()  # type: ignore[union-attr]
+        return value * (total / total).to(value.dtype)
+    if per_sample and value.shape[0]:
         # (an empty batch takes the mean: NaN, where the normalised empty sum would give 0)
         dtype = value.dtype
         wide = torch.promote_types(dtype, torch.float32)
-        weights = weight.to(wide)
+        weights = weight.to(wide)  # type: ignore[union-attr]
         return (value.to(wide) * (weights / weights.sum())).sum().to(dtype)
     return value.mean()
 
