@@ -303,22 +303,19 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     )
     if not value.dtype.is_floating_point:
         value = value.to(torch.get_default_dtype())
-    per_sample = isinstance(weight, Tensor) and weight.ndim == 1
+    if not (isinstance(weight, Tensor) and weight.ndim == 1):
+        return value if value.ndim == 0 else value.mean()
+    wide = torch.promote_types(value.dtype, torch.float32)
+    weights = weight.to(wide)
     if value.ndim == 0:
-        if not per_sample:
-            return value
         # one number for the batch: its weighted mean is the number times total / total,
         # exactly 1 (so the value is exact), NaN for weights summing to 0 or for no sample, as
         # the hand-written mean; weights that require grad keep their graph (gradient 0)
-        total = weight.to(torch.promote_types(value.dtype, torch.float32)).sum()  # type: ignore[union-attr]
+        total = weights.sum()
         return value * (total / total).to(value.dtype)
-    if per_sample and value.shape[0]:
-        # (an empty batch takes the mean: NaN, where the normalised empty sum would give 0)
-        dtype = value.dtype
-        wide = torch.promote_types(dtype, torch.float32)
-        weights = weight.to(wide)  # type: ignore[union-attr]
-        return (value.to(wide) * (weights / weights.sum())).sum().to(dtype)
-    return value.mean()
+    if not value.shape[0]:
+        return value.mean()  # an empty batch: NaN, where the normalised empty sum would give 0
+    return (value.to(wide) * (weights / weights.sum())).sum().to(value.dtype)
 
 
 def differentiable_weight(given: Any, checked: Weight) -> Weight:
