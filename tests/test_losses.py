@@ -1914,3 +1914,23 @@ def test_a_component_of_a_dtype_no_state_holds_is_refused_by_every_loss_and_chan
         after = loss.compute()
         assert after.keys() == before.keys()
         assert all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_a_tracked_metric_naming_a_component_with_other_options_is_refused() -> None:
+    # the component's options won without a word: a tracked max of 'A' reported its mean
+    # (2.0 where the max is 3.0), a tracked higher-is-better 'A' was lower-is-better
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    for metric in (
+        tt.Metric(mae_fn, "A", aggregation="max"),
+        tt.Metric(mae_fn, "A", higher_is_better=True),
+    ):
+        with pytest.raises(NameConflictError, match=r"'A' is a component .* tracked value"):
+            Loss(mae_fn, "A") | metric
+        with pytest.raises(NameConflictError, match=r"'A' is a component .* tracked value"):
+            metric | Loss(mae_fn, "A")
+    same = Loss(mae_fn, "A") | tt.Metric(mae_fn, "A", higher_is_better=False)
+    plain = Loss(mae_fn, "A") | tt.Metric(mae_fn, "A")  # no direction given: nothing contradicts
+    for loss in (same, plain):
+        loss(outputs, targets)
+        assert loss.compute() == {"A": torch.tensor(2.0)}
+        assert loss.higher_is_better_for("A") is False

@@ -136,6 +136,16 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
                     f"{owner}: the name {name!r} is given to two different callables "
                     f"({present.fn!r:.60} and {entry.fn!r:.60}); give one of them another name"
                 )
+            if present is not None and (
+                entry.aggregation != present.aggregation
+                or entry.higher_is_better not in (None, present.higher_is_better)
+            ):  # the component's options would win and the tracked value's be dropped
+                raise NameConflictError(
+                    f"{owner}: {name!r} is a component (aggregation {present.aggregation!r}, "
+                    f"higher_is_better {present.higher_is_better}) and a tracked value with "
+                    f"other options (aggregation {entry.aggregation!r}, higher_is_better "
+                    f"{entry.higher_is_better}); give the tracked value another name"
+                )
         return tuple(entry for name, entry in by_name.items() if table.get(name) is None)
 
     # -- what is made on first use ------------------------------------------------------------
