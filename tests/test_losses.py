@@ -1934,3 +1934,21 @@ def test_a_tracked_metric_naming_a_component_with_other_options_is_refused() -> 
         loss(outputs, targets)
         assert loss.compute() == {"A": torch.tensor(2.0)}
         assert loss.higher_is_better_for("A") is False
+
+
+def test_a_python_float_component_counts_as_the_default_float_dtype() -> None:
+    # a float16 component beside a batch mean of 70000.0 gave float16's inf, value and epoch
+    half = Loss(lambda o, t: (o - t).abs().flatten(1).mean(1).half(), "H")
+    big = Loss(lambda o, t: 70000.0, "Big")
+    outputs, targets = torch.ones(4, 1), torch.zeros(4, 1)
+    for loss, expected in (
+        (big + half, 70001.0),
+        (half + big, 70001.0),
+        (0.5 * half + big, 70000.5),
+    ):
+        value = loss(outputs, targets)
+        assert value.dtype == torch.float32
+        assert value.item() == expected
+        assert loss.compute()[COMBINED_NAME].item() == expected
+    bare = Loss(lambda o, t: (o - t).abs().flatten(1).mean(1).double(), "D") + big
+    assert bare(outputs, targets).dtype == torch.float64  # wider tensors stay wider
