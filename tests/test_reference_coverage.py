@@ -28,6 +28,7 @@ from typing_extensions import override
 
 import _dist  # tests/_dist.py, importable through tests/conftest.py
 import torchtally as tt
+from test_wrap import StatefulAccuracy  # CCO example #6 as written (tests/test_wrap.py)
 from torchtally import errors
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics
@@ -97,28 +98,6 @@ class CustomAccuracy:
 
     def reset(self) -> None:
         self.avgs = []
-
-
-class StatefulAccuracy(torch.nn.Module):
-    """CCO example #6 as written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("correct", torch.Tensor([0]))
-        self.register_buffer("total", torch.Tensor([0]))
-
-    def compute(self) -> Tensor:
-        return self.correct / self.total
-
-    def reset(self) -> None:
-        self.correct.copy_(0)
-        self.total.copy_(0)
-
-    def update(self, preds: Tensor, targets: Tensor) -> dict[str, float]:
-        correct = (preds.argmax(-1) == targets).sum().item()
-        self.correct += correct
-        self.total += preds.shape[0]
-        return {"batch_acc": correct / preds.shape[0]}
 
 
 def test_a_failing_reset_of_a_wrapped_object_is_the_library_s_error() -> None:
