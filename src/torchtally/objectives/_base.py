@@ -325,8 +325,12 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
                     ),
                     stacklevel=2,
                 )
-            ledger.computed = hooks.finalized(ledger.label, self.finalize, ledger.reduced())
+            ledger.computed = self._finalized(ledger.label, ledger.reduced())
         return {name: value.clone() for name, value in ledger.computed.items()}
+
+    def _finalized(self, label: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The reported values: :meth:`finalize`'s, checked (a collection then adds its affixes)."""
+        return hooks.finalized(label, self.finalize, values)
 
     def running(self, window: int = 10) -> dict[str, Tensor]:
         """The mean of each mean-aggregated value over the last ``window`` batches.

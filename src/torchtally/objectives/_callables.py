@@ -155,7 +155,9 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         return tuple(f"{self._prefix}{name}{self._postfix}" for name in self.names)
 
     @override
-    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _finalized(self, label: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        # The affixes go on after finalize(), so that a subclass's override keeps them.
+        values = super()._finalized(label, values)
         if not (self._prefix or self._postfix):
             return values
         return {self.reported_name(name): value for name, value in values.items()}

@@ -6,7 +6,9 @@ from :class:`~torchtally.objectives.Objective` and work on what it provides;
 this declares that once, for the type checker. :func:`refuse_renamed_hooks`
 refuses the hooks of DRYTorch and torchtally 0.1 that torchtally does not call;
 :func:`finalized`, :func:`checked_accumulator` and :func:`checked_declared_names`
-call the public hooks and refuse what torchtally cannot use.
+call the public hooks and refuse what torchtally cannot use;
+:func:`refuse_contradicting_aggregation` refuses a class attribute
+``aggregation`` that a callable's own aggregation would silently override.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from torchtally.aggregation import Accumulator
-from torchtally.errors import HookError, MetricCallError, TorchTallyError
+from torchtally.aggregation import Accumulator, accumulator_class
+from torchtally.errors import HookError, InvalidArgumentError, MetricCallError, TorchTallyError
 from torchtally.objectives._ledger import Ledger
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "checked_accumulator",
     "checked_declared_names",
     "finalized",
+    "refuse_contradicting_aggregation",
     "refuse_renamed_hooks",
 ]
 
@@ -101,6 +104,37 @@ def finalized(
                 f"{type(name).__name__} {name!r:.60}: {type(value).__name__}"
             )
     return dict(result)
+
+
+def refuse_contradicting_aggregation(
+    label: str, aggregation: Any, entries: Mapping[str, Any]
+) -> None:
+    """Refuse a class attribute ``aggregation`` naming another kind for an entry than its own.
+
+    An objective built from named callables aggregates each as its entry says
+    (default: the mean); the class attribute decides the names learnt from
+    data. Where it names a kind for an entry too (a kind for every name, or a
+    dict listing it), the two must agree: one of them would be ignored.
+
+    Args:
+        label: the objective, for the message.
+        aggregation: the class attribute (``'mean'``, the default, says nothing).
+        entries: each entry's own aggregation by name.
+
+    Raises:
+        InvalidArgumentError: the class attribute and an entry disagree.
+    """
+    if isinstance(aggregation, str) and aggregation == "mean":
+        return
+    for name, own in entries.items():
+        said = aggregation.get(name) if isinstance(aggregation, Mapping) else aggregation
+        if said is not None and accumulator_class(said, label) is not accumulator_class(own, label):
+            raise InvalidArgumentError(
+                f"{label}: the class attribute aggregation gives {name!r} the kind {said!r}, "
+                f"but its callable was given {own!r}; give it aggregation={said!r} "
+                f"(tt.Metric(fn, aggregation={said!r})), or name only the learnt values in a "
+                f"dict by name"
+            )
 
 
 def checked_accumulator(

@@ -209,11 +209,12 @@ class Joined(InStep, Objective[Any, Any]):
     @override
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         result: dict[str, Tensor] = {}
+        label = self._label()
         for template in self._templates:
             own = {
                 name: value for name, value in values.items() if self._owner_of(name) is template
             }
-            merge_results(result, template.finalize(own), self._label())
+            merge_results(result, template._finalized(label, own), label)
         return result
 
     # -- the lifecycle: the ledger for the templates, the kept parts beside it ----------------

@@ -13,6 +13,9 @@ from torchtally.errors import NameConflictError, ResultTypeError
 __all__ = ["compute_metrics"]
 
 
+_EXACT_FLOAT = 2**53  # every integer up to this magnitude is a float64
+
+
 def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
     """The computed values of any objectives as one dict of plain Python floats, for loggers.
 
@@ -21,7 +24,9 @@ def compute_metrics(*objectives: Any, prefix: str = "") -> dict[str, float]:
     A value with several elements (per-class scores, say) is flattened: its
     entries are named ``name_0``, ``name_1``, ... (``name_0_1`` for a matrix,
     row by row); a value with no elements (a concatenation that saw nothing)
-    is logged as NaN under its name, never left out. Each name may appear once
+    is logged as NaN under its name, never left out. An integer value beyond
+    2**53 in magnitude (an exact int64 sum or count that no float64 holds) is
+    logged as a Python ``int``, exact, not rounded. Each name may appear once
     across the objectives.
 
     Args:
@@ -74,14 +79,21 @@ def _flattened(name: str, value: Any, objective: Any) -> list[tuple[str, float]]
     if value.numel() == 0:  # nothing seen (an empty concatenation): said, not dropped
         return [(name, math.nan)]
     if value.numel() == 1:
-        return [(name, float(value))]
+        return [(name, _number(value.item()))]
     if value.ndim == 1:
-        return [(f"{name}_{index}", float(item)) for index, item in enumerate(value.tolist())]
+        return [(f"{name}_{index}", _number(item)) for index, item in enumerate(value.tolist())]
     entries = value.reshape(-1).tolist()
     return [
-        (f"{name}_" + "_".join(map(str, index)), float(item))
+        (f"{name}_" + "_".join(map(str, index)), _number(item))
         for index, item in zip(_indices(tuple(value.shape)), entries, strict=True)
     ]
+
+
+def _number(item: float) -> float:
+    """``item`` as a float, or as itself where it is an integer no float64 holds exactly."""
+    if type(item) is int and abs(item) > _EXACT_FLOAT:
+        return item
+    return float(item)
 
 
 def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -21,13 +21,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_direction, check_name
-from torchtally.aggregation import Accumulator, Cat, Mean, accumulator_class
+from torchtally.aggregation import Accumulator, Cat, accumulator_class
 from torchtally.errors import (
     CriterionWeightWarning,
     InvalidArgumentError,
     NameConflictError,
     ResultTypeError,
 )
+from torchtally.objectives import _holder as hooks
 from torchtally.objectives._base import Objective
 from torchtally.sync import callable_identity
 
@@ -155,6 +156,11 @@ class CallableObjective(Objective[OutputT, TargetT]):
                     f"{owner}: {entry.name!r} cannot use the 'cat' aggregation: it reports every "
                     f"value, not an epoch value; subclass tt.Objective and finalize() them"
                 )
+        hooks.refuse_contradicting_aggregation(
+            owner,
+            self.aggregation,
+            {name: entry.aggregation for name, entry in self._entries.items()},
+        )
         self._calls = tuple((entry.name, entry.fn) for entry in self._entries.values())
         if weight is None:
             for name, fn in self._calls:
@@ -180,8 +186,8 @@ class CallableObjective(Objective[OutputT, TargetT]):
     @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
         entry = self._entries.get(name)
-        if entry is None:
-            return Mean
+        if entry is None:  # learnt from data: the class attribute's (default: the mean)
+            return super().accumulator_for(name)
         return accumulator_class(entry.aggregation, lambda: f"{self._label()} {name!r}")
 
     @override
