@@ -39,11 +39,7 @@ from torchtally._conventions import (
 )
 from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, accumulator_class
-from torchtally.errors import (
-    ComputedBeforeUpdatedWarning,
-    InvalidArgumentError,
-    SyncError,
-)
+from torchtally.errors import ComputedBeforeUpdatedWarning, InvalidArgumentError, SyncError
 from torchtally.objectives import _holder as hooks
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
@@ -341,6 +337,8 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         from the first call on (and each :meth:`reset`), with those still
         queued then: call it once before the loop. The largest window asked
         for is kept, and any window reads it; non-mean values are left out.
+        The window counts each name's own batches (a value some batches lack:
+        its last ``window`` batches that had it).
 
         Raises:
             InvalidArgumentError: ``window`` is not an int >= 1.

@@ -369,11 +369,10 @@ class Joined(InStep, Objective[Any, Any]):
 
     @override
     def to(self, device: Any) -> Self:
-        super().to(device)
+        super().to(device)  # the device is checked there first: a refused move moves nothing
         for part in self._kept:
-            mover = getattr(part, "to", None)
-            if callable(mover):
-                mover(device)
+            if callable(getattr(part, "to", None)):
+                part.to(device)
         return self
 
 
