@@ -230,3 +230,52 @@ def test_a_class_weighted_criterion_without_weight_warns_once_when_built() -> No
     exact(logits[:8], labels[:8])
     exact(logits[8:], labels[8:])
     torch.testing.assert_close(exact.compute()["CE"], criterion(logits, labels))
+
+
+@pytest.mark.parametrize(
+    "criterion",
+    [
+        torch.nn.BCELoss(weight=torch.tensor([1.0, 5.0, 0.2])),
+        torch.nn.BCEWithLogitsLoss(weight=torch.tensor([1.0, 5.0, 0.2])),
+        torch.nn.MultiLabelSoftMarginLoss(weight=torch.tensor([1.0, 5.0, 0.2])),
+        torch.nn.MultiMarginLoss(weight=torch.tensor([1.0, 5.0, 0.2])),
+    ],
+    ids=lambda criterion: type(criterion).__name__,
+)
+def test_a_criterion_rescaling_its_elements_averages_over_the_batch_and_does_not_warn(
+    criterion: torch.nn.Module,
+) -> None:
+    # their weight rescales each element and the mean still divides by the batch (the element
+    # count): weighed by batch size the epoch value is exact, where the class-weight recipe
+    # w[t].sum() the warning advised gave MultiMarginLoss 1.5916 for 1.4740
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(10, 3, generator=generator)
+    if isinstance(criterion, torch.nn.MultiMarginLoss):
+        targets = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
+    else:
+        targets = (torch.rand(10, 3, generator=generator) > 0.5).float()
+    inputs = logits.sigmoid() if isinstance(criterion, torch.nn.BCELoss) else logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = tt.Loss(criterion, "L")
+        tt.MetricCollection(L=criterion)
+    loss.update(inputs[:8], targets[:8])
+    loss.update(inputs[8:], targets[8:])
+    torch.testing.assert_close(loss.compute()["L"], criterion(inputs, targets))
+
+
+def test_the_class_weight_warning_points_at_the_users_line() -> None:
+    # from_dict and `|` pointed inside torchtally (objectives/_callables.py)
+    criterion = torch.nn.NLLLoss(weight=torch.tensor([1.0, 5.0, 0.2]))
+    collection = tt.MetricCollection(MSE=mse)
+    for make in (
+        lambda: tt.MetricCollection.from_dict({"NLL": criterion}),
+        lambda: tt.MetricCollection.from_dict({"NLL": criterion}) | collection,
+        lambda: tt.MetricCollection.from_dict({"NLL": criterion}, prefix="x/"),
+        lambda: tt.Metric(criterion, "NLL"),
+        lambda: tt.Loss(criterion, "NLL"),
+        lambda: tt.wrap(criterion, "NLL"),
+    ):
+        with pytest.warns(tt.errors.CriterionWeightWarning, match="NLLLoss") as record:
+            make()
+        assert {warning.filename for warning in record} == {__file__}

@@ -62,11 +62,12 @@ class ComputedBeforeUpdatedWarning(TorchTallyWarning):
 class CriterionWeightWarning(TorchTallyWarning):
     """A callable averages each batch with weights of its own, and no ``weight=`` says so.
 
-    ``torch.nn.CrossEntropyLoss(weight=w)`` (and the other class-weighted
-    ``torch.nn`` criteria with ``reduction='mean'``) divides a batch by its
-    targets' summed class weights, while the batch is weighed by its size: the
-    epoch value is then not the criterion on the whole data. Give
-    ``weight=lambda o, t: w[t].sum()``. Warned once, when the objective is built.
+    ``torch.nn.CrossEntropyLoss(weight=w)`` and ``torch.nn.NLLLoss(weight=w)``
+    with ``reduction='mean'`` divide a batch of class indices by its targets'
+    summed class weights, while the batch is weighed by its size: the epoch
+    value is then not the criterion on the whole data. Give
+    ``weight=lambda o, t: w[t].sum()``. Warned when the objective is built,
+    pointing at the user's line.
     """
 
 

@@ -147,7 +147,7 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
         self._owner = owner
         self._sequence_names: tuple[str, ...] = ()
         if weight is None:
-            warn_if_self_weighted(fn, owner, stacklevel=4)
+            warn_if_self_weighted(fn, owner)
         super().__init__(weight=weight)
 
     @property

@@ -64,7 +64,7 @@ class Loss(LossBase[OutputT, TargetT]):
     ) -> None:
         name, direction = _named(fn, name, higher_is_better, "Loss")
         if weight is None:
-            warn_if_self_weighted(fn, f"Loss {name!r}", stacklevel=3)
+            warn_if_self_weighted(fn, f"Loss {name!r}")
         super().__init__(Component(name), (NamedCallable(name, fn, direction),), weight=weight)
 
     @property

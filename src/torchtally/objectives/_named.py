@@ -11,6 +11,7 @@ no batch still takes part in a sync.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -293,16 +294,22 @@ def is_loss(objective: object) -> bool:
     return getattr(objective, "is_loss", False) is True
 
 
-def warn_if_self_weighted(fn: Any, label: str, stacklevel: int = 4) -> None:
+def warn_if_self_weighted(fn: Any, label: str) -> None:
     """Warn if ``fn`` is a ``torch.nn`` criterion averaging a batch with its class weights.
 
-    Its batch mean divides by the targets' summed class weights, not the batch
-    size the batch is weighed by; ``weight=`` makes the epoch value exact.
+    ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` with ``weight=`` and
+    ``reduction='mean'`` divide a batch of class indices by its targets'
+    summed class weights, not by the batch size the batch is weighed by;
+    ``weight=`` makes the epoch value exact. The other criteria with a
+    ``weight`` (``BCELoss``, ``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``,
+    ``MultiMarginLoss``) rescale each element and still divide by the batch:
+    they need no ``weight=`` and do not warn. The warning points at the first
+    caller outside torchtally.
     """
     if not (
-        isinstance(fn, torch.nn.Module)
-        and isinstance(getattr(fn, "weight", None), Tensor)
-        and getattr(fn, "reduction", None) == "mean"
+        isinstance(fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+        and isinstance(fn.weight, Tensor)
+        and fn.reduction == "mean"
     ):
         return
     warnings.warn(
@@ -311,5 +318,19 @@ def warn_if_self_weighted(fn: Any, label: str, stacklevel: int = 4) -> None:
         f"whole data; pass weight=lambda o, t: w[t].sum() with w its class weights "
         f"(see 'Losses and formulas' in the docs)",
         CriterionWeightWarning,
-        stacklevel=stacklevel,
+        stacklevel=_user_stacklevel(),
     )
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller: its first caller outside torchtally."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and _in_torchtally(frame.f_globals.get("__name__")):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _in_torchtally(module: object) -> bool:
+    return isinstance(module, str) and (module == "torchtally" or module.startswith("torchtally."))
