@@ -1952,3 +1952,18 @@ def test_a_python_float_component_counts_as_the_default_float_dtype() -> None:
         assert loss.compute()[COMBINED_NAME].item() == expected
     bare = Loss(lambda o, t: (o - t).abs().flatten(1).mean(1).double(), "D") + big
     assert bare(outputs, targets).dtype == torch.float64  # wider tensors stay wider
+
+
+def test_a_python_int_component_counts_as_the_default_float_dtype_too() -> None:
+    # a float16 component beside a count of 70000 still gave float16's inf, value and epoch,
+    # where the same number returned as 70000.0 gave 70001.0
+    half = Loss(lambda o, t: (o - t).abs().flatten(1).mean(1).half(), "H")
+    outputs, targets = torch.ones(4, 1), torch.zeros(4, 1)
+    for count in (70000, np.int64(70000)):
+        loss = half + Loss(lambda o, t, count=count: count, "Count")
+        value = loss(outputs, targets)
+        assert value.dtype == torch.float32
+        assert value.item() == 70001.0
+        assert loss.compute()[COMBINED_NAME].item() == 70001.0
+    hits = Loss(lambda o, t: True, "Hit") + half  # a bool is a number too
+    assert hits(outputs, targets).dtype == torch.float32

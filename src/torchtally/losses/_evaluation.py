@@ -104,9 +104,9 @@ def criterion(
     """The expression on a batch's component values, in their widest floating dtype.
 
     Tensor components are brought to the widest floating dtype among them,
-    a Python float counting as the default float dtype (its batch mean is kept
-    in that dtype as a value; integer and boolean tensors are brought there
-    too; the default float dtype when none is floating), and so are the
+    a Python number counting as the default float dtype (a float16 component
+    beside 70000 or 70000.0 does not overflow; integer and boolean tensors are
+    brought there too; the default float dtype when none is floating), and so are the
     schedules' values; Python-number components stay numbers, unless the
     arithmetic on them fails (``1 / 0.0``, an overflow, a complex power), in
     which case they are evaluated as tensors, which give inf or nan as they
@@ -232,7 +232,7 @@ def _combine_error(
 
 
 def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch.dtype | None:
-    """The widest floating dtype among the tensors and Python floats (these: the default float).
+    """The widest floating dtype among the tensors and Python numbers (these: the default float).
 
     The default float dtype too when only integer or boolean tensors are found.
 
@@ -262,12 +262,11 @@ def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch
                 found = dtype if found is None else torch.promote_types(found, dtype)
             else:
                 integral = True
-        else:
+        else:  # a Python number, bool and int included: as if returned in the default float
             if type(value) is not float:
-                values[index] = value = _python_number(value, owner, names[index])
-            if type(value) is float:  # a batch mean, kept in the default float dtype as a value
-                default = torch.get_default_dtype()
-                found = default if found is None else torch.promote_types(found, default)
+                values[index] = _python_number(value, owner, names[index])
+            default = torch.get_default_dtype()
+            found = default if found is None else torch.promote_types(found, default)
     if found is None and integral:
         return torch.get_default_dtype()
     return found
