@@ -561,3 +561,44 @@ class Counted:
 
     def reset(self) -> None:
         self.count = 0
+
+
+def test_a_kept_part_whose_reset_raises_leaves_the_join_as_it_was() -> None:
+    # the torchtally parts were reset before the wrapped object's reset raised: the join
+    # reported a NaN MAE (after the library's warning) beside the old count
+    class Counter:
+        def __init__(self) -> None:
+            self.count, self.broken = 0, False
+
+        def update(self, outputs: Tensor, targets: Tensor) -> None:
+            self.count += 1
+
+        def compute(self) -> int:
+            return self.count
+
+        def reset(self) -> None:
+            if self.broken:
+                raise RuntimeError("broken")
+            self.count = 0
+
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    first, second = Counter(), Counter()
+    joined = tt.Metric(mae, "MAE") | tt.wrap(first, "First") | tt.wrap(second, "Second")
+    joined.update(outputs, targets)
+    before = joined.compute()
+    first.broken = True
+    with pytest.raises(tt.errors.MetricCallError, match="broken"):
+        joined.reset()
+    assert_values(joined.compute(), before)  # nothing changed
+    first.broken, second.broken = False, True
+    with pytest.raises(tt.errors.MetricCallError, match="broken"):
+        joined.reset()  # the first was reset, the second not: out of step, and said so
+    with pytest.raises(tt.errors.MetricCallError, match="cannot be restored"):
+        joined.compute()
+    second.broken = False
+    joined.reset()
+    joined.update(outputs, targets)
+    assert_values(
+        joined.compute(),
+        {"MAE": torch.tensor(2.0), "First": torch.tensor(1), "Second": torch.tensor(1)},
+    )

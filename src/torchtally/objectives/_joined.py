@@ -276,10 +276,25 @@ class Joined(InStep, Objective[Any, Any]):
 
     @override
     def reset(self) -> None:
+        """Reset the parts keeping their own state first, then torchtally's.
+
+        A first kept part whose reset raises changes nothing; a later one leaves the
+        parts out of step (``MetricCallError`` both times).
+        """
+        for index, part in enumerate(self._kept):  # they may raise: before ours changes
+            try:
+                part.reset()
+            except Exception as error:
+                if index:
+                    reset = ", ".join(f"{p!r:.60}" for p in self._kept[:index])
+                    raise self.lost(
+                        self._label(),
+                        f"reset() of {part!r:.60} raised after {reset} were reset",
+                        error,
+                    ) from error
+                raise
         super().reset()
         self.back_in_step()
-        for part in self._kept:
-            part.reset()
 
     @override
     def merge_state(self, other: Self) -> None:
