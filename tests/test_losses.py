@@ -1967,3 +1967,20 @@ def test_a_python_int_component_counts_as_the_default_float_dtype_too() -> None:
         assert loss.compute()[COMBINED_NAME].item() == 70001.0
     hits = Loss(lambda o, t: True, "Hit") + half  # a bool is a number too
     assert hits(outputs, targets).dtype == torch.float32
+
+
+def test_an_integer_tensor_component_counts_as_the_default_float_dtype() -> None:
+    # an int64 count of 70000 beside a float16 component gave float16's inf, value and epoch,
+    # where the same count as a Python int gave 70001.0; bools and 8-bit integers fit float16
+    half = Loss(lambda o, t: (o - t).abs().flatten(1).mean(1).half(), "H")
+    outputs, targets = torch.ones(4, 1), torch.zeros(4, 1)
+    for dtype in (torch.int16, torch.int32, torch.int64):
+        count = Loss(lambda o, t, dtype=dtype: torch.full((len(o),), 30000, dtype=dtype), "N")
+        loss = half + 2 * count
+        value = loss(outputs, targets)
+        assert value.dtype == torch.float32
+        assert value.item() == 60001.0
+        assert loss.compute()[COMBINED_NAME].item() == 60001.0
+    for dtype in (torch.bool, torch.int8, torch.uint8):
+        small = Loss(lambda o, t, dtype=dtype: torch.ones(len(o), dtype=dtype), "S")
+        assert (half + small)(outputs, targets).dtype == torch.float16

@@ -103,11 +103,11 @@ def criterion(
 ) -> Any:
     """The expression on a batch's component values, in their widest floating dtype.
 
-    Tensor components are brought to the widest floating dtype among them,
-    a Python number counting as the default float dtype (a float16 component
-    beside 70000 or 70000.0 does not overflow; integer and boolean tensors are
-    brought there too; the default float dtype when none is floating), and so are the
-    schedules' values; Python-number components stay numbers, unless the
+    Tensor components are brought to the widest floating dtype among them, a
+    Python number or an integer tensor of 16 bits or more counting as the
+    default float dtype (a float16 component beside a count of 70000 does not
+    overflow; integer and boolean tensors are brought there too), and so are
+    the schedules' values; Python-number components stay numbers, unless the
     arithmetic on them fails (``1 / 0.0``, an overflow, a complex power), in
     which case they are evaluated as tensors, which give inf or nan as they
     would for the same values returned as tensors.
@@ -232,9 +232,11 @@ def _combine_error(
 
 
 def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch.dtype | None:
-    """The widest floating dtype among the tensors and Python numbers (these: the default float).
+    """The widest floating dtype among the components, integers counting as the default float.
 
-    The default float dtype too when only integer or boolean tensors are found.
+    Python numbers and integer tensors of 16 bits or more count as the default
+    float dtype (booleans and 8-bit integers fit every float dtype); the
+    default float dtype too when only integer or boolean tensors are found.
 
     Numbers that are not Python's own (NumPy scalars, fractions, bools)
     become ``int`` or ``float`` in ``values``; anything else is refused.
@@ -260,13 +262,16 @@ def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch
             refuse_unheld(dtype, owner, names[index])  # torch cannot promote float8 types
             if dtype.is_floating_point:
                 found = dtype if found is None else torch.promote_types(found, dtype)
-            else:
-                integral = True
-        else:  # a Python number, bool and int included: as if returned in the default float
-            if type(value) is not float:
-                values[index] = _python_number(value, owner, names[index])
-            default = torch.get_default_dtype()
-            found = default if found is None else torch.promote_types(found, default)
+                continue
+            integral = True
+            if dtype.itemsize == 1:  # bool, int8, uint8: every float dtype holds them
+                continue
+            # int16 and wider count as the default float, as Python ints do: a float16
+            # component beside a count of 70000 would overflow
+        elif type(value) is not float:  # a Python number, bool and int included: as if
+            values[index] = _python_number(value, owner, names[index])  # in the default float
+        default = torch.get_default_dtype()
+        found = default if found is None else torch.promote_types(found, default)
     if found is None and integral:
         return torch.get_default_dtype()
     return found
