@@ -29,7 +29,6 @@ differentiable value).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +41,7 @@ from torchtally._conventions import (
     normalize_result,
     shared_weight_fn,
 )
-from torchtally._foreign import InStep, binds
+from torchtally._foreign import binds
 from torchtally.aggregation import Accumulator
 from torchtally.errors import (
     IncompatibleStateError,
@@ -52,12 +51,12 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives._base import Objective, composites
-from torchtally.objectives._joined_state import checked_layout
+from torchtally.objectives._joined_state import JoinedState
 
 __all__ = ["Joined", "is_objective_like", "join"]
 
 
-class Joined(InStep, Objective[Any, Any]):
+class Joined(JoinedState):
     """Several objectives of any kind, updated, computed, synced and saved as one.
 
     Build it with ``a | b`` (or :func:`join`); see the module documentation.
@@ -342,45 +341,6 @@ class Joined(InStep, Objective[Any, Any]):
         identity = super().sync_identity()
         identity["parts"] = [template.sync_identity() for template in self._templates]
         return identity
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        self.check_in_step()
-        state = super().state_dict()
-        state["parts"] = [part.state_dict() for part in self._kept]
-        state["owners"] = {name: self._templates.index(part) for name, part in self._owners.items()}
-        state["reported"] = {name: part.reported_name(name) for name, part in self._owners.items()}
-        return state
-
-    @override
-    def state_keys(self) -> frozenset[str]:
-        return super().state_keys() | {"parts", "owners", "reported"}
-
-    @override
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore every part, or none: a part that refuses its state undoes the others."""
-        keys = self.state_keys()  # checked before any part loads
-        parts, owners = checked_layout(
-            state_dict, self._label(), keys, len(self._kept), self._templates, self._owners
-        )
-        previous = dict(self._owners)
-        before = [copy.deepcopy(part.state_dict()) for part in self._kept]
-        loaded = 0
-        try:
-            for name, index in owners.items():
-                self._claim(name, self._templates[index])
-            # This object's own state is checked first (nothing changes), then the parts load.
-            self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
-            for part, state in zip(self._kept, parts, strict=True):
-                part.load_state_dict(state)
-                loaded += 1
-            super().load_state_dict(state_dict)
-            self.back_in_step()
-        except Exception:
-            self._owners = previous
-            for part, state in zip(self._kept[:loaded], before, strict=False):
-                part.load_state_dict(state)
-            raise
 
     @override
     def to(self, device: Any) -> Self:

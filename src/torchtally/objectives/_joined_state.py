@@ -1,22 +1,86 @@
-"""Checks of a join's saved state against the join it is loaded into.
+"""A join's saved state: what it writes, and the checks before it loads one.
 
 A join's ``state_dict`` says which part owns each name (``owners``: the
 part's index) and how that part reported it (``reported``: with its prefix).
 A state saved by a join of other parts, or of the same parts in another
 order, must be refused before anything changes: it would report learnt names
-under another part's prefix for the rest of the run.
+under another part's prefix for the rest of the run. :class:`JoinedState`
+is the part of ``Joined`` that saves and loads (every part, or none).
 """
 
 from __future__ import annotations
 
+import copy
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
+from typing_extensions import override
+
+from torchtally._foreign import InStep
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import StateDictError
+from torchtally.objectives._base import Objective
 from torchtally.objectives._persistence import STATE_VERSION
 
-__all__ = ["checked_layout"]
+__all__ = ["JoinedState", "checked_layout"]
+
+
+class JoinedState(InStep, Objective[Any, Any]):
+    """Saving and loading a join: its own state, each kept part's, and who owns each name.
+
+    The base of ``Joined``, which sets the attributes declared here.
+    """
+
+    _templates: list[Objective[Any, Any]]
+    """The torchtally parts, whose state the join keeps."""
+    _kept: list[Any]
+    """The parts keeping their own state (adapters, wrapped objects)."""
+    _owners: dict[str, Objective[Any, Any]]
+    """The template reporting each name."""
+
+    @abstractmethod
+    def _claim(self, name: str, template: Objective[Any, Any]) -> None:
+        """Record that ``template`` reports ``name`` (refusing a name another part reports)."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        self.check_in_step()
+        state = super().state_dict()
+        state["parts"] = [part.state_dict() for part in self._kept]
+        state["owners"] = {name: self._templates.index(part) for name, part in self._owners.items()}
+        state["reported"] = {name: part.reported_name(name) for name, part in self._owners.items()}
+        return state
+
+    @override
+    def state_keys(self) -> frozenset[str]:
+        return super().state_keys() | {"parts", "owners", "reported"}
+
+    @override
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore every part, or none: a part that refuses its state undoes the others."""
+        keys = self.state_keys()  # checked before any part loads
+        parts, owners = checked_layout(
+            state_dict, self._label(), keys, len(self._kept), self._templates, self._owners
+        )
+        previous = dict(self._owners)
+        before = [copy.deepcopy(part.state_dict()) for part in self._kept]
+        loaded = 0
+        try:
+            for name, index in owners.items():
+                self._claim(name, self._templates[index])
+            # This object's own state is checked first (nothing changes), then the parts load.
+            self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
+            for part, state in zip(self._kept, parts, strict=True):
+                part.load_state_dict(state)
+                loaded += 1
+            super().load_state_dict(state_dict)
+            self.back_in_step()
+        except Exception:
+            self._owners = previous
+            for part, state in zip(self._kept[:loaded], before, strict=False):
+                part.load_state_dict(state)
+            raise
 
 
 def checked_layout(
