@@ -50,7 +50,8 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
     The object's state is its own business: torchtally cannot combine it
     across processes, so :meth:`sync` raises :class:`~torchtally.errors.SyncError`
     in a distributed run (on every rank, also within :func:`torchtally.sync_all`);
-    outside one it does nothing.
+    outside one it does nothing, but ``sync_all(..., dataset_size=N)`` refuses it
+    there too (it cannot count its samples).
     Build it with :func:`wrap`.
 
     Example:

@@ -23,7 +23,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 __all__ = ["LossProtocol", "ObjectiveProtocol", "OutputT", "TargetT"]
 
 OutputT = TypeVar("OutputT", contravariant=True)
+"""The type of the model outputs an objective takes (``tt.Objective[Tensor, Tensor]``: a tensor)."""
 TargetT = TypeVar("TargetT", contravariant=True)
+"""The type of the targets an objective takes."""
 
 
 @runtime_checkable
