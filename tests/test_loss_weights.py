@@ -222,6 +222,8 @@ def test_a_class_weighted_criterion_without_weight_warns_once_when_built() -> No
         built.update(logits[8:], labels[8:])
         unweighted = built.compute()["CE"]
         assert not torch.allclose(unweighted, criterion(logits, labels))  # why it warns
+    with pytest.warns(tt.errors.CriterionWeightWarning, match=r"component 'CE'.*w\[t\]\.sum\(\)"):
+        tt.CompositionalLoss(lambda values: values["CE"], CE=criterion)  # a component, too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         exact = tt.Loss(criterion, "CE", weight=lambda o, t: class_weights[t].sum())

@@ -623,3 +623,16 @@ def test_compute_of_a_wrapped_object_before_any_update_warns_and_is_nan() -> Non
         metric.reset()
         with pytest.warns(errors.ComputedBeforeUpdatedWarning):
             metric.compute()
+
+
+def test_sync_of_a_wrapped_stateful_object_takes_dataset_size_as_sync_all_does() -> None:
+    # obj.sync(dataset_size=N) raised a plain TypeError, tt.sync_all(obj, dataset_size=N) the
+    # library's SyncError: the object cannot count its samples
+    metric = tt.wrap(StatefulAccuracy(), "Acc")
+    metric.update(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))
+    before = metric.compute()
+    metric.sync()  # outside a distributed run: nothing to do
+    for call in (lambda: metric.sync(dataset_size=2), lambda: tt.sync_all(metric, dataset_size=2)):
+        with pytest.raises(tt.errors.SyncError, match="StatefulObjective 'Acc'"):
+            call()
+    assert metric.compute() == before

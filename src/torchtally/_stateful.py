@@ -174,13 +174,16 @@ class StatefulObjective(LossOperand, KeptOutsideInferenceMode):
             f"torchmetrics or torcheval metric, or sync the object yourself"
         )
 
-    def sync(self, process_group: distributed.ProcessGroup = None) -> None:
-        """Refuse to sync in a distributed run; do nothing outside one.
+    def sync(
+        self, process_group: distributed.ProcessGroup = None, *, dataset_size: int | None = None
+    ) -> None:
+        """Refuse to sync in a distributed run; do nothing outside one (as ``sync_all(self)``).
 
         Raises:
-            SyncError: in a distributed run, on every rank.
+            SyncError: in a distributed run, on every rank; with ``dataset_size``
+                in one process too (the object cannot count its samples).
         """
-        sync_all(self, process_group=process_group)
+        sync_all(self, process_group=process_group, dataset_size=dataset_size)
 
     # Every hook refuses: sync_all sends the refusal to the other ranks, which raise it too.
 

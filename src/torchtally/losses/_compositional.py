@@ -37,6 +37,7 @@ from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import Produced
 from torchtally.losses._operators import builders
 from torchtally.objectives import NamedCallable, is_objective_like
+from torchtally.objectives._named import warn_if_self_weighted
 
 __all__ = ["CompositionalLoss"]
 
@@ -143,6 +144,8 @@ class CompositionalLoss(LossBase[OutputT, TargetT]):
                     f"{owner}: the component {key!r} must be a callable of (outputs, targets), "
                     f"found {type(fn).__name__} {fn!r:.60}"
                 )
+            if weight is None:
+                warn_if_self_weighted(fn, f"{owner} component {key!r}")
         if name != COMBINED_NAME:
             name = check_loss_name(name, owner)
         if name in components:
