@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -184,6 +186,11 @@ def test_help_explains_every_option() -> None:
         (["--lr", "-1"], "expected a learning rate in (0, 10)"),
         (["--processes", "4", "--batch-size", "2"], "must be at least --processes"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        # validation gets a quarter of --samples, and R2 needs 2 of them
+        (["--samples", "7"], "expected a number >= 8, found 7"),
+        (["--seed", str(2**64)], f"expected a seed in [{-(2**63)}, {2**64 - 1}], found {2**64}"),
+        (["--seed", str(-(2**63) - 1)], "expected a seed in"),
+        (["--seed", "1e3"], "expected a whole number, found '1e3'"),
     ],
 )
 def test_bad_options_get_a_message_not_a_traceback(
@@ -193,6 +200,14 @@ def test_bad_options_get_a_message_not_a_traceback(
         parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_extreme_accepted_options_run() -> None:
+    config, _ = parse_args(["--samples", "8", "--seed", str(2**64 - 1), "--epochs", "1"])
+    rows = train(replace(config, progress=False))
+    assert len(rows) == 1 and math.isfinite(rows[0].validation["Val Loss"])
+    config, _ = parse_args(["--seed", str(-(2**63)), "--epochs", "1", "--samples", "8"])
+    assert train(replace(config, progress=False))[0].epoch == 1
 
 
 def test_a_bad_option_on_the_command_line_exits_2_without_traceback() -> None:

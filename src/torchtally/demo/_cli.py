@@ -91,6 +91,25 @@ def _positive(text: str) -> int:
     return int(_checked(text, int, lambda value: value >= 1, "a number >= 1"))
 
 
+_MIN_SAMPLES = 8
+"""Validation gets a quarter of the samples, and R2 needs at least 2 of them."""
+_SEEDS = (-(2**63), 2**64 - 1)
+"""The seeds torch's generators take."""
+
+
+def _samples(text: str) -> int:
+    return int(
+        _checked(text, int, lambda value: value >= _MIN_SAMPLES, f"a number >= {_MIN_SAMPLES}")
+    )
+
+
+def _seed(text: str) -> int:
+    low, high = _SEEDS
+    return int(
+        _checked(text, int, lambda value: low <= value <= high, f"a seed in [{low}, {high}]")
+    )
+
+
 def _learning_rate(text: str) -> float:
     return float(_checked(text, float, lambda value: 0 < value < 10, "a learning rate in (0, 10)"))
 
@@ -127,12 +146,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
         "--batch-size", type=_positive, default=48, help="samples per step (default: 48)"
     )
     parser.add_argument(
-        "--samples", type=_positive, default=1000, help="training samples (default: 1000)"
+        "--samples",
+        type=_samples,
+        default=1000,
+        help=f"training samples, at least {_MIN_SAMPLES} (default: 1000)",
     )
     parser.add_argument(
         "--lr", type=_learning_rate, default=0.01, help="Adam learning rate (default: 0.01)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and model (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of data and model (default: 0)")
     parser.add_argument(
         "--no-progress",
         action="store_true",
