@@ -311,6 +311,62 @@ def test_a_nan_never_improves_and_a_nan_only_history_has_no_best() -> None:
     )
 
 
+class Reports:
+    """An objective-like whose ``compute()`` reports ``value`` under ``'Score'``."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def compute(self) -> dict[str, Any]:
+        return {"Score": self.value}
+
+
+def test_a_complex_or_boolean_value_is_refused_and_numpy_numbers_are_read() -> None:
+    import numpy as np
+
+    reports = Reports()
+    tracker = tt.MetricTracker(reports, "Score", higher_is_better=True)
+    for value, found in (
+        (torch.tensor(1 + 2j), "torch.complex64"),
+        (torch.tensor(True), "torch.bool"),
+        (np.bool_(True), "bool"),
+        (True, "bool True"),
+        (1 + 2j, "complex"),
+        (10**400, "int 1000000"),
+    ):
+        reports.value = value
+        refused = rf"one (real )?number (a float holds )?for 'Score', found .*{found}"
+        with pytest.raises(TrackerError, match=refused):
+            tracker.update()
+    assert tracker.history == []
+    for value in (np.float32(0.25), np.int64(3), np.float64(0.5), torch.tensor([[2]])):
+        reports.value = value
+        tracker.update()
+    assert tracker.history == [0.25, 3.0, 0.5, 2.0]
+
+
+def test_exactly_min_delta_better_is_no_improvement_in_either_direction() -> None:
+    # Lightning's and keras' strict comparison: better by more than min_delta.
+    for higher, values in ((False, (-1.0, -1.5, -1.5000001)), (True, (-1.5, -1.0, -0.9999999))):
+        tracker = tt.MetricTracker(Reports(), "Score", higher_is_better=higher, min_delta=0.5)
+        improved = []
+        for value in values:
+            tracker.objective.value = value
+            tracker.update()
+            improved.append(tracker.is_improving())
+        assert improved == [True, False, True]
+        # the best value is the last improvement, not the best recorded value
+        assert tracker.best_epoch == 2
+
+
+def test_with_min_delta_the_best_value_is_the_last_improvement() -> None:
+    tracker = tt.MetricTracker(Reports(), "Score", higher_is_better=False, min_delta=0.1)
+    for value in (1.0, 0.95):
+        tracker.objective.value = value
+        tracker.update()
+    assert (tracker.best_value, tracker.best_epoch, tracker.is_improving()) == (1.0, 0, False)
+
+
 def test_asking_before_any_value_is_a_library_error() -> None:
     tracker = tt.MetricTracker(metric_down, "MAE")
     for ask in (lambda: tracker.best_value, lambda: tracker.best_epoch, tracker.is_improving):
@@ -442,6 +498,22 @@ def test_a_resumed_run_stops_at_the_same_epoch_as_an_uninterrupted_one(
     assert resumed == uninterrupted
     assert tracker.best_epoch == 3 and tracker.best_value == pytest.approx(0.7 + 0.5 * 0.49)
     assert tracker.epochs_without_improvement == 3
+
+
+def test_a_state_holds_values_and_the_loading_tracker_its_settings() -> None:
+    saved = tt.MetricTracker(Reports(), "Score", higher_is_better=False, patience=3)
+    for value in (1.0, 0.95, 0.9, 0.96):
+        saved.objective.value = value
+        saved.update()
+    assert (saved.best_epoch, saved.should_stop()) == (2, False)
+    other = tt.MetricTracker(
+        Reports(), "Score", higher_is_better=False, patience=2, min_delta=0.08, first_epoch=1
+    )
+    other.load_state_dict(saved.state_dict())
+    # replayed with min_delta=0.08: only 0.9 beats 1.0 by more; epochs counted from 1
+    assert (other.best_epoch, other.best_value, other.epochs_without_improvement) == (3, 0.9, 1)
+    assert other.history == saved.history and other.epochs == [1, 2, 3, 4]
+    assert not other.should_stop()
 
 
 def test_load_state_dict_checks_everything_and_changes_nothing_on_failure() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from torchtally._state_keys import check_state_keys
@@ -28,9 +30,13 @@ class MetricTracker:
     tracker per name (``{name: MetricTracker(metrics, name) for name in ...}``).
 
     A value improves on the best so far when it is better by more than
-    ``min_delta`` (the convention of Lightning's and keras' early stopping);
-    a NaN never improves. With ``min_delta=0`` the best value is the best
-    of the history (the earliest of equal ones).
+    ``min_delta`` (the convention of Lightning's and keras' early stopping:
+    exactly ``min_delta`` better is no improvement); a NaN never improves and
+    counts towards ``patience`` like keras (Lightning's ``check_finite``
+    stops at the first NaN or infinity: test ``math.isfinite(tracker.update())``).
+    The best value is the latest improvement: with ``min_delta=0`` the best
+    of the history (the earliest of equal ones), with ``min_delta > 0``
+    possibly not (after 1.0 and 0.95 with ``min_delta=0.1`` it is 1.0).
 
     Args:
         objective: the objective whose value is followed (any torchtally
@@ -148,9 +154,22 @@ class MetricTracker:
             )
         value = values[self.name]
         if isinstance(value, Tensor) and value.numel() == 1:
+            if value.is_complex() or value.dtype == torch.bool:  # no silent 1.0 or dropped part
+                raise TrackerError(
+                    f"{label}: expected one real number for {self.name!r}, found a tensor of "
+                    f"{value.dtype}"
+                )
             return float(value.detach().reshape(()).item())
-        if _is_real(value):
-            return float(value)
+        if not isinstance(value, bool) and isinstance(value, numbers.Real):  # numpy's too
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond float's range
+                pass
+        if isinstance(value, (bool, numbers.Complex)):
+            raise TrackerError(
+                f"{label}: expected one real number a float holds for {self.name!r}, found "
+                f"{type(value).__name__} {value!r:.40}"
+            )
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise TrackerError(
             f"{label}: expected one number for {self.name!r}, found {shape}; follow a single "
@@ -216,7 +235,9 @@ class MetricTracker:
         return self._wait
 
     def is_improving(self) -> bool:
-        """Whether the latest value improved on every earlier one (the first always does).
+        """Whether the latest value was an improvement (the first non-NaN one always is).
+
+        That is, better than :attr:`best_value` before it by more than ``min_delta``.
 
         Raises:
             TrackerError: no value was recorded yet.
@@ -260,7 +281,10 @@ class MetricTracker:
 
         The best value, its epoch and the count towards ``patience`` are
         replayed from the history with this tracker's ``min_delta``, so a
-        resumed run stops at the same epoch as an uninterrupted one.
+        resumed run stops at the same epoch as an uninterrupted one. The
+        state holds no settings: ``patience``, ``min_delta`` and
+        ``first_epoch`` are this tracker's (a resumed run built with others
+        applies them to the whole history).
 
         Raises:
             StateDictError: the state is malformed, holds a key
