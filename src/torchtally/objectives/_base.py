@@ -333,7 +333,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
 
         For a progress bar: the batches are weighted as for the epoch value
         (by their size, or their ``weight=``), the result stays on the
-        values' device, and the epoch state is not touched. Batches count
+        values' device, in float64, and the epoch state is not touched. Batches count
         from the first call on (and each :meth:`reset`), with those still
         queued then: call it once before the loop. The largest window asked
         for is kept, and any window reads it; non-mean values are left out.
