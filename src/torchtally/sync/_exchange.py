@@ -214,8 +214,7 @@ class _Exchange:
         Raises:
             SyncError: a value saw another number of samples than ``dataset_size``.
         """
-        if self.failure is None:
-            sums, payload = self.outgoing(torch.device("cpu"))
+        sums, payload = self.outgoing(torch.device("cpu"))  # empty after a failure
         if self.failure is not None:
             raise self.failure
         self.merged(sums, [payload])
