@@ -52,12 +52,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from torchtally._conventions import callable_error, check_direction, check_name, normalize_result
+from torchtally._criteria import warn_if_self_weighted
 from torchtally._stateful import StatefulObjective
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import InvalidArgumentError, InvalidNameError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import Objective
-from torchtally.objectives._named import warn_if_self_weighted
 from torchtally.sync import SyncParticipant
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import ClassVar, TypeVar
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, default_name
+from torchtally._criteria import warn_if_self_weighted
 from torchtally._lazy import lazy
 from torchtally.errors import (
     FormulaError,
@@ -37,7 +38,6 @@ from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import Produced
 from torchtally.losses._operators import builders
 from torchtally.objectives import NamedCallable, is_objective_like
-from torchtally.objectives._named import warn_if_self_weighted
 
 __all__ = ["CompositionalLoss"]
 

@@ -9,13 +9,13 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name, default_name
+from torchtally._criteria import warn_if_self_weighted
 from torchtally.errors import FormulaError, InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.formula import Component, Constant, Expression, Operation
 from torchtally.losses._algebra import check_direction, check_loss_name, constant_or_schedule
 from torchtally.losses._base import LossBase
 from torchtally.losses._evaluation import MultiCall, Produced, common_dtype
 from torchtally.objectives import NamedCallable
-from torchtally.objectives._named import warn_if_self_weighted
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
 

@@ -11,8 +11,6 @@ no batch still takes part in a sync.
 
 from __future__ import annotations
 
-import sys
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,13 +20,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, callable_error, check_direction, check_name
+from torchtally._criteria import warn_if_self_weighted
 from torchtally.aggregation import Accumulator, Cat, accumulator_class
-from torchtally.errors import (
-    CriterionWeightWarning,
-    InvalidArgumentError,
-    NameConflictError,
-    ResultTypeError,
-)
+from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives import _holder as hooks
 from torchtally.objectives._base import Objective
 from torchtally.sync import callable_identity
@@ -292,45 +286,3 @@ class CallableObjective(Objective[OutputT, TargetT]):
 def is_loss(objective: object) -> bool:
     """Whether ``objective`` is a loss (they live in the layer above, and mark themselves)."""
     return getattr(objective, "is_loss", False) is True
-
-
-def warn_if_self_weighted(fn: Any, label: str) -> None:
-    """Warn if ``fn`` is a ``torch.nn`` criterion averaging a batch with its class weights.
-
-    ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` with ``weight=`` and
-    ``reduction='mean'`` divide a batch of class indices by its targets'
-    summed class weights, not by the batch size the batch is weighed by;
-    ``weight=`` makes the epoch value exact. The other criteria with a
-    ``weight`` (``BCELoss``, ``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``,
-    ``MultiMarginLoss``) rescale each element and still divide by the batch:
-    they need no ``weight=`` and do not warn. The warning points at the first
-    caller outside torchtally.
-    """
-    if not (
-        isinstance(fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
-        and isinstance(fn.weight, Tensor)
-        and fn.reduction == "mean"
-    ):
-        return
-    warnings.warn(
-        f"{label}: {type(fn).__name__} averages each batch with its class weights, but "
-        f"batches are weighed by their size, so the epoch value is not the criterion on the "
-        f"whole data; pass weight=lambda o, t: w[t].sum() with w its class weights "
-        f"(see 'Losses and formulas' in the docs)",
-        CriterionWeightWarning,
-        stacklevel=_user_stacklevel(),
-    )
-
-
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller: its first caller outside torchtally."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and _in_torchtally(frame.f_globals.get("__name__")):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
-def _in_torchtally(module: object) -> bool:
-    return isinstance(module, str) and (module == "torchtally" or module.startswith("torchtally."))

@@ -1,0 +1,65 @@
+"""Criteria whose batch mean is not weighed by the batch size, told apart once, when built.
+
+``nn.CrossEntropyLoss(weight=w)`` and ``nn.NLLLoss(weight=w)`` divide a batch
+by its targets' summed class weights; an objective weighs each batch by its
+size unless ``weight=`` says otherwise, so its epoch value would not be the
+criterion on the whole data. Every objective built from a callable (metrics,
+collections, losses, a composition's components, ``tt.wrap``) asks
+:func:`warn_if_self_weighted` when no ``weight=`` is given. Nothing here
+imports another torchtally module but :mod:`torchtally.errors`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchtally.errors import CriterionWeightWarning
+
+__all__ = ["warn_if_self_weighted"]
+
+
+def warn_if_self_weighted(fn: Any, label: str) -> None:
+    """Warn if ``fn`` is a ``torch.nn`` criterion averaging a batch with its class weights.
+
+    ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` with ``weight=`` and
+    ``reduction='mean'`` divide a batch of class indices by its targets'
+    summed class weights, not by the batch size the batch is weighed by;
+    ``weight=`` makes the epoch value exact. The other criteria with a
+    ``weight`` (``BCELoss``, ``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``,
+    ``MultiMarginLoss``) rescale each element and still divide by the batch:
+    they need no ``weight=`` and do not warn. The warning points at the first
+    caller outside torchtally.
+    """
+    if not (
+        isinstance(fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss))
+        and isinstance(fn.weight, Tensor)
+        and fn.reduction == "mean"
+    ):
+        return
+    warnings.warn(
+        f"{label}: {type(fn).__name__} averages each batch with its class weights, but "
+        f"batches are weighed by their size, so the epoch value is not the criterion on the "
+        f"whole data; pass weight=lambda o, t: w[t].sum() with w its class weights "
+        f"(see 'Losses and formulas' in the docs)",
+        CriterionWeightWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller: its first caller outside torchtally."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and _in_torchtally(frame.f_globals.get("__name__")):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _in_torchtally(module: object) -> bool:
+    return isinstance(module, str) and (module == "torchtally" or module.startswith("torchtally."))
