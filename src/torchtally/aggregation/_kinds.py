@@ -15,7 +15,8 @@ from torchtally.aggregation._accumulator import (
     is_exact,
     two_sum_into,
 )
-from torchtally.aggregation._states import weighted_values
+from torchtally.aggregation._states import weigh_in_place
+from torchtally.aggregation._widening import scratch_float64
 
 __all__ = ["Max", "Mean", "Min", "Sum"]
 
@@ -97,13 +98,15 @@ class Mean(Accumulator):
                 sums = _exact_sum(state["total"], values & (2**32 - 1), entries, 1.0)
             elif is_exact(values.dtype):  # no int64 sum of narrower integers can wrap
                 sums = _exact_sum(state["total"], values, entries, 1.0)
-            else:
-                sums = values.sum(entries, dtype=_F64)
+            elif values.dtype == _F64:
+                sums = values.sum(entries)
+            else:  # converted in a reused buffer, not a fresh one: see _widening
+                sums = scratch_float64(values).sum(entries)
             state["weight"].add_(values[0].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
         else:
-            weighted = weighted_values(values, weights)
+            weighted = weigh_in_place(scratch_float64(values), weights)
             sums = weighted.sum(entries)
             state["weight"].add_(weights.sum())
             last[:, 0].copy_(weighted[final])

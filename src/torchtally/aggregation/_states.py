@@ -36,6 +36,7 @@ __all__ = [
     "promote",
     "replace_state",
     "two_sum_into",
+    "weigh_in_place",
     "weighted_values",
 ]
 
@@ -176,7 +177,12 @@ def weighted_values(values: Tensor, weights: Tensor) -> Tensor:
     A weight of 0 leaves an entry out; ``NaN x 0`` and ``inf x 0`` would be NaN.
     An entry of negative weight is NaN (:func:`nan_where_negative`).
     """
-    return torch.where(weights == 0, 0.0, values.to(torch.float64) * nan_where_negative(weights))
+    return weigh_in_place(values.to(torch.float64, copy=True), weights)
+
+
+def weigh_in_place(wide: Tensor, weights: Tensor) -> Tensor:
+    """:func:`weighted_values` of float64 ``wide``, computed in ``wide`` itself (returned)."""
+    return wide.mul_(nan_where_negative(weights)).masked_fill_(weights == 0, 0.0)
 
 
 def two_sum_into(total: Tensor, addend: Tensor) -> None:

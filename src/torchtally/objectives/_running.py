@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from torchtally.aggregation._states import weighted_values
+from torchtally.aggregation._states import weigh_in_place, weighted_values
+from torchtally.aggregation._widening import scratch_float64
 from torchtally.objectives._plan import VECTOR
 from torchtally.objectives._queue import Queued, batch_weights
 
@@ -66,8 +67,8 @@ def batch_means(
     found: dict[str, list[Tensor]] = {}
     for part, values, weights, sizes in queued:
         if part.kind == VECTOR:
-            wide = values.to(_F64) if weights is None else weighted_values(values, weights)
-            sums = wide.sum(2)  # (m, K)
+            wide = scratch_float64(values)  # summed at once: see aggregation._widening
+            sums = (wide if weights is None else weigh_in_place(wide, weights)).sum(2)  # (m, K)
             batch = (
                 torch.tensor(sizes, dtype=_F64, device=values.device)
                 if weights is None
