@@ -26,6 +26,7 @@ from _held import queued_elements  # tests/_held.py
 from _sync import simulate_sync  # tests/_sync.py
 from torchtally._conventions import batch_size
 from torchtally.aggregation import Cat, Mean
+from torchtally.contrib.torchmetrics import from_torchmetrics
 from torchtally.errors import (
     ComputedBeforeUpdatedWarning,
     IncompatibleStateError,
@@ -821,6 +822,48 @@ def test_metric_refuses_unknown_aggregations_and_non_callables() -> None:
         tt.Metric(mae, "MAE", aggregation="median")
     with pytest.raises(TypeError, match="callable"):
         tt.Metric(3, "Three")  # type: ignore[arg-type]
+
+
+def _macro_f1() -> Any:
+    return torchmetrics.classification.MulticlassF1Score(num_classes=4, average="macro")
+
+
+STATEFUL_CALLABLES = {
+    "torchmetrics metric": _macro_f1,
+    "torchmetrics adapter": lambda: from_torchmetrics(_macro_f1(), "F1"),
+    "torchtally metric": lambda: tt.Metric(mae, "MAE"),
+}
+TAKING_A_CALLABLE = {
+    "Metric": lambda fn: tt.Metric(fn, "F1"),
+    "MetricCollection keyword": lambda fn: tt.MetricCollection(F1=fn),
+    "MetricCollection.from_dict": lambda fn: tt.MetricCollection.from_dict({"F1": fn}),
+    "MetricCollection positional": lambda fn: tt.MetricCollection(fn),
+    "Loss": lambda fn: tt.Loss(fn, "F1"),
+    "DictLoss": lambda fn: tt.DictLoss(fn, "F1"),
+    "DictLoss.summed": lambda fn: tt.DictLoss.summed(fn, "F1"),
+}
+
+
+# A Metric given by name to a collection gives it its callable (documented): no refusal there.
+BY_NAME_IN_A_COLLECTION = {
+    ("torchtally metric", "MetricCollection keyword"),
+    ("torchtally metric", "MetricCollection.from_dict"),
+}
+STATEFUL_IN_PLACE_OF_A_CALLABLE = [
+    pytest.param(make, build, id=f"{what}-{where}")
+    for what, make in STATEFUL_CALLABLES.items()
+    for where, build in TAKING_A_CALLABLE.items()
+    if (what, where) not in BY_NAME_IN_A_COLLECTION
+]
+
+
+@pytest.mark.parametrize(("make", "build"), STATEFUL_IN_PLACE_OF_A_CALLABLE)
+def test_an_object_keeping_its_own_state_is_no_callable_of_a_value(make: Any, build: Any) -> None:
+    # Called per batch, a macro F1 gave batch F1s whose size-weighted mean (0.1643 over
+    # batches of 8, 5, 13, 1, 7) is not the F1 of the data (0.1597), while its own state
+    # grew unseen: refused, pointing at | and as_loss.
+    with pytest.raises(InvalidArgumentError, match=r"keeps its own state.*join it with \|"):
+        build(make())
 
 
 # -- hand-written objectives ------------------------------------------------------------------

@@ -65,6 +65,7 @@ __all__ = [
     "merge_results",
     "normalize_result",
     "real_number",
+    "refuse_stateful_callable",
     "shared_weight_fn",
     "size_and_weight",
     "unique_names",
@@ -371,6 +372,24 @@ def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:
 def is_objective_like(item: object) -> bool:
     """Whether ``item`` has ``update``, ``compute`` and ``reset`` (what ``|`` can join)."""
     return all(callable(getattr(item, method, None)) for method in ("update", "compute", "reset"))
+
+
+def refuse_stateful_callable(fn: object, label: str) -> None:
+    """Refuse an object keeping its own state where a callable of a value is expected.
+
+    Called per batch, it gives batch values whose size-weighted mean is not
+    its epoch value (a macro F1 is no mean over samples), and its state grows.
+
+    Raises:
+        InvalidArgumentError: ``fn`` has ``update``, ``compute`` and ``reset``.
+    """
+    if is_objective_like(fn):
+        raise InvalidArgumentError(
+            f"{label}: {fn!r:.80} keeps its own state (update, compute, reset), so it is no "
+            f"callable of (outputs, targets): the mean of its batch values is not its epoch "
+            f"value; join it with | to report its value (metric | obj), or make a loss "
+            f"component of it with tt.losses.as_loss(obj)"
+        )
 
 
 # -- devices -----------------------------------------------------------------------------------

@@ -8,7 +8,14 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor
 from typing_extensions import override
 
-from torchtally._conventions import MetricFn, WeightFn, callable_error, check_name, default_name
+from torchtally._conventions import (
+    MetricFn,
+    WeightFn,
+    callable_error,
+    check_name,
+    default_name,
+    refuse_stateful_callable,
+)
 from torchtally._criteria import warn_if_self_weighted
 from torchtally.errors import FormulaError, InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.formula import Component, Constant, Expression, Operation
@@ -246,6 +253,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
                 f"DictLoss: expected a callable of (outputs, targets), found {fn!r:.60}"
             )
         name = check_loss_name(name, "DictLoss")
+        refuse_stateful_callable(fn, f"DictLoss {name!r}")
         direction = check_direction(higher_is_better, f"DictLoss {name!r}", optional=False)
         assert direction is not None
         call = DictCall(fn, name, "loss", _declared(names, name))
@@ -363,6 +371,7 @@ def _named(fn: Any, name: str | None, higher_is_better: Any, kind: str) -> tuple
             f"{kind}: expected a callable of (outputs, targets), found {fn!r:.60}"
         )
     name = check_loss_name(default_name(fn, kind) if name is None else name, kind)
+    refuse_stateful_callable(fn, f"{kind} {name!r}")
     direction = check_direction(higher_is_better, f"{kind} {name!r}", optional=False)
     assert direction is not None
     return name, direction

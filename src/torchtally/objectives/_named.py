@@ -19,7 +19,14 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from torchtally._conventions import MetricFn, WeightFn, callable_error, check_direction, check_name
+from torchtally._conventions import (
+    MetricFn,
+    WeightFn,
+    callable_error,
+    check_direction,
+    check_name,
+    refuse_stateful_callable,
+)
 from torchtally._criteria import warn_if_self_weighted
 from torchtally.aggregation import Accumulator, Cat, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
@@ -131,15 +138,16 @@ class CallableObjective(Objective[OutputT, TargetT]):
         # calculate() returns the same names in the same order every batch: the queue may trust it.
         self._names_ordered: bool = not self._multi
         for fn in self._multi:
-            if not callable(fn) or isinstance(fn, Objective):
+            refuse_stateful_callable(fn, f"{owner} (a positional argument)")
+            if not callable(fn):
                 raise InvalidArgumentError(
                     f"{owner}: a positional argument must be a callable of (outputs, targets) "
-                    f"returning a dict of values by name, found {type(fn).__name__}; join "
-                    f"objectives with |"
+                    f"returning a dict of values by name, found {type(fn).__name__}"
                 )
         self._entries = merge_named_callables(entries, (), owner)
         for entry in self._entries.values():
             check_name(entry.name, owner)
+            refuse_stateful_callable(entry.fn, f"{owner} {entry.name!r}")
             if not callable(entry.fn):
                 raise InvalidArgumentError(
                     f"{owner}: the value {entry.name!r} needs a callable of (outputs, targets), "
