@@ -6,6 +6,7 @@ expression ``(v * w).sum() / w.sum()`` differentiated by torch.autograd.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -198,12 +199,15 @@ def test_losses_sharing_one_weight_callable_still_compose_with_the_hand_written_
 # a criterion averaging with its own class weights --------------------------------------------
 
 
+RECIPE = re.escape("w[t[t != -100]].sum()")
+
+
 def test_a_class_weighted_criterion_without_weight_warns_once_when_built() -> None:
     """nn.CrossEntropyLoss(weight=w) divides each batch by its targets' summed class weights.
 
     Weighted by batch size, its epoch value is not the criterion on the whole
     data (1.2837 against 1.2116 for the reference's NLL over batches of 8 and 2);
-    the recipe ``weight=lambda o, t: w[t].sum()`` makes it exact, so building
+    the recipe ``weight=lambda o, t: w[t[t != -100]].sum()`` makes it exact, so building
     one without ``weight=`` warns, naming the objective and the recipe.
     """
     class_weights = torch.tensor([1.0, 5.0, 0.2])
@@ -216,13 +220,13 @@ def test_a_class_weighted_criterion_without_weight_warns_once_when_built() -> No
         lambda: tt.MetricCollection(CE=criterion),
         lambda: tt.wrap(criterion, "CE"),
     ):
-        with pytest.warns(tt.errors.CriterionWeightWarning, match=r"'CE'.*w\[t\]\.sum\(\)"):
+        with pytest.warns(tt.errors.CriterionWeightWarning, match=rf"'CE'.*{RECIPE}"):
             built = make()
         built.update(logits[:8], labels[:8])
         built.update(logits[8:], labels[8:])
         unweighted = built.compute()["CE"]
         assert not torch.allclose(unweighted, criterion(logits, labels))  # why it warns
-    with pytest.warns(tt.errors.CriterionWeightWarning, match=r"component 'CE'.*w\[t\]\.sum\(\)"):
+    with pytest.warns(tt.errors.CriterionWeightWarning, match=rf"component 'CE'.*{RECIPE}"):
         tt.CompositionalLoss(lambda values: values["CE"], CE=criterion)  # a component, too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -232,6 +236,40 @@ def test_a_class_weighted_criterion_without_weight_warns_once_when_built() -> No
     exact(logits[:8], labels[:8])
     exact(logits[8:], labels[8:])
     torch.testing.assert_close(exact.compute()["CE"], criterion(logits, labels))
+
+
+@pytest.mark.parametrize("ignore_index", [0, -100])
+@pytest.mark.parametrize("kind", [torch.nn.CrossEntropyLoss, torch.nn.NLLLoss])
+def test_the_recipe_the_class_weight_warning_gives_leaves_out_ignored_targets(
+    kind: type[torch.nn.CrossEntropyLoss | torch.nn.NLLLoss], ignore_index: int
+) -> None:
+    """The criterion leaves targets equal to its ``ignore_index`` out of the denominator too.
+
+    The recipe the warning gave, ``w[t].sum()``, counted them: with
+    ``ignore_index=0`` the epoch value was 1.0073 for the criterion's 1.0443
+    on all the data, and padding marked -100 (the default) raised IndexError.
+    """
+    class_weights = torch.tensor([1.0, 5.0, 0.5])
+    criterion = kind(weight=class_weights, ignore_index=ignore_index)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(n, 3, generator=generator), torch.randint(-1, 3, (n,), generator=generator))
+        for n in (6, 3, 7)
+    ]
+    batches = [(o, torch.where(t < 0, ignore_index, t)) for o, t in batches]  # some ignored
+    with pytest.warns(tt.errors.CriterionWeightWarning) as record:
+        tt.Loss(criterion, "CE")
+    found = re.search(r"weight=(lambda o, t: .+?\.sum\(\))", str(record[0].message))
+    assert found is not None
+    recipe = eval(found.group(1), {"w": class_weights})  # the warning's own text
+    exact = tt.Loss(criterion, "CE", weight=recipe)
+    for batch in batches:
+        exact(*batch)
+    outputs, targets = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    expected = kind(weight=class_weights.double(), ignore_index=ignore_index)(
+        outputs.double(), targets
+    )
+    torch.testing.assert_close(exact.compute()["CE"].double(), expected, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,9 @@ def warn_if_self_weighted(fn: Any, label: str) -> None:
 
     ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` with ``weight=`` and
     ``reduction='mean'`` divide a batch of class indices by its targets'
-    summed class weights, not by the batch size the batch is weighed by;
-    ``weight=`` makes the epoch value exact. The other criteria with a
+    summed class weights (targets equal to its ``ignore_index`` left out),
+    not by the batch size the batch is weighed by; ``weight=`` makes the
+    epoch value exact. The other criteria with a
     ``weight`` (``BCELoss``, ``BCEWithLogitsLoss``, ``MultiLabelSoftMarginLoss``,
     ``MultiMarginLoss``) rescale each element and still divide by the batch:
     they need no ``weight=`` and do not warn. The warning points at the first
@@ -41,11 +42,13 @@ def warn_if_self_weighted(fn: Any, label: str) -> None:
         and fn.reduction == "mean"
     ):
         return
+    ignored = fn.ignore_index  # left out of the criterion's denominator too
     warnings.warn(
         f"{label}: {type(fn).__name__} averages each batch with its class weights, but "
         f"batches are weighed by their size, so the epoch value is not the criterion on the "
-        f"whole data; pass weight=lambda o, t: w[t].sum() with w its class weights "
-        f"(see 'Losses and formulas' in the docs)",
+        f"whole data; pass weight=lambda o, t: w[t[t != {ignored}]].sum() with w its class "
+        f"weights (targets equal to ignore_index={ignored} weigh nothing; see 'Losses and "
+        f"formulas' in the docs)",
         CriterionWeightWarning,
         stacklevel=_user_stacklevel(),
     )

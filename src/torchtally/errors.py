@@ -66,7 +66,7 @@ class CriterionWeightWarning(TorchTallyWarning):
     with ``reduction='mean'`` divide a batch of class indices by its targets'
     summed class weights, while the batch is weighed by its size: the epoch
     value is then not the criterion on the whole data. Give
-    ``weight=lambda o, t: w[t].sum()``. Warned when the objective is built,
+    ``weight=lambda o, t: w[t[t != ignore_index]].sum()``. Warned when the objective is built,
     pointing at the user's line.
     """
 
