@@ -6,24 +6,18 @@ reports epoch values (:meth:`Objective.compute`). Its state lives in a
 :class:`~torchtally.objectives._ledger.Ledger`; this module only decides
 *when* things happen: reading the batch size and weight, choosing the hot
 path or the checked path, invalidating cached values. Merging and syncing
-(:class:`~torchtally.objectives._syncing.SyncHooks`) and state dicts, devices
-and copies (:class:`~torchtally.objectives._persistence.Persistence`) are
-mixins of their own.
-
-Hooks for subclasses, all public: :meth:`~Objective.calculate` (required),
-:attr:`~Objective.aggregation` or :meth:`~Objective.accumulator_for` (how a
-value aggregates), :meth:`~Objective.finalize` (post-process epoch values),
-:meth:`~Objective.declared_names` (names known before any data) and
-:meth:`~Objective.higher_is_better_for` (directions).
+(:class:`~torchtally.objectives._syncing.SyncHooks`), state dicts, devices
+and copies (:class:`~torchtally.objectives._persistence.Persistence`) and the
+public hooks that subclasses override, with their defaults
+(:class:`~torchtally.objectives._hooks.Hooks`), are mixins of their own.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final
 
 import torch
 from torch import Tensor
@@ -38,9 +32,9 @@ from torchtally._conventions import (
     values_dict,
 )
 from torchtally._lazy import lazy
-from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import ComputedBeforeUpdatedWarning, InvalidArgumentError, SyncError
 from torchtally.objectives import _holder as hooks
+from torchtally.objectives._hooks import Aggregation, Hooks, OutputT, TargetT
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
 from torchtally.objectives._syncing import SyncHooks
@@ -64,13 +58,8 @@ class Composites:
 
 composites: Final = Composites()
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
 
-Aggregation = str | type[Accumulator]
-
-
-class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
+class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
     """Base class: named values per batch, accumulated into exact epoch values.
 
     Subclasses implement :meth:`calculate`, returning a dict of per-sample
@@ -96,15 +85,6 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         {'worst': tensor(5.)}
     """
 
-    aggregation: ClassVar[Aggregation | Mapping[str, Aggregation]] = "mean"
-    """How values aggregate: a kind (``'mean'``, ``'sum'``, ``'min'``, ``'max'``, ``'cat'``), an
-    :class:`~torchtally.aggregation.Accumulator` subclass, or a mapping from names to those
-    (unlisted names use the mean). Override :meth:`accumulator_for` for anything else."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        hooks.refuse_renamed_hooks(cls)
-
     def __init__(self, *, weight: WeightFn | None = None) -> None:
         if weight is not None and not callable(weight):
             raise InvalidArgumentError(
@@ -125,75 +105,7 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         ledger.add_names(hooks.checked_declared_names(label, self.declared_names()))
         return ledger
 
-    # -- hooks --------------------------------------------------------------------------------
-
-    @abstractmethod
-    def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
-        """The named values of one batch: per-sample ``(B,)`` vectors or scalar batch means."""
-
-    def accumulator_for(self, name: str) -> type[Accumulator]:
-        """The accumulator class of the value called ``name`` (default: from :attr:`aggregation`).
-
-        Example:
-            >>> import torchtally as tt
-            >>> tt.Metric(lambda o, t: o, 'Peak', aggregation='max').accumulator_for('Peak')
-            <class 'torchtally.aggregation.Max'>
-        """
-        aggregation = self.aggregation
-        if isinstance(aggregation, Mapping):
-            aggregation = aggregation.get(name, "mean")
-        return accumulator_class(aggregation, self._label)
-
-    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Turn the aggregated values into the reported ones (default: unchanged).
-
-        Called by :meth:`compute` with every name's aggregated value (after a
-        sync, the value over all processes); override it to derive metrics
-        from concatenated values, rename or drop entries.
-
-        Example:
-            >>> import torch
-            >>> import torchtally as tt
-            >>> class MedianError(tt.Objective[torch.Tensor, torch.Tensor]):
-            ...     aggregation = 'cat'
-            ...     def calculate(self, outputs, targets):
-            ...         return {'errors': (outputs - targets).abs()}
-            ...     def finalize(self, values):
-            ...         return {'Median Error': values['errors'].median()}
-            >>> median = MedianError()
-            >>> _ = median.update(torch.tensor([1.0, 5.0, 2.0]), torch.zeros(3))
-            >>> median.compute()
-            {'Median Error': tensor(2.)}
-        """
-        return values
-
-    def declared_names(self) -> tuple[str, ...]:
-        """Names known before any data, so that a process without data can still sync."""
-        return ()
-
-    @property
-    def learns_names(self) -> bool:
-        """Whether batches may bring names besides :meth:`declared_names` (custom ``calculate``)."""
-        return True
-
-    def higher_is_better_for(self, name: str) -> bool | None:
-        """Whether a higher value of ``name`` is better (``None``: no direction).
-
-        Example:
-            >>> import torchtally as tt
-            >>> accuracy = tt.Metric(lambda o, t: o == t, 'Accuracy', higher_is_better=True)
-            >>> accuracy.higher_is_better_for('Accuracy')
-            True
-        """
-        return None
-
     # -- description --------------------------------------------------------------------------
-
-    def _label(self) -> str:
-        """How error messages name this objective: its class and the names it declares."""
-        names = list(self.declared_names())
-        text = f"{type(self).__name__}{names}" if names else type(self).__name__
-        return text if len(text) <= 160 else text[:157] + "..."
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -360,21 +272,6 @@ class Objective(SyncHooks, Persistence, ABC, Generic[OutputT, TargetT]):
         """
         values = self._ledger.running(window)
         return {self.reported_name(name): value for name, value in values.items()}
-
-    def reported_name(self, name: str) -> str:
-        """The name under which :meth:`compute` and :meth:`running` report the value ``name``.
-
-        A hook: override it beside :meth:`finalize` when the reported names
-        differ from the calculated ones (a collection's ``prefix``), so the
-        running values carry the names of the epoch values. Default: ``name``.
-
-        Example:
-            >>> import torchtally as tt
-            >>> metrics = tt.MetricCollection(MAE=lambda o, t: (o - t).abs(), prefix='val/')
-            >>> metrics.reported_name('MAE')
-            'val/MAE'
-        """
-        return name
 
     def reset(self) -> None:
         """Clear the state (the names stay known) and drop any synced view."""
