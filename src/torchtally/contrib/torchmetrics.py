@@ -63,14 +63,12 @@ from torchtally.contrib._torchmetrics_leaves import (
 )
 from torchtally.contrib._torchmetrics_states import (
     checked_states,
-    combined,
     counted,
-    exported,
     install,
     saved_states,
-    states_identity,
     take_states,
 )
+from torchtally.contrib._torchmetrics_sync import combined, exported, states_identity
 from torchtally.errors import (
     InvalidNameError,
     NameConflictError,
