@@ -37,8 +37,7 @@ from torchtally.errors import (
     WeightError,
 )
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, sync_all
-from torchtally.sync._agreement import check_mergeable
+from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, check_mergeable, sync_all
 
 __all__ = ["SyncedAdapter", "foreign_compute", "foreign_error", "unshared"]
 

@@ -56,8 +56,7 @@ from torchtally.contrib._torcheval_states import (
 from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import Gathered, SyncState, callable_identity
-from torchtally.sync._participant import checked_saved_on
+from torchtally.sync import Gathered, SyncState, callable_identity, checked_saved_on
 
 __all__ = ["TorchEvalAdapter", "from_torcheval"]
 

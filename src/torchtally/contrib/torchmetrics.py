@@ -77,8 +77,7 @@ from torchtally.errors import (
 )
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
-from torchtally.sync import Gathered, SyncState, callable_identity
-from torchtally.sync._participant import checked_saved_on
+from torchtally.sync import Gathered, SyncState, callable_identity, checked_saved_on
 
 __all__ = ["COMBINED_NAME", "TorchMetricsAdapter", "from_torchmetrics"]
 

@@ -20,8 +20,7 @@ from torchtally._state_keys import check_state_keys
 from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
-from torchtally.sync import SyncCounters
-from torchtally.sync._participant import checked_saved_on
+from torchtally.sync import SyncCounters, checked_saved_on
 
 __all__ = ["STATE_VERSION", "Persistence"]
 

@@ -20,8 +20,15 @@ from torchtally._conventions import WeightFn
 from torchtally.aggregation import Accumulator
 from torchtally.errors import RepeatedSampleWarning
 from torchtally.objectives._holder import LedgerHolder
-from torchtally.sync import Gathered, Padding, SyncCounters, SyncState, export_rows, merge_rows
-from torchtally.sync._agreement import check_mergeable
+from torchtally.sync import (
+    Gathered,
+    Padding,
+    SyncCounters,
+    SyncState,
+    check_mergeable,
+    export_rows,
+    merge_rows,
+)
 
 __all__ = ["SyncHooks"]
 

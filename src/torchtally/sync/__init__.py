@@ -4,7 +4,11 @@ Participants (objectives and adapters) take part through five public hooks
 (:class:`SyncParticipant`); this package decides what ranks must agree on
 (:mod:`torchtally.sync._agreement`), how the rows of accumulators travel and
 combine (:mod:`torchtally.sync._rows`) and in which order things happen;
-the bytes on the wire are :mod:`torchtally.distributed`'s business.
+the bytes on the wire are :mod:`torchtally.distributed`'s business. What
+participants share besides the hooks is named here too, so that objectives and
+adapters never import this package's private modules: the refusal of
+``merge_state`` (:func:`check_mergeable`, what a sync would refuse) and the
+check of a loaded state's rank (:func:`checked_saved_on`).
 
 A sync is at most three collectives, whatever the number of objectives:
 the headers (fingerprints of what each rank syncs and where it is in its
@@ -27,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchtally import distributed
-from torchtally.sync._agreement import Padding, callable_identity
+from torchtally.sync._agreement import Padding, callable_identity, check_mergeable
 from torchtally.sync._exchange import _check_options, _Exchange
 from torchtally.sync._exchange import agreeing as agreeing  # read by tests/_sync.py
 from torchtally.sync._participant import (
@@ -35,6 +39,7 @@ from torchtally.sync._participant import (
     SyncParticipant,
     _check_participant,
     _participants,
+    checked_saved_on,
 )
 from torchtally.sync._rows import Gathered, SyncState, export_rows, merge_rows
 
@@ -45,6 +50,8 @@ __all__ = [
     "SyncParticipant",
     "SyncState",
     "callable_identity",
+    "check_mergeable",
+    "checked_saved_on",
     "export_rows",
     "merge_rows",
     "sync_all",

@@ -271,6 +271,12 @@ def check_mergeable(label: str, mine: Any, other: Any) -> None:
     Raises:
         IncompatibleStateError: ``other`` is of another type, or its
             ``sync_identity()`` differs (named with both values, the other's first).
+
+    Example:
+        >>> import torchtally as tt
+        >>> from torchtally.sync import check_mergeable
+        >>> mae = tt.Metric(lambda o, t: (o - t).abs(), 'MAE')
+        >>> check_mergeable('MAE', mae, mae.copy())  # defined alike: nothing happens
     """
     if type(other) is not type(mine):
         raise IncompatibleStateError(f"{label}: cannot merge the state of a {type(other).__name__}")

@@ -134,6 +134,11 @@ def checked_saved_on(value: Any, label: str) -> int | None:
 
     Raises:
         StateDictError: ``value`` is not a rank (an int >= 0).
+
+    Example:
+        >>> from torchtally.sync import checked_saved_on
+        >>> checked_saved_on(3, 'Metric'), checked_saved_on(None, 'Metric')
+        (3, None)
     """
     if value is None:
         return None
