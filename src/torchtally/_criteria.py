@@ -6,18 +6,19 @@ size unless ``weight=`` says otherwise, so its epoch value would not be the
 criterion on the whole data. Every objective built from a callable (metrics,
 collections, losses, a composition's components, ``tt.wrap``) asks
 :func:`warn_if_self_weighted` when no ``weight=`` is given. Nothing here
-imports another torchtally module but :mod:`torchtally.errors`.
+imports another torchtally module but :mod:`torchtally.errors` and
+:mod:`torchtally._origin`.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from torchtally._origin import user_stacklevel
 from torchtally.errors import CriterionWeightWarning
 
 __all__ = ["warn_if_self_weighted"]
@@ -50,19 +51,5 @@ def warn_if_self_weighted(fn: Any, label: str) -> None:
         f"weights (targets equal to ignore_index={ignored} weigh nothing; see 'Losses and "
         f"formulas' in the docs)",
         CriterionWeightWarning,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
-
-
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller: its first caller outside torchtally."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and _in_torchtally(frame.f_globals.get("__name__")):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
-def _in_torchtally(module: object) -> bool:
-    return isinstance(module, str) and (module == "torchtally" or module.startswith("torchtally."))

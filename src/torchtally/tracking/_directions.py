@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from torchtally._origin import is_torchtally_module
 from torchtally.errors import TrackerError
 
 __all__ = ["direction", "known_direction", "monitor_mode", "refuse_unreported"]
@@ -117,7 +118,6 @@ def _overrides_results(objective: Any) -> bool:
     """Whether ``objective``'s class turns values into results with hooks of its own."""
     for hook in ("finalize", "compute"):
         found = getattr(type(objective), hook, None)
-        module = str(getattr(found, "__module__", ""))
-        if found is not None and module.partition(".")[0] != "torchtally":
+        if found is not None and not is_torchtally_module(getattr(found, "__module__", None)):
             return True
     return False
