@@ -13,7 +13,6 @@ sample a ``DistributedSampler`` repeated out of a copy (:meth:`SyncLayout.withou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -54,12 +53,6 @@ class SyncLayout(StateHolder):
     It reads the accumulator's declared :attr:`states`, rows, dtypes and
     state tensors, and makes accumulators with ``cls(rows=...)`` and ``copy()``.
     """
-
-    if TYPE_CHECKING:
-
-        def __init__(self, rows: int = 1) -> None: ...
-
-        def copy(self) -> Self: ...
 
     @classmethod
     def summable(cls) -> bool:

@@ -10,7 +10,6 @@ the one merged into it. How two states' tensors combine, rule by rule, is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from typing_extensions import Self
@@ -44,14 +43,6 @@ class Merging(StateHolder):
         >>> left.reduce()
         [tensor(3), tensor(17)]
     """
-
-    if TYPE_CHECKING:
-
-        def __init__(self, rows: int = 1) -> None: ...
-
-        def _ensure_state(self, device: torch.device) -> None: ...
-
-        def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None: ...
 
     def merge(self, other: Self, rows: Sequence[int] | None = None) -> None:
         """Add ``other``'s state to this one's (``other`` is not changed).

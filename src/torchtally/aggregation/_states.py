@@ -15,10 +15,11 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 __all__ = [
     "MERGE_RULES",
@@ -71,12 +72,12 @@ class StateSpec:
 
 
 class StateHolder:
-    """What an accumulator holds, declared once for its parts written in other modules.
+    """What an accumulator holds and does, declared once for its parts written in other modules.
 
-    Annotations only, for the type checker (``Accumulator.__init__`` sets
-    them): the kind and its declared :attr:`states`, the rows with their
-    labels and dtypes, the device and the state tensors (``None`` before any
-    value).
+    Declarations only, for the type checker (``Accumulator`` provides them):
+    the kind and its declared :attr:`states`, the rows with their labels and
+    dtypes, the device and the state tensors (``None`` before any value), and
+    the methods of ``Accumulator`` its mixins call.
     """
 
     kind: ClassVar[str]
@@ -86,6 +87,16 @@ class StateHolder:
     dtypes: list[torch.dtype | None]
     device: torch.device | None
     _state: dict[str, Tensor] | None
+
+    if TYPE_CHECKING:
+
+        def __init__(self, rows: int = 1) -> None: ...
+
+        def copy(self) -> Self: ...
+
+        def _ensure_state(self, device: torch.device) -> None: ...
+
+        def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None: ...
 
 
 _P = ParamSpec("_P")
