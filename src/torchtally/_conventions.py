@@ -5,7 +5,8 @@ how big a batch is (:func:`batch_size`), what a ``weight=`` may be
 (:func:`batch_weight`), how a callable's result becomes a tensor
 (:func:`as_value_tensor`) or a dict of tensors (:func:`normalize_result`),
 what a name may be (:func:`check_name`, :func:`default_name`), which error
-a failing user callable becomes (:func:`callable_error`) and which devices a
+a failing user callable becomes (:func:`callable_error`, raised by
+:func:`call_each` for every objective built from callables) and which devices a
 state may move to (:func:`usable_device`). The rules for batches and their
 weights are written in :mod:`torchtally._batches`, those for what callables
 return in :mod:`torchtally._results`; both are named here too. Nothing here
@@ -23,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -59,6 +60,7 @@ __all__ = [
     "as_value_tensor",
     "batch_size",
     "batch_weight",
+    "call_each",
     "callable_error",
     "check_direction",
     "check_name",
@@ -142,6 +144,32 @@ def callable_error(owner: str, name: str, error: Exception) -> MetricCallError:
     return MetricCallError(
         f"{owner}: the callable for {name!r} raised {type(error).__name__}: {error}"
     )
+
+
+def call_each(
+    calls: Iterable[tuple[str, MetricFn]], outputs: Any, targets: Any, owner: str
+) -> dict[str, Any]:
+    """Every named callable's value for one batch, by name, each called once, in order.
+
+    One loop, one try: this runs every step. Values are returned as the
+    callables gave them (``update`` converts Python numbers).
+
+    Raises:
+        MetricCallError: a callable raised (:func:`callable_error`, naming it).
+
+    Example:
+        >>> from torchtally._conventions import call_each
+        >>> call_each([('Sum', lambda o, t: o + t), ('Bias', lambda o, t: o - t)], 3, 1, 'Metric')
+        {'Sum': 4, 'Bias': 2}
+    """
+    values: dict[str, Any] = {}
+    name = ""
+    try:
+        for name, fn in calls:
+            values[name] = fn(outputs, targets)
+    except Exception as error:
+        raise callable_error(owner, name, error) from error
+    return values
 
 
 def check_direction(value: Any, owner: str, *, optional: bool) -> bool | None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
-from torchtally._conventions import WeightFn, size_and_weight
+from torchtally._conventions import WeightFn, call_each, size_and_weight
 from torchtally._lazy import lazy
 from torchtally.errors import IncompatibleStateError, NameConflictError
 from torchtally.formula import Component, Expression
@@ -159,7 +159,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
 
         The criterion comes with them, under the loss's name, when it is not a component itself.
         """
-        values = self._call_each(outputs, targets)
+        values = call_each(self._calls, outputs, targets, self._ledger.label)
         for call in self._multi_calls:
             produced = call.evaluate(outputs, targets, self._ledger.label)
             taken = values.keys() & produced.keys()

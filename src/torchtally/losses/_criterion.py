@@ -15,7 +15,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from torchtally._conventions import MetricFn, callable_error
+from torchtally._conventions import MetricFn, call_each, callable_error
 from torchtally.losses._evaluation import MultiCall
 from torchtally.objectives import NamedCallable
 
@@ -72,13 +72,7 @@ class CriterionCall(MultiCall):
         Raises:
             MetricCallError: a component or the criterion raised.
         """
-        values: dict[str, Any] = {}
-        name = ""
-        try:
-            for name, fn in self.calls:
-                values[name] = fn(outputs, targets)
-        except Exception as error:
-            raise callable_error(owner, name, error) from error
+        values = call_each(self.calls, outputs, targets, owner)
         return {self.key: self.combine(values, owner), **values}
 
     def combine(self, values: Mapping[str, Any], owner: str) -> Any:

@@ -22,6 +22,7 @@ from typing_extensions import override
 from torchtally._conventions import (
     MetricFn,
     WeightFn,
+    call_each,
     callable_error,
     check_direction,
     check_name,
@@ -200,23 +201,9 @@ class CallableObjective(Objective[OutputT, TargetT]):
 
     @override
     def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
-        values = self._call_each(outputs, targets)
+        values = call_each(self._calls, outputs, targets, self._ledger.label)
         for fn in self._multi:
             self._merge_produced(values, fn, outputs, targets)
-        return values
-
-    def _call_each(self, outputs: Any, targets: Any) -> dict[str, Any]:
-        """The value of every single-value callable (``self._calls``) for the batch.
-
-        One loop, one try: this runs every step. Python numbers are converted by update.
-        """
-        values: dict[str, Any] = {}
-        name = ""
-        try:
-            for name, fn in self._calls:
-                values[name] = fn(outputs, targets)
-        except Exception as error:
-            raise callable_error(self._ledger.label, name, error) from error
         return values
 
     def _merge_produced(
