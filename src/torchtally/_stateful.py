@@ -20,8 +20,8 @@ from typing_extensions import Self
 from torchtally import distributed
 from torchtally._conventions import check_name, normalize_result, usable_device
 from torchtally._foreign import nan_before_update, unshared
+from torchtally._inference import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally._state_keys import check_state_keys
-from torchtally.aggregation._states import KeptOutsideInferenceMode, outside_inference_mode
 from torchtally.errors import MetricCallError, StateDictError, SyncError, WeightError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join

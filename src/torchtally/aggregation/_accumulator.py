@@ -17,6 +17,7 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally._dtypes import refuse_unheld
+from torchtally._inference import outside_inference_mode
 from torchtally.aggregation._export import Exportable, ExportedState
 from torchtally.aggregation._layout import SyncLayout, dtypes_from_counts
 from torchtally.aggregation._merging import Merging
@@ -29,7 +30,6 @@ from torchtally.aggregation._states import (
     fresh_state,
     is_exact,
     normal_state,
-    outside_inference_mode,
     promote,
     two_sum_into,
 )

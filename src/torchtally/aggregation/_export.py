@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from torchtally._dtypes import dtype_from_name, dtype_name
-from torchtally.aggregation._states import StateHolder, StateSpec, outside_inference_mode
+from torchtally._inference import outside_inference_mode
+from torchtally.aggregation._states import StateHolder, StateSpec
 from torchtally.errors import StateDictError
 
 __all__ = ["ExportedState", "Exportable"]

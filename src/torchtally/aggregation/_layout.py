@@ -19,13 +19,13 @@ from torch import Tensor
 from typing_extensions import Self
 
 from torchtally._dtypes import DTYPES
+from torchtally._inference import outside_inference_mode
 from torchtally.aggregation._states import (
     StateHolder,
     StateSpec,
     combine_stacked,
     fresh_state,
     is_exact,
-    outside_inference_mode,
     promote,
     two_sum_into,
 )

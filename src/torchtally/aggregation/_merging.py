@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import torch
 from typing_extensions import Self
 
+from torchtally._inference import outside_inference_mode
 from torchtally.aggregation._states import (
     StateHolder,
     change_rows,
     combine_states,
     fresh_state,
-    outside_inference_mode,
     replace_state,
 )
 from torchtally.errors import IncompatibleStateError

@@ -10,20 +10,19 @@ some rows of a state (an add or a merge into them) goes through
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 from typing_extensions import Self
 
+from torchtally._inference import outside_inference_mode
+
 __all__ = [
     "MERGE_RULES",
-    "KeptOutsideInferenceMode",
     "StateHolder",
     "StateSpec",
     "change_rows",
@@ -33,7 +32,6 @@ __all__ = [
     "is_exact",
     "nan_where_negative",
     "normal_state",
-    "outside_inference_mode",
     "promote",
     "replace_state",
     "two_sum_into",
@@ -97,65 +95,6 @@ class StateHolder:
         def _ensure_state(self, device: torch.device) -> None: ...
 
         def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None: ...
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def outside_inference_mode(make: Callable[_P, _R]) -> Callable[_P, _R]:
-    """``make`` run with ``torch.inference_mode`` turned off: what it makes is kept and changed.
-
-    A tensor made under ``torch.inference_mode()`` can never be changed in place
-    outside it, so a state or buffer first made there (a validation loop, a
-    ``compute()`` in a logging hook) would make every later update fail. The
-    functions that make tensors an objective keeps are wrapped in this; values
-    made in inference mode may still be copied into them.
-    """
-
-    @functools.wraps(make)
-    def made(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        # (dynamo cannot trace the test; inside a compiled graph it is not needed)
-        if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
-            with torch.inference_mode(False):
-                return make(*args, **kwargs)
-        return make(*args, **kwargs)
-
-    return made
-
-
-class KeptOutsideInferenceMode:
-    """A mixin: deep copies and unpickled objects hold normal tensors, whatever the mode.
-
-    An object that keeps tensors it later changes in place (an objective, an
-    adapter's metric, a wrapped stateful object) is copied in full also by
-    ``copy.copy`` (a shallow copy would share that state), is deep-copied with inference
-    mode off, and one unpickled under ``torch.inference_mode()`` (whose tensors
-    the unpickler made as inference tensors) replaces its state with a copy
-    made with inference mode off; see :func:`outside_inference_mode`.
-    """
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-    def __copy__(self) -> Any:
-        # A shallow copy would share the state it changes in place: updating a copy (a
-        # validation twin of a training metric) would move the original's values too.
-        return copy.deepcopy(self)
-
-    @outside_inference_mode
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        cls = type(self)
-        copied = cls.__new__(cls)
-        memo[id(self)] = copied
-        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        return copied
-
-    def __setstate__(self, state: Any) -> None:
-        if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
-            with torch.inference_mode(False):
-                state = copy.deepcopy(state, {id(self): self})
-        self.__dict__.update(state)
 
 
 @outside_inference_mode

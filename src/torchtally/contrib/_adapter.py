@@ -27,7 +27,7 @@ from typing_extensions import Self
 from torchtally import distributed
 from torchtally._conventions import callable_error, usable_device
 from torchtally._foreign import InStep, bind_error, nan_before_update, unshared
-from torchtally.aggregation._states import KeptOutsideInferenceMode
+from torchtally._inference import KeptOutsideInferenceMode
 from torchtally.errors import (
     IncompatibleStateError,
     InvalidArgumentError,

@@ -19,7 +19,7 @@ from typing import Any
 import torchmetrics
 from torch import Tensor
 
-from torchtally.aggregation._states import outside_inference_mode
+from torchtally._inference import outside_inference_mode
 from torchtally.contrib._options import differing_options
 from torchtally.errors import StateDictError
 

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from torchtally._inference import outside_inference_mode
 from torchtally._lazy import lazy
-from torchtally.aggregation._states import normal_state, outside_inference_mode
+from torchtally.aggregation._states import normal_state
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
 from torchtally.objectives import STATE_VERSION

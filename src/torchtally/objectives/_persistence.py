@@ -16,8 +16,8 @@ import torch
 from typing_extensions import Self
 
 from torchtally._conventions import usable_device
+from torchtally._inference import KeptOutsideInferenceMode
 from torchtally._state_keys import check_state_keys
-from torchtally.aggregation._states import KeptOutsideInferenceMode
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
 from torchtally.sync import SyncCounters, checked_saved_on

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight
-from torchtally.aggregation._states import nan_where_negative, outside_inference_mode
+from torchtally._inference import outside_inference_mode
+from torchtally.aggregation._states import nan_where_negative
 from torchtally.objectives._plan import VECTOR, Part, Plan
 
 __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Queue", "Queued", "batch_weights", "per_sample"]
