@@ -14,11 +14,11 @@ imports another torchtally module but those two and :mod:`torchtally.errors`.
 
 Example:
     >>> import torch
-    >>> from torchtally._conventions import batch_size, batch_weight
-    >>> batch_size([{'boxes': torch.zeros(3, 4)}, {'boxes': torch.zeros(1, 4)}], None)
-    2
-    >>> batch_weight(12, 2, 'Metric')
-    12.0
+    >>> from torchtally._conventions import as_value_tensor, size_and_weight
+    >>> size_and_weight(torch.zeros(5, 3), None, 40, 'Metric')  # 5 samples, 40 tokens
+    (5, 40.0)
+    >>> as_value_tensor(0.25, 'Metric', 'MAE')
+    tensor(0.2500, dtype=torch.float64)
 """
 
 from __future__ import annotations
