@@ -22,7 +22,7 @@ import threading
 import torch
 from torch import Tensor
 
-from torchtally.aggregation._states import outside_inference_mode
+from torchtally._inference import outside_inference_mode
 
 __all__ = ["REUSED_ELEMENTS", "scratch_float64"]
 
