@@ -3,7 +3,7 @@
 A loss is an objective (``update``, ``compute``, ``reset``, ``sync``,
 ``merge_state``, ``state_dict``, ``copy``, pickling all work as for metrics)
 with a :meth:`LossBase.forward` that returns the differentiable value to
-optimise. :class:`Loss` wraps one callable; ``+ - * / **``, unary ``-``,
+optimise. :class:`Loss` wraps one callable; ``+ - * / **``, unary ``-`` and ``+``,
 numbers and schedules on either side and builtin ``sum`` compose losses into
 a :class:`CompositionalLoss` whose :attr:`~LossBase.formula` reads like the
 expression you wrote; ``CompositionalLoss(criterion, formula, **components)``

@@ -225,6 +225,9 @@ class JoinedLoss(Joined):
     def __rpow__(self, other: object) -> JoinedLoss:
         return self._arithmetic(operator.pow, other, True)
 
+    def __pos__(self) -> JoinedLoss:
+        return JoinedLoss(+self._loss, *self.others)
+
     def __neg__(self) -> JoinedLoss:
         return JoinedLoss(-self._loss, *self.others)
 

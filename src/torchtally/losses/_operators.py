@@ -197,6 +197,10 @@ class LossAlgebra(LossState[OutputT, TargetT]):
     def __rpow__(self, other: object) -> CompositionalLoss[Any, Any]:
         return self._compose("**", other, self)
 
+    def __pos__(self) -> Self:
+        """The same loss with fresh state, as ``0 + loss`` (``+x`` is ``x``, as for tensors)."""
+        return self._derive()
+
     def __neg__(self) -> CompositionalLoss[Any, Any]:
         self._composable()
         node = Negation(self._expression)
