@@ -3,11 +3,14 @@ entries that collide, the demo's limits, and a batch that weighs nothing."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import torchtally as tt
@@ -71,3 +74,107 @@ def test_unary_plus_and_minus_compose_as_on_numbers() -> None:
     assert isinstance(+(loss | Peak()), JoinedLoss)
     expected = -mae(OUTPUTS, TARGETS).mean()
     torch.testing.assert_close((+-loss)(OUTPUTS, TARGETS), expected)
+
+
+# -- names --------------------------------------------------------------------------------------
+
+UNSHOWABLE = [" ", "   ", "\t", "a\nb", "a\tb", "a\rb", "\x00", "a\x1bb", "a\u2028b", "a\x7fb"]
+
+BUILDERS: dict[str, Callable[[str], Any]] = {
+    "Metric": lambda name: tt.Metric(mae, name),
+    "Loss": lambda name: tt.Loss(mae, name),
+    "MetricCollection": lambda name: tt.MetricCollection(**{name: mae}),
+    "from_dict": lambda name: tt.MetricCollection.from_dict({name: mae}),
+    "DictLoss": lambda name: tt.DictLoss(parts, name),
+    "DictLoss names=": lambda name: tt.DictLoss(parts, "L", names=[name]),
+    "summed": lambda name: tt.DictLoss.summed(parts, name),
+    "summed weights": lambda name: tt.DictLoss.summed(parts, "S", weights={"L": 1, name: 2}),
+    "wrap": lambda name: tt.wrap(lambda o, t: (o - t).abs().mean(), name=name),
+}
+
+
+@pytest.mark.parametrize("build", list(BUILDERS))
+@pytest.mark.parametrize("name", UNSHOWABLE)
+def test_blank_names_and_control_characters_are_refused_at_construction(
+    build: str, name: str
+) -> None:
+    with pytest.raises(tt.errors.InvalidNameError) as raised:
+        BUILDERS[build](name)
+    assert (
+        repr(name) in str(raised.value)
+        or repr(name + "x") in str(raised.value)
+        or (repr("x" + name) in str(raised.value))
+    )
+
+
+@given(st.text(max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_a_name_is_accepted_exactly_when_it_is_printable_and_not_blank(name: str) -> None:
+    usable = name.isprintable() and name.strip() != ""
+    if usable:
+        metric = tt.Metric(mae, name)
+        metric.update(OUTPUTS, TARGETS)
+        assert list(metric.compute()) == [name]
+    else:
+        with pytest.raises(tt.errors.InvalidNameError):
+            tt.Metric(mae, name)
+
+
+def test_names_inside_are_kept() -> None:
+    # spaces between words, leading or trailing ones and non-ASCII letters stay usable
+    for name in ("Mean Error", " MAE", "MAE ", "erreur moyenne é", "平均"):
+        assert tt.Metric(mae, name).names == (name,)
+
+
+def _bad_dict(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    error = (outputs - targets).abs()
+    return {"L": error, "bad\nname": error} if len(error) == 2 else {"L": error}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tt.MetricCollection(_bad_dict),
+        lambda: tt.MetricCollection(_bad_dict, MAE=mae),
+        lambda: tt.DictLoss(_bad_dict, "L"),
+        lambda: tt.DictLoss.summed(_bad_dict, "S"),
+        lambda: tt.wrap(_bad_dict, name="W"),
+    ],
+)
+def test_names_learnt_from_a_batch_are_refused_and_change_nothing(build: Any) -> None:
+    objective = build()
+    objective.update(OUTPUTS, TARGETS)
+    before = objective.compute()
+    with pytest.raises(tt.errors.InvalidNameError, match=r"'bad\\nname'"):
+        objective.update(torch.ones(2), torch.zeros(2))
+    assert objective.compute().keys() == before.keys()
+    for name, value in before.items():
+        torch.testing.assert_close(objective.compute()[name], value)
+
+
+def test_adapters_refuse_unshowable_names() -> None:
+    import torchmetrics
+    from torcheval import metrics as eval_metrics
+
+    from torchtally.contrib.torcheval import from_torcheval
+    from torchtally.contrib.torchmetrics import from_torchmetrics
+
+    for name in UNSHOWABLE:
+        with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
+            from_torchmetrics(torchmetrics.MeanAbsoluteError(), name)
+        with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
+            from_torcheval(eval_metrics.Mean(), name)
+        with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
+            from_torcheval({name: eval_metrics.Mean()})
+
+
+def test_a_state_naming_a_value_unshowably_is_refused_and_changes_nothing() -> None:
+    collection = tt.MetricCollection(_bad_dict)
+    collection.update(OUTPUTS, TARGETS)
+    state = collection.state_dict()
+    state["state"]["names"] = ["a\nb"]
+    state["state"]["accumulators"][0]["names"] = ["a\nb"]
+    fresh = tt.MetricCollection(_bad_dict)
+    with pytest.raises(tt.errors.StateDictError, match=re.escape(repr("a\nb"))):
+        fresh.load_state_dict(state)
+    assert fresh.names == ()

@@ -84,19 +84,25 @@ MetricFn = Callable[[Any, Any], Any]
 
 
 def check_name(name: Any, owner: str) -> str:
-    """``name`` if it is a non-empty string.
+    """``name`` if a log line and a formula can show it.
+
+    A name is a non-empty string of printable characters (``str.isprintable``:
+    spaces, but no newline, tab, other control character or line separator,
+    which would break log lines and formulas) that is not only spaces.
 
     Raises:
-        InvalidNameError: anything else.
+        InvalidNameError: anything else; the message shows the value with ``repr``.
 
     Example:
         >>> from torchtally._conventions import check_name
-        >>> check_name('MAE', 'Metric')
-        'MAE'
+        >>> check_name('Mean Error', 'Metric')
+        'Mean Error'
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or name.isspace() or not name.isprintable():
         raise InvalidNameError(
-            f"{owner}: names must be non-empty strings, found {type(name).__name__} {name!r}"
+            f"{owner}: names must be non-empty strings of printable characters, not only "
+            f"spaces (no newline, tab or other control character), found "
+            f"{type(name).__name__} {name!r}"
         )
     return name
 

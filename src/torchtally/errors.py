@@ -138,7 +138,12 @@ class IncompatibleStateError(TorchTallyError, ValueError):
 
 
 class InvalidNameError(TorchTallyError, TypeError):
-    """A value name is not a non-empty string (or holds characters a formula cannot show)."""
+    """A value name is not a non-empty string, is only spaces, or holds characters logs cannot show.
+
+    Newlines, tabs and other non-printable characters (``str.isprintable``)
+    are refused, and so are brackets in a loss name (formulas delimit names
+    with them).
+    """
 
 
 class InvalidArgumentError(TorchTallyError, TypeError, ValueError):

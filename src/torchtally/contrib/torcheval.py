@@ -42,7 +42,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
         'torchtally.contrib.torcheval needs torcheval: pip install "torchtally[torcheval]"'
     ) from error
 
-from torchtally._conventions import merge_results, normalize_result
+from torchtally._conventions import check_name, merge_results, normalize_result
 from torchtally._state_keys import check_state_keys
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute, foreign_error, unshared
 from torchtally.contrib._options import differing_options
@@ -53,7 +53,7 @@ from torchtally.contrib._torcheval_states import (
     moved_from_defaults,
     split_states,
 )
-from torchtally.errors import InvalidNameError, StateDictError, SyncError, UnsupportedObjectError
+from torchtally.errors import StateDictError, SyncError, UnsupportedObjectError
 from torchtally.losses import LossOperand
 from torchtally.objectives import is_objective_like, join
 from torchtally.sync import Gathered, SyncState, callable_identity, checked_saved_on
@@ -89,11 +89,8 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
     def __init__(
         self, metric: AnyMetric | Mapping[str, AnyMetric], name: str | None = None
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise InvalidNameError(
-                f"from_torcheval: a name must be a non-empty string, found "
-                f"{type(name).__name__} {name!r}"
-            )
+        if name is not None:
+            check_name(name, "from_torcheval")
         if isinstance(metric, TorchEvalMetric):
             label = type(metric).__name__
             self._metrics: dict[str, AnyMetric] = {name or label: metric}
@@ -101,11 +98,7 @@ class TorchEvalAdapter(LossOperand, SyncedAdapter[dict[str, Any]]):
             label = "dict"
             self._metrics = {}
             for key, value in metric.items():
-                if not isinstance(key, str) or not key:
-                    raise InvalidNameError(
-                        f"from_torcheval: the keys of a dict of metrics must be non-empty "
-                        f"strings, found {type(key).__name__} {key!r}"
-                    )
+                check_name(key, "from_torcheval: a key of the dict of metrics")
                 if not isinstance(value, TorchEvalMetric):
                     raise UnsupportedObjectError(
                         f"from_torcheval: the value for {key!r} must be a torcheval Metric, "

@@ -49,7 +49,7 @@ except ImportError as error:  # pragma: no cover - exercised with the library hi
         'torchtally.contrib.torchmetrics needs torchmetrics: pip install "torchtally[torchmetrics]"'
     ) from error
 
-from torchtally._conventions import merge_results, normalize_result, unique_names
+from torchtally._conventions import check_name, merge_results, normalize_result, unique_names
 from torchtally._state_keys import check_state_keys
 from torchtally.contrib._adapter import SyncedAdapter, foreign_compute
 from torchtally.contrib._torchmetrics_calls import TorchMetricsCalls, View
@@ -70,7 +70,6 @@ from torchtally.contrib._torchmetrics_states import (
 )
 from torchtally.contrib._torchmetrics_sync import combined, exported, states_identity
 from torchtally.errors import (
-    InvalidNameError,
     NameConflictError,
     StateDictError,
     UnsupportedObjectError,
@@ -115,11 +114,8 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
                 f"MetricCollection, found {type(metric).__name__}; use torchtally.wrap for "
                 f"other metric forms"
             )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise InvalidNameError(
-                f"from_torchmetrics: a name must be a non-empty string, found "
-                f"{type(name).__name__} {name!r}"
-            )
+        if name is not None:
+            check_name(name, "from_torchmetrics")
         self._metric = metric
         self._composition = isinstance(metric, CompositionalMetric)
         self._leaves = leaves_of(metric)

@@ -23,7 +23,7 @@ from torchtally._conventions import (
     shared_weight_fn,
 )
 from torchtally.aggregation import Accumulator
-from torchtally.errors import InvalidArgumentError
+from torchtally.errors import InvalidArgumentError, InvalidNameError
 from torchtally.objectives._base import Objective
 from torchtally.objectives._named import (
     CallableObjective,
@@ -140,12 +140,17 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
             >>> validation.reported_names
             ('val/MAE',)
         """
-        renamed = _collection(self.entries, self._weight_fn, self._multi)
         for option, value in (("prefix", prefix), ("postfix", postfix)):
             if not isinstance(value, str):
                 raise InvalidArgumentError(
                     f"MetricCollection: {option} must be a string, found {type(value).__name__}"
                 )
+            if not value.isprintable():  # it goes into every name: see check_name
+                raise InvalidNameError(
+                    f"MetricCollection: {option} must be printable (no newline, tab or other "
+                    f"control character), found {value!r}"
+                )
+        renamed = _collection(self.entries, self._weight_fn, self._multi)
         renamed._prefix, renamed._postfix = prefix, postfix
         return renamed
 

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchtally._conventions import check_name
 from torchtally.aggregation import Accumulator
-from torchtally.errors import StateDictError
+from torchtally.errors import InvalidNameError, StateDictError
 
 __all__ = ["Rebuilt", "RowMap", "check_name_state", "export_state", "import_state", "row_groups"]
 
@@ -114,7 +115,12 @@ def import_state(
 
 
 def check_name_state(name: Any, label: str) -> str:
-    """A name read from a state: a non-empty string, else :class:`StateDictError`."""
-    if not isinstance(name, str) or not name:
-        raise StateDictError(f"{label}: names in a state must be non-empty strings, found {name!r}")
-    return name
+    """A name read from a state, as :func:`~torchtally._conventions.check_name` takes it.
+
+    Raises:
+        StateDictError: a name ``check_name`` refuses.
+    """
+    try:
+        return check_name(name, f"{label}: a name in the state")
+    except InvalidNameError as error:
+        raise StateDictError(str(error)) from None
