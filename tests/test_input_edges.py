@@ -178,3 +178,50 @@ def test_a_state_naming_a_value_unshowably_is_refused_and_changes_nothing() -> N
     with pytest.raises(tt.errors.StateDictError, match=re.escape(repr("a\nb"))):
         fresh.load_state_dict(state)
     assert fresh.names == ()
+
+
+# -- declared entries of a DictLoss -------------------------------------------------------------
+
+
+def test_a_declared_entry_named_combined_loss_is_refused_at_construction() -> None:
+    for build in (
+        lambda: tt.DictLoss(parts, "L", names=["Combined Loss"]),
+        lambda: tt.DictLoss.summed(parts, "S", names=["Combined Loss"]),
+    ):
+        with pytest.raises(tt.errors.NameConflictError, match="'Combined Loss'"):
+            build()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tt.DictLoss(parts, "L", names=["Worst", "X"]) + tt.Loss(mae, "X"),
+        lambda: tt.Loss(mae, "X") + tt.DictLoss(parts, "L", names=["X"]),
+        lambda: tt.DictLoss(parts, "L", names=["X"]) | tt.Metric(mae, "X"),
+        lambda: tt.DictLoss(parts, "L", names=["Worst"]) + tt.DictLoss(parts, "M", names=["Worst"]),
+        lambda: tt.DictLoss(parts, "M", names=["L"]) + tt.Loss(mae, "L"),
+    ],
+)
+def test_a_declared_entry_colliding_with_another_value_is_refused_before_any_batch(
+    build: Any,
+) -> None:
+    loss = build()
+    for first_use in (
+        lambda: loss.names,
+        lambda: loss(OUTPUTS, TARGETS),
+        lambda: loss.update(OUTPUTS, TARGETS),
+    ):
+        with pytest.raises(tt.errors.NameConflictError, match="declared"):
+            first_use()
+
+
+def test_declared_entries_that_name_no_other_value_are_fine() -> None:
+    # the loss's own entry, a repeat, and a summed dict's weighted entries declared again
+    loss = tt.DictLoss(parts, "L", names=["L", "Worst", "Worst"]) + tt.Loss(mae, "MAE")
+    loss(OUTPUTS, TARGETS)
+    assert list(loss.compute()) == ["Combined Loss", "L", "MAE", "Worst"]
+    summed = tt.DictLoss.summed(parts, "S", weights={"L": 1, "Worst": 2}, names=["Worst"])
+    summed(OUTPUTS, TARGETS)
+    assert list(summed.compute()) == ["S", "L", "Worst"]
+    twice = tt.DictLoss(parts, "L", names=["Worst"])
+    torch.testing.assert_close((twice + twice)(OUTPUTS, TARGETS), 2 * mae(OUTPUTS, TARGETS).mean())

@@ -140,8 +140,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
     def declared_names(self) -> tuple[str, ...]:
         names = [self.name] if self._combined_row else []
         names += self._component_names
-        for call in self._multi_calls:
-            names += call.declared
+        names += self._checked_declared(self.name if self._combined_row else None)
         names += [entry.name for entry in self._tracked_entries]
         return tuple(dict.fromkeys(names))
 

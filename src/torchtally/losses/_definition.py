@@ -197,6 +197,39 @@ class LossDefinition(CallableObjective[OutputT, TargetT]):
                 calls.setdefault(id(call), call)
         return tuple(calls.values())
 
+    def _checked_declared(self, combined: str | None) -> list[str]:
+        """The names the dict-valued calls declare, each checked to name no other value.
+
+        ``combined`` is the name of the combined value, if it has a row of its own. Checked
+        when the loss is first used (its declared names are read before any batch), not per
+        operator, so that composing stays constant time.
+
+        Raises:
+            NameConflictError: a declared entry is also a component, a tracked value, the
+                combined value or an entry another call declares.
+        """
+        claimed: dict[str, object] = {} if combined is None else {combined: "combined"}
+        for name, entry in self._entries.items():
+            claimed.setdefault(name, entry.fn.call if isinstance(entry.fn, Produced) else entry.fn)
+        names: list[str] = []
+        for call in self._multi_calls:
+            for name in call.declared:
+                other = claimed.setdefault(name, call)
+                if other is not call:
+                    what = (
+                        "the combined value"
+                        if other == "combined"
+                        else f"declared by {other!r:.60}"
+                        if isinstance(other, MultiCall)
+                        else f"the value of {getattr(other, '__name__', type(other).__name__)}"
+                    )
+                    raise NameConflictError(
+                        f"{self._label()}: {name!r} is declared (names=) by {call!r:.60} and is "
+                        f"also {what}; give one of them another name"
+                    )
+                names.append(name)
+        return names
+
     # -- how it is shown ----------------------------------------------------------------------
 
     @property

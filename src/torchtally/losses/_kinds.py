@@ -19,7 +19,12 @@ from torchtally._conventions import (
 from torchtally._criteria import warn_if_self_weighted
 from torchtally.errors import FormulaError, InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.formula import Component, Constant, Expression, Operation
-from torchtally.losses._algebra import check_direction, check_loss_name, constant_or_schedule
+from torchtally.losses._algebra import (
+    COMBINED_NAME,
+    check_direction,
+    check_loss_name,
+    constant_or_schedule,
+)
 from torchtally.losses._base import LossBase
 from torchtally.losses._evaluation import MultiCall, Produced, common_dtype
 from torchtally.objectives import NamedCallable
@@ -355,7 +360,13 @@ class DictLoss(LossBase[OutputT, TargetT]):
 def _declared(names: Iterable[str], name: str) -> list[str]:
     if isinstance(names, str):
         raise FormulaError(f"DictLoss {name!r}: names= takes a list of entry names, found a string")
-    return [check_name(entry, f"DictLoss {name!r}") for entry in names if entry != name]
+    declared = [check_name(entry, f"DictLoss {name!r}") for entry in names if entry != name]
+    if COMBINED_NAME in declared:  # it would report NaN beside the entries
+        raise NameConflictError(
+            f"DictLoss {name!r}: names= declares an entry {COMBINED_NAME!r}, the name reserved for "
+            f"the combined value of compositions; give the entry another name"
+        )
+    return declared
 
 
 def _named(fn: Any, name: str | None, higher_is_better: Any, kind: str) -> tuple[str, bool]:
