@@ -91,16 +91,26 @@ def _positive(text: str) -> int:
     return int(_checked(text, int, lambda value: value >= 1, "a number >= 1"))
 
 
+def _within(low: int, high: int) -> Any:
+    """An argparse ``type=`` taking whole numbers from ``low`` to ``high``."""
+
+    def checked(text: str) -> int:
+        return int(
+            _checked(text, int, lambda value: low <= value <= high, f"a number in [{low}, {high}]")
+        )
+
+    return checked
+
+
+_MAX_PROCESSES = 8
+"""Each process is a Python interpreter with torch and a gloo group; uneven shards show with
+two or three. A fixed cap, not the CPU count, so a command runs the same on every machine."""
 _MIN_SAMPLES = 8
 """Validation gets a quarter of the samples, and R2 needs at least 2 of them."""
+_MAX_SAMPLES = 1_000_000
+"""The data lives in memory (45 MB at the cap); beyond, torch fails to allocate with a traceback."""
 _SEEDS = (-(2**63), 2**64 - 1)
 """The seeds torch's generators take."""
-
-
-def _samples(text: str) -> int:
-    return int(
-        _checked(text, int, lambda value: value >= _MIN_SAMPLES, f"a number >= {_MIN_SAMPLES}")
-    )
 
 
 def _seed(text: str) -> int:
@@ -135,11 +145,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
     )
     parser.add_argument(
         "--processes",
-        type=_positive,
+        type=_within(1, _MAX_PROCESSES),
         default=1,
         help=(
             "train under N gloo processes on this machine, each on an uneven shard of every "
-            "batch, and check that the synced values equal the single-process ones (default: 1)"
+            "batch, and check that the synced values equal the single-process ones (at most "
+            f"{_MAX_PROCESSES}; default: 1)"
         ),
     )
     parser.add_argument(
@@ -147,9 +158,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
     )
     parser.add_argument(
         "--samples",
-        type=_samples,
+        type=_within(_MIN_SAMPLES, _MAX_SAMPLES),
         default=1000,
-        help=f"training samples, at least {_MIN_SAMPLES} (default: 1000)",
+        help=f"training samples, {_MIN_SAMPLES} to {_MAX_SAMPLES} (default: 1000)",
     )
     parser.add_argument(
         "--lr", type=_learning_rate, default=0.01, help="Adam learning rate (default: 0.01)"
