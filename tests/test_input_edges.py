@@ -3,7 +3,9 @@ entries that collide, the demo's limits, and a batch that weighs nothing."""
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -251,3 +253,101 @@ def test_the_demo_refuses_what_the_machine_cannot_run(
 def test_the_demo_accepts_its_limits() -> None:
     config, _ = parse_args(["--processes", "8", "--samples", "1000000"])
     assert (config.processes, config.samples) == (8, 1_000_000)
+
+
+# -- a batch that weighs nothing ----------------------------------------------------------------
+
+ZERO_WEIGHTS: dict[str, Callable[[int], Any]] = {
+    "int 0": lambda size: 0,
+    "float 0.0": lambda size: 0.0,
+    "0-d tensor": lambda size: torch.tensor(0.0),
+    "0-d int tensor": lambda size: torch.tensor(0),
+    "(B,) zeros": lambda size: torch.zeros(size),
+}
+
+LOSS_KINDS: dict[str, Callable[[], Any]] = {
+    "per-sample": lambda: tt.Loss(mae, "MAE"),
+    "batch mean": lambda: tt.Loss(mse, "MSE"),
+    "composition": lambda: tt.Loss(mae, "MAE") + 0.5 * tt.Loss(mse, "MSE"),
+    "DictLoss": lambda: tt.DictLoss(parts, "L", names=["Worst"]),
+    "joined": lambda: tt.Loss(mae, "MAE") | Peak(),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOSS_KINDS))
+@pytest.mark.parametrize("zero", list(ZERO_WEIGHTS))
+def test_a_batch_weighing_nothing_gives_nan_whatever_form_its_weight_takes(
+    kind: str, zero: str
+) -> None:
+    # The weighted mean of a batch of total weight 0 is 0 / 0: NaN for every form of
+    # weight=, as documented for (B,) weights; the epoch values leave the batch out.
+    loss = LOSS_KINDS[kind]()
+    first = loss(OUTPUTS, TARGETS)
+    before = loss.compute()
+    value = loss(torch.tensor([5.0, 7.0]), torch.zeros(2), weight=ZERO_WEIGHTS[zero](2))
+    assert math.isnan(value.item()) and value.dtype == first.dtype
+    after = loss.compute()
+    assert after.keys() == before.keys()
+    for name, expected in before.items():
+        torch.testing.assert_close(after[name], expected, equal_nan=True)
+
+
+def test_a_positive_batch_weight_leaves_the_returned_mean_exact() -> None:
+    loss = tt.Loss(mae, "MAE") + 0.5 * tt.Loss(mse, "MSE")
+    expected = loss(OUTPUTS, TARGETS)
+    for weight in (
+        3,
+        0.25,
+        1e-300,
+        5e-324,
+        torch.tensor(7),
+        torch.tensor(1e-30),
+        torch.tensor(1e30),
+    ):
+        assert torch.equal(loss(OUTPUTS, TARGETS, weight=weight), expected)
+    half = tt.Loss(lambda o, t: (o - t).abs().half(), "Half")
+    value = half(OUTPUTS, TARGETS, weight=torch.tensor(70000.0))
+    assert value.dtype == torch.float16 and value.item() == pytest.approx(7 / 3, rel=1e-3)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "max", "min"])
+@pytest.mark.parametrize("zero", list(ZERO_WEIGHTS))
+def test_epoch_values_leave_out_a_batch_weighing_nothing_in_every_form(
+    aggregation: str, zero: str
+) -> None:
+    # already right: a reference for the forward values above
+    metric = tt.Metric(mae, "E", aggregation=aggregation)
+    collection = tt.MetricCollection(E=tt.Metric(mae, "E", aggregation=aggregation))
+    for objective in (metric, collection):
+        objective.update(OUTPUTS, TARGETS)
+        zero_weight = ZERO_WEIGHTS[zero](2)
+        objective.update(torch.tensor([50.0, math.inf]), torch.zeros(2), weight=zero_weight)
+        errors = mae(OUTPUTS, TARGETS).double()
+        expected = {
+            "mean": errors.mean(),
+            "sum": errors.sum(),
+            "max": errors.max(),
+            "min": errors.min(),
+        }[aggregation]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.testing.assert_close(objective.compute()["E"].double(), expected)
+
+
+@pytest.mark.timeout(300)
+def test_a_compiled_forward_gives_nan_for_a_number_weight_of_0_without_a_graph_more() -> None:
+    from torch._dynamo.utils import counters
+
+    loss = tt.Loss(mae, "MAE")
+    compiled = torch.compile(lambda o, t, w: loss(o, t, weight=w), fullgraph=True)
+    for kind in (int, float):
+        torch._dynamo.reset()
+        counters.clear()
+        for index, weight in enumerate((3, 5, 0, 7, 0)):
+            value = compiled(OUTPUTS + index, TARGETS, kind(weight))
+            if weight:
+                torch.testing.assert_close(value, mae(OUTPUTS + index, TARGETS).mean())
+            else:
+                assert math.isnan(value.item())
+        assert counters["stats"]["unique_graphs"] <= 2
+        loss.reset()

@@ -10,6 +10,7 @@ refused batch changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -293,7 +294,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     before they meet the values, and the weighted sum is taken in that dtype:
     float16 values with weights summing beyond 65504 (1000 per sample in a
     batch of 128) give their mean, not ``inf / inf``. All device work, no
-    host sync; weights that all are 0, and an empty batch, give NaN, as the
+    host sync; weights that all are 0, a batch weight of 0 (a number or a 0-d
+    tensor: the batch's total) and an empty batch give NaN, as the
     hand-written mean does, also for a criterion that is one number for the
     batch (otherwise that number, exactly, keeping the graph of weights that
     require grad: their gradient is 0).
@@ -316,7 +318,18 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     if not value.dtype.is_floating_point:
         value = value.to(torch.get_default_dtype())
     if not (isinstance(weight, Tensor) and weight.ndim == 1):
-        return value if value.ndim == 0 else value.mean()
+        mean = value if value.ndim == 0 else value.mean()
+        if weight is None:
+            return mean
+        # A batch weight scales the batch, not its mean; one of 0 leaves nothing to average:
+        # NaN, as (B,) weights summing to 0 give. A tensor's w / w is exactly 1 otherwise.
+        if isinstance(weight, Tensor):
+            return mean * (weight / weight).to(mean.dtype)
+        if torch.compiler.is_compiling():
+            # No branch on the number, which would add a graph for 0: 0 x inf is NaN, w x inf
+            # is inf for any w > 0, and min() keeps its first argument when it is NaN.
+            return mean * min(weight * math.inf, 1.0)
+        return mean if weight else mean * math.nan  # eager: a host number, no tensor op
     wide = torch.promote_types(value.dtype, torch.float32)
     weights = weight.to(wide)
     if value.ndim == 0:
