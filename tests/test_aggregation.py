@@ -906,3 +906,23 @@ def test_an_integer_sum_outside_int64_is_reported_in_float64_not_wrapped() -> No
     merged.merge(below)  # past int64 now
     assert value_of(merged).dtype == torch.float64
     assert value_of(merged).item() == float(2 * 2**63 - 6)
+
+
+def test_an_integer_sum_inside_int64_whose_high_word_is_outside_is_exact() -> None:
+    # The float64 high word rounds past -2**63 while the low word brings the sum back inside:
+    # converting the high word to int64 has no right answer (x86 gives -2**63), so
+    # [-2**63], [-1025], [1000], [1000] in four folds summed to -2**63 + 3023 (truth
+    # -2**63 + 975, off by 2048).
+    batches = [[-(2**63)], [-1025], [1000], [1000]]
+    total = Sum()
+    metric = tt.Metric(lambda o, t: o, "Total", aggregation="sum")
+    for batch in batches:
+        total.add(torch.tensor(batch))
+        metric.update(torch.tensor(batch), torch.zeros(1))
+        metric.compute()  # a fold per batch
+    expected = sum(value for batch in batches for value in batch)
+    assert value_of(total).dtype == torch.int64 and value_of(total).item() == expected
+    reported = metric.compute()["Total"]
+    assert reported.dtype == torch.int64 and reported.item() == expected
+    high, low = total.state["total"][0].tolist()  # the case: a high word outside int64
+    assert high < -(2**63) and int(high) + int(low) == expected

@@ -184,27 +184,27 @@ class Sum(Mean):
         exact = _integer_rows(self)
         if self._state is None or not any(exact):
             return results
-        # An integer row's exact sum is read on the host (here only, never while adding):
-        # one outside int64 would wrap around, and is reported in float64 instead.
+        # An integer row's exact sum is read on the host (here only, never while adding) and
+        # its two words added as Python ints: the high word may lie outside int64 while the
+        # sum does not (no int64 conversion of it is right), and a sum outside int64 would
+        # wrap around, so it is reported in float64 instead.
         words = self._state["total"].tolist()
         for index, integer in enumerate(exact):
             high, low = words[index]
             if integer and math.isfinite(high + low):
                 value = int(high) + int(low)
-                if not -(2**63) <= value < 2**63:
-                    results[index] = torch.tensor(float(value), dtype=_F64, device=self.device)
+                inside = -(2**63) <= value < 2**63
+                results[index] = torch.tensor(
+                    value if inside else float(value),
+                    dtype=_I64 if inside else _F64,
+                    device=self.device,
+                )
         return results
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:
         total = state["total"]
-        floats = total[:, 0] + total[:, 1]
-        # Integer rows: both words hold integers, so converting each is exact.
-        exact = total[:, 0].to(_I64) + total[:, 1].to(_I64)
-        return [
-            exact[index] if integer else floats[index]
-            for index, integer in enumerate(_integer_rows(self))
-        ]
+        return list((total[:, 0] + total[:, 1]).unbind())  # integer rows: see reduce()
 
 
 class _Extremum(Accumulator):
