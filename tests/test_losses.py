@@ -1133,6 +1133,23 @@ def test_python_number_components_stay_numbers_and_divide_like_tensors() -> None
     )
 
 
+def test_a_criterion_of_python_numbers_only_is_averaged_as_forward_returns_it() -> None:
+    # Every component a Python number: forward returned the criterion in the default float
+    # dtype, as documented, but the epoch kept the Python float: 'Combined Loss' was
+    # 0.30000000000000004 in float64, not the 0.30000001192092896 forward returned.
+    loss = Loss(lambda o, t: 0.1, "A") + Loss(lambda o, t: 0.2, "B")
+    returned = [loss(torch.ones(size), torch.zeros(size)) for size in (3, 1)]
+    loss.update(torch.ones(2), torch.zeros(2), weight=torch.tensor([1.0, 0.0]))
+    computed = loss.compute()
+    assert returned[0].dtype == computed["Combined Loss"].dtype == torch.float32
+    assert computed["Combined Loss"].item() == returned[0].item() == returned[1].item()
+    assert computed["A"].dtype == torch.float64 and computed["A"].item() == 0.1  # its own: kept
+    counts = Loss(lambda o, t: 3, "Three") * Loss(lambda o, t: True, "One")  # ints and bools
+    value = counts(torch.ones(2), torch.zeros(2))
+    assert value.dtype == counts.compute()["Combined Loss"].dtype == torch.float32
+    assert counts.compute()["Combined Loss"].item() == value.item() == 3.0
+
+
 class Flaky:
     """A per-sample value whose shape or type goes wrong on demand."""
 

@@ -177,14 +177,23 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
             values[self.name] = self._criterion(values)
         return values
 
-    def _criterion(self, values: Mapping[str, Any]) -> Any:
-        """The expression on the batch's component values (see :func:`criterion`)."""
+    def _criterion(self, values: Mapping[str, Any]) -> Tensor:
+        """The expression on the batch's component values (see :func:`criterion`), a tensor.
+
+        Components that are all Python numbers give a number: it counts in the
+        default float dtype, as :func:`batch_value` returns it from ``forward``,
+        so the epoch value is the mean of what was returned (a float64 Python
+        float kept as it is differed from it at float32 rounding).
+        """
         program = self._program
         factors = [
             factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
             for factor in program.factors
         ]
-        return criterion(program, values, factors, self._ledger.label)
+        found = criterion(program, values, factors, self._ledger.label)
+        if isinstance(found, Tensor):
+            return found
+        return torch.as_tensor(found, dtype=torch.get_default_dtype())
 
     def forward(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
         """The batch's differentiable loss; the values are accumulated (copied, detached).
@@ -344,7 +353,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         label = self._label()
         for call in self._multi_calls:
             call.complete(values, label)
-        return torch.as_tensor(self._criterion(values))
+        return self._criterion(values)
 
     # -- combining ----------------------------------------------------------------------------
 
