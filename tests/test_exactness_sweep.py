@@ -589,8 +589,16 @@ def test_a_loss_combined_value_is_the_weighted_mean_of_its_criterion(
         # as the default float dtype (docs/losses.md#precision)
         dtypes = [v.dtype if isinstance(v, Tensor) else torch.float32 for v in batch.values]
         dtype = functools.reduce(torch.promote_types, dtypes)
-        per_sample = criterion(
-            factors, product, [torch.as_tensor(v, dtype=dtype) for v in batch.values]
+        # Python numbers stay numbers (docs/losses.md#precision): the hand-written expression
+        # multiplies them in Python before any tensor (inf x 1e-224 is inf, not float32's
+        # inf x 0 = NaN)
+        per_sample = torch.as_tensor(
+            criterion(
+                factors,
+                product,
+                [v.to(dtype) if isinstance(v, Tensor) else v for v in batch.values],
+            ),
+            dtype=dtype,
         )
         values = per_sample.expand(batch.size) if per_sample.ndim == 0 else per_sample
         pieces.append(Batch((values,), batch.size, batch.weight))

@@ -1150,6 +1150,20 @@ def test_a_criterion_of_python_numbers_only_is_averaged_as_forward_returns_it() 
     assert counts.compute()["Combined Loss"].item() == value.item() == 3.0
 
 
+
+def test_python_number_components_multiply_as_numbers_before_any_tensor() -> None:
+    # Found by the exactness sweep: inf x 1e-224 is inf in Python; a reference that first
+    # made float32 tensors of the numbers gave inf x 0 = NaN. The loss follows the
+    # hand-written expression (documented: Python numbers stay numbers).
+    big, tiny = Loss(lambda o, t: math.inf, "L0"), Loss(lambda o, t: 1.072e-224, "L1")
+    small = Loss(lambda o, t: torch.zeros(len(o), dtype=torch.float16), "L2")
+    loss = big * tiny + tiny + small
+    value = loss(torch.ones(1), torch.zeros(1))
+    by_hand = math.inf * 1.072e-224 + 1.072e-224 + torch.zeros(1, dtype=torch.float16)
+    assert torch.equal(value, by_hand.float().mean()) and value.item() == math.inf
+    assert loss.compute()["Combined Loss"].item() == math.inf
+
+
 class Flaky:
     """A per-sample value whose shape or type goes wrong on demand."""
 
