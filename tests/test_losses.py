@@ -1150,7 +1150,6 @@ def test_a_criterion_of_python_numbers_only_is_averaged_as_forward_returns_it() 
     assert counts.compute()["Combined Loss"].item() == value.item() == 3.0
 
 
-
 def test_python_number_components_multiply_as_numbers_before_any_tensor() -> None:
     # Found by the exactness sweep: inf x 1e-224 is inf in Python; a reference that first
     # made float32 tensors of the numbers gave inf x 0 = NaN. The loss follows the
