@@ -26,6 +26,7 @@ from torcheval import metrics as eval_metrics
 
 import _dist
 import torchtally as tt
+from _sync import simulate_sync  # tests/_sync.py
 from torchtally.contrib.torcheval import from_torcheval
 from torchtally.contrib.torchmetrics import from_torchmetrics
 from torchtally.errors import NameConflictError, WeightError
@@ -602,3 +603,110 @@ def test_a_kept_part_whose_reset_raises_leaves_the_join_as_it_was() -> None:
         joined.compute(),
         {"MAE": torch.tensor(2.0), "First": torch.tensor(1), "Second": torch.tensor(1)},
     )
+
+
+def synced_pair(first: str, second: str) -> list[Any]:
+    """``Metric | first | second`` (adapter kinds) for two simulated ranks, updated."""
+    adapters = {
+        "torchmetrics": lambda: from_torchmetrics(torchmetrics.MeanSquaredError(), "TM MSE"),
+        "torcheval": lambda: from_torcheval(eval_metrics.MeanSquaredError(), "TE MSE"),
+    }
+    ranks = [tt.Metric(abs_error, "MAE") | adapters[first]() | adapters[second]() for _ in "01"]
+    ranks[0].update(torch.tensor([1.0, 2.0]), torch.zeros(2))
+    ranks[1].update(torch.tensor([5.0]), torch.zeros(1))
+    return ranks
+
+
+def damaged(state: dict[str, Any], part: int) -> dict[str, Any]:
+    """A join's state whose kept part ``part`` holds a state of other metrics (refused)."""
+    state = copy.deepcopy(state)
+    key = "leaves" if "leaves" in state["parts"][part] else "metrics"
+    state["parts"][part][key] = {"Other": {}} if key == "metrics" else []
+    return state
+
+
+@pytest.mark.parametrize("order", [("torchmetrics", "torcheval"), ("torcheval", "torchmetrics")])
+def test_a_refused_load_keeps_the_synced_view_of_the_parts_that_loaded(
+    order: tuple[str, str],
+) -> None:
+    # The join put back the part that had loaded by loading its saved state, which dropped the
+    # adapter's synced view: after sync_all and a refused load, 'TM MSE' reported rank 0's 2.5
+    # where it had reported the global 10.0 (and rank 1's raised no SyncError under destination=).
+    synced = {
+        "MAE": torch.tensor(8 / 3),
+        "TM MSE": torch.tensor(10.0),
+        "TE MSE": torch.tensor(10.0),
+    }
+    ranks = synced_pair(*order)
+    simulate_sync([[ranks[0]], [ranks[1]]])
+    saved = ranks[0].state_dict()
+    for joined in ranks:
+        assert_values(joined.compute(), synced)
+        with pytest.raises(tt.errors.StateDictError, match=r"Other|holds metrics"):
+            joined.load_state_dict(damaged(joined.state_dict(), 1))
+        assert_values(joined.compute(), synced)
+    simulate_sync([[ranks[0]], [ranks[1]]])  # the ranks are still at the same sync
+    assert_values(ranks[1].compute(), synced)
+    ranks[1].load_state_dict(saved)  # a load that succeeds replaces the view: rank 0's values
+    mine = {"MAE": torch.tensor(1.5), "TM MSE": torch.tensor(2.5), "TE MSE": torch.tensor(2.5)}
+    assert_values(ranks[1].compute(), mine)
+
+    gathered = synced_pair(*order)
+    simulate_sync([[gathered[0]], [gathered[1]]], destination=0)
+    with pytest.raises(tt.errors.SyncError, match="another rank"):
+        gathered[1].compute()
+    with pytest.raises(tt.errors.StateDictError):
+        gathered[1].load_state_dict(damaged(gathered[1].state_dict(), 1))
+    with pytest.raises(tt.errors.SyncError, match="another rank"):
+        gathered[1].compute()  # not rank 1's own values
+
+
+class Picky(eval_metrics.MeanSquaredError):
+    """A torcheval mean squared error refusing targets above 10."""
+
+    def update(self, input: Tensor, target: Tensor, **kwargs: Any) -> Picky:
+        if bool((target > 10).any()):
+            raise ValueError("a target above 10")
+        super().update(input, target, **kwargs)
+        return self
+
+
+OUT_OF_STEP: dict[str, Callable[[], Any]] = {
+    "torchmetrics": lambda: from_torchmetrics(
+        torchmetrics.MetricCollection(
+            [torchmetrics.MeanSquaredError(), torchmetrics.classification.BinaryAccuracy()]
+        )
+    ),
+    "torcheval": lambda: from_torcheval(
+        {"MeanSquaredError": eval_metrics.MeanSquaredError(), "BinaryAccuracy": Picky()}
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUT_OF_STEP))
+@pytest.mark.filterwarnings("ignore::torchtally.errors.ComputedBeforeUpdatedWarning")
+def test_a_join_whose_adapter_is_out_of_step_loads_a_state(kind: str) -> None:
+    # The join read every kept part's state_dict() first (to undo a refused load), which an
+    # adapter out of step refuses: the load said to get back in step raised MetricCallError.
+    def joined() -> Any:
+        return (
+            tt.Metric(abs_error, "MAE")
+            | OUT_OF_STEP[kind]()
+            | from_torchmetrics(torchmetrics.MeanAbsoluteError(), "TM MAE")
+        )
+
+    outputs, targets = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    saved = joined()
+    saved.update(outputs, targets)
+    stuck = joined()
+    with pytest.raises(tt.errors.MetricCallError, match="out of step"):
+        stuck.update(outputs, 20 * targets)  # the MSE takes it, the accuracy refuses it
+    with pytest.raises(tt.errors.StateDictError):
+        stuck.load_state_dict(damaged(saved.state_dict(), 1))  # after the first part loaded
+    with pytest.raises(tt.errors.MetricCallError, match="out of step"):
+        stuck.compute()  # a refused load changes nothing: the first part is out of step again
+    stuck.load_state_dict(saved.state_dict())
+    assert_values(stuck.compute(), saved.compute())
+    half = torch.tensor(0.5)  # outputs [1, 0] on targets [1, 1]: each value is 0.5
+    names = ["MAE", "MeanSquaredError", "BinaryAccuracy", "TM MAE"]
+    assert_values(stuck.compute(), dict.fromkeys(names, half))

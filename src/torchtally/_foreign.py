@@ -10,7 +10,9 @@ torchtally cannot see inside such a state, so three rules are written once here:
 - :class:`InStep`: an object of several parts whose later part refuses a batch
   after an earlier part took it cannot undo the earlier part (that would need
   a copy of every state at every step), so it refuses to report values until
-  it is reset or loaded; so does one whose state a call that raised lost.
+  it is reset or loaded; so does one whose state a call that raised lost;
+- :func:`restore_point`: how such an object is put back exactly as it was
+  when a later part of a join refuses its state (a load is every part or none).
 
 Example:
     >>> import torch
@@ -22,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from torchtally.errors import ComputedBeforeUpdatedWarning, MetricCallError
 
-__all__ = ["InStep", "bind_error", "binds", "nan_before_update", "unshared"]
+__all__ = ["InStep", "bind_error", "binds", "nan_before_update", "restore_point", "unshared"]
 
 ValueT = TypeVar("ValueT")
 
@@ -129,6 +132,37 @@ def nan_before_update(
     except Exception:
         names = list(fallback)
     return {name: torch.tensor(float("nan")) for name in names}
+
+
+def restore_point(part: Any) -> Callable[[], None]:
+    """A callable putting ``part`` back as it is now: what a refused load of a join undoes.
+
+    ``part.restore_point()`` when the part defines it (a duck-typed hook: a
+    zero-argument method returning such a callable), else a copy of its
+    ``state_dict()`` loaded back. Loading a saved state back is not enough for
+    every part: the adapters' synced view, their marks (out of step, loaded
+    from another rank) are not in their state, and an adapter out of step
+    refuses ``state_dict()``; so they define the hook.
+
+    Example:
+        >>> from torchtally._foreign import restore_point
+        >>> class Total:
+        ...     def __init__(self): self.total = 0.0
+        ...     def state_dict(self): return {'total': self.total}
+        ...     def load_state_dict(self, state): self.total = state['total']
+        >>> part = Total()
+        >>> back = restore_point(part)
+        >>> part.total = 5.0
+        >>> back()
+        >>> part.total
+        0.0
+    """
+    own = getattr(part, "restore_point", None)
+    if callable(own):
+        restore: Callable[[], None] = own()
+        return restore
+    saved = copy.deepcopy(part.state_dict())
+    return lambda: part.load_state_dict(saved)
 
 
 class InStep:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -260,6 +260,25 @@ class SyncedAdapter(InStep, SyncCounters, KeptOutsideInferenceMode, Generic[View
         else:
             self._synced, self._elsewhere = prepared, None
         self._count_sync()
+
+    def restore_point(self) -> Callable[[], None]:
+        """A callable putting the adapter back as it is now, synced view included.
+
+        What a join undoes a loaded part with when a later part refuses its
+        state (:func:`torchtally._foreign.restore_point`): reloading the
+        part's saved state would drop the synced view (``compute`` would
+        report this process's value after a refused call), and an adapter out
+        of step cannot save one. Here, the adapter's attributes; a subclass
+        whose ``load_state_dict`` writes into the wrapped objects, rather than
+        replacing them, adds their states.
+        """
+        attributes = dict(vars(self))  # the view, the marks, the wrapped objects held
+
+        def restore() -> None:
+            vars(self).clear()  # an attribute the load added goes too
+            vars(self).update(attributes)
+
+        return restore
 
     def merge_state(self, other: Self) -> None:
         """Add another adapter's updates to this one's, as a sync of the two would combine them.

@@ -36,7 +36,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor
@@ -287,6 +287,18 @@ class TorchMetricsAdapter(LossOperand, TorchMetricsCalls):
         self.back_in_step()
         self.drop_view()
         self._note_loaded(origin, holds_updates=self.has_data())  # another rank's: sync refuses
+
+    def restore_point(self) -> Callable[[], None]:
+        """As the base's, with copies of the leaves' states: a load writes into the leaves."""
+        saved = saved_states(self._leaves, self._options)  # no check_in_step: taken out of step too
+        attributes = super().restore_point()
+
+        def restore() -> None:
+            for leaf, entry in zip(self._leaves, saved, strict=True):
+                install(leaf, entry["states"], entry["count"])
+            attributes()
+
+        return restore
 
     def held_metrics(self) -> list[Any]:
         """The torchmetrics object held, and a synced view's copy."""

@@ -10,14 +10,13 @@ is the part of ``Joined`` that saves and loads (every part, or none).
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from typing_extensions import override
 
-from torchtally._foreign import InStep
+from torchtally._foreign import InStep, restore_point
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import StateDictError
 from torchtally.objectives._base import Objective
@@ -58,13 +57,20 @@ class JoinedState(InStep, Objective[Any, Any]):
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore every part, or none: a part that refuses its state undoes the others."""
+        """Restore every part, or none: a part that refuses its state undoes the others.
+
+        The parts that loaded are put back exactly as they were (see
+        :func:`torchtally._foreign.restore_point`): an adapter keeps its synced
+        view, and one out of step stays so.
+        """
         keys = self.state_keys()  # checked before any part loads
         parts, owners = checked_layout(
             state_dict, self._label(), keys, len(self._kept), self._templates, self._owners
         )
         previous = dict(self._owners)
-        before = [copy.deepcopy(part.state_dict()) for part in self._kept]
+        # Not a reload of the parts' state_dict(): that would drop an adapter's synced view,
+        # and an adapter out of step refuses to save one (a load is how it gets back in step).
+        before = [restore_point(part) for part in self._kept]
         loaded = 0
         try:
             for name, index in owners.items():
@@ -78,8 +84,8 @@ class JoinedState(InStep, Objective[Any, Any]):
             self.back_in_step()
         except Exception:
             self._owners = previous
-            for part, state in zip(self._kept[:loaded], before, strict=False):
-                part.load_state_dict(state)
+            for restore in before[:loaded]:
+                restore()
             raise
 
 
