@@ -6,6 +6,7 @@ import copy
 import io
 import math
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -168,34 +169,84 @@ def test_monitor_mode_reads_the_direction_of_every_kind_of_objective(
     assert tt.MetricTracker(objective, name).higher_is_better is (mode == "max")
 
 
-NO_DIRECTION: list[tuple[str, Any, str]] = [
-    ("metric without a direction", tt.Metric(mae, "MAE"), "MAE"),
-    ("hand-written objective", Silent(), "Value"),
-    ("wrapped function", tt.wrap(mae, "W"), "W"),
-    ("DictLoss.summed entry", tt.DictLoss.summed(summed_parts, "Total"), "a"),
-    ("torcheval adapter", from_torcheval(eval_metrics.MeanSquaredError()), "MeanSquaredError"),
+GIVE = "give the metric higher_is_better="
+HOOK = "return its direction from Silent.higher_is_better_for(name)"
+NONE = "give the tool its mode yourself"
+NO_DIRECTION: list[tuple[str, Any, str, str]] = [
+    ("metric without a direction", tt.Metric(mae, "MAE"), "MAE", GIVE),
+    ("hand-written objective", Silent(), "Value", HOOK),
+    ("wrapped function", tt.wrap(mae, "W"), "W", GIVE),
+    ("DictLoss.summed entry", tt.DictLoss.summed(summed_parts, "Total"), "a", NONE),
+    (
+        "torcheval adapter",
+        from_torcheval(eval_metrics.MeanSquaredError()),
+        "MeanSquaredError",
+        NONE,
+    ),
     (
         "torchmetrics composition",
         from_torchmetrics(torchmetrics.MeanSquaredError() + torchmetrics.MeanAbsoluteError()),
         "Combined Loss",
+        NONE,
     ),
-    ("not an objective", object(), "Value"),
+    ("not an objective", object(), "Value", NONE),
 ]
 
 
 @pytest.mark.parametrize(
-    ("objective", "name"),
+    ("objective", "name", "advice"),
     [case[1:] for case in NO_DIRECTION],
     ids=[case[0] for case in NO_DIRECTION],
 )
-def test_a_value_without_a_direction_is_refused(objective: Any, name: str) -> None:
+def test_a_value_without_a_direction_is_refused(objective: Any, name: str, advice: str) -> None:
+    # Every refusal said "give the metric higher_is_better=", which a hand-written class's
+    # value, an adapter's or a DictLoss entry cannot take: each now says what works for it.
     with pytest.raises(TrackerError, match=f"cannot tell whether a higher {name!r} is better"):
         tt.monitor_mode(objective, name)
+    with pytest.raises(TrackerError, match=re.escape(advice)):
+        tt.monitor_mode(objective, name)
     if callable(getattr(objective, "compute", None)):
-        with pytest.raises(TrackerError, match="give the metric higher_is_better="):
+        here = "pass higher_is_better= here"
+        with pytest.raises(TrackerError) as refused:
             tt.MetricTracker(objective, name)
+        message = str(refused.value)
+        assert message.endswith(here if advice == NONE else f"{advice} (or {here})")
         tracker = tt.MetricTracker(objective, name, higher_is_better=False)  # given: accepted
         assert not tracker.higher_is_better
+
+
+class WithPerplexity(tt.MetricCollection):
+    """A collection deriving the perplexity from its mean loss in ``finalize``."""
+
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {**values, "PPL": values["Loss"].exp()}
+
+
+class DirectedPerplexity(WithPerplexity):
+    def higher_is_better_for(self, name: str) -> bool | None:
+        return False if name == "PPL" else super().higher_is_better_for(name)
+
+
+def test_a_derived_value_is_refused_with_advice_it_can_follow() -> None:
+    # The refusal for 'PPL' said "give the metric higher_is_better=": no metric computes it.
+    loss = tt.Metric(mae, "Loss", higher_is_better=False)
+    derived = WithPerplexity(Loss=loss)
+    with pytest.raises(TrackerError) as refused:
+        tt.MetricTracker(derived, "PPL")
+    message = str(refused.value)
+    assert "give the metric" not in message
+    assert "WithPerplexity.higher_is_better_for(name)" in message
+    assert message.endswith("(or pass higher_is_better= here)")
+    with pytest.raises(TrackerError, match=r"WithPerplexity\.higher_is_better_for") as refused:
+        tt.monitor_mode(derived, "PPL")
+    assert "here" not in str(refused.value)  # monitor_mode takes no direction
+    # Following either piece of advice works.
+    assert not tt.MetricTracker(derived, "PPL", higher_is_better=False).higher_is_better
+    assert tt.monitor_mode(DirectedPerplexity(Loss=loss), "PPL") == "min"
+    # The collection's own entry without a direction still takes one.
+    plain = WithPerplexity(Loss=tt.Metric(mae, "Loss"))
+    with pytest.raises(TrackerError, match=f"{GIVE} \\(or pass"):
+        tt.MetricTracker(plain, "Loss")
 
 
 def test_monitor_mode_names_the_values_an_objective_reports_when_the_name_is_unknown() -> None:

@@ -8,6 +8,7 @@ with the same refusal when the objective cannot tell.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 from torchtally._origin import is_torchtally_module
@@ -65,19 +66,77 @@ def monitor_mode(
     return modes[direction(objective, name, "monitor_mode")]
 
 
-def direction(objective: Any, name: str, caller: str, also: str = "") -> bool:
+def direction(objective: Any, name: str, caller: str, here: str = "") -> bool:
     """The objective's direction of ``name``, or a :class:`TrackerError` saying why not.
 
-    ``also``: what else the caller takes (the tracker: ``higher_is_better=``).
+    ``here``: how the caller itself takes a direction (the tracker:
+    ``"pass higher_is_better= here"``), offered beside the objective's way.
     """
     found = known_direction(objective, name)
     if found is not None:
         return found
     refuse_unreported(objective, name, caller)  # a typo, not a missing direction
+    way = _way_to_a_direction(objective, name)
+    if way and here:
+        advice = f"{way} (or {here})"
+    else:
+        advice = way or here or "give the tool its mode yourself ('min' or 'max')"
     raise TrackerError(
         f"{caller}: {objective!r} cannot tell whether a higher {name!r} is better: it knows no "
-        f"direction for {name!r}; give the metric higher_is_better={also}"
+        f"direction for {name!r}; {advice}"
     )
+
+
+def _way_to_a_direction(objective: Any, name: str) -> str:
+    """How ``objective`` could know the direction of ``name`` (``""``: it has no way).
+
+    A value of a callable given to a torchtally class takes ``higher_is_better=``;
+    a value the user's own class computes or derives (``calculate``,
+    ``finalize``: a ``'PPL'`` from a mean loss) takes none, its class's
+    ``higher_is_better_for(name)`` says it; adapters set none of their own.
+    """
+    cls = type(objective)
+    given = set(_names_given(objective))
+    users = not is_torchtally_module(cls.__module__) and callable(getattr(cls, "compute", None))
+    if users and name not in given:
+        return (
+            f"a value {cls.__name__} computes or derives itself (calculate, finalize) takes "
+            f"no higher_is_better=: return its direction from "
+            f"{cls.__name__}.higher_is_better_for(name)"
+        )
+    if name in given or _directs_what_it_learns(objective):
+        return "give the metric higher_is_better="
+    return ""
+
+
+def _directs_what_it_learns(objective: Any) -> bool:
+    """Whether ``higher_is_better=`` at construction covers names learnt from data (``tt.wrap``).
+
+    Not a loss's (it is the loss's own direction), nor a collection's (its
+    entries take one each; a dict-returning callable's values take none).
+    """
+    if getattr(objective, "learns_names", False) is not True or getattr(
+        objective, "is_loss", False
+    ):
+        return False
+    try:
+        return "higher_is_better" in inspect.signature(type(objective)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _names_given(objective: Any) -> tuple[str, ...]:
+    """The names of the values the objective's callables give (before ``finalize``), as reported."""
+    found: list[str] = []
+    for source in (getattr(objective, "reported_names", None), _declared(objective)):
+        if isinstance(source, tuple):
+            found.extend(name for name in source if isinstance(name, str))
+    return tuple(found)
+
+
+def _declared(objective: Any) -> Any:
+    declared = getattr(objective, "declared_names", None)
+    return declared() if callable(declared) else None
 
 
 def known_direction(objective: Any, name: str) -> bool | None:

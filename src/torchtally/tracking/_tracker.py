@@ -110,8 +110,8 @@ class MetricTracker:
         # now, not at the first update() an epoch later (a collection's prefix left out)
         refuse_unreported(objective, name, f"MetricTracker({name!r})")
         if higher_is_better is None:
-            also = " (or pass higher_is_better= here)"
-            higher_is_better = direction(objective, name, f"MetricTracker({name!r})", also)
+            here = "pass higher_is_better= here"
+            higher_is_better = direction(objective, name, f"MetricTracker({name!r})", here)
         else:
             known = known_direction(objective, name)
             if known is not None and known != higher_is_better:
