@@ -6,6 +6,7 @@ expression ``(v * w).sum() / w.sum()`` differentiated by torch.autograd.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 import torchtally as tt
@@ -319,3 +322,65 @@ def test_the_class_weight_warning_points_at_the_users_line() -> None:
         with pytest.warns(tt.errors.CriterionWeightWarning, match="NLLLoss") as record:
             make()
         assert {warning.filename for warning in record} == {__file__}
+
+
+def fixed_shape_class_weights(
+    class_weights: Tensor, ignore_index: int
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The compile-friendly recipe of docs "Losses and formulas": no boolean indexing."""
+    return functools.partial(_real_class_weights, class_weights, ignore_index)
+
+
+def _real_class_weights(
+    class_weights: Tensor, ignore_index: int, outputs: Tensor, targets: Tensor
+) -> Tensor:
+    picked = class_weights[targets.clamp(0, len(class_weights) - 1)]
+    return (picked * (targets != ignore_index)).sum()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    classes=st.integers(2, 5),
+    ignore_index=st.sampled_from([0, -100, 7]),
+    kind=st.sampled_from([torch.nn.CrossEntropyLoss, torch.nn.NLLLoss]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_fixed_shape_recipe_gives_the_criterion_on_all_the_data(
+    sizes: list[int],
+    classes: int,
+    ignore_index: int,
+    kind: type[torch.nn.CrossEntropyLoss | torch.nn.NLLLoss],
+    seed: int,
+) -> None:
+    # (w[t.clamp(0, C - 1)] * (t != ignore_index)).sum(), the form without boolean indexing
+    # (no graph break under torch.compile, no host sync on a GPU), weighs each batch as the
+    # criterion's own denominator, so the epoch value is the criterion on the concatenated data.
+    generator = torch.Generator().manual_seed(seed)
+    class_weights = torch.rand(classes, generator=generator) + 0.1
+    criterion = kind(weight=class_weights, ignore_index=ignore_index)
+    batches = []
+    for size in sizes:
+        targets = torch.randint(0, classes, (size,), generator=generator)
+        if targets[0] == ignore_index:
+            targets[0] = 1  # ignore_index is 0 here
+        ignored = torch.rand(size, generator=generator) < 0.3
+        ignored[0] = False  # every batch keeps a real target (else the criterion is NaN)
+        batches.append(
+            (
+                torch.randn(size, classes, generator=generator),
+                targets.masked_fill(ignored, ignore_index),
+            )
+        )
+    exact = tt.Loss(criterion, "CE", weight=fixed_shape_class_weights(class_weights, ignore_index))
+    for outputs, targets in batches:
+        torch.testing.assert_close(  # the same weight as the boolean-indexing recipe
+            fixed_shape_class_weights(class_weights, ignore_index)(outputs, targets),
+            class_weights[targets[targets != ignore_index]].sum(),
+        )
+        exact(outputs, targets)
+    outputs, targets = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    expected = kind(weight=class_weights.double(), ignore_index=ignore_index)(
+        outputs.double(), targets
+    )
+    torch.testing.assert_close(exact.compute()["CE"].double(), expected, rtol=1e-5, atol=1e-7)
