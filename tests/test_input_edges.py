@@ -310,6 +310,27 @@ def test_a_positive_batch_weight_leaves_the_returned_mean_exact() -> None:
     assert value.dtype == torch.float16 and value.item() == pytest.approx(7 / 3, rel=1e-3)
 
 
+NEGATIVE_WEIGHTS: dict[str, Callable[[int], Tensor]] = {
+    "0-d tensor": lambda size: torch.tensor(-2.0),
+    "0-d int tensor": lambda size: torch.tensor(-3),
+    "(B,) with one negative": lambda size: torch.tensor([1.0, -0.5]),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOSS_KINDS))
+@pytest.mark.parametrize("negative", list(NEGATIVE_WEIGHTS))
+def test_a_negative_tensor_weight_gives_nan_from_forward_as_in_the_epoch_value(
+    kind: str, negative: str
+) -> None:
+    # A tensor weight is never read on the host, so a negative one makes the epoch value
+    # NaN (documented); forward returned a finite mean (2.5 for a 0-d -2, and -2.0 for
+    # squared errors [1, 4] weighted [1, -0.5]), a number to optimise that means nothing.
+    loss = LOSS_KINDS[kind]()
+    value = loss(torch.tensor([1.0, 2.0]), torch.zeros(2), weight=NEGATIVE_WEIGHTS[negative](2))
+    assert math.isnan(value.item())
+    assert math.isnan(float(next(iter(loss.compute().values()))))  # the loss's own value
+
+
 @pytest.mark.parametrize("aggregation", ["mean", "sum", "max", "min"])
 @pytest.mark.parametrize("zero", list(ZERO_WEIGHTS))
 def test_epoch_values_leave_out_a_batch_weighing_nothing_in_every_form(

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, real_number
 from torchtally._dtypes import refuse_unheld
+from torchtally.aggregation._states import nan_where_negative
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 
@@ -298,7 +299,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     tensor: the batch's total) and an empty batch give NaN, as the
     hand-written mean does, also for a criterion that is one number for the
     batch (otherwise that number, exactly, keeping the graph of weights that
-    require grad: their gradient is 0).
+    require grad: their gradient is 0). A tensor weight below 0 gives NaN, as
+    it makes the epoch value NaN (it is never read on the host to be refused).
 
     Example:
         >>> import torch
@@ -322,16 +324,18 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         if weight is None:
             return mean
         # A batch weight scales the batch, not its mean; one of 0 leaves nothing to average:
-        # NaN, as (B,) weights summing to 0 give. A tensor's w / w is exactly 1 otherwise.
+        # NaN, as (B,) weights summing to 0 give. A tensor's root r (NaN below 0, as the epoch
+        # value is then) gives r / r, exactly 1 for any w > 0 (r is never subnormal).
         if isinstance(weight, Tensor):
-            return mean * (weight / weight).to(mean.dtype)
+            root = weight.sqrt()
+            return mean * (root / root).to(mean.dtype)
         if torch.compiler.is_compiling():
             # No branch on the number, which would add a graph for 0: 0 x inf is NaN, w x inf
             # is inf for any w > 0, and min() keeps its first argument when it is NaN.
             return mean * min(weight * math.inf, 1.0)
         return mean if weight else mean * math.nan  # eager: a host number, no tensor op
     wide = torch.promote_types(value.dtype, torch.float32)
-    weights = weight.to(wide)
+    weights = nan_where_negative(weight.to(wide))  # as the epoch value: see batch_weight
     if value.ndim == 0:
         # one number for the batch: its weighted mean is the number times total / total,
         # exactly 1 (so the value is exact), NaN for weights summing to 0 or for no sample, as
