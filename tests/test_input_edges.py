@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -110,10 +111,18 @@ def test_blank_names_and_control_characters_are_refused_at_construction(
     )
 
 
+def shows_on_one_line(name: str) -> bool:
+    """The rule, character by character: printable, a space of any width, or a joiner."""
+    allowed = (
+        c.isprintable() or unicodedata.category(c) == "Zs" or c in "\u200c\u200d" for c in name
+    )
+    return all(allowed) and name.strip() != ""
+
+
 @given(st.text(max_size=6))
 @settings(max_examples=200, deadline=None)
-def test_a_name_is_accepted_exactly_when_it_is_printable_and_not_blank(name: str) -> None:
-    usable = name.isprintable() and name.strip() != ""
+def test_a_name_is_accepted_exactly_when_it_shows_on_one_line_and_is_not_blank(name: str) -> None:
+    usable = shows_on_one_line(name)
     if usable:
         metric = tt.Metric(mae, name)
         metric.update(OUTPUTS, TARGETS)
@@ -127,6 +136,29 @@ def test_names_inside_are_kept() -> None:
     # spaces between words, leading or trailing ones and non-ASCII letters stay usable
     for name in ("Mean Error", " MAE", "MAE ", "erreur moyenne é", "平均"):
         assert tt.Metric(mae, name).names == (name,)
+
+
+# Legitimate text that str.isprintable() refuses: emoji sequences joined by U+200D (ZWJ),
+# Persian and Indic words written with U+200C (ZWNJ) or ZWJ, no-break and ideographic spaces.
+WRITTEN_TEXT = [
+    "\U0001f469\u200d\U0001f4bb score",  # woman technologist
+    "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag
+    "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+    "\u0915\u094d\u200d\u0937",  # Devanagari, with a ZWJ
+    "Pr\u00e9cision\u00a0%",  # French: a no-break space before %
+    "10\u202f000 pas",  # a narrow no-break space
+    "\u7cbe\u5ea6\u3000\u691c\u8a3c",  # an ideographic space
+]
+
+
+@pytest.mark.parametrize("build", list(BUILDERS))
+@pytest.mark.parametrize("name", WRITTEN_TEXT)
+def test_names_in_written_text_that_isprintable_refuses_are_accepted(build: str, name: str) -> None:
+    objective = BUILDERS[build](name)
+    if build not in ("DictLoss", "summed weights"):  # (whose callable returns other keys)
+        objective.update(OUTPUTS, TARGETS)
+        assert any(name in key for key in objective.compute())
+    assert tt.MetricCollection(MAE=mae).renamed(prefix=name).reported_names == (f"{name}MAE",)
 
 
 def _bad_dict(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -169,6 +201,37 @@ def test_adapters_refuse_unshowable_names() -> None:
             from_torcheval(eval_metrics.Mean(), name)
         with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
             from_torcheval({name: eval_metrics.Mean()})
+
+
+class _KeyedSum(__import__("torchmetrics").Metric):
+    """A torchmetrics metric whose compute() returns a dict under a given key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        self.total += (outputs - targets).sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {self.key: self.total}
+
+
+@pytest.mark.parametrize("name", UNSHOWABLE)
+def test_adapters_refuse_unshowable_names_their_metrics_return(name: str) -> None:
+    # The names a foreign compute() returns reached compute() unchecked (checked at
+    # construction and when learnt from a batch everywhere else).
+    from torchtally.contrib.torchmetrics import from_torchmetrics
+
+    adapter = from_torchmetrics(_KeyedSum(name))
+    adapter.update(OUTPUTS, TARGETS)
+    with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
+        adapter.compute()
+    wrapped = tt.wrap(_KeyedSum(name), name="W")
+    wrapped.update(OUTPUTS, TARGETS)
+    with pytest.raises(tt.errors.InvalidNameError, match=re.escape(repr(name))):
+        wrapped.compute()
 
 
 def test_a_state_naming_a_value_unshowably_is_refused_and_changes_nothing() -> None:

@@ -9,8 +9,9 @@ a failing user callable becomes (:func:`callable_error`, raised by
 :func:`call_each` for every objective built from callables) and which devices a
 state may move to (:func:`usable_device`). The rules for batches and their
 weights are written in :mod:`torchtally._batches`, those for what callables
-return in :mod:`torchtally._results`; both are named here too. Nothing here
-imports another torchtally module but those two and :mod:`torchtally.errors`.
+return in :mod:`torchtally._results`, what a name may be in
+:mod:`torchtally._names`; all are named here too. Nothing here imports
+another torchtally module but those three and :mod:`torchtally.errors`.
 
 Example:
     >>> import torch
@@ -23,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,6 +37,7 @@ from torchtally._batches import (
     shared_weight_fn,
     size_and_weight,
 )
+from torchtally._names import check_name, default_name, showable
 from torchtally._results import (
     FORMS_HINT,
     as_value_tensor,
@@ -48,7 +49,6 @@ from torchtally._results import (
 )
 from torchtally.errors import (
     InvalidArgumentError,
-    InvalidNameError,
     MetricCallError,
 )
 
@@ -71,6 +71,7 @@ __all__ = [
     "real_number",
     "refuse_stateful_callable",
     "shared_weight_fn",
+    "showable",
     "size_and_weight",
     "unique_names",
     "usable_device",
@@ -79,60 +80,6 @@ __all__ = [
 
 MetricFn = Callable[[Any, Any], Any]
 """A callable of ``(outputs, targets)`` returning a tensor or a Python number."""
-
-# -- names -------------------------------------------------------------------------------------
-
-
-def check_name(name: Any, owner: str) -> str:
-    """``name`` if a log line and a formula can show it.
-
-    A name is a non-empty string of printable characters (``str.isprintable``:
-    spaces, but no newline, tab, other control character or line separator,
-    which would break log lines and formulas) that is not only spaces.
-
-    Raises:
-        InvalidNameError: anything else; the message shows the value with ``repr``.
-
-    Example:
-        >>> from torchtally._conventions import check_name
-        >>> check_name('Mean Error', 'Metric')
-        'Mean Error'
-    """
-    if not isinstance(name, str) or not name or name.isspace() or not name.isprintable():
-        raise InvalidNameError(
-            f"{owner}: names must be non-empty strings of printable characters, not only "
-            f"spaces (no newline, tab or other control character), found "
-            f"{type(name).__name__} {name!r}"
-        )
-    return name
-
-
-def default_name(fn: Any, owner: str) -> str:
-    """The name of a callable's value when none is given.
-
-    A function's ``__name__`` (through ``functools.partial`` layers, so two
-    partials of different functions get different names), else the class
-    name of a callable object.
-
-    Raises:
-        InvalidNameError: the callable is a lambda, whose name says nothing.
-
-    Example:
-        >>> import functools
-        >>> from torch.nn.functional import mse_loss
-        >>> from torchtally._conventions import default_name
-        >>> default_name(functools.partial(mse_loss, reduction='sum'), 'Metric')
-        'mse_loss'
-    """
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    name = getattr(fn, "__name__", None)
-    if not isinstance(name, str) or not name:
-        name = type(fn).__name__
-    if name == "<lambda>":
-        raise InvalidNameError(f"{owner}: a lambda has no usable name; pass name='...'")
-    return name
-
 
 # -- failures of user code ---------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchtally._names import check_name
 from torchtally.errors import (
-    InvalidNameError,
     NameConflictError,
     ResultShapeError,
     ResultTypeError,
@@ -146,7 +146,7 @@ def normalize_result(
         scalars: require every value to hold one element (returned 0-d).
 
     Raises:
-        InvalidNameError: a dict key is not a non-empty string.
+        InvalidNameError: a dict key is no name (:func:`~torchtally._names.check_name`).
         ResultTypeError: a value is neither a tensor nor a real number.
         ResultShapeError: ``scalars`` is set and a value has more than one element.
 
@@ -158,11 +158,7 @@ def normalize_result(
     if isinstance(result, Mapping):
         items = list(result.items())
         for key, _ in items:
-            if not isinstance(key, str) or not key:
-                raise InvalidNameError(
-                    f"{owner}: the keys of a returned dict must be non-empty strings, found "
-                    f"{type(key).__name__} {key!r}"
-                )
+            check_name(key, f"{owner}: a key of the returned dict")
     elif isinstance(result, (tuple, list)):
         items = [(f"{name}_{index}", value) for index, value in enumerate(result)]
     else:

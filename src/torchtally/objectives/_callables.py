@@ -21,6 +21,7 @@ from torchtally._conventions import (
     check_name,
     default_name,
     shared_weight_fn,
+    showable,
 )
 from torchtally.aggregation import Accumulator
 from torchtally.errors import InvalidArgumentError, InvalidNameError
@@ -145,7 +146,7 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
                 raise InvalidArgumentError(
                     f"MetricCollection: {option} must be a string, found {type(value).__name__}"
                 )
-            if not value.isprintable():  # it goes into every name: see check_name
+            if not showable(value):  # it goes into every name: see check_name
                 raise InvalidNameError(
                     f"MetricCollection: {option} must be printable (no newline, tab or other "
                     f"control character), found {value!r}"
