@@ -123,7 +123,8 @@ def test_a_join_with_a_foreign_part_is_not_said_to_lack_that_part() -> None:
     metrics = tt.MetricCollection(MAE=tt.Metric(absolute, "MAE", higher_is_better=False))
     joined = metrics | from_torcheval(torcheval_metrics.MeanSquaredError(), name="MSE")
     for ask in (lambda: tt.monitor_mode(joined, "MSE"), lambda: tt.MetricTracker(joined, "MSE")):
-        with pytest.raises(TrackerError, match="give the tool its mode yourself|pass higher_is_better= here") as refused:
+        advice = r"give the tool its mode yourself|pass higher_is_better= here"
+        with pytest.raises(TrackerError, match=advice) as refused:
             ask()
         assert "it reports" not in str(refused.value)
     tracker = tt.MetricTracker(joined, "MSE", higher_is_better=False)
