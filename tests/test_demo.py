@@ -188,6 +188,9 @@ def test_help_explains_every_option() -> None:
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
         # validation gets a quarter of --samples, and R2 needs 2 of them
         (["--samples", "7"], "expected a number in [8, 1000000], found 7"),
+        (["--processes", "9"], "expected a number in [1, 8], found 9"),
+        (["--processes", "100000"], "expected a number in [1, 8], found 100000"),
+        (["--samples", str(10**12)], "expected a number in [8, 1000000], found 1000000000000"),
         (["--seed", str(2**64)], f"expected a seed in [{-(2**63)}, {2**64 - 1}], found {2**64}"),
         (["--seed", str(-(2**63) - 1)], "expected a seed in"),
         (["--seed", "1e3"], "expected a whole number, found '1e3'"),
@@ -203,6 +206,8 @@ def test_bad_options_get_a_message_not_a_traceback(
 
 
 def test_the_extreme_accepted_options_run() -> None:
+    config, _ = parse_args(["--processes", "8", "--samples", "1000000"])
+    assert (config.processes, config.samples) == (8, 1_000_000)
     config, _ = parse_args(["--samples", "8", "--seed", str(2**64 - 1), "--epochs", "1"])
     rows = train(replace(config, progress=False))
     assert len(rows) == 1 and math.isfinite(rows[0].validation["Val Loss"])

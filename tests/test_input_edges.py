@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import torchtally as tt
-from torchtally.demo import parse_args
 from torchtally.losses import JoinedLoss
 
 
@@ -291,31 +290,6 @@ def test_declared_entries_that_name_no_other_value_are_fine() -> None:
     assert list(summed.compute()) == ["S", "L", "Worst"]
     twice = tt.DictLoss(parts, "L", names=["Worst"])
     torch.testing.assert_close((twice + twice)(OUTPUTS, TARGETS), 2 * mae(OUTPUTS, TARGETS).mean())
-
-
-# -- the demo's command line --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--processes", "9"], "expected a number in [1, 8], found 9"),
-        (["--processes", "100000"], "expected a number in [1, 8], found 100000"),
-        (["--samples", str(10**12)], "expected a number in [8, 1000000], found 1000000000000"),
-    ],
-)
-def test_the_demo_refuses_what_the_machine_cannot_run(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        parse_args(args)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_the_demo_accepts_its_limits() -> None:
-    config, _ = parse_args(["--processes", "8", "--samples", "1000000"])
-    assert (config.processes, config.samples) == (8, 1_000_000)
 
 
 # -- a batch that weighs nothing ----------------------------------------------------------------
