@@ -46,7 +46,8 @@ def check_name(name: Any, owner: str) -> str:
 
     A name is a non-empty string that :func:`showable` takes (spaces, but no
     newline, tab, other control character or line separator, which would
-    break log lines and formulas) and that is not only spaces.
+    break log lines and formulas) and that is not only spaces and joiners,
+    which show nothing by themselves.
 
     Raises:
         InvalidNameError: anything else; the message shows the value with ``repr``.
@@ -56,13 +57,18 @@ def check_name(name: Any, owner: str) -> str:
         >>> check_name('Mean Error', 'Metric')
         'Mean Error'
     """
-    if not isinstance(name, str) or not name or name.isspace() or not showable(name):
+    if not isinstance(name, str) or _blank(name) or not showable(name):
         raise InvalidNameError(
             f"{owner}: names must be non-empty strings of printable characters, not only "
-            f"spaces (no newline, tab or other control character), found "
+            f"spaces or joiners (no newline, tab or other control character), found "
             f"{type(name).__name__} {name!r}"
         )
     return name
+
+
+def _blank(name: str) -> bool:
+    """Whether ``name`` shows nothing: empty, or only spaces (of any width) and joiners."""
+    return all(char.isspace() or char in _JOINERS for char in name)
 
 
 def default_name(fn: Any, owner: str) -> str:

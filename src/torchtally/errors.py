@@ -138,11 +138,12 @@ class IncompatibleStateError(TorchTallyError, ValueError):
 
 
 class InvalidNameError(TorchTallyError, TypeError):
-    """A value name is not a non-empty string, is only spaces, or holds characters logs cannot show.
+    """A value name is not a non-empty string, is blank, or holds characters logs cannot show.
 
-    Newlines, tabs and other non-printable characters (``str.isprintable``)
-    are refused, and so are brackets in a loss name (formulas delimit names
-    with them).
+    Newlines, tabs and other control and format characters are refused (the
+    spaces of every width and the zero-width joiners of written text are not,
+    unless a name holds nothing else), and so are brackets in a loss name
+    (formulas delimit names with them).
     """
 
 
