@@ -165,8 +165,9 @@ def refuse_stateful_callable(fn: object, label: str) -> None:
         raise InvalidArgumentError(
             f"{label}: {fn!r:.80} keeps its own state (update, compute, reset), so it is no "
             f"callable of (outputs, targets): the mean of its batch values is not its epoch "
-            f"value; join it with | to report its value (metric | obj), or make a loss "
-            f"component of it with tt.losses.as_loss(obj)"
+            f"value; join it with | to report its value (metric | obj), or, for a "
+            f"differentiable foreign loss (an adapter with forward), make a loss component of "
+            f"it with tt.losses.as_loss(obj)"
         )
 
 
