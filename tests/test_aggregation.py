@@ -926,3 +926,105 @@ def test_an_integer_sum_inside_int64_whose_high_word_is_outside_is_exact() -> No
     assert reported.dtype == torch.int64 and reported.item() == expected
     high, low = total.state["total"][0].tolist()  # the case: a high word outside int64
     assert high < -(2**63) and int(high) + int(low) == expected
+
+
+# -- combining many states, and the last entry a merge keeps --------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-(2**58), 2**58), min_size=1, max_size=4), min_size=1, max_size=7)
+)
+def test_combining_any_number_of_integer_sums_at_once_is_exact(parts: list[list[int]]) -> None:
+    """``combined`` of n states (a sync of learnt names over n ranks) counts each once, exactly.
+
+    Reference: Python integers of the concatenated data (a float64 sum rounds past 2**53).
+    """
+    held = []
+    for values in parts:
+        part = Sum()
+        part.add(torch.tensor(values, dtype=torch.int64))
+        held.append((part, [0]))
+    combined = Sum.combined(held, 1, ["Total"])
+    expected = sum(value for values in parts for value in values)
+    assert value_of(combined).dtype == torch.int64 and value_of(combined).item() == expected
+    assert combined.samples() == [sum(len(values) for values in parts)]
+
+
+def test_a_merge_of_integer_sums_past_two_to_the_53_is_exact() -> None:
+    # Adding the high words of two states rounds 2**53 + 1 to 2**53: the rounding error of that
+    # addition goes into the low word, or the merged sum is off by one.
+    left, right = Sum(), Sum()
+    left.add(torch.tensor([2**53]))
+    right.add(torch.tensor([1]))
+    left.merge(right)
+    assert value_of(left).dtype == torch.int64 and value_of(left).item() == 2**53 + 1
+
+
+@pytest.mark.parametrize("cls", [Mean, Sum])
+def test_a_merge_keeps_the_last_entry_of_the_later_state_that_saw_the_row(
+    cls: type[Accumulator],
+) -> None:
+    """After a merge, ``without_last`` drops the last sample of the later state seen on each row.
+
+    Row 0 is seen by the first state only (its own last sample goes), row 1 by both (the later
+    state's last sample goes). References: the remaining samples, written out.
+    """
+    mine = cls(rows=2)
+    mine.add(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64), droppable=True)
+    theirs = cls(rows=1)
+    theirs.add(torch.tensor([10.0, 20.0], dtype=torch.float64), droppable=True)
+    merged = mine.copy()
+    merged.merge(theirs, rows=[1])
+    combined = cls.combined([(mine, [0, 1]), (theirs, [1])], 2, ["A", "B"])
+    remaining = [[1.0], [3.0, 4.0, 10.0]]
+    for accumulator in (merged, combined):
+        copied, dropped = accumulator.without_last()
+        assert dropped.tolist() == [True, True]
+        expected = [sum(row) / len(row) if cls is Mean else sum(row) for row in remaining]
+        assert [value.item() for value in copied.reduce()] == expected
+
+
+@pytest.mark.parametrize("cls", [Mean, Sum])
+def test_an_infinite_repeat_leaves_the_value_infinite(cls: type[Accumulator]) -> None:
+    # The repeated sample's original is still in the data: inf - inf would make the value NaN.
+    acc = cls(rows=2)
+    acc.add(torch.tensor([[1.0, math.inf], [2.0, -math.inf]]), droppable=True)
+    copied, dropped = acc.without_last()
+    assert dropped.tolist() == [True, True]
+    assert [value.item() for value in copied.reduce()] == [math.inf, -math.inf]
+
+
+def test_cat_without_last_drops_the_last_value_kept() -> None:
+    acc = Cat(rows=2)
+    acc.add(torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]]), droppable=True)
+    acc.add(torch.tensor([[4.0], [8.0]]), droppable=True)
+    copied, dropped = acc.without_last()
+    assert dropped.tolist() == [True, True]
+    assert [value.tolist() for value in copied.reduce()] == [[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]]
+
+
+def test_cat_merge_takes_whether_the_last_value_may_be_dropped_from_the_later_state() -> None:
+    # The merged row's last value is the other state's: so is whether it is a per-sample value
+    # (a DistributedSampler repeat may be dropped) or a scalar (kept).
+    vector, scalar = Cat(), Cat()
+    vector.add(torch.tensor([1.0, 2.0]), droppable=True)
+    scalar.add(torch.tensor(5.0), droppable=False)
+    first = vector.copy()
+    first.merge(scalar)
+    second = scalar.copy()
+    second.merge(vector)
+    assert [value.tolist() for value in first.without_last()[0].reduce()] == [[1.0, 2.0, 5.0]]
+    assert [value.tolist() for value in second.without_last()[0].reduce()] == [[5.0, 1.0]]
+
+
+def test_an_int32_sum_past_two_to_the_53_in_one_add_is_exact() -> None:
+    # One add sums its integers in int64 and converts that sum to float64 once: 2**22 + 1 values
+    # of 2**31 - 1 sum past 2**53, and what the conversion rounds away goes to the low word.
+    count, value = 2**22 + 1, 2**31 - 1
+    values = torch.full((count,), value, dtype=torch.int32)
+    total, mean = Sum(), Mean()
+    total.add(values)
+    mean.add(values)
+    assert value_of(total).dtype == torch.int64 and value_of(total).item() == count * value
+    assert value_of(mean).item() == pytest.approx(value, rel=2**-52)  # the exact sum, divided

@@ -331,6 +331,22 @@ def test_a_batch_weighing_nothing_gives_nan_whatever_form_its_weight_takes(
         torch.testing.assert_close(after[name], expected, equal_nan=True)
 
 
+@pytest.mark.parametrize("kind", [kind for kind in LOSS_KINDS if kind != "DictLoss"])  # amax of 0
+def test_an_empty_batch_with_per_sample_weights_gives_nan_and_changes_nothing(kind: str) -> None:
+    # The mean over no sample is NaN, as the unweighted forward and the hand-written
+    # (v * w).sum() / w.sum() give; normalising the (0,) weights first gave 0.
+    loss = LOSS_KINDS[kind]()
+    loss(OUTPUTS, TARGETS)
+    before = loss.compute()
+    empty = torch.zeros(0)
+    for weight in (None, torch.zeros(0)):
+        assert math.isnan(loss(empty, empty, weight=weight).item())
+    after = loss.compute()
+    assert after.keys() == before.keys()
+    for name, expected in before.items():
+        torch.testing.assert_close(after[name], expected, equal_nan=True)
+
+
 def test_a_positive_batch_weight_leaves_the_returned_mean_exact() -> None:
     loss = tt.Loss(mae, "MAE") + 0.5 * tt.Loss(mse, "MSE")
     expected = loss(OUTPUTS, TARGETS)

@@ -496,3 +496,28 @@ def test_a_derived_value_kept_by_cat_keeps_the_repeat_its_sources_keep() -> None
         found = objective.compute()
         assert found["shifted"].tolist() == shifted.tolist() and len(shifted) == 6
         assert found["batch"].item() == pytest.approx(sum(served) / len(served), rel=1e-7)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [[2**62, 2**62], [2**62, 2**62]],  # each rank's sum, 2**63, is outside int64
+        [[2**62, 2**62], [-(2**62), -(2**62) + 5]],  # back inside int64 over the ranks
+    ],
+    ids=["outside", "back inside"],
+)
+def test_integer_sums_outside_int64_on_a_rank_are_not_wrapped_by_the_sync(
+    parts: list[list[int]],
+) -> None:
+    # A rank's integer words go through int64 only while they are below 2**62 in magnitude; a
+    # rank's exact sum of 2**63 converted to int64 would wrap to -2**63. Reference: Python ints.
+    ranks = [tt.Metric(identity, "Total", aggregation="sum") for _ in parts]
+    for metric, values in zip(ranks, parts, strict=True):
+        metric.update(torch.tensor(values), torch.zeros(len(values)))
+    simulate_sync([[metric] for metric in ranks])
+    exact = sum(value for values in parts for value in values)
+    inside = -(2**63) <= exact < 2**63
+    for metric in ranks:
+        found = metric.compute()["Total"]
+        assert found.dtype == (torch.int64 if inside else torch.float64)
+        assert found.item() == (exact if inside else float(exact))
