@@ -74,6 +74,39 @@ def test_integer_sums_past_2_53_are_exact_across_ranks(records: list[dict[str, A
             assert found["Mean"] == mean, (case, found)
 
 
+WIDE: list[list[list[int]]] = [  # WIDE[case][rank]: sums at and past 2**62 on a rank
+    [[2**62, 2**62], [2**62, 2**62]],  # each rank's sum, 2**63, is outside int64
+    [[2**62, 2**62], [-(2**62), -(2**62) + 5]],  # back inside int64 over the ranks
+    [[2**62], [2**62 - 1]],  # the largest int64
+    [[-(2**62)], [-(2**62)]],  # the smallest int64
+    [[2**62 - 1, 3], [2**62, -7]],
+]
+
+
+def wide_integer_sums(rank: int, world: int) -> list[dict[str, Tensor]]:
+    found = []
+    for case in WIDE:
+        metric = tt.Metric(identity, "Total", aggregation="sum")
+        metric.update(torch.tensor(case[rank]), torch.zeros(len(case[rank])))
+        batches = tt.Metric(identity, "Batches", aggregation="sum")  # one value a batch
+        for value in case[rank]:
+            batches.update(torch.tensor([value]), torch.zeros(1))
+        tt.sync_all(metric, batches)
+        found.append({**metric.compute(), **batches.compute()})
+    return found
+
+
+def test_integer_sums_near_2_62_on_a_rank_sync_exactly(records: list[dict[str, Any]]) -> None:
+    # The gloo counterpart of the simulated test further down; reference: Python integers.
+    for index, case in enumerate(WIDE):
+        exact = sum(value for values in case for value in values)
+        inside = -(2**63) <= exact < 2**63
+        for record in records:
+            for found in record["wide_integer_sums"][index].values():
+                assert found.dtype == (torch.int64 if inside else torch.float64), (case, found)
+                assert found.item() == (exact if inside else float(exact)), (case, found)
+
+
 # -- a gather to one rank: only that rank sees what does not combine ----------------------------
 
 
@@ -233,6 +266,7 @@ def test_a_combined_value_of_batch_means_keeps_the_repeat_and_says_so(
 
 CASES: dict[str, Callable[[int, int], Any]] = {
     "integer_sums": integer_sums,
+    "wide_integer_sums": wide_integer_sums,
     "destination_mismatch": destination_mismatch,
     "stale_names": stale_names,
     "repeated_batch_means": repeated_batch_means,
