@@ -12,7 +12,7 @@ threads folding different objectives never share it).
 
 On other devices (the CUDA caching allocator already reuses its blocks),
 inside ``torch.compile`` (the graph owns its buffers) and for more values
-than :data:`REUSED_ELEMENTS`, a fresh tensor is made as before.
+than :data:`REUSED_ELEMENTS`, a fresh tensor is made.
 """
 
 from __future__ import annotations
