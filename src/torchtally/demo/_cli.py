@@ -91,12 +91,12 @@ def _positive(text: str) -> int:
     return int(_checked(text, int, lambda value: value >= 1, "a number >= 1"))
 
 
-def _within(low: int, high: int) -> Any:
-    """An argparse ``type=`` taking whole numbers from ``low`` to ``high``."""
+def _within(low: int, high: int, what: str = "a number") -> Any:
+    """An argparse ``type=`` taking whole numbers from ``low`` to ``high`` (``what`` they are)."""
 
     def checked(text: str) -> int:
         return int(
-            _checked(text, int, lambda value: low <= value <= high, f"a number in [{low}, {high}]")
+            _checked(text, int, lambda value: low <= value <= high, f"{what} in [{low}, {high}]")
         )
 
     return checked
@@ -111,13 +111,6 @@ _MAX_SAMPLES = 1_000_000
 """The data lives in memory (45 MB at the cap); beyond, torch fails to allocate with a traceback."""
 _SEEDS = (-(2**63), 2**64 - 1)
 """The seeds torch's generators take."""
-
-
-def _seed(text: str) -> int:
-    low, high = _SEEDS
-    return int(
-        _checked(text, int, lambda value: low <= value <= high, f"a seed in [{low}, {high}]")
-    )
 
 
 def _learning_rate(text: str) -> float:
@@ -165,7 +158,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DemoConfig, bool]:
     parser.add_argument(
         "--lr", type=_learning_rate, default=0.01, help="Adam learning rate (default: 0.01)"
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of data and model (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=_within(*_SEEDS, "a seed"),
+        default=0,
+        help="seed of data and model (default: 0)",
+    )
     parser.add_argument(
         "--no-progress",
         action="store_true",
