@@ -28,8 +28,8 @@ __all__ = ["REUSED_ELEMENTS", "scratch_float64"]
 
 REUSED_ELEMENTS = 1 << 18
 """At most this many float64 elements (2 MiB) are kept per thread; a larger block is
-converted into a fresh tensor. It matches the objectives' queue bound (``PENDING_ELEMENTS``),
-so a fold of a full queue reuses the buffer."""
+converted into a fresh tensor. The objectives' queue bound (``PENDING_ELEMENTS``) is this
+number, so a fold of a full queue reuses the buffer."""
 
 _F64 = torch.float64
 _kept = threading.local()
