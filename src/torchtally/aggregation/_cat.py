@@ -159,8 +159,7 @@ class Cat(Accumulator):
                 holds values of another trailing shape than a row they join;
                 nothing changes then.
         """
-        super().merge(other, rows)  # the kind and the rows, checked; Cat declares no state tensor
-        targets = list(range(other.rows)) if rows is None else list(rows)
+        targets = self._merge_targets(other, rows)
         shapes = [self.trailing(row) for row in range(self.rows)]
         for part, source, target, joined in _placed([(other, targets)], shapes, self.labels):
             device = self.device if self.device is not None else joined.device

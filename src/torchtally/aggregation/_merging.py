@@ -55,17 +55,7 @@ class Merging(StateHolder):
         Raises:
             IncompatibleStateError: ``other`` is of another kind or row count.
         """
-        if other.kind != self.kind:
-            raise IncompatibleStateError(
-                f"{type(self).__name__}: cannot merge a {other.kind!r} state into a "
-                f"{self.kind!r} state"
-            )
-        targets = list(range(other.rows)) if rows is None else list(rows)
-        if len(targets) != other.rows or any(not 0 <= row < self.rows for row in targets):
-            raise IncompatibleStateError(
-                f"{type(self).__name__}: cannot merge {other.rows} rows into rows {targets} of "
-                f"{self.rows}"
-            )
+        targets = self._merge_targets(other, rows)
         if other._state is None:
             return
         assert other.device is not None
@@ -109,6 +99,26 @@ class Merging(StateHolder):
         result.device = device
         result._state = combine_states(cls.states, aligned)
         return result
+
+    def _merge_targets(self, other: Self, rows: Sequence[int] | None) -> list[int]:
+        """The row of ``self`` each row of ``other`` merges into, once both are checked to fit.
+
+        Raises:
+            IncompatibleStateError: ``other`` is of another kind, or ``rows`` does not
+                give each of its rows a row of ``self``.
+        """
+        if other.kind != self.kind:
+            raise IncompatibleStateError(
+                f"{type(self).__name__}: cannot merge a {other.kind!r} state into a "
+                f"{self.kind!r} state"
+            )
+        targets = list(range(other.rows)) if rows is None else list(rows)
+        if len(targets) != other.rows or any(not 0 <= row < self.rows for row in targets):
+            raise IncompatibleStateError(
+                f"{type(self).__name__}: cannot merge {other.rows} rows into rows {targets} of "
+                f"{self.rows}"
+            )
+        return targets
 
     def _take_dtypes(self, other: Self, targets: Sequence[int]) -> None:
         """Promote each row of ``targets`` by the dtype of ``other``'s row that goes into it."""
