@@ -33,7 +33,7 @@ from torchtally._conventions import (
 )
 from torchtally._lazy import lazy
 from torchtally.errors import ComputedBeforeUpdatedWarning, InvalidArgumentError, SyncError
-from torchtally.objectives import _holder as hooks
+from torchtally.objectives._holder import checked_accumulator, checked_declared_names, finalized
 from torchtally.objectives._hooks import Aggregation, Hooks, OutputT, TargetT
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
@@ -99,10 +99,8 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
     def _ledger(self) -> Ledger:
         # Made on first use: a composition built term by term makes none for its intermediates.
         label = self._label()
-        ledger = Ledger(
-            label, functools.partial(hooks.checked_accumulator, label, self.accumulator_for)
-        )
-        ledger.add_names(hooks.checked_declared_names(label, self.declared_names()))
+        ledger = Ledger(label, functools.partial(checked_accumulator, label, self.accumulator_for))
+        ledger.add_names(checked_declared_names(label, self.declared_names()))
         return ledger
 
     # -- description --------------------------------------------------------------------------
@@ -238,7 +236,7 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
 
     def _finalized(self, label: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """The reported values: :meth:`finalize`'s, checked (a collection then adds its affixes)."""
-        return hooks.finalized(label, self.finalize, values)
+        return finalized(label, self.finalize, values)
 
     def running(self, window: int = 10) -> dict[str, Tensor]:
         """The mean of each mean-aggregated value over the last ``window`` batches.

@@ -31,8 +31,8 @@ from torchtally._conventions import (
 from torchtally._criteria import warn_if_self_weighted
 from torchtally.aggregation import Accumulator, Cat, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
-from torchtally.objectives import _holder as hooks
 from torchtally.objectives._base import Objective
+from torchtally.objectives._holder import refuse_contradicting_aggregation
 from torchtally.sync import callable_identity
 
 _is_compiling = torch.compiler.is_compiling
@@ -160,7 +160,7 @@ class CallableObjective(Objective[OutputT, TargetT]):
                     f"{owner}: {entry.name!r} cannot use the 'cat' aggregation: it reports every "
                     f"value, not an epoch value; subclass tt.Objective and finalize() them"
                 )
-        hooks.refuse_contradicting_aggregation(
+        refuse_contradicting_aggregation(
             owner,
             self.aggregation,
             {name: entry.aggregation for name, entry in self._entries.items()},
