@@ -625,6 +625,20 @@ def damaged(state: dict[str, Any], part: int) -> dict[str, Any]:
     return state
 
 
+@pytest.mark.parametrize("tensors", [5, None])
+def test_a_join_refuses_its_own_tensors_not_a_list_as_a_state_error(tensors: Any) -> None:
+    # The join checked its own state before the parts loaded with list(state['tensors']): a
+    # TypeError ('int' object is not iterable), where a lone objective raises StateDictError.
+    outputs, targets = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    joined = tt.Metric(abs_error, "MAE") | from_torchmetrics(torchmetrics.MeanSquaredError())
+    joined.update(outputs, targets)
+    before = joined.compute()
+    state = {**joined.state_dict(), "tensors": tensors}
+    with pytest.raises(tt.errors.StateDictError, match="list of tensors"):
+        joined.load_state_dict(state)
+    assert_values(joined.compute(), before)
+
+
 @pytest.mark.parametrize("order", [("torchmetrics", "torcheval"), ("torcheval", "torchmetrics")])
 def test_a_refused_load_keeps_the_synced_view_of_the_parts_that_loaded(
     order: tuple[str, str],

@@ -76,7 +76,7 @@ class JoinedState(InStep, Objective[Any, Any]):
             for name, index in owners.items():
                 self._claim(name, self._templates[index])
             # This object's own state is checked first (nothing changes), then the parts load.
-            self._ledger.imported(state_dict.get("state"), list(state_dict.get("tensors", ())))
+            self._imported(state_dict)
             for part, state in zip(self._kept, parts, strict=True):
                 part.load_state_dict(state)
                 loaded += 1

@@ -20,6 +20,7 @@ from torchtally._inference import KeptOutsideInferenceMode
 from torchtally._state_keys import check_state_keys
 from torchtally.errors import StateDictError
 from torchtally.objectives._holder import LedgerHolder
+from torchtally.objectives._state_io import Rebuilt
 from torchtally.sync import SyncCounters, checked_saved_on
 
 __all__ = ["STATE_VERSION", "Persistence"]
@@ -85,10 +86,7 @@ class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
         """
         label = self._ledger.label
         check_state_keys(state_dict, self.state_keys(), STATE_VERSION, label)
-        tensors = state_dict.get("tensors")
-        if not isinstance(tensors, (list, tuple)):
-            raise StateDictError(f"{label}: expected a list of tensors under 'tensors'")
-        rebuilt = self._ledger.imported(state_dict.get("state"), list(tensors))
+        rebuilt = self._imported(state_dict)
         origin = checked_saved_on(state_dict["state"].get("saved_on"), label)
         stored = {name for _, names in rebuilt.values() for name in names}
         declared = set(self.declared_names())
@@ -101,6 +99,19 @@ class Persistence(SyncCounters, LedgerHolder, KeptOutsideInferenceMode):
             )
         self._ledger.install(rebuilt)
         self._note_loaded(origin, holds_updates=self._ledger.updated)
+
+    def _imported(self, state_dict: Mapping[str, Any]) -> Rebuilt:
+        """The accumulators of ``state_dict``'s own state, checked; nothing changes here.
+
+        Raises:
+            StateDictError: the tensors are not a list, or the state does not rebuild.
+        """
+        tensors = state_dict.get("tensors")
+        if not isinstance(tensors, (list, tuple)):
+            raise StateDictError(
+                f"{self._ledger.label}: expected a list of tensors under 'tensors'"
+            )
+        return self._ledger.imported(state_dict.get("state"), list(tensors))
 
     def to(self, device: torch.device | str) -> Self:
         """Move the accumulated state to ``device`` (in place) and return ``self``.
