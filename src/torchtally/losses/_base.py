@@ -24,7 +24,6 @@ from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
@@ -178,22 +177,13 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
         return values
 
     def _criterion(self, values: Mapping[str, Any]) -> Tensor:
-        """The expression on the batch's component values (see :func:`criterion`), a tensor.
-
-        Components that are all Python numbers give a number: it counts in the
-        default float dtype, as :func:`batch_value` returns it from ``forward``,
-        so the epoch value is the mean of what was returned (a float64 Python
-        float kept as it is differed from it at float32 rounding).
-        """
+        """The expression on the batch's component values (see :func:`criterion`), a tensor."""
         program = self._program
         factors = [
             factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
             for factor in program.factors
         ]
-        found = criterion(program, values, factors, self._ledger.label)
-        if isinstance(found, Tensor):
-            return found
-        return torch.as_tensor(found, dtype=torch.get_default_dtype())
+        return criterion(program, values, factors, self._ledger.label)
 
     def forward(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
         """The batch's differentiable loss; the values are accumulated (copied, detached).

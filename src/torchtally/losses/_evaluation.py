@@ -102,17 +102,19 @@ class Produced:
 
 def criterion(
     program: Program, values: Mapping[str, Any], factors: Sequence[Tensor], owner: str
-) -> Any:
-    """The expression on a batch's component values, in their widest floating dtype.
+) -> Tensor:
+    """The expression on a batch's component values, in their widest floating dtype, a tensor.
 
     Tensor components are brought to the widest floating dtype among them, a
     Python number or an integer tensor of 16 bits or more counting as the
     default float dtype (a float16 component beside a count of 70000 does not
     overflow; integer and boolean tensors are brought there too), and so are
-    the schedules' values; Python-number components stay numbers, unless the
-    arithmetic on them fails (``1 / 0.0``, an overflow, a complex power), in
-    which case they are evaluated as tensors, which give inf or nan as they
-    would for the same values returned as tensors.
+    the schedules' values; Python-number components are evaluated as numbers
+    and the result made a tensor of the default float dtype (as
+    :func:`batch_value` returns it from ``forward``, so the epoch value is the
+    mean of what was returned), unless the arithmetic on them fails (``1 / 0.0``,
+    an overflow, a complex power), in which case they are evaluated as tensors,
+    which give inf or nan as they would for the same values returned as tensors.
 
     Args:
         program: the compiled expression.
@@ -160,16 +162,16 @@ def criterion(
     except RuntimeError as error:
         raise _combine_error(program.names, components, error, owner) from error
     if shared is not None and result is not None:  # real floating tensors: the result is too
-        return result
+        return result  # type: ignore[no-any-return]
     complex_result = type(result) is complex or (type(result) is Tensor and result.is_complex())
+    float_dtype = dtype or torch.get_default_dtype()
     if result is None or complex_result:
-        float_dtype = dtype or torch.get_default_dtype()
         components = [
             value if isinstance(value, Tensor) else torch.tensor(value, dtype=float_dtype)
             for value in components
         ]
         result = program.run_list(components, factors)
-    return result
+    return result if isinstance(result, Tensor) else torch.tensor(result, dtype=float_dtype)
 
 
 def _one_floating_dtype(components: list[Any]) -> torch.dtype | None:
