@@ -115,8 +115,8 @@ class LossState(LossDefinition[OutputT, TargetT]):
         return {"formula": self._formula, **self._schedule_state()}
 
     def _loss_keys(self) -> frozenset[str]:
-        """The keys of :meth:`_loss_state` (``'schedule_position'`` only with schedules)."""
-        return frozenset({"formula", "schedule_position"} if self._program.factors else {"formula"})
+        """The keys of :meth:`_loss_state`, read from it (``state_keys`` runs once per load)."""
+        return frozenset(self._loss_state())
 
     def _schedule_state(self) -> dict[str, Any]:
         """The schedules' positions as state-dict entries (none without schedules)."""
