@@ -143,12 +143,7 @@ def criterion(
         ) from None
     dtype = shared = _one_floating_dtype(components)  # the common case, checked cheaply
     if shared is None:
-        dtype = common_dtype(components, program.names, owner)
-        if dtype is not None:
-            components = [
-                value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
-                for value in components
-            ]
+        components, dtype = in_common_dtype(components, program.names, owner)
     if dtype is not None:
         factors = [factor.to(dtype) for factor in factors]
     if torch.compiler.is_compiling():
@@ -279,6 +274,23 @@ def common_dtype(values: list[Any], names: tuple[str, ...], owner: str) -> torch
     if found is None and integral:
         return torch.get_default_dtype()
     return found
+
+
+def in_common_dtype(
+    values: list[Any], names: tuple[str, ...], owner: str
+) -> tuple[list[Any], torch.dtype | None]:
+    """``values`` with their tensors in :func:`common_dtype`, and that dtype.
+
+    Raises:
+        ResultTypeError: see :func:`common_dtype`.
+    """
+    dtype = common_dtype(values, names, owner)
+    if dtype is not None:
+        values = [
+            value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
+            for value in values
+        ]
+    return values, dtype
 
 
 def _python_number(value: Any, owner: str, name: str) -> int | float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from torch import Tensor
 from typing_extensions import override
 
 from torchtally._conventions import (
@@ -26,7 +25,7 @@ from torchtally.losses._algebra import (
     constant_or_schedule,
 )
 from torchtally.losses._base import LossBase
-from torchtally.losses._evaluation import MultiCall, Produced, common_dtype
+from torchtally.losses._evaluation import MultiCall, Produced, in_common_dtype
 from torchtally.objectives import NamedCallable
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
@@ -163,14 +162,8 @@ class DictCall(MultiCall):
         values = self._entries(result, owner)
         if self.mode == "entries":
             return values
-        summands = list(values.values())
         # in the widest floating dtype among them, as a composition's criterion is
-        dtype = common_dtype(summands, tuple(values), owner)
-        if dtype is not None:
-            summands = [
-                value.to(dtype) if type(value) is Tensor and value.dtype != dtype else value
-                for value in summands
-            ]
+        summands, _ = in_common_dtype(list(values.values()), tuple(values), owner)
         total = summands[0]
         for value in summands[1:]:  # no 0 + ...: one operation fewer, and no int start value
             total = total + value
