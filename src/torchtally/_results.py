@@ -157,8 +157,9 @@ def normalize_result(
     """
     if isinstance(result, Mapping):
         items = list(result.items())
+        label = f"{owner}: a key of the returned dict"  # formatted once, not per key per update
         for key, _ in items:
-            check_name(key, f"{owner}: a key of the returned dict")
+            check_name(key, label)
     elif isinstance(result, (tuple, list)):
         items = [(f"{name}_{index}", value) for index, value in enumerate(result)]
     else:
