@@ -102,7 +102,7 @@ class Mean(Accumulator):
                 sums = values.sum(entries)
             else:  # converted in a reused buffer, not a fresh one: see _widening
                 sums = scratch_float64(values).sum(entries)
-            state["weight"].add_(values[0].numel())
+            state["weight"].add_(values.shape[1:].numel())
             last[:, 0].copy_(values[final])
             last[:, 1].fill_(1.0)
         else:
