@@ -53,6 +53,12 @@ from torchtally.aggregation._accumulator import (
 )
 from torchtally.aggregation._cat import Cat
 from torchtally.aggregation._kinds import Max, Mean, Min, Sum
+from torchtally.aggregation._states import nan_where_negative as nan_where_negative
+from torchtally.aggregation._states import normal_state as normal_state
+from torchtally.aggregation._states import weigh_in_place as weigh_in_place
+from torchtally.aggregation._states import weighted_values as weighted_values
+from torchtally.aggregation._widening import REUSED_ELEMENTS as REUSED_ELEMENTS
+from torchtally.aggregation._widening import scratch_float64 as scratch_float64
 from torchtally.errors import InvalidArgumentError
 
 __all__ = [
@@ -71,6 +77,11 @@ __all__ = [
     "combine_states",
     "dtypes_from_counts",
 ]
+# Also imported above, for the objectives' queue and the losses (not in __all__, so not
+# documented): nan_where_negative, normal_state, weigh_in_place, weighted_values (the
+# weighting and copying rules of the states), REUSED_ELEMENTS and scratch_float64 (the
+# reused float64 buffer). Other packages import them from here, never from the private
+# modules (tests/test_layers.py).
 
 # Documented, pickled and shown under the package's name, wherever they are defined.
 for _public in (Accumulator, StateSpec, Mean, Sum, Min, Max, Cat):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, real_number
 from torchtally._dtypes import refuse_unheld
-from torchtally.aggregation._states import nan_where_negative
+from torchtally.aggregation import nan_where_negative
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 

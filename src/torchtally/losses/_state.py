@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from torchtally._inference import outside_inference_mode
 from torchtally._lazy import lazy
-from torchtally.aggregation._states import normal_state
+from torchtally.aggregation import normal_state
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
 from torchtally.objectives import STATE_VERSION

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from torchtally._conventions import Weight
 from torchtally._inference import outside_inference_mode
-from torchtally.aggregation._states import nan_where_negative
-from torchtally.aggregation._widening import REUSED_ELEMENTS
+from torchtally.aggregation import REUSED_ELEMENTS, nan_where_negative
 from torchtally.objectives._plan import VECTOR, Part, Plan
 
 __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Queue", "Queued", "batch_weights", "per_sample"]
@@ -31,7 +30,7 @@ __all__ = ["PENDING_BATCHES", "PENDING_ELEMENTS", "Queue", "Queued", "batch_weig
 PENDING_ELEMENTS = REUSED_ELEMENTS
 """At most this many elements (2**18, 1 MiB of float32) are queued before a fold, or one batch if
 it is larger: as many as a fold converts to float64 in its reused buffer
-(:data:`~torchtally.aggregation._widening.REUSED_ELEMENTS`). The buffers holding them are sized
+(:data:`~torchtally.aggregation.REUSED_ELEMENTS`). The buffers holding them are sized
 for :data:`PENDING_BATCHES` batches of the first batch's size, within this bound, grow only when
 a batch needs more room, and are reused."""
 

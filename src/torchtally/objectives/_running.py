@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from torchtally.aggregation._states import weigh_in_place, weighted_values
-from torchtally.aggregation._widening import scratch_float64
+from torchtally.aggregation import scratch_float64, weigh_in_place, weighted_values
 from torchtally.objectives._plan import VECTOR
 from torchtally.objectives._queue import Queued, batch_weights
 
