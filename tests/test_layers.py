@@ -13,7 +13,8 @@ literal name. The tests fail when
   (package granularity),
 - a module reaches into another package's private submodule (``aggregation._states``)
   or a private name of another package (``from torchtally.sync import _x``) instead of
-  what the package exports in its ``__init__``.
+  what the package exports in its ``__init__``,
+- a module is longer than :data:`MAX_LINES`.
 
 The root's own private modules (``torchtally._conventions``, ``torchtally._dtypes``,
 ...) are shared by the whole library: any module may import them, from above.
@@ -22,6 +23,7 @@ The root's own private modules (``torchtally._conventions``, ``torchtally._dtype
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -58,6 +60,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """Top-level units (the first name under ``torchtally``; ``""`` is the root's
 ``__init__``), from the top layer down. A unit may import units of lower layers."""
+
+MAX_LINES = 400
+"""The longest a module may be (DESIGN.md): split it by job before it grows past this."""
 
 INDEPENDENT = frozenset({7, 10})
 """Layers (indices into :data:`LAYERS`) whose units do not import one another either.
@@ -298,6 +303,21 @@ def test_packages_are_reached_through_their_init() -> None:
 def test_protocols_and_errors_import_nothing_of_ours() -> None:
     bottom = {f"{ROOT}.{name}" for name in LAYERS[-1]}
     assert [each.where() for each in imports(SRC) if each.source in bottom] == []
+
+
+def test_no_module_is_longer_than_400_lines() -> None:
+    lengths = {
+        name: len(path.read_text("utf-8").splitlines()) for name, path in module_files(SRC).items()
+    }
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def test_every_module_has_its_line_in_the_architecture_page() -> None:
+    page = (SRC.parent / "docs" / "architecture.md").read_text("utf-8")
+    listed = set(re.findall(r"^\| `([\w./]+)` \|", page, re.MULTILINE))
+    named = {name.partition(".")[2] or "torchtally/__init__" for name in module_files(SRC)}
+    assert sorted(named - listed) == [], "give each a line in docs/architecture.md"
+    assert sorted(listed - named) == [], "gone: remove them from docs/architecture.md"
 
 
 def test_the_checks_see_imports_wherever_they_are_written(tmp_path: Path) -> None:
