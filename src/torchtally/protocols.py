@@ -18,13 +18,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from typing_extensions import TypeVar
 
 __all__ = ["LossProtocol", "ObjectiveProtocol", "OutputT", "TargetT"]
 
-OutputT = TypeVar("OutputT", contravariant=True)
+OutputT = TypeVar("OutputT", contravariant=True, default=Any)
 """The type of the model outputs an objective takes (``tt.Objective[Tensor, Tensor]``: a tensor)."""
-TargetT = TypeVar("TargetT", contravariant=True)
+TargetT = TypeVar("TargetT", contravariant=True, default=Any)
 """The type of the targets an objective takes."""
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
-from typing_extensions import Self, override
+from typing_extensions import Self, TypeVar, override
 
 from torchtally._conventions import WeightFn, call_each, size_and_weight
 from torchtally._lazy import lazy
@@ -34,12 +34,15 @@ from torchtally.formula import Component, Expression
 from torchtally.losses._algebra import COMBINED_NAME
 from torchtally.losses._evaluation import batch_value, criterion, differentiable_weight
 from torchtally.losses._operators import LossAlgebra, builders
+
+if TYPE_CHECKING:  # for annotations only: it builds on this class
+    from torchtally.losses._joined import JoinedLoss
 from torchtally.objectives import NamedCallable
 
 __all__ = ["LossBase"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossBase(LossAlgebra[OutputT, TargetT]):
@@ -360,7 +363,7 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
     # -- joining ------------------------------------------------------------------------------
 
     @override
-    def joined(self, *parts: Any) -> Any:
+    def joined(self, *parts: Any) -> JoinedLoss:
         """The parts (this loss among them) as one loss, a :class:`JoinedLoss` (fresh state).
 
         What ``loss | objective`` and :func:`torchtally.objectives.join` build

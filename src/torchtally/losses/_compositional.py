@@ -13,9 +13,9 @@ also yields the components it combines.
 # ``torchtally.losses.CompositionalLoss``, where ``typing.get_type_hints`` could not resolve
 # string annotations written in this module.
 
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._conventions import MetricFn, WeightFn, default_name
 from torchtally._criteria import warn_if_self_weighted
@@ -41,8 +41,8 @@ from torchtally.objectives import NamedCallable, is_objective_like
 
 __all__ = ["CompositionalLoss"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class CompositionalLoss(LossBase[OutputT, TargetT]):

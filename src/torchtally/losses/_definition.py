@@ -16,9 +16,9 @@ It is the lowest layer of :class:`~torchtally.losses.LossBase`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._conventions import WeightFn, check_name
 from torchtally._lazy import lazy
@@ -38,8 +38,8 @@ from torchtally.objectives import CallableObjective, NamedCallable, merge_named_
 
 __all__ = ["LossDefinition"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossDefinition(CallableObjective[OutputT, TargetT]):

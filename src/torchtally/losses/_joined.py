@@ -175,14 +175,15 @@ class JoinedLoss(Joined):
         return JoinedLoss(*parts)
 
     @override
-    def __or__(self, other: object) -> Any:
+    def __or__(self, other: object) -> JoinedLoss:
         """This loss also joined with ``other`` (any objective but a loss)."""
         if getattr(other, "is_loss", False) is True:
-            return self._loss._track(other, before=False)  # raises: '|' takes one loss
+            self._loss._track(other, before=False)  # raises: '|' takes one loss
+            raise AssertionError("unreachable: '|' of two losses raised above")
         return JoinedLoss(self, other) if is_objective_like(other) else NotImplemented
 
     @override
-    def __ror__(self, other: object) -> Any:
+    def __ror__(self, other: object) -> JoinedLoss:
         return JoinedLoss(other, self) if is_objective_like(other) else NotImplemented
 
     def _arithmetic(

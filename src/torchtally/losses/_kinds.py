@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._conventions import (
     MetricFn,
@@ -30,8 +30,8 @@ from torchtally.objectives import NamedCallable
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 _MODES = ("loss", "summed", "entries")
 
@@ -67,7 +67,7 @@ class Loss(LossBase[OutputT, TargetT]):
 
     def __init__(
         self,
-        fn: MetricFn,
+        fn: Callable[[OutputT, TargetT], Any],
         name: str | None = None,
         higher_is_better: bool = False,
         *,
@@ -239,7 +239,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
 
     def __init__(
         self,
-        fn: MetricFn,
+        fn: Callable[[OutputT, TargetT], Any],
         name: str,
         higher_is_better: bool = False,
         *,
@@ -261,14 +261,14 @@ class DictLoss(LossBase[OutputT, TargetT]):
     @classmethod
     def summed(
         cls,
-        fn: MetricFn,
+        fn: Callable[[OutputT, TargetT], Any],
         name: str | None = None,
         higher_is_better: bool = False,
         *,
         weights: Mapping[str, Any] | None = None,
         names: Iterable[str] = (),
         weight: WeightFn | None = None,
-    ) -> DictLoss[Any, Any]:
+    ) -> DictLoss[OutputT, TargetT]:
         """A loss that is the sum of the values ``fn`` returns, each one tracked.
 
         ``fn`` returns a dict (each entry tracked under its key), a tuple or
@@ -299,7 +299,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
             {'Loss': tensor(2.), 'cls_loss': tensor(1.), 'box_loss': tensor(0.5000)}
         """
         name, direction = _named(fn, name, higher_is_better, "DictLoss")
-        loss: DictLoss[Any, Any] = cls.__new__(cls)
+        loss: DictLoss[OutputT, TargetT] = cls.__new__(cls)
         loss._name = name
         if weights is None:
             loss._call = DictCall(fn, name, "summed", _declared(names, name))

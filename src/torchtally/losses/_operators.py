@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from typing_extensions import Self
+from typing_extensions import Self, TypeVar
 
 from torchtally._conventions import shared_weight_fn
 from torchtally.errors import FormulaError
@@ -47,11 +47,12 @@ from torchtally.objectives import (
 if TYPE_CHECKING:  # for annotations only: the classes the operators return build on this one
     from torchtally.losses._base import LossBase
     from torchtally.losses._compositional import CompositionalLoss
+    from torchtally.losses._joined import JoinedLoss
 
 __all__ = ["Builders", "LossAlgebra", "builders"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class Builders:
@@ -71,7 +72,7 @@ class Builders:
     """
 
     composition: type[CompositionalLoss[Any, Any]]
-    joined: Callable[..., Any]
+    joined: Callable[..., JoinedLoss]
     as_loss: Callable[[Any], LossBase[Any, Any]]
 
 
@@ -211,7 +212,7 @@ class LossAlgebra(LossState[OutputT, TargetT]):
         composed._define(node, self._table, self._tracked_entries, found, self._weight_fn, sign)
         return composed
 
-    def __or__(self, other: object) -> Any:
+    def __or__(self, other: object) -> Self | JoinedLoss:
         """A loss that also tracks ``other`` (any objective), with fresh state.
 
         With a ``tt.Metric`` or a plain ``MetricCollection``, a loss of the
@@ -233,13 +234,15 @@ class LossAlgebra(LossState[OutputT, TargetT]):
             >>> loss.compute()
             {'MAE': tensor(2.), 'Worst': tensor(3.)}
         """
-        return self._track(other, before=False)
+        tracking = self._track(other, before=False)
+        return NotImplemented if tracking is None else tracking
 
-    def __ror__(self, other: object) -> Any:
-        return self._track(other, before=True)
+    def __ror__(self, other: object) -> Self | JoinedLoss:
+        tracking = self._track(other, before=True)
+        return NotImplemented if tracking is None else tracking
 
-    def _track(self, other: object, *, before: bool) -> Any:
-        """``self`` also tracking ``other``, listed in the order they were written."""
+    def _track(self, other: object, *, before: bool) -> Self | JoinedLoss | None:
+        """``self`` also tracking ``other``, in the order written (``None``: not an objective)."""
         if getattr(other, "is_loss", False) is True:
             formula = getattr(other, "formula", type(other).__name__)
             raise FormulaError(
@@ -254,11 +257,11 @@ class LossAlgebra(LossState[OutputT, TargetT]):
                 return self._derive((*other.entries, *self._tracked_entries))
             return self._derive((*self._tracked_entries, *other.entries))
         if not is_objective_like(other):
-            return NotImplemented
+            return None
         return self.joined(other, self) if before else self.joined(self, other)
 
     @abstractmethod
-    def joined(self, *parts: Any) -> Any:
+    def joined(self, *parts: Any) -> JoinedLoss:
         """The parts (this loss among them) as one loss (``LossBase.joined``)."""
 
 

@@ -14,11 +14,11 @@ restores its loss's formula and positions through the same methods.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._inference import outside_inference_mode
 from torchtally._lazy import lazy
@@ -30,8 +30,8 @@ from torchtally.sync import callable_identity
 
 __all__ = ["LossState"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossState(LossDefinition[OutputT, TargetT]):

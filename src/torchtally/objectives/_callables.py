@@ -9,11 +9,19 @@ make one collection.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, TypeVar
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    ValuesView,
+)
+from typing import Any
 
 from torch import Tensor
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._conventions import (
     MetricFn,
@@ -41,8 +49,8 @@ __all__ = [
     "merge_named_callables",
 ]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 class MetricCollection(CallableObjective[OutputT, TargetT]):
@@ -281,7 +289,7 @@ class Metric(CallableObjective[OutputT, TargetT]):
 
     def __init__(
         self,
-        fn: MetricFn,
+        fn: Callable[[OutputT, TargetT], Any],
         name: str | None = None,
         higher_is_better: bool | None = None,
         *,

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic
 
 from torch import Tensor
+from typing_extensions import TypeVar
 
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.objectives._holder import refuse_renamed_hooks
 
 __all__ = ["Aggregation", "Hooks", "OutputT", "TargetT"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 Aggregation = str | type[Accumulator]
 """One aggregation: a kind (``'mean'``, ``'max'``, ...) or an accumulator class."""

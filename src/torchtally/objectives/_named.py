@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
-from typing_extensions import override
+from typing_extensions import TypeVar, override
 
 from torchtally._conventions import (
     MetricFn,
@@ -39,8 +39,8 @@ _is_compiling = torch.compiler.is_compiling
 
 __all__ = ["CallableObjective", "NamedCallable", "is_loss", "merge_named_callables"]
 
-OutputT = TypeVar("OutputT")
-TargetT = TypeVar("TargetT")
+OutputT = TypeVar("OutputT", default=Any)
+TargetT = TypeVar("TargetT", default=Any)
 
 
 @dataclass(frozen=True)
