@@ -72,6 +72,20 @@ def test_prefix_and_postfix_rename_the_reported_values_only() -> None:
     )
 
 
+def test_the_repr_of_a_renamed_collection_shows_its_prefix_and_postfix() -> None:
+    train = tt.MetricCollection(MAE=absolute)
+    validation = train.renamed(prefix="val/")
+    assert repr(train) == "MetricCollection['MAE']"
+    assert repr(validation) == "MetricCollection['MAE'], prefix='val/'"
+    assert repr(tt.MetricCollection(MAE=absolute, postfix="_epoch")) == (
+        "MetricCollection['MAE'], postfix='_epoch'"
+    )
+    both = tt.MetricCollection.from_dict({"MAE": absolute}, prefix="val/", postfix="_epoch")
+    assert repr(both) == "MetricCollection['MAE'], prefix='val/', postfix='_epoch'"
+    with pytest.raises(StateDictError, match="prefix='val/'"):  # and so do its errors
+        validation.load_state_dict(tt.MetricCollection(Bias=absolute).state_dict())
+
+
 def test_a_metric_given_as_a_value_is_used_under_its_key() -> None:
     collection = tt.MetricCollection(Acc=tt.Metric(absolute, "ignored", higher_is_better=False))
     collection.update(OUTPUTS, TARGETS)

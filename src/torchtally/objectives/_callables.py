@@ -148,6 +148,8 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
             >>> validation = train.renamed(prefix='val/')
             >>> validation.reported_names
             ('val/MAE',)
+            >>> validation  # its repr (and its error messages) show the affixes
+            MetricCollection['MAE'], prefix='val/'
         """
         for option, value in (("prefix", prefix), ("postfix", postfix)):
             if not isinstance(value, str):
@@ -179,6 +181,16 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
     @override
     def reported_name(self, name: str) -> str:
         return f"{self._prefix}{name}{self._postfix}"
+
+    @override
+    def _label(self) -> str:
+        # The affixes name the values it reports: a train and a validation collection differ.
+        affixes = "".join(
+            f", {option}={value!r}"
+            for option, value in (("prefix", self._prefix), ("postfix", self._postfix))
+            if value
+        )
+        return super()._label() + affixes
 
     @override
     def higher_is_better_for(self, name: str) -> bool | None:
