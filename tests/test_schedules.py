@@ -664,3 +664,18 @@ def test_a_run_resumed_from_its_state_dict_matches_an_uninterrupted_run(
         assert found_values.keys() == expected_values.keys()
         for name, value in found_values.items():
             torch.testing.assert_close(value, expected_values[name], rtol=1e-13, atol=0)
+
+
+def test_the_repr_of_a_schedule_is_the_call_that_builds_it() -> None:
+    built = [
+        schedules.linear(0, 1, 10),
+        schedules.cosine(1.0, 0.25, steps=5, unit="epoch"),
+        schedules.piecewise({0: 0.0, 100: 0.5}),
+    ]
+    assert [repr(schedule) for schedule in built] == [
+        "linear(0.0, 1.0, steps=10)",
+        "cosine(1.0, 0.25, steps=5, unit='epoch')",
+        "piecewise({0: 0.0, 100: 0.5})",
+    ]
+    # no private class name, and evaluating it gives the same schedule back
+    assert [eval(repr(schedule), vars(schedules)) for schedule in built] == built

@@ -140,6 +140,15 @@ class Schedule(ABC):
     def _suffix(self) -> str:
         return " epochs" if self.unit == "epoch" else ""
 
+    @abstractmethod
+    def _arguments(self) -> str:
+        """The arguments of the call that builds the schedule, but ``unit``."""
+
+    def __repr__(self) -> str:
+        # The call that builds it (``linear(0.0, 1.0, steps=10)``), not the private class.
+        unit = f", unit={self.unit!r}" if self.unit != "step" else ""
+        return f"{self.kind}({self._arguments()}{unit})"
+
     # -- arithmetic: a schedule is a factor of a loss, never an operand of its own ------------
 
     def _alone(self, other: object, op: str, *, right: bool = False) -> Any:
@@ -170,7 +179,7 @@ class Schedule(ABC):
         return self._alone(-1, "*", right=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Ramp(Schedule):
     """From ``start`` to ``end`` over ``steps`` positions, then ``end``."""
 
@@ -191,6 +200,9 @@ class _Ramp(Schedule):
     @property
     def label(self) -> str:
         return f"{self.kind}({_short(self.start)}→{_short(self.end)}, {self.steps}{self._suffix()})"
+
+    def _arguments(self) -> str:
+        return f"{self.start!r}, {self.end!r}, steps={self.steps}"
 
     @property
     def low(self) -> float:
@@ -221,7 +233,7 @@ class _Ramp(Schedule):
         return torch.where(weight < 0.5, self.start + weight * span, self.end - span * (1 - weight))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Linear(_Ramp):
     kind: ClassVar[str] = "linear"
 
@@ -232,7 +244,7 @@ class _Linear(_Ramp):
         return self._between_tensor(self._progress_tensor(position))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Cosine(_Ramp):
     kind: ClassVar[str] = "cosine"
 
@@ -243,7 +255,7 @@ class _Cosine(_Ramp):
         return self._between_tensor((1 - torch.cos(math.pi * self._progress_tensor(position))) / 2)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _Piecewise(Schedule):
     kind: ClassVar[str] = "piecewise"
     points: tuple[tuple[int, float], ...] = ((0, 1.0),)
@@ -268,6 +280,9 @@ class _Piecewise(Schedule):
     def label(self) -> str:
         points = ", ".join(f"{start}: {_short(weight)}" for start, weight in self.points)
         return f"piecewise({points}{self._suffix()})"
+
+    def _arguments(self) -> str:
+        return repr(dict(self.points))
 
     @property
     def low(self) -> float:
