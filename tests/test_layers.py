@@ -73,13 +73,15 @@ ANNOTATION_CYCLES = frozenset(
         ("torchtally.losses._operators", "torchtally.losses._base"),
         ("torchtally.losses._operators", "torchtally.losses._compositional"),
         ("torchtally.losses._operators", "torchtally.losses._joined"),
+        ("torchtally.losses._base", "torchtally.losses._joined"),
     }
 )
 """Imports under ``if TYPE_CHECKING:`` that close a cycle, allowed one by one.
 
 The operator mixin (``losses._operators``) is a base class of ``LossBase``, and its
 operators are annotated with the classes they return, ``LossBase`` and its subclasses
-``CompositionalLoss`` and ``JoinedLoss`` (``loss | metric``): a base class naming its subclass is a cycle that only a merged
+``CompositionalLoss`` and ``JoinedLoss`` (``loss | metric``; ``LossBase.joined`` names
+``JoinedLoss`` too): a base class naming its subclass is a cycle that only a merged
 module or a looser public return type would remove. Nothing runs these imports.
 """
 

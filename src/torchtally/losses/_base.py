@@ -34,10 +34,10 @@ from torchtally.formula import Component, Expression
 from torchtally.losses._algebra import COMBINED_NAME
 from torchtally.losses._evaluation import batch_value, criterion, differentiable_weight
 from torchtally.losses._operators import LossAlgebra, builders
+from torchtally.objectives import NamedCallable
 
 if TYPE_CHECKING:  # for annotations only: it builds on this class
     from torchtally.losses._joined import JoinedLoss
-from torchtally.objectives import NamedCallable
 
 __all__ = ["LossBase"]
 
