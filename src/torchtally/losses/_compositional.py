@@ -174,6 +174,7 @@ class CompositionalLoss(LossBase[OutputT, TargetT]):
     @property
     @override
     def name(self) -> str:
+        """The name ``compute()`` reports the combined value under (``'Combined Loss'``)."""
         return self._name
 
     @lazy
@@ -184,6 +185,7 @@ class CompositionalLoss(LossBase[OutputT, TargetT]):
     @property
     @override
     def components(self) -> tuple[NamedCallable, ...]:
+        """The named callables of the formula's leaves (see ``LossBase.components``)."""
         if self._formula_text is not None:  # built from a criterion: the components it combines
             entry = self._table.get(self._name)
             assert entry is not None and isinstance(entry.fn, Produced)

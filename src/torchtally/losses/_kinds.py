@@ -81,6 +81,7 @@ class Loss(LossBase[OutputT, TargetT]):
     @property
     @override
     def name(self) -> str:
+        """The name ``compute()`` reports the loss's value under (its callable's name)."""
         return self._component_names[0]
 
     @property
@@ -336,6 +337,7 @@ class DictLoss(LossBase[OutputT, TargetT]):
     @property
     @override
     def name(self) -> str:
+        """The entry of the callable's dict that is the loss (``compute()`` reports it by it)."""
         return self._name
 
     @property
