@@ -309,7 +309,8 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
     before they meet the values, and the weighted sum is taken in that dtype:
     float16 values with weights summing beyond 65504 (1000 per sample in a
     batch of 128) give their mean, not ``inf / inf``. All device work, no
-    host sync; weights that all are 0, a batch weight of 0 (a number or a 0-d
+    host sync; a value of weight 0 is left out (NaN or infinite too, as the epoch
+    value leaves it out); weights that all are 0, a batch weight of 0 (a number or a 0-d
     tensor: the batch's total) and an empty batch give NaN, as the
     hand-written mean does, also for a criterion that is one number for the
     batch (otherwise that number, exactly, keeping the graph of weights that
@@ -358,7 +359,11 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         return value * (total / total).to(value.dtype)
     if not value.shape[0]:
         return value.mean()  # an empty batch: NaN, where the normalised empty sum would give 0
-    return (value.to(wide) * (weights / weights.sum())).sum().to(value.dtype)
+    # A value of weight 0 is left out, as the epoch value leaves it out: NaN x 0 would be NaN
+    # (an image whose pixels are all ignored). Zeroed before the product, so that weights
+    # summing to 0 (normalised to NaN) still give NaN.
+    kept = value.to(wide).masked_fill(weights == 0, 0.0)
+    return (kept * (weights / weights.sum())).sum().to(value.dtype)
 
 
 def differentiable_weight(given: Any, checked: Weight) -> Weight:

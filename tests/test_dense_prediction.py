@@ -1,0 +1,85 @@
+"""Dense prediction: per-pixel losses and metrics, ignored pixels, detection-style targets.
+
+References: the float64 values of ``torch.nn.functional.cross_entropy`` with
+``ignore_index`` over the concatenated data, hand-written per-image sums, and
+torchmetrics' ``MulticlassJaccardIndex`` for the dataset IoU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+import torchtally as tt
+
+IGNORE = 255
+CLASSES = 3
+
+
+def image_ce(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per image: the cross-entropy over its labelled pixels (NaN for an image with none)."""
+    losses = functional.cross_entropy(outputs, targets, ignore_index=IGNORE, reduction="none")
+    return losses.sum((1, 2)) / (targets != IGNORE).sum((1, 2))
+
+
+def labelled(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per image: its number of labelled pixels."""
+    return (targets != IGNORE).sum((1, 2)).float()
+
+
+def penalty(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs.pow(2).mean((1, 2, 3))
+
+
+def segmentation_batch(size: int, seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(size, CLASSES, 4, 5, generator=generator)
+    labels = torch.randint(0, CLASSES, (size, 4, 5), generator=generator)
+    labels[torch.rand(size, 4, 5, generator=generator) < 0.3] = IGNORE
+    labels[1] = IGNORE  # an image with no labelled pixel: its value is NaN, its weight 0
+    return logits, labels
+
+
+LOSSES: dict[str, Any] = {
+    "Loss": lambda: tt.Loss(image_ce, "CE", weight=labelled),
+    "composition": lambda: (
+        tt.Loss(image_ce, "CE", weight=labelled) + tt.Loss(penalty, "Reg", weight=labelled)
+    ),
+    "DictLoss": lambda: tt.DictLoss(
+        lambda o, t: {"CE": image_ce(o, t), "Reg": penalty(o, t)}, "CE", weight=labelled
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOSSES))
+def test_forward_leaves_out_an_image_of_weight_0_as_compute_does(kind: str) -> None:
+    # An image whose pixels are all ignored has the per-image value 0 / 0 = NaN and the
+    # weight 0. compute() left it out (a value of weight exactly 0 is left out), but
+    # forward returned NaN * 0 = NaN for the whole batch: forward and compute disagreed,
+    # and the batch's loss, which is the mean over its labelled pixels, was lost.
+    loss = LOSSES[kind]()
+    logits, labels = segmentation_batch(3, seed=0)
+    logits.requires_grad_(True)
+    value = loss(logits, labels)
+    expected = functional.cross_entropy(logits.double(), labels, ignore_index=IGNORE)
+    if kind == "composition":
+        kept = labelled(logits, labels).double()
+        expected = expected + (penalty(logits, labels).double() * kept).sum() / kept.sum()
+    torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(next(iter(loss.compute().values())).double(), expected.detach())
+    value.backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+
+
+def test_forward_of_weights_summing_to_0_is_still_nan_with_a_nan_value() -> None:
+    # Leaving out the entries of weight 0 must not turn 0 / 0 into 0.
+    loss = tt.Loss(image_ce, "CE", weight=labelled)
+    logits, labels = segmentation_batch(2, seed=1)
+    labels[:] = IGNORE
+    assert math.isnan(loss(logits, labels).item())
+    assert math.isnan(loss(logits, labels, weight=torch.zeros(2)).item())
