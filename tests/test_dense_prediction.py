@@ -83,3 +83,42 @@ def test_forward_of_weights_summing_to_0_is_still_nan_with_a_nan_value() -> None
     labels[:] = IGNORE
     assert math.isnan(loss(logits, labels).item())
     assert math.isnan(loss(logits, labels, weight=torch.zeros(2)).item())
+
+
+def boxes(count: int) -> Tensor:
+    return torch.rand(count, 4)
+
+
+def detections(size: int) -> list[dict[str, Tensor]]:
+    return [{"boxes": boxes(2), "scores": torch.rand(2)} for _ in range(size)]
+
+
+def test_per_image_box_tensors_of_equal_counts_are_not_read_as_a_batch_of_boxes() -> None:
+    # One tensor of boxes per image: refused when the counts differ, but with one box in
+    # each of 4 images the list read as a batch of 1 (the box count), so a batch mean of 4
+    # images weighed 1: 0.2 instead of 0.5 below. The outputs (4 images) say otherwise.
+    metric = tt.Metric(lambda o, t: torch.tensor(1.0 if isinstance(t, list) else 0.0), "M")
+    with pytest.raises(tt.errors.BatchSizeError, match=r"'M'.*\b1\b.*\b4\b"):
+        metric.update(detections(4), [boxes(1) for _ in range(4)])
+    with pytest.raises(tt.errors.BatchSizeError, match="weight="):
+        metric.update(torch.zeros(4, 3), (boxes(2), boxes(2), boxes(2)))
+    with pytest.raises(tt.errors.BatchSizeError):
+        metric.update(torch.zeros(4, 3), {"boxes": [boxes(1) for _ in range(4)]})
+    with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
+        assert math.isnan(metric.compute()["M"])  # nothing was counted
+    weighted = tt.Metric(
+        lambda o, t: torch.tensor(1.0 if isinstance(t, list) else 0.0),
+        "M",
+        weight=lambda o, t: torch.ones(len(t)),
+    )
+    weighted.update(detections(4), [boxes(1) for _ in range(4)])
+    weighted.update(torch.zeros(4), torch.zeros(4))
+    assert weighted.compute()["M"].item() == 0.5
+
+
+def test_tensors_that_share_the_batch_dimension_still_give_it() -> None:
+    # several targets of one batch (labels and boxes), with outputs of that batch or none
+    metric = tt.Metric(lambda o, t: t[0].float(), "Label")
+    metric.update(torch.zeros(3, 5), [torch.tensor([1, 2, 3]), boxes(3)])
+    metric.update(None, (torch.tensor([4]), boxes(1)))
+    assert metric.compute()["Label"].item() == 2.5

@@ -48,40 +48,56 @@ WeightFn = Callable[[Any, Any], Any]
 """A callable of ``(outputs, targets)`` returning a batch's weight."""
 
 
-def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> None:
-    """Refuse tensors of several first dimensions (one per sample): no batch dimension to read."""
+_PER_SAMPLE_HINT = (
+    "pass weight=, e.g. the construction argument weight=lambda outputs, targets: "
+    "torch.ones(len(targets))"
+)
+
+
+def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> bool:
+    """Refuse tensors of several first dimensions (one per sample): no batch dimension to read.
+
+    Returns whether ``items`` are several tensors of one first dimension: a batch read from
+    them may be one tensor per sample whose lengths agree by chance.
+    """
     if len(items) > 1 and all(isinstance(element, Tensor) and element.ndim for element in items):
         lengths = [int(element.shape[0]) for element in items]
         if min(lengths) != max(lengths):
             shown = ", ".join(map(str, lengths[:5])) + (", ..." if len(lengths) > 5 else "")
             raise BatchSizeError(
                 f"a list of tensors whose first dimensions differ ({shown}) has no batch "
-                f"dimension (one tensor per sample?); pass weight=, e.g. the construction "
-                f"argument weight=lambda outputs, targets: torch.ones(len(targets))"
+                f"dimension (one tensor per sample?); {_PER_SAMPLE_HINT}"
             )
+        return True
+    return False
 
 
-def _leading_dim(item: Any) -> int | None:
-    """The batch size ``item`` gives, depth first, or ``None`` when it holds no clue."""
+def _leading_dim(item: Any) -> tuple[int | None, bool]:
+    """The batch size ``item`` gives, depth first (``None``: no clue), and whether it is a guess.
+
+    A guess is the common first dimension of a list or tuple of several tensors, which may be
+    one tensor per sample whose lengths agree by chance (one box in each image).
+    """
     if isinstance(item, Tensor):
         if item.ndim == 0:
             raise BatchSizeError("a 0-d tensor has no batch dimension")
-        return int(item.shape[0])
+        return int(item.shape[0]), False
+    guess = False
     if isinstance(item, Mapping):
         item = item.values()
     elif isinstance(item, (tuple, list)):
         # A list of per-sample records (detection targets: one dict per image) is as long
         # as the batch; the first tensor inside record 0 would count record 0's boxes.
         if item and all(isinstance(element, Mapping) for element in item):
-            return len(item)
-        _refuse_ragged(item)
+            return len(item), False
+        guess = _refuse_ragged(item)
     else:
-        return None
+        return None, False
     for element in item:
-        size = _leading_dim(element)
+        size, inner = _leading_dim(element)
         if size is not None:
-            return size
-    return None
+            return size, guess or inner
+    return None, False
 
 
 def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
@@ -91,7 +107,9 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
     lists and dicts in order, depth first: a tensor gives its leading
     dimension; a list or tuple of per-sample records (dicts: one image's boxes
     and labels, say) gives its length; a list or tuple of tensors whose first
-    dimensions differ (one per sample) gives none and is refused. Data whose batch
+    dimensions differ (one per sample) gives none and is refused, and so is one
+    of targets whose common first dimension the outputs contradict (one box in
+    each image, while the outputs hold four images). Data whose batch
     is not the leading dimension (sequence-first ``(T, B)`` tensors) or that
     should weigh by something else (tokens) take an explicit ``weight=``.
 
@@ -105,7 +123,7 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
 
     Raises:
         BatchSizeError: no clue was found, the first tensor is 0-d, or a list of
-            tensors has no common first dimension.
+            tensors has no common first dimension, or one the outputs contradict.
 
     Example:
         >>> import torch
@@ -117,18 +135,34 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
         return targets.shape[0]
     for where, item in (("targets", targets), ("outputs", outputs)):
         try:
-            size = _leading_dim(item)
+            size, guess = _leading_dim(item)
         except BatchSizeError as error:
             raise BatchSizeError(
                 f"{owner}: cannot read the batch size from the {where}: {error}; expected a "
                 f"tensor whose first dimension is the batch (or pass weight=)"
             ) from None
         if size is not None:
+            if guess and where == "targets":
+                _check_guess(size, outputs, owner)
             return size
     raise BatchSizeError(
         f"{owner}: no tensor or list of records found in the targets ({type(targets).__name__}) "
         f"or the outputs ({type(outputs).__name__}) to read the batch size from; pass weight="
     )
+
+
+def _check_guess(size: int, outputs: Any, owner: str) -> None:
+    """Refuse a batch size read from a list of tensors that the outputs contradict."""
+    try:
+        told, _ = _leading_dim(outputs)
+    except BatchSizeError:
+        return  # the outputs hold no clue of their own: the targets' size stands
+    if told is not None and told != size:
+        raise BatchSizeError(
+            f"{owner}: the targets are a list of tensors of first dimension {size}, and the "
+            f"outputs' batch is {told}: one tensor per sample whose lengths agree by chance "
+            f"(one box in each image)? {_PER_SAMPLE_HINT}"
+        )
 
 
 def batch_weight(weight: Any, size: int, owner: str) -> Weight:
