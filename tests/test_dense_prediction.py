@@ -122,3 +122,74 @@ def test_tensors_that_share_the_batch_dimension_still_give_it() -> None:
     metric.update(torch.zeros(3, 5), [torch.tensor([1, 2, 3]), boxes(3)])
     metric.update(None, (torch.tensor([4]), boxes(1)))
     assert metric.compute()["Label"].item() == 2.5
+
+
+# -- the dataset IoU recipe of docs/metrics.md, against torchmetrics --------------------------
+
+
+def overlaps(outputs: Tensor, targets: Tensor, classes: int) -> dict[str, Tensor]:
+    predicted, kept = outputs.argmax(1), targets != IGNORE
+    counts = {}
+    for c in range(classes):
+        is_predicted, is_true = (predicted == c) & kept, targets == c
+        counts[f"I{c}"] = (is_predicted & is_true).sum()
+        counts[f"U{c}"] = (is_predicted | is_true).sum()
+    return counts
+
+
+class IoU(tt.MetricCollection):
+    aggregation = "sum"
+
+    def __init__(self, classes: int) -> None:
+        super().__init__(lambda o, t: overlaps(o, t, classes))
+        self.classes = classes
+
+    def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        names = range(self.classes)
+        intersection = torch.stack([values[f"I{c}"] for c in names]).double()
+        union = torch.stack([values[f"U{c}"] for c in names]).double()
+        iou = intersection / union
+        return {"mIoU": iou.nanmean(), "IoU": iou}
+
+
+@pytest.mark.parametrize("classes", [3, 4])  # 4: as many classes as images in a batch
+def test_the_documented_iou_is_torchmetrics_dataset_iou(classes: int) -> None:
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    generator = torch.Generator().manual_seed(classes)
+    iou = IoU(classes)
+    macro = MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE)
+    per_class = MulticlassJaccardIndex(classes, average="none", ignore_index=IGNORE)
+    batch_ious = []
+    for size in (4, 4, 1):  # an uneven last batch
+        logits = torch.randn(size, classes, 6, 7, generator=generator)
+        labels = torch.randint(0, classes - 1, (size, 6, 7), generator=generator)  # one unseen
+        labels[torch.rand(size, 6, 7, generator=generator) < 0.25] = IGNORE
+        logits[:, classes - 1] -= 10  # the unseen class is never predicted either
+        iou.update(logits, labels)
+        macro.update(logits, labels)
+        per_class.update(logits, labels)
+        batch_ious.append(
+            MulticlassJaccardIndex(classes, average="macro", ignore_index=IGNORE)(logits, labels)
+        )
+    computed = iou.compute()
+    torch.testing.assert_close(computed["mIoU"].float(), macro.compute())
+    expected = per_class.compute().double()
+    expected[classes - 1] = math.nan  # torchmetrics reports 0 for a class never seen
+    torch.testing.assert_close(computed["IoU"], expected, equal_nan=True, rtol=1e-6, atol=0)
+    naive = torch.stack(batch_ious).mean()  # the mean of batch ratios is another number
+    assert abs(float(naive) - float(computed["mIoU"])) > 1e-3
+
+
+def test_per_pixel_and_per_class_values_and_pixel_masks_are_refused() -> None:
+    logits, labels = segmentation_batch(3, seed=2)
+    pixels = tt.Metric(
+        lambda o, t: functional.cross_entropy(o, t, ignore_index=IGNORE, reduction="none"), "P"
+    )
+    classes = tt.Metric(lambda o, t: o.mean((2, 3)), "PerClass")
+    for metric, shape in ((pixels, r"\(3, 4, 5\)"), (classes, r"\(3, 3\)")):
+        with pytest.raises(tt.errors.ResultShapeError, match=shape):
+            metric.update(logits, labels)
+    masked = tt.Metric(image_ce, "CE")
+    with pytest.raises(tt.errors.WeightError, match=r"'CE'.*\(3, 4, 5\)"):
+        masked.update(logits, labels, weight=(labels != IGNORE).float())
