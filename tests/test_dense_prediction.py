@@ -85,6 +85,21 @@ def test_forward_of_weights_summing_to_0_is_still_nan_with_a_nan_value() -> None
     assert math.isnan(loss(logits, labels, weight=torch.zeros(2)).item())
 
 
+def test_the_gradient_of_a_weight_of_0_is_that_of_the_hand_written_mean() -> None:
+    # Leaving out values of weight 0 must not change the gradient with respect to a
+    # weight of 0 for a finite value: d/dw_i of (v * w).sum() / w.sum() is
+    # (v_i - mean) / w.sum(), not -mean / w.sum() as if v_i were 0.
+    values = torch.tensor([[1.0], [5.0], [2.0]])
+    weight = torch.tensor([1.0, 0.0, 3.0], requires_grad=True)
+    loss = tt.Loss(lambda o, t: (o - t).abs().mean(1), "MAE")
+    loss(values, torch.zeros(3, 1), weight=weight).backward()
+    expected_weight = weight.detach().double().requires_grad_(True)
+    by_hand = (values[:, 0].double() * expected_weight).sum() / expected_weight.sum()
+    by_hand.backward()
+    assert weight.grad is not None and expected_weight.grad is not None
+    torch.testing.assert_close(weight.grad.double(), expected_weight.grad)
+
+
 def boxes(count: int) -> Tensor:
     return torch.rand(count, 4)
 

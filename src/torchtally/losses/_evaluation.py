@@ -361,8 +361,14 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         return value.mean()  # an empty batch: NaN, where the normalised empty sum would give 0
     # A value of weight 0 is left out, as the epoch value leaves it out: NaN x 0 would be NaN
     # (an image whose pixels are all ignored). Zeroed before the product, so that weights
-    # summing to 0 (normalised to NaN) still give NaN.
-    kept = value.to(wide).masked_fill(weights == 0, 0.0)
+    # summing to 0 (normalised to NaN) still give NaN. Weights that require grad keep a
+    # finite value there: d/dw of the mean at w = 0 is (value - mean) / total, as by hand.
+    wide_value = value.to(wide)
+    if weights.requires_grad:
+        finite = wide_value.nan_to_num(0.0, 0.0, 0.0)
+        kept = torch.where(weights == 0, finite, wide_value)
+    else:
+        kept = wide_value.masked_fill(weights == 0, 0.0)
     return (kept * (weights / weights.sum())).sum().to(value.dtype)
 
 
