@@ -116,7 +116,7 @@ def test_per_image_box_tensors_of_equal_counts_are_not_read_as_a_batch_of_boxes(
     with pytest.raises(tt.errors.BatchSizeError, match=r"'M'.*\b1\b.*\b4\b"):
         metric.update(detections(4), [boxes(1) for _ in range(4)])
     with pytest.raises(tt.errors.BatchSizeError, match="weight="):
-        metric.update(torch.zeros(4, 3), (boxes(2), boxes(2), boxes(2)))
+        metric.update(torch.zeros(3, 3), (boxes(2), boxes(2), boxes(2)))
     with pytest.raises(tt.errors.BatchSizeError):
         metric.update(torch.zeros(4, 3), {"boxes": [boxes(1) for _ in range(4)]})
     with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
@@ -137,6 +137,16 @@ def test_tensors_that_share_the_batch_dimension_still_give_it() -> None:
     metric.update(torch.zeros(3, 5), [torch.tensor([1, 2, 3]), boxes(3)])
     metric.update(None, (torch.tensor([4]), boxes(1)))
     assert metric.compute()["Label"].item() == 2.5
+
+
+def test_sequence_first_outputs_beside_batch_first_targets_give_the_targets_batch() -> None:
+    # (T, B, V) outputs of an RNN (batch_first=False) and a tuple of batch-first targets:
+    # the outputs' T is not the number of target tensors, so the targets' B stands.
+    metric = tt.Metric(lambda o, t: t[0].float(), "Label")
+    lengths = torch.tensor([5, 2, 9])
+    metric.update(torch.zeros(7, 3, 11), (torch.tensor([1.0, 2.0, 3.0]), lengths))
+    metric.update(torch.zeros(7, 1, 11), (torch.tensor([6.0]), lengths[:1]))
+    assert metric.compute()["Label"].item() == 3.0
 
 
 # -- the dataset IoU recipe of docs/metrics.md, against torchmetrics --------------------------

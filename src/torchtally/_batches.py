@@ -72,32 +72,33 @@ def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> bool:
     return False
 
 
-def _leading_dim(item: Any) -> tuple[int | None, bool]:
-    """The batch size ``item`` gives, depth first (``None``: no clue), and whether it is a guess.
+def _leading_dim(item: Any) -> tuple[int | None, int | None]:
+    """The batch size ``item`` gives, depth first (``None``: no clue), and if it is a guess.
 
     A guess is the common first dimension of a list or tuple of several tensors, which may be
-    one tensor per sample whose lengths agree by chance (one box in each image).
+    one tensor per sample whose lengths agree by chance (one box in each image); the second
+    item is then the length of that list (``None``: not a guess).
     """
     if isinstance(item, Tensor):
         if item.ndim == 0:
             raise BatchSizeError("a 0-d tensor has no batch dimension")
-        return int(item.shape[0]), False
-    guess = False
+        return int(item.shape[0]), None
+    guess: int | None = None
     if isinstance(item, Mapping):
         item = item.values()
     elif isinstance(item, (tuple, list)):
         # A list of per-sample records (detection targets: one dict per image) is as long
         # as the batch; the first tensor inside record 0 would count record 0's boxes.
         if item and all(isinstance(element, Mapping) for element in item):
-            return len(item), False
-        guess = _refuse_ragged(item)
+            return len(item), None
+        guess = len(item) if _refuse_ragged(item) else None
     else:
-        return None, False
+        return None, None
     for element in item:
         size, inner = _leading_dim(element)
         if size is not None:
-            return size, guess or inner
-    return None, False
+            return size, inner if guess is None else guess
+    return None, None
 
 
 def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
@@ -107,9 +108,10 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
     lists and dicts in order, depth first: a tensor gives its leading
     dimension; a list or tuple of per-sample records (dicts: one image's boxes
     and labels, say) gives its length; a list or tuple of tensors whose first
-    dimensions differ (one per sample) gives none and is refused, and so is one
-    of targets whose common first dimension the outputs contradict (one box in
-    each image, while the outputs hold four images). Data whose batch
+    dimensions differ (one per sample) gives none and is refused, and so is a
+    list of ``n`` tensors in the targets whose common first dimension is not the
+    outputs' batch when the outputs' batch is ``n`` (one box in each of four
+    images, with the outputs of four images). Data whose batch
     is not the leading dimension (sequence-first ``(T, B)`` tensors) or that
     should weigh by something else (tokens) take an explicit ``weight=``.
 
@@ -142,8 +144,8 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
                 f"tensor whose first dimension is the batch (or pass weight=)"
             ) from None
         if size is not None:
-            if guess and where == "targets":
-                _check_guess(size, outputs, owner)
+            if guess is not None and where == "targets":
+                _check_guess(size, guess, outputs, owner)
             return size
     raise BatchSizeError(
         f"{owner}: no tensor or list of records found in the targets ({type(targets).__name__}) "
@@ -151,17 +153,21 @@ def batch_size(targets: Any, outputs: Any, owner: str = "objective") -> int:
     )
 
 
-def _check_guess(size: int, outputs: Any, owner: str) -> None:
-    """Refuse a batch size read from a list of tensors that the outputs contradict."""
+def _check_guess(size: int, count: int, outputs: Any, owner: str) -> None:
+    """Refuse a batch size read from ``count`` tensors when the outputs hold ``count`` samples.
+
+    Outputs of another size leave the targets' size standing: sequence-first ``(T, B)``
+    outputs beside batch-first targets (labels and a mask) are read as before.
+    """
     try:
         told, _ = _leading_dim(outputs)
     except BatchSizeError:
         return  # the outputs hold no clue of their own: the targets' size stands
-    if told is not None and told != size:
+    if told == count != size:
         raise BatchSizeError(
-            f"{owner}: the targets are a list of tensors of first dimension {size}, and the "
-            f"outputs' batch is {told}: one tensor per sample whose lengths agree by chance "
-            f"(one box in each image)? {_PER_SAMPLE_HINT}"
+            f"{owner}: the targets are a list of {count} tensors of first dimension {size}, "
+            f"and the outputs' batch is {told}: one tensor per sample whose lengths agree by "
+            f"chance (one box in each image)? {_PER_SAMPLE_HINT}"
         )
 
 
