@@ -265,7 +265,7 @@ def change_rows(
     evenly = _as_slice(rows)
     if evenly is not None:
         views = {name: tensor[evenly] for name, tensor in state.items()}
-        part = dict(views)
+        part = views.copy()  # not dict(views): dynamo runs that through a guarded polyfill
         change(part)
         for name, tensor in part.items():
             if tensor is not views[name]:  # a change that rebinds an entry: copy it back

@@ -48,7 +48,8 @@ def scratch_float64(values: Tensor) -> Tensor:
         (torch.float64, 3.5)
     """
     count = values.numel()
-    if values.device.type != "cpu" or count > REUSED_ELEMENTS or torch.compiler.is_compiling():
+    # is_compiling first: the globals read after it would be guards of a compiled frame
+    if torch.compiler.is_compiling() or values.device.type != "cpu" or count > REUSED_ELEMENTS:
         return values.to(_F64, copy=True)
     buffer: Tensor | None = getattr(_kept, "buffer", None)
     if buffer is None or buffer.numel() < count:

@@ -248,11 +248,11 @@ class CallableObjective(Objective[OutputT, TargetT]):
         take it (they check everything and raise the library's errors).
         """
         if (
-            weight is not None
+            _is_compiling()  # first: what the others read would be guards of the compiled frame
+            or weight is not None
             or type(targets) is not Tensor
             or self._weight_fn is not None
             or type(values) is not dict
-            or _is_compiling()
         ):
             return False
         shape = targets.shape  # read once: each read builds a torch.Size

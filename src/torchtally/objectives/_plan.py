@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchtally._dtypes import refuse_unheld
+from torchtally._lazy import lazy
 from torchtally.aggregation import Accumulator, Cat
 from torchtally.errors import DeviceMismatchError, ResultShapeError
 
@@ -79,22 +80,32 @@ class Group:
     record: bool  # vectors and scalars of at most one dimension (else odd scalars)
     everything: bool  # members are all the batch's values, in order
     parts: tuple[Part, ...]
-    vectors: int = field(init=False)  # how many members are per-sample vectors
-    single: int | None = field(init=False, repr=False, compare=False)  # the one member
-    pick: Callable[[Sequence[Tensor]], Any] = field(init=False, repr=False, compare=False)
-    join: Callable[..., Tensor] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "vectors", sum(shape is None for shape in self.shapes))
-        object.__setattr__(self, "single", self.members[0] if len(self.members) == 1 else None)
-        object.__setattr__(self, "pick", operator.itemgetter(*self.members))
+    # Derived on first use (by the eager queue): a plan made while torch.compile traces folds
+    # its parts only, and each builtin or module global these read would be a guard.
+    @lazy
+    def vectors(self) -> int:
+        """How many members are per-sample vectors."""
+        return sum(shape is None for shape in self.shapes)
+
+    @lazy
+    def single(self) -> int | None:
+        """The one member, if there is one."""
+        return self.members[0] if len(self.members) == 1 else None
+
+    @lazy
+    def pick(self) -> Callable[[Sequence[Tensor]], Any]:
+        """The members of a batch's values, in the group's order."""
+        return operator.itemgetter(*self.members)
+
+    @lazy
+    def join(self) -> Callable[..., Tensor]:
+        """How the members are copied into a record with one operation (``out=``)."""
         if not self.record or all(shape is None or len(shape) == 1 for shape in self.shapes):
-            join: Callable[..., Tensor] = torch.cat  # all 1-d, or odd scalars along dim 0
-        elif all(shape == () for shape in self.shapes):
-            join = torch.stack  # 0-d scalars side by side: cheaper than hstack
-        else:
-            join = torch.hstack  # vectors and 0-d scalars in one record
-        object.__setattr__(self, "join", join)
+            return torch.cat  # all 1-d, or odd scalars along dim 0
+        if all(shape == () for shape in self.shapes):
+            return torch.stack  # 0-d scalars side by side: cheaper than hstack
+        return torch.hstack  # vectors and 0-d scalars in one record
 
     def length(self, size: int) -> int:
         """How many buffer elements one batch of ``size`` samples takes."""
@@ -140,23 +151,36 @@ class Plan:
     device: torch.device
     scalar_totals: bool  # some scalar is a batch total (a sum): weights cannot apply to it
     keeps_values: bool  # some value goes to a Cat (kept as it is: weights cannot apply to it)
-    dtypes: tuple[torch.dtype, ...] = field(init=False)  # per value
-    shapes: tuple[tuple[int, ...] | None, ...] = field(init=False)  # per value; None: (B,)
-    on_cpu: bool = field(init=False)
-    copy: Callable[[Sequence[Tensor], Sequence[Tensor]], Any] = field(
-        init=False, repr=False, compare=False
-    )  # copy_batch for these groups, one call (call without autograd)
 
-    def __post_init__(self) -> None:
+    # Derived on first use, by the eager queue (see Group): not while torch.compile traces.
+    @lazy
+    def _forms(self) -> tuple[tuple[Any, ...], tuple[tuple[int, ...] | None, ...]]:
         dtypes: list[Any] = [None] * len(self.names)
         shapes: list[tuple[int, ...] | None] = [None] * len(self.names)
         for group in self.groups:
             for position, shape in zip(group.members, group.shapes, strict=True):
                 dtypes[position], shapes[position] = group.dtype, shape
-        object.__setattr__(self, "dtypes", tuple(dtypes))
-        object.__setattr__(self, "shapes", tuple(shapes))
-        object.__setattr__(self, "on_cpu", self.device.type == "cpu")
-        object.__setattr__(self, "copy", _copier(self.groups))
+        return tuple(dtypes), tuple(shapes)
+
+    @lazy
+    def dtypes(self) -> tuple[torch.dtype, ...]:
+        """Every value's dtype."""
+        return self._forms[0]
+
+    @lazy
+    def shapes(self) -> tuple[tuple[int, ...] | None, ...]:
+        """Every value's shape; ``None``: ``(B,)``."""
+        return self._forms[1]
+
+    @lazy
+    def on_cpu(self) -> bool:
+        """Whether the values live on the CPU."""
+        return self.device.type == "cpu"
+
+    @lazy
+    def copy(self) -> Callable[[Sequence[Tensor], Sequence[Tensor]], Any]:
+        """:func:`copy_batch` for these groups, one call (call without autograd)."""
+        return _copier(self.groups)
 
     @property
     def vectors(self) -> bool:
