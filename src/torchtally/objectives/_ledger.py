@@ -36,7 +36,8 @@ from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
 from torchtally.errors import CompileError, DeviceMismatchError, InvalidArgumentError, WeightError
 from torchtally.objectives._fold import fold_now, fold_queued, keep
-from torchtally.objectives._plan import Plan, make_plan, plan_key
+from torchtally.objectives._plan import Plan
+from torchtally.objectives._planning import make_plan, plan_key
 from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
 from torchtally.objectives._rows import Rows
 from torchtally.objectives._running import Recent, batch_means
