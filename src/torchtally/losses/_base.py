@@ -182,10 +182,14 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
     def _criterion(self, values: Mapping[str, Any]) -> Tensor:
         """The expression on the batch's component values (see :func:`criterion`), a tensor."""
         program = self._program
-        factors = [
-            factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
-            for factor in program.factors
-        ]
+        factors = (
+            [
+                factor.values(self._position[factor.unit])[0]  # type: ignore[attr-defined]
+                for factor in program.factors
+            ]
+            if program.factors
+            else ()  # no schedules (most losses): no comprehension to run every batch
+        )
         return criterion(program, values, factors, self._ledger.label)
 
     def forward(self, outputs: OutputT, targets: TargetT, *, weight: Any = None) -> Tensor:
@@ -229,7 +233,8 @@ class LossBase(LossAlgebra[OutputT, TargetT]):
                 self._ledger.check(values, size, weight)
                 raise
             self._accumulate(values, size, weight, self._names_ordered)
-        self._step(size)
+        if self._program.factors:  # only schedules move (most losses have none: no call)
+            self._step(size)
         return value
 
     @override

@@ -23,6 +23,8 @@ from torchtally.aggregation import nan_where_negative
 from torchtally.errors import DeviceMismatchError, ResultShapeError, ResultTypeError
 from torchtally.formula import Program
 
+_is_compiling = torch.compiler.is_compiling  # looked up once: criterion runs every batch
+
 __all__ = ["MultiCall", "Produced", "batch_value", "criterion", "differentiable_weight"]
 
 
@@ -135,7 +137,7 @@ def criterion(
         tensor([2., 6.])
     """
     try:
-        components = [values[name] for name in program.names]
+        components = list(map(values.__getitem__, program.names))  # no comprehension frame
     except KeyError as error:
         raise ResultTypeError(
             f"{owner}: no value for the component {error.args[0]!r}; the callables returned "
@@ -144,9 +146,9 @@ def criterion(
     dtype = shared = _one_floating_dtype(components)  # the common case, checked cheaply
     if shared is None:
         components, dtype = in_common_dtype(components, program.names, owner)
-    if dtype is not None:
+    if dtype is not None and factors:
         factors = [factor.to(dtype) for factor in factors]
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         # torch's broadcast error stops the compiler with its own error instead of reaching
         # the except below; checked on the shapes while tracing, it costs the graph nothing
         _check_broadcast(program.names, components, owner)
