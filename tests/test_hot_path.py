@@ -10,6 +10,7 @@ timings live in ``benchmarks/`` (see docs/performance.md).
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -63,12 +64,15 @@ def torchtally_calls(step: Callable[[], Any]) -> list[str]:
         if event == "call" and str(Path(code.co_filename).resolve()).startswith(PACKAGE):
             entered.append(f"{Path(code.co_filename).name}:{code.co_name}")
 
-    previous = sys.getprofile()
+    previous, collecting = sys.getprofile(), gc.isenabled()
+    gc.disable()  # no collection (and no finaliser) inside the counted call
     sys.setprofile(profile)
     try:
         step()
     finally:
         sys.setprofile(previous)
+        if collecting:
+            gc.enable()
     return entered
 
 
