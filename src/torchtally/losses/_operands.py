@@ -49,9 +49,12 @@ _BATCH_FORWARDS: weakref.WeakKeyDictionary[Any, BatchForward] = weakref.WeakKeyD
 class BatchForward:
     """A foreign loss's value on each batch alone: a callable of ``(outputs, targets)``.
 
-    It holds a copy of the object, made when it is built; each call resets the
-    copy and returns what its ``forward`` returns for the batch (differentiable
-    where the object is). The object it was made from is never touched.
+    It holds a copy of the object, made when it is built; each call returns
+    what the copy's ``forward`` returns for the batch (differentiable where the
+    object is) and resets the copy, so that between calls it keeps neither the
+    batch nor its autograd graph (which would keep the batch's activations
+    alive and make the loss impossible to copy). The object it was made from
+    is never touched.
 
     Args:
         source: an objective with ``forward``, ``reset`` (and deep-copyable).
@@ -75,8 +78,10 @@ class BatchForward:
     def __call__(self, outputs: Any, targets: Any) -> Any:
         """The object's ``forward`` on this batch alone."""
         held = self.held
-        held.reset()  # only this batch: the copy's state never grows
-        return held.forward(outputs, targets)
+        try:
+            return held.forward(outputs, targets)
+        finally:
+            held.reset()  # only this batch: the copy keeps no state and no graph after it
 
     def __repr__(self) -> str:
         return self.__qualname__
