@@ -389,3 +389,18 @@ def test_a_loss_with_a_torchmetrics_component_copies_after_a_training_forward() 
         returned = each(second[0].clone().requires_grad_(True), second[1])
         close(returned.detach(), mae(*second).mean() + 0.1 * functional.mse_loss(*second))
         close(each.compute()["Combined Loss"], combined)
+
+
+def test_a_loss_with_a_scaled_torchmetrics_metric_copies_after_a_training_forward() -> None:
+    """``0.1 * metric`` is torchmetrics' CompositionalMetric, whose reset keeps its last value."""
+    first, second = batches(seed=4, sizes=(4, 3))
+    loss = tt.Loss(mae, "MAE") + 0.1 * torchmetrics.MeanSquaredError()
+    loss(first[0].clone().requires_grad_(True), first[1]).backward()
+    copies = [loss.copy(), copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))]
+    every = concatenated([first, second])
+    squared = [functional.mse_loss(*pair).expand(len(pair[0])) for pair in (first, second)]
+    combined = (mae(*every) + 0.1 * torch.cat(squared)).mean()
+    for each in (loss, *copies):
+        returned = each(second[0].clone().requires_grad_(True), second[1])
+        close(returned.detach(), mae(*second).mean() + 0.1 * functional.mse_loss(*second))
+        close(each.compute()["Combined Loss"], combined)

@@ -70,8 +70,9 @@ class BatchForward:
     """
 
     def __init__(self, source: Any) -> None:
-        self.held = copy.deepcopy(source)
-        self.held.reset()
+        self.blank = copy.deepcopy(source)
+        self.blank.reset()
+        self.held = copy.deepcopy(self.blank)
         # What processes that sync compare for this callable (see torchtally.sync): its source.
         self.__qualname__ = f"{type(self).__qualname__}[{source!r:.80}]"
 
@@ -82,6 +83,16 @@ class BatchForward:
             return held.forward(outputs, targets)
         finally:
             held.reset()  # only this batch: the copy keeps no state and no graph after it
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles take the copy no batch has run through: a reset does not clear
+        # everything a forward leaves behind (a torchmetrics CompositionalMetric keeps its
+        # last differentiable value, and with it the batch's graph, which cannot be copied).
+        return {"blank": self.blank, "__qualname__": self.__qualname__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.held = copy.deepcopy(self.blank)
 
     def __repr__(self) -> str:
         return self.__qualname__
