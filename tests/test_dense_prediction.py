@@ -100,6 +100,74 @@ def test_the_gradient_of_a_weight_of_0_is_that_of_the_hand_written_mean() -> Non
     torch.testing.assert_close(weight.grad.double(), expected_weight.grad)
 
 
+def per_sample(o: Tensor, t: Tensor) -> Tensor:
+    return (o - t)[:, 0]
+
+
+def finite_mean(o: Tensor, t: Tensor) -> Tensor:
+    return (o - t)[o.isfinite()].mean()
+
+
+@pytest.mark.parametrize("left_out", [math.nan, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("composed", [False, True])
+def test_a_non_finite_value_of_weight_0_is_left_out_with_weights_that_require_grad(
+    left_out: float, dtype: torch.dtype, composed: bool
+) -> None:
+    # Weights that require grad take another branch (nan_to_num, where) than plain ones
+    # (masked_fill): the value, its gradients and compute() must match the float64 mean
+    # over the samples of weight > 0. The gradient with respect to the weight of 0 of a
+    # sample whose value is not finite is taken as if the value were 0 (documented).
+    raw = torch.tensor([1.0, left_out, 2.0, 4.0])
+    outputs = raw.to(dtype).unsqueeze(1).requires_grad_(True)
+    weight = torch.tensor([1.0, 0.0, 3.0, 0.5], requires_grad=True)
+    loss: Any = tt.Loss(per_sample, "V")
+    if composed:  # a (B,) criterion from a per-sample component and a batch mean
+        loss = loss + 0.5 * tt.Loss(finite_mean, "S")
+    value = loss(outputs, torch.zeros(4, 1, dtype=dtype), weight=weight)
+    value.backward()
+
+    kept = torch.tensor([True, False, True, True])
+    o64 = raw.double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(True)
+    criterion = o64 + 0.5 * o64[kept].mean() if composed else o64
+    criterion = torch.where(kept, criterion, 0.0)  # the left-out value counts 0 (no NaN x 0)
+    expected = (criterion * w64).sum() / w64.sum()
+    expected.backward()
+    assert outputs.grad is not None and weight.grad is not None and w64.grad is not None
+    tolerance = {"rtol": 1e-3, "atol": 1e-3} if dtype == torch.float16 else {}
+    assert value.dtype == dtype
+    torch.testing.assert_close(value.double(), expected.detach(), **tolerance)
+    assert o64.grad is not None
+    torch.testing.assert_close(outputs.grad[:, 0].double(), o64.grad, **tolerance)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, **tolerance)
+    combined = loss.compute()["Combined Loss" if composed else "V"]
+    torch.testing.assert_close(combined.double(), expected.detach(), **tolerance)
+
+
+def test_the_documented_masked_mean_gives_the_pixel_mean_and_its_gradient() -> None:
+    # docs/losses.md: a mask multiplied by hand, divided by the clamped count, keeps NaN
+    # out of the model's gradient for an image with no labelled pixel (0 / 0 would not)
+    def masked_mse(o: Tensor, t: Tensor) -> Tensor:
+        mask = (t >= 0).to(o.dtype)
+        return ((o - t) ** 2 * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+    loss = tt.Loss(masked_mse, "MSE", weight=lambda o, t: (t >= 0).sum(1))
+    generator = torch.Generator().manual_seed(3)
+    outputs = torch.randn(3, 4, generator=generator, requires_grad=True)
+    targets = torch.rand(3, 4, generator=generator)
+    targets[1] = -1.0  # nothing labelled
+    targets[0, :2] = -1.0
+    loss(outputs, targets).backward()
+    wide = outputs.detach().double().requires_grad_(True)
+    mask = targets >= 0
+    expected = (wide - targets.double())[mask].pow(2).mean()  # every labelled pixel at once
+    expected.backward()
+    assert outputs.grad is not None and wide.grad is not None
+    torch.testing.assert_close(outputs.grad.double(), wide.grad)
+    torch.testing.assert_close(loss.compute()["MSE"].double(), expected.detach())
+
+
 def boxes(count: int) -> Tensor:
     return torch.rand(count, 4)
 
