@@ -207,6 +207,33 @@ def test_tensors_that_share_the_batch_dimension_still_give_it() -> None:
     assert metric.compute()["Label"].item() == 2.5
 
 
+def test_per_image_tensors_beside_outputs_whose_first_entry_is_a_0_d_loss_are_refused() -> None:
+    # A model's output dict often starts with its 0-d loss ({'loss': ..., 'logits': (B, C)},
+    # as Hugging Face models return it): the outputs' batch was then no clue, and a list of
+    # one (1, H, W) mask per image of 4 images read as a batch of 1, so a batch mean of 4
+    # images weighed 1: 0.2 instead of 0.5 below.
+    metric = tt.Metric(lambda o, t: torch.tensor(1.0 if isinstance(t, dict) else 0.0), "M")
+    outputs = {"loss": torch.tensor(0.3), "logits": torch.zeros(4, 3)}
+    masks = {"mask_labels": [torch.zeros(1, 2, 2) for _ in range(4)]}
+    with pytest.raises(tt.errors.BatchSizeError, match=r"'M'.*\b1\b.*\b4\b"):
+        metric.update(outputs, masks)
+    with pytest.warns(tt.errors.ComputedBeforeUpdatedWarning):
+        assert math.isnan(metric.compute()["M"])  # nothing was counted
+    weighted = tt.Metric(
+        lambda o, t: torch.tensor(1.0 if isinstance(t, dict) else 0.0),
+        "M",
+        weight=lambda o, t: torch.ones(4) if isinstance(t, dict) else None,
+    )
+    weighted.update(outputs, masks)
+    weighted.update(torch.zeros(4), torch.zeros(4))
+    assert weighted.compute()["M"].item() == 0.5
+    # targets of the outputs' batch beside such outputs are read as before
+    labels = tt.Metric(lambda o, t: t[0].float(), "Label")
+    labels.update(outputs, (torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4, 2)))
+    labels.update({"loss": torch.tensor(0.1), "logits": torch.zeros(2, 3)}, [torch.ones(2)] * 2)
+    assert labels.compute()["Label"].item() == 2.0
+
+
 def test_sequence_first_outputs_beside_batch_first_targets_give_the_targets_batch() -> None:
     # (T, B, V) outputs of an RNN (batch_first=False) and a tuple of batch-first targets:
     # the outputs' T is not the number of target tensors, so the targets' B stands.

@@ -159,16 +159,41 @@ def _check_guess(size: int, count: int, outputs: Any, owner: str) -> None:
     Outputs of another size leave the targets' size standing: sequence-first ``(T, B)``
     outputs beside batch-first targets (labels and a mask) are read as before.
     """
-    try:
-        told, _ = _leading_dim(outputs)
-    except BatchSizeError:
-        return  # the outputs hold no clue of their own: the targets' size stands
+    told = _outputs_batch(outputs)
     if told == count != size:
         raise BatchSizeError(
             f"{owner}: the targets are a list of {count} tensors of first dimension {size}, "
             f"and the outputs' batch is {told}: one tensor per sample whose lengths agree by "
             f"chance (one box in each image)? {_PER_SAMPLE_HINT}"
         )
+
+
+def _outputs_batch(item: Any) -> int | None:
+    """The outputs' batch as :func:`_check_guess` reads it (``None``: no clue).
+
+    As :func:`_leading_dim`, except that a 0-d tensor is passed over rather than refused: a
+    model's output dict often starts with its 0-d loss (``{'loss': ..., 'logits': (B, C)}``),
+    and the next tensor still tells the batch. A list of tensors of several first dimensions
+    (one per sample, or a ``(B, ...)`` tensor beside an ``(L, B, ...)`` one) tells none.
+    """
+    if isinstance(item, Tensor):
+        return int(item.shape[0]) if item.ndim else None
+    if isinstance(item, Mapping):
+        item = item.values()
+    elif isinstance(item, (tuple, list)):
+        if item and all(isinstance(element, Mapping) for element in item):
+            return len(item)
+        try:
+            _refuse_ragged(item)
+        except BatchSizeError:
+            return None
+    else:
+        return None
+    for element in item:
+        size = _outputs_batch(element)
+        if size is not None:
+            return size
+    return None
 
 
 def batch_weight(weight: Any, size: int, owner: str) -> Weight:
