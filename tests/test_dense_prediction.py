@@ -313,3 +313,16 @@ def test_per_pixel_and_per_class_values_and_pixel_masks_are_refused() -> None:
     masked = tt.Metric(image_ce, "CE")
     with pytest.raises(tt.errors.WeightError, match=r"'CE'.*\(3, 4, 5\)"):
         masked.update(logits, labels, weight=(labels != IGNORE).float())
+
+
+def test_fields_of_one_batch_beside_as_many_steps_are_refused_with_both_remedies() -> (
+    None
+):
+    # (T, B, C) outputs with T = 2 beside two batch-first target fields: indistinguishable from
+    # two per-sample tensors beside outputs of 2 samples, so refused; the error names both ways.
+    metric = tt.Metric(lambda o, t: t[0], "M")
+    with pytest.raises(tt.errors.BatchSizeError, match=r"len\(targets\).*len\(targets\[0\]\)"):
+        metric.update(torch.zeros(2, 8, 3), (torch.zeros(8), torch.zeros(8, 2)))
+    weighted = tt.Metric(lambda o, t: t[0], "M", weight=lambda o, t: torch.ones(len(t[0])))
+    weighted.update(torch.zeros(2, 8, 3), (torch.arange(8.0), torch.zeros(8, 2)))
+    assert weighted.compute()["M"].item() == 3.5

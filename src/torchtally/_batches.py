@@ -164,7 +164,10 @@ def _check_guess(size: int, count: int, outputs: Any, owner: str) -> None:
         raise BatchSizeError(
             f"{owner}: the targets are a list of {count} tensors of first dimension {size}, "
             f"and the outputs' batch is {told}: one tensor per sample whose lengths agree by "
-            f"chance (one box in each image)? {_PER_SAMPLE_HINT}"
+            f"chance (one box in each image)? {_PER_SAMPLE_HINT}; or, if they are several "
+            f"fields of one batch of {size} beside sequence-first outputs whose first "
+            f"dimension happens to be {count}, weight=lambda outputs, targets: "
+            f"torch.ones(len(targets[0]))"
         )
 
 
