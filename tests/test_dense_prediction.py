@@ -315,9 +315,7 @@ def test_per_pixel_and_per_class_values_and_pixel_masks_are_refused() -> None:
         masked.update(logits, labels, weight=(labels != IGNORE).float())
 
 
-def test_fields_of_one_batch_beside_as_many_steps_are_refused_with_both_remedies() -> (
-    None
-):
+def test_fields_of_one_batch_beside_as_many_steps_are_refused_with_both_remedies() -> None:
     # (T, B, C) outputs with T = 2 beside two batch-first target fields: indistinguishable from
     # two per-sample tensors beside outputs of 2 samples, so refused; the error names both ways.
     metric = tt.Metric(lambda o, t: t[0], "M")
