@@ -99,14 +99,14 @@ def test_a_training_step_with_a_collection_and_a_composed_loss_compiles_once_or_
 def test_a_loss_compiles_with_fullgraph_and_keeps_its_values_and_gradients() -> None:
     loss = tt.Loss(functional.mse_loss, "MSE") ** 2 + 0.5 * tt.Loss(mae, "MAE")
     eager = tt.Loss(functional.mse_loss, "MSE") ** 2 + 0.5 * tt.Loss(mae, "MAE")
-    data = batches(12)
+    data = [(outputs, targets.expand(-1, 4)) for outputs, targets in batches(12)]
     stats = run_compiled(loss, data, fullgraph=True)
     for outputs, targets in data:
         eager(outputs, targets)
     assert stats["graph_breaks"] == 0 and stats["unique_graphs"] <= 4
     assert_same(loss.compute(), eager.compute())
     outputs, targets = data[0]
-    outputs = outputs[:, :1].clone().requires_grad_(True)
+    outputs = outputs.clone().requires_grad_(True)
     reference = outputs.detach().clone().requires_grad_(True)
     compiled = torch.compile(loss, fullgraph=True)
     compiled(outputs, targets).backward()
