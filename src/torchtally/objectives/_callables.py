@@ -133,14 +133,24 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
         """
         for name in named_fns:
             check_name(name, cls.__name__)
+        _refuse_own_init(cls, "from_dict")
         weight = _entries_weight(named_fns, weight, False)
-        collection = _collection((_entry(name, fn) for name, fn in named_fns.items()), weight)
+        entries = (_entry(name, fn) for name, fn in named_fns.items())
+        collection = _collection(entries, weight, cls=cls)
         if prefix or postfix:
             return collection.renamed(prefix=prefix, postfix=postfix)
         return collection
 
     def renamed(self, *, prefix: str = "", postfix: str = "") -> MetricCollection[Any, Any]:
         """The same collection (fresh state) reporting its names with a prefix and a postfix.
+
+        A subclass's collection stays of its class: its ``aggregation`` and
+        ``finalize`` apply to the renamed one too.
+
+        Raises:
+            InvalidArgumentError: the collection's class defines its own
+                ``__init__`` (whose settings a rebuilt collection would lack):
+                give the prefix to its constructor.
 
         Example:
             >>> import torchtally as tt
@@ -161,7 +171,8 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
                     f"MetricCollection: {option} must be printable (no newline, tab or other "
                     f"control character), found {value!r}"
                 )
-        renamed = _collection(self.entries, self._weight_fn, self._multi)
+        _refuse_own_init(type(self), "renamed")
+        renamed = _collection(self.entries, self._weight_fn, self._multi, cls=type(self))
         renamed._prefix, renamed._postfix = prefix, postfix
         return renamed
 
@@ -343,11 +354,24 @@ def _collection(
     entries: Iterable[NamedCallable],
     weight: WeightFn | None = None,
     multi: Iterable[MetricFn] = (),
+    *,
+    cls: type[MetricCollection[Any, Any]] = MetricCollection,
 ) -> MetricCollection[Any, Any]:
-    collection: MetricCollection[Any, Any] = MetricCollection.__new__(MetricCollection)
+    """A collection of class ``cls`` (its hooks kept) built without calling its ``__init__``."""
+    collection: MetricCollection[Any, Any] = cls.__new__(cls)
     collection._prefix, collection._postfix = "", ""
     CallableObjective.__init__(collection, entries, weight=weight, multi=multi)
     return collection
+
+
+def _refuse_own_init(cls: type[MetricCollection[Any, Any]], method: str) -> None:
+    """Refuse to rebuild a subclass whose own ``__init__`` sets what its hooks may read."""
+    if cls.__init__ is not MetricCollection.__init__:
+        raise InvalidArgumentError(
+            f"{cls.__name__}.{method}: {cls.__name__} defines its own __init__, whose settings "
+            f"a collection rebuilt without calling it would lack (its finalize() could report "
+            f"other values); build it with {cls.__name__}(..., prefix=..., postfix=...)"
+        )
 
 
 def _affixed(objective: object) -> bool:
