@@ -134,3 +134,40 @@ def test_a_subclass_with_its_own_init_is_not_rebuilt_without_it() -> None:
         scaled.renamed(prefix="val/")
     with pytest.raises(InvalidArgumentError, match=r"Thresholded.*__init__"):
         Thresholded.from_dict({"Hits": hits})
+
+
+def absolute(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs - targets).abs()
+
+
+def signed(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs - targets
+
+
+def test_a_join_reporting_one_name_twice_is_refused_when_built() -> None:
+    # the collection reports 'val/MAE', and so does the other metric: refused before an epoch
+    validation = tt.MetricCollection(MAE=absolute, prefix="val/")
+    for make in (
+        lambda: validation | tt.Metric(signed, "val/MAE"),
+        lambda: tt.Metric(signed, "val/MAE") | validation,
+        lambda: tt.Loss(signed, "val/MAE") | validation,
+        lambda: validation | (tt.Loss(signed, "val/MAE") + tt.Loss(absolute, "L1")),
+    ):
+        with pytest.raises(tt.errors.NameConflictError, match="'val/MAE'"):
+            make()
+
+
+def test_sets_under_other_prefixes_kept_apart_are_each_exact() -> None:
+    base = tt.MetricCollection(MAE=tt.Metric(absolute, "MAE", higher_is_better=False))
+    sets = {prefix: base.renamed(prefix=prefix) for prefix in SETS}
+    for prefix, batches in SETS.items():
+        for outputs, targets in batches:
+            sets[prefix].update(outputs, targets)
+    expected = {
+        f"{prefix}MAE": float(torch.cat([absolute(o, t).double() for o, t in batches]).mean())
+        for prefix, batches in SETS.items()
+    }
+    assert tt.compute_metrics(*sets.values()) == pytest.approx(expected)
+    # one join cannot keep both (one value per bare name): said, naming the reported names
+    with pytest.raises(tt.errors.NameConflictError, match="'val/MAE' and 'test/MAE'"):
+        sets["val/"] | sets["test/"]

@@ -108,15 +108,31 @@ class Joined(JoinedState):
         for template in self._templates:
             for name in template.declared_names():
                 self._claim(name, template)
+        self._refuse_reported_twice()
         super().__init__(weight=weight)
 
     def _claim(self, name: str, template: Objective[Any, Any]) -> None:
         owner = self._owners.setdefault(name, template)
         if owner is not template:
+            mine, theirs = owner.reported_name(name), template.reported_name(name)
+            reported = "" if mine == theirs else f" (reported as {mine!r} and {theirs!r})"
             raise NameConflictError(
-                f"{self._label()}: the name {name!r} is reported by both {owner!r} and "
-                f"{template!r}; give one of them another name"
+                f"{self._label()}: {owner!r} and {template!r} both keep a value named "
+                f"{name!r}{reported}, and a join keeps one value per name; give one of them "
+                f"another name, or keep them apart (compute_metrics(a, b) logs both)"
             )
+
+    def _refuse_reported_twice(self) -> None:
+        """Refuse two declared names that ``compute()`` would report as one (a prefix's doing)."""
+        seen: dict[str, str] = {}
+        for name, owner in self._owners.items():
+            reported = owner.reported_name(name)
+            other = seen.setdefault(reported, name)
+            if other != name:
+                raise NameConflictError(
+                    f"{self._label()}: {other!r} of {self._owners[other]!r} and {name!r} of "
+                    f"{owner!r} are both reported as {reported!r}; give one of them another name"
+                )
 
     @property
     def parts(self) -> tuple[Any, ...]:
