@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from collections.abc import (
     Callable,
-    ItemsView,
     Iterable,
-    Iterator,
-    KeysView,
     Mapping,
-    ValuesView,
 )
 from typing import Any
 
@@ -34,6 +30,7 @@ from torchtally._conventions import (
 from torchtally.aggregation import Accumulator
 from torchtally.errors import InvalidArgumentError, InvalidNameError
 from torchtally.objectives._base import Objective
+from torchtally.objectives._entries_view import EntriesView
 from torchtally.objectives._named import (
     CallableObjective,
     NamedCallable,
@@ -53,7 +50,7 @@ OutputT = TypeVar("OutputT", default=Any)
 TargetT = TypeVar("TargetT", default=Any)
 
 
-class MetricCollection(CallableObjective[OutputT, TargetT]):
+class MetricCollection(CallableObjective[OutputT, TargetT], EntriesView):
     """Several metrics evaluated together, each under its own name; a mapping of its entries.
 
     ``collection['MAE']`` is the entry (a :class:`NamedCallable`), ``len``,
@@ -216,35 +213,6 @@ class MetricCollection(CallableObjective[OutputT, TargetT]):
     def higher_is_better(self) -> dict[str, bool | None]:
         """Direction of each value by name."""
         return {name: entry.higher_is_better for name, entry in self._entries.items()}
-
-    def __getitem__(self, name: str) -> NamedCallable:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise KeyError(
-                f"{self._label()} has no entry {name!r}; its entries are {list(self._entries)}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def keys(self) -> KeysView[str]:
-        """The entries' names."""
-        return self._entries.keys()
-
-    def values(self) -> ValuesView[NamedCallable]:
-        """The entries."""
-        return self._entries.values()
-
-    def items(self) -> ItemsView[str, NamedCallable]:
-        """``(name, entry)`` pairs."""
-        return self._entries.items()
 
     @override
     def __or__(self, other: object) -> Objective[Any, Any]:
