@@ -119,7 +119,7 @@ def test_from_dict_of_a_subclass_keeps_its_finalize_and_aggregation() -> None:
     assert run(summed, SETS["test/"]) == {"Hits": reference_hits(SETS["test/"])}
 
 
-def test_a_subclass_with_its_own_init_is_not_rebuilt_without_it() -> None:
+def test_a_subclass_with_its_own_init_is_renamed_as_a_copy_and_not_built_from_a_dict() -> None:
     class Thresholded(tt.MetricCollection):
         def __init__(self, threshold: float, **named_fns: Any) -> None:
             super().__init__(**named_fns)
@@ -131,9 +131,15 @@ def test_a_subclass_with_its_own_init_is_not_rebuilt_without_it() -> None:
 
     scaled = Thresholded(2.0, Hits=hits)
     with pytest.raises(InvalidArgumentError, match=r"Thresholded.*__init__"):
-        scaled.renamed(prefix="val/")
-    with pytest.raises(InvalidArgumentError, match=r"Thresholded.*__init__"):
         Thresholded.from_dict({"Hits": hits})
+    scaled.update(torch.ones(3), torch.ones(3))  # state the renamed copy must not carry
+    validation = scaled.renamed(prefix="val/")
+    assert type(validation) is Thresholded and validation.threshold == 2.0
+    validation.update(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))  # 1 hit of 2
+    validation.update(torch.tensor([1.0]), torch.tensor([1.0]))  # 1 hit of 1
+    # a batch's hit count is a scalar: it weighs its batch size, (1 x 2 + 1 x 1) / 3, times 2
+    assert validation.compute() == {"val/Hits": pytest.approx(2.0)}
+    assert scaled.compute() == {"Hits": pytest.approx(3 * 2.0)}  # its own batch, untouched
 
 
 def absolute(outputs: Tensor, targets: Tensor) -> Tensor:

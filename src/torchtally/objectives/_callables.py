@@ -142,12 +142,9 @@ class MetricCollection(CallableObjective[OutputT, TargetT], EntriesView):
         """The same collection (fresh state) reporting its names with a prefix and a postfix.
 
         A subclass's collection stays of its class: its ``aggregation`` and
-        ``finalize`` apply to the renamed one too.
-
-        Raises:
-            InvalidArgumentError: the collection's class defines its own
-                ``__init__`` (whose settings a rebuilt collection would lack):
-                give the prefix to its constructor.
+        ``finalize`` apply to the renamed one too. One whose class defines its
+        own ``__init__`` is copied (then reset), so that what that ``__init__``
+        set is kept too; the callables are then copies as well.
 
         Example:
             >>> import torchtally as tt
@@ -168,8 +165,11 @@ class MetricCollection(CallableObjective[OutputT, TargetT], EntriesView):
                     f"MetricCollection: {option} must be printable (no newline, tab or other "
                     f"control character), found {value!r}"
                 )
-        _refuse_own_init(type(self), "renamed")
-        renamed = _collection(self.entries, self._weight_fn, self._multi, cls=type(self))
+        if type(self).__init__ is MetricCollection.__init__:
+            renamed = _collection(self.entries, self._weight_fn, self._multi, cls=type(self))
+        else:  # rebuilt without its __init__, it would lack the settings its hooks may read
+            renamed = self.copy()
+            renamed.reset()
         renamed._prefix, renamed._postfix = prefix, postfix
         return renamed
 
