@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
+from torch.nn import functional
 
 import torchtally as tt
 from torchtally.losses import COMBINED_NAME, Loss
@@ -384,3 +385,49 @@ def test_the_fixed_shape_recipe_gives_the_criterion_on_all_the_data(
         outputs.double(), targets
     )
     torch.testing.assert_close(exact.compute()["CE"].double(), expected, rtol=1e-5, atol=1e-7)
+
+
+# -- per-sample weights beside a scalar batch mean: ScalarWeightWarning --------------------
+
+
+def test_per_sample_weights_on_a_batch_mean_warn_once_and_count_with_their_sum() -> None:
+    # mse_loss's default reduction is a mean over the batch: weights [1, 0] cannot leave the
+    # second sample out of it (5.0 is the documented value, 1.0 what the weights meant)
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    metric = tt.Metric(functional.mse_loss, "MSE")
+    with pytest.warns(tt.errors.ScalarWeightWarning, match=r"Metric 'MSE': 'MSE' is one number"):
+        metric.update(outputs, targets, weight=torch.tensor([1.0, 0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.update(outputs, targets, weight=torch.tensor([1.0, 0.0]))  # once per objective
+    assert metric.compute()["MSE"].item() == 5.0
+
+
+def test_a_batch_mean_weighted_after_unweighted_batches_warns_too() -> None:
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    metric = tt.Metric(functional.mse_loss, "MSE")
+    metric.update(outputs, targets)  # the kind of batch is planned without a weight
+    with pytest.warns(tt.errors.ScalarWeightWarning):
+        metric.update(outputs, targets, weight=torch.tensor([1.0, 0.0]))
+
+
+def test_batch_weights_and_per_sample_values_do_not_warn() -> None:
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    mask = torch.tensor([1.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scalar = tt.Metric(functional.mse_loss, "MSE")
+        scalar.update(outputs, targets, weight=mask.sum())  # a count: the batch's weight
+        scalar.update(outputs, targets)
+        per_sample = tt.Metric(lambda o, t: (o - t).square().mean(1), "MSE")
+        per_sample.update(outputs, targets, weight=mask)
+    assert scalar.compute()["MSE"].item() == pytest.approx(5.0)
+    assert per_sample.compute()["MSE"].item() == 1.0
+
+
+def test_a_composed_loss_with_a_batch_mean_component_warns_on_per_sample_weights() -> None:
+    outputs, targets = torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1)
+    loss = tt.Loss(functional.mse_loss, "MSE") + tt.Loss(lambda o, t: (o - t).abs().mean(1), "MAE")
+    with pytest.warns(tt.errors.ScalarWeightWarning, match=r"'MSE' is one number"):
+        value = loss(outputs, targets, weight=torch.tensor([1.0, 0.0]))
+    assert value.item() == 5.0 + 1.0  # the whole batch's MSE, the first sample's MAE

@@ -37,6 +37,7 @@ __all__ = [
     "RepeatedSampleWarning",
     "ResultShapeError",
     "ResultTypeError",
+    "ScalarWeightWarning",
     "StateDictError",
     "SyncError",
     "TorchTallyError",
@@ -68,6 +69,21 @@ class CriterionWeightWarning(TorchTallyWarning):
     value is then not the criterion on the whole data. Give
     ``weight=lambda o, t: w[t[t != ignore_index]].sum()``. Warned when the objective is built,
     pointing at the user's line.
+    """
+
+
+class ScalarWeightWarning(TorchTallyWarning):
+    """Per-sample weights met a value that is one number for the batch (a batch mean).
+
+    ``update(..., weight=w)`` with a ``(B,)`` tensor weighs per-sample values
+    sample by sample, but a scalar (``mse_loss`` with its default
+    ``reduction='mean'``) is already a mean over the whole batch: the weights
+    cannot leave samples out of it, and it counts with their sum ``w.sum()``.
+    Return per-sample values (``reduction='none'`` and a mean over the other
+    dimensions) for the weights to apply; if the scalar already leaves out the
+    samples of weight 0 (a mean over the valid ones), give their count as the
+    batch's weight (``weight=w.sum()``), which says so and silences this.
+    Raised once per objective.
     """
 
 

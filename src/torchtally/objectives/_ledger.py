@@ -37,7 +37,7 @@ from torchtally.aggregation import Accumulator, Mean
 from torchtally.errors import CompileError, DeviceMismatchError, InvalidArgumentError, WeightError
 from torchtally.objectives._fold import fold_now, fold_queued, keep
 from torchtally.objectives._plan import Plan
-from torchtally.objectives._planning import make_plan, plan_key
+from torchtally.objectives._planning import make_plan, plan_key, warn_scalar_weighted
 from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
 from torchtally.objectives._rows import Rows
 from torchtally.objectives._running import Recent, batch_means
@@ -59,6 +59,8 @@ class Ledger(Rows):
         label: how error messages name the objective.
         accumulator_for: the accumulator class of a name.
     """
+
+    warned_scalar_weights = False  # whether ScalarWeightWarning was given (once per objective)
 
     def __init__(self, label: str, accumulator_for: Callable[[str], type[Accumulator]]) -> None:
         super().__init__(label, accumulator_for)
@@ -167,6 +169,8 @@ class Ledger(Rows):
         returned = self._as_tensors(values)
         plan = self._plan_for(returned, size)
         self._check_weight(plan, weight)
+        if plan.scalar_means and weight is not None:
+            self._warn_scalar_weights(plan, weight)
         # Everything is checked: from here on the batch is committed.
         if any(name not in self.rows for name in returned):
             self.add_names(list(returned))
@@ -283,9 +287,17 @@ class Ledger(Rows):
 
     def _weight_fits(self, plan: Plan, weight: Weight) -> bool:
         """Whether ``weight`` may weigh a batch of ``plan`` (see :meth:`_check_weight`)."""
+        if plan.scalar_means:
+            self._warn_scalar_weights(plan, weight)
         if plan.scalar_totals or plan.keeps_values:
             return False
         return not isinstance(weight, Tensor) or weight.device == plan.device
+
+    def _warn_scalar_weights(self, plan: Plan, weight: Weight) -> None:
+        """Warn once when per-sample weights meet scalar batch means (they only sum there)."""
+        if not self.warned_scalar_weights and isinstance(weight, Tensor) and weight.ndim:
+            self.warned_scalar_weights = True
+            warn_scalar_weighted(plan, self.label)
 
     def _check_weight(self, plan: Plan, weight: Weight) -> None:
         """Raise unless ``weight`` may weigh a batch of ``plan``."""

@@ -148,6 +148,7 @@ class Plan:
     device: torch.device
     scalar_totals: bool  # some scalar is a batch total (a sum): weights cannot apply to it
     keeps_values: bool  # some value goes to a Cat (kept as it is: weights cannot apply to it)
+    scalar_means: tuple[str, ...]  # scalars a mean weighs whole: per-sample weights only sum
 
     # Derived on first use, by the eager queue (see Group): not while torch.compile traces.
     @lazy

@@ -9,6 +9,7 @@ batches the plan fits. A ledger calls both when a batch's form is new.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,10 +18,10 @@ from torch import Tensor
 
 from torchtally._dtypes import refuse_unheld
 from torchtally.aggregation import Accumulator, Cat
-from torchtally.errors import DeviceMismatchError, ResultShapeError
+from torchtally.errors import DeviceMismatchError, ResultShapeError, ScalarWeightWarning
 from torchtally.objectives._plan import SCALAR, VECTOR, Group, Kept, Part, Plan, Target
 
-__all__ = ["make_plan", "plan_key"]
+__all__ = ["make_plan", "plan_key", "warn_scalar_weighted"]
 
 
 def plan_key(values: Mapping[str, Tensor], size: int) -> Any:
@@ -64,6 +65,7 @@ def make_plan(
     keys: dict[tuple[torch.dtype, tuple[int, ...] | None], list[tuple[int, Any]]] = {}
     kept: list[Kept] = []
     scalar_totals = keeps_values = False
+    scalar_means: list[str] = []
     for position, (name, value) in enumerate(values.items()):
         refuse_unheld(value.dtype, label, name)
         held = rows.get(name)
@@ -83,6 +85,8 @@ def make_plan(
             )
         if not vector and not cls.scalar_is_mean and cls.kind == "sum":
             scalar_totals = True
+        elif not vector and cls.scalar_is_mean:
+            scalar_means.append(name)
         # Vectors and scalars of at most one dimension share a record; odder scalars do not.
         odd = None if value.ndim <= 1 else tuple(value.shape)
         keys.setdefault((value.dtype, odd), []).append((position, None if vector else value.shape))
@@ -90,7 +94,27 @@ def make_plan(
     groups = tuple(
         _group(dtype, odd is None, members, names, rows) for (dtype, odd), members in keys.items()
     )
-    return Plan(tuple(names), groups, tuple(kept), device, scalar_totals, keeps_values)
+    return Plan(
+        tuple(names), groups, tuple(kept), device, scalar_totals, keeps_values, tuple(scalar_means)
+    )
+
+
+def warn_scalar_weighted(plan: Plan, label: str) -> None:
+    """Warn that per-sample weights only sum for the plan's scalar batch means.
+
+    See :class:`~torchtally.errors.ScalarWeightWarning`; the caller warns once per objective.
+    """
+    names = ", ".join(map(repr, plan.scalar_means))
+    one = len(plan.scalar_means) == 1
+    warnings.warn(
+        f"{label}: {names} {'is' if one else 'are'} one number for the batch (a batch mean), "
+        f"so per-sample weights cannot leave samples out of {'it' if one else 'them'}: "
+        f"{'it counts' if one else 'they count'} with the weights' sum. Return per-sample "
+        f"values (reduction='none') for the weights to apply; if the value already leaves out "
+        f"the samples of weight 0, give their count as the batch's weight (weight=w.sum())",
+        ScalarWeightWarning,
+        stacklevel=2,
+    )
 
 
 _SIZE_FROM = (
