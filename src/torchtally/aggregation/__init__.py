@@ -51,6 +51,7 @@ from torchtally.aggregation._accumulator import (
     combine_states,
     dtypes_from_counts,
 )
+from torchtally.aggregation._batch import Entries as Entries
 from torchtally.aggregation._cat import Cat
 from torchtally.aggregation._kinds import Max, Mean, Min, Sum
 from torchtally.aggregation._states import nan_where_negative as nan_where_negative
@@ -78,7 +79,8 @@ __all__ = [
     "dtypes_from_counts",
 ]
 # Also imported above, for the objectives' queue and the losses (not in __all__, so not
-# documented): nan_where_negative, normal_state, weigh_in_place, weighted_values (the
+# documented): Entries (a batch's entries for some rows, see Accumulator.add_entries),
+# nan_where_negative, normal_state, weigh_in_place, weighted_values (the
 # weighting and copying rules of the states), REUSED_ELEMENTS and scratch_float64 (the
 # reused float64 buffer). Other packages import them from here, never from the private
 # modules (tests/test_layers.py).

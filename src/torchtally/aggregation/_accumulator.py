@@ -18,6 +18,7 @@ from typing_extensions import Self
 
 from torchtally._dtypes import refuse_unheld
 from torchtally._inference import outside_inference_mode
+from torchtally.aggregation._batch import Entries
 from torchtally.aggregation._export import Exportable, ExportedState
 from torchtally.aggregation._layout import SyncLayout, dtypes_from_counts
 from torchtally.aggregation._merging import Merging
@@ -219,6 +220,39 @@ class Accumulator(SyncLayout, Exportable, Merging, ABC):
         change_rows(
             self._state, rows, lambda state: self._add(state, values, weights, samples, droppable)
         )
+
+    def add_entries(self, entries: Sequence[Entries], samples: Any) -> None:
+        """Add one batch's entries for some rows, as :meth:`add` would part by part.
+
+        What an objective folds inside ``torch.compile``: ``Mean`` and ``Sum``
+        write each state tensor once when the floating entries cover every row
+        (in a compiled graph a write into some rows copies the whole tensor);
+        other kinds, and other batches, add part by part.
+
+        Args:
+            entries: the batch's parts, each ``(lines, weights, rows, droppable,
+                scale)``: one ``(T,)`` tensor of at least one entry per row, their
+                ``(T,)`` weights or ``None``, the rows (``None``: all, in order),
+                whether the last entry is droppable, and (without weights) the
+                positive number each entry weighs (``None``: 1).
+            samples: how many samples the batch stands for (every row).
+
+        Example:
+            >>> import torch
+            >>> from torchtally.aggregation import Mean
+            >>> acc = Mean(rows=2)
+            >>> vector = ((torch.tensor([1.0, 3.0]),), None, (0,), True, None)  # per sample
+            >>> scalar = ((torch.tensor([5.0]),), None, (1,), False, 2)  # a mean of 2 samples
+            >>> acc.add_entries([vector, scalar], samples=2)
+            >>> acc.reduce(), acc.samples()
+            ([tensor(2.), tensor(5.)], [2, 2])
+        """
+        for lines, weights, rows, droppable, scale in entries:
+            values = lines[0].unsqueeze(0) if len(lines) == 1 else torch.stack(lines)
+            if weights is None and scale is not None:
+                count = values.shape[1]
+                weights = torch.full((count,), scale, dtype=_F64, device=values.device)
+            self.add(values, weights, samples=samples, rows=rows, droppable=droppable)
 
     def _promote_rows(self, rows: Sequence[int], dtype: torch.dtype) -> None:
         """Promote the recorded dtype of ``rows`` by ``dtype`` (values of it were added).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -15,6 +16,7 @@ from torchtally.aggregation._accumulator import (
     is_exact,
     two_sum_into,
 )
+from torchtally.aggregation._batch import Entries, RowFolding
 from torchtally.aggregation._states import weigh_in_place
 from torchtally.aggregation._widening import scratch_float64
 
@@ -44,7 +46,7 @@ def _integer_rows(accumulator: Accumulator) -> list[bool]:
     return [dtype is not None and is_exact(dtype) for dtype in accumulator.dtypes]
 
 
-class Mean(Accumulator):
+class Mean(RowFolding, Accumulator):
     """Weighted mean with a compensated float64 state and constant memory.
 
     Each entry adds ``weight * value`` to the total and ``weight`` to the
@@ -114,6 +116,27 @@ class Mean(Accumulator):
         last[:, 2].fill_(1.0 if droppable else 0.0)
         two_sum_into(state["total"], sums)
         state["samples"].add_(samples)
+
+    @override
+    def add_entries(self, entries: Sequence[Entries], samples: Any) -> None:
+        # Floating entries for every row, once each: each state tensor written once, whole
+        # (see _batch). Integers are summed exactly by _add; some rows only: as before.
+        covered, count = [False] * self.rows, 0
+        for lines, _, rows, _, _ in entries:
+            count += len(lines)
+            for place in range(len(lines)):
+                covered[place if rows is None else rows[place]] = lines[place].is_floating_point()
+        if not entries or count != self.rows or not all(covered):
+            super().add_entries(entries, samples)
+            return
+        self._ensure_state(entries[0][0][0].device)
+        for lines, weights, rows, _, scale in entries:
+            weighted = weights is not None or scale is not None
+            self._promote_rows(
+                range(self.rows) if rows is None else rows,
+                self.entry_dtype(lines[0].dtype, weighted),
+            )
+        self._fold_rows(entries, samples)
 
     @override
     def _reduce(self, state: dict[str, Tensor]) -> list[Tensor]:

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from torchtally._conventions import Weight
-from torchtally.objectives._plan import SCALAR, VECTOR, Part, Plan
+from torchtally.aggregation import Accumulator, Entries
+from torchtally.objectives._plan import VECTOR, Part, Plan
 from torchtally.objectives._queue import Queued, batch_weights, per_sample
 
 __all__ = ["fold_now", "fold_queued", "fold_scalars", "fold_vectors", "keep"]
@@ -33,14 +34,44 @@ def fold_queued(queued: Iterable[Queued]) -> None:
 
 
 def fold_now(plan: Plan, tensors: Sequence[Tensor], size: Any, weight: Weight) -> None:
-    """Fold one batch's values (in the batch's order) at once, part by part (no queue)."""
+    """Fold one batch's values (in the batch's order) at once, no queue.
+
+    Every accumulator takes all its parts of the batch in one call
+    (``Accumulator.add_entries``), so that a mean or a sum writes each of its
+    state tensors once: inside ``torch.compile`` a write into some rows of a
+    state tensor becomes a copy of the whole tensor. A scalar batch mean with
+    no ``weight=`` weighs the batch size, a number (no weight tensor is made).
+    """
+    accumulators: list[Accumulator] = []  # in the order first targeted (no id(): a guard)
+    found: list[list[Entries]] = []
     for group in plan.groups:
         for part in group.parts:
-            block = _stacked(part, tensors).detach()
-            if part.kind == VECTOR:
-                fold_vectors(part, block, per_sample(weight, size, block.device), size)
-            else:
-                fold_scalars(part, block.unsqueeze(1), [size], [weight])
+            vector = part.kind == VECTOR
+            members = [tensors[position].detach() for position in part.members]
+            weights = None
+            if vector and weight is not None:
+                weights = per_sample(weight, size, members[0].device)
+            elif not vector:
+                members = [member.reshape(1) for member in members]
+            for target in part.targets:
+                accumulator, scale, lines = target.accumulator, None, target.lines
+                if not vector:
+                    mean = accumulator.scalar_is_mean
+                    if weight is None:
+                        scale = size if mean else None
+                    else:
+                        weights = batch_weights([size], [weight], members[0].device, mean)
+                picked = members[lines] if type(lines) is slice else [members[i] for i in lines]
+                entries = (tuple(picked), weights, target.rows, vector, scale)
+                for index in range(len(accumulators)):
+                    if accumulators[index] is accumulator:
+                        found[index].append(entries)
+                        break
+                else:
+                    accumulators.append(accumulator)
+                    found.append([entries])
+    for index in range(len(accumulators)):
+        accumulators[index].add_entries(found[index], size)
 
 
 def fold_vectors(part: Part, values: Tensor, weights: Tensor | None, samples: Any) -> None:
@@ -88,11 +119,3 @@ def _select(block: Tensor, lines: slice | tuple[int, ...]) -> Tensor:
     if isinstance(lines, slice):
         return block if lines == slice(0, block.shape[0]) else block[lines]
     return block.index_select(0, torch.tensor(lines, device=block.device))
-
-
-def _stacked(part: Part, tensors: Sequence[Tensor]) -> Tensor:
-    """A part's values of one batch stacked: ``(m, B)`` for vectors, ``(m,)`` for scalars."""
-    members = [tensors[position] for position in part.members]
-    if part.kind == SCALAR:
-        members = [member.reshape(()) for member in members]
-    return torch.stack(members)
