@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchtally.aggregation._states import StateHolder, weigh_in_place
+from torchtally.aggregation._states import StateHolder, two_sum, weigh_in_place
 
 __all__ = ["Entries", "RowFolding"]
 
@@ -49,7 +49,7 @@ class RowFolding(StateHolder):
         """Fold ``entries`` (floating, covering each row once) into the state, in place.
 
         Each state tensor is written once, whole: ``total`` by a compensated
-        sum (the arithmetic of ``two_sum_into``, to the bit), ``weight`` and
+        sum (``two_sum``, as ``two_sum_into`` adds), ``weight`` and
         ``samples`` by one addition, ``last`` by one copy. Rows are picked by
         nested ``where`` on the row index: in a graph compiled for the CPU a
         ``stack`` is a buffer of its own with a view per piece, a ``where`` is
@@ -104,11 +104,8 @@ class RowFolding(StateHolder):
                 sums[row], lasts[row] = wide.sum(), wide[-1]
                 dropped[row] = 1.0 if droppable else 0.0
         high, low = total.unbind(1)
-        addend = by_row(sums)
-        summed = high + addend
-        virtual = summed - high
-        error = (high - (summed - virtual)) + (addend - virtual)
-        total.copy_(columns(summed, low + error.nan_to_num(0.0, 0.0, 0.0)))
+        summed, error = two_sum(high, by_row(sums))
+        total.copy_(columns(summed, low + error))
         weight = shared(weights)
         state["weight"].add_(weight.unsqueeze(1) if isinstance(weight, Tensor) else weight)
         state["last"].copy_(columns(by_row(lasts), shared(last_weights), shared(dropped)))

@@ -135,19 +135,27 @@ def weigh_in_place(wide: Tensor, weights: Tensor) -> Tensor:
     return wide.mul_(nan_where_negative(weights)).masked_fill_(weights == 0, 0.0)
 
 
-def two_sum_into(total: Tensor, addend: Tensor) -> None:
-    """``total[:, 0] + total[:, 1] += addend``, exactly (Knuth's TwoSum), in place.
+def two_sum(high: Tensor, addend: Tensor) -> tuple[Tensor, Tensor]:
+    """``high + addend`` rounded, and its rounding error, exactly (Knuth's TwoSum).
 
-    ``total`` holds a high word and a low word per row; the rounding error of
-    adding to the high word is recovered exactly and kept in the low word.
     Where the sum is not finite the error is not defined (``inf - inf``) and
-    is dropped, so that infinities propagate as torch propagates them.
+    is 0, so that infinities propagate as torch propagates them.
     """
-    high, low = total.unbind(1)
     summed = high + addend
     virtual = summed - high
     error = (high - (summed - virtual)).add_(addend - virtual)
-    low.add_(error.nan_to_num_(0.0, 0.0, 0.0))
+    return summed, error.nan_to_num_(0.0, 0.0, 0.0)
+
+
+def two_sum_into(total: Tensor, addend: Tensor) -> None:
+    """``total[:, 0] + total[:, 1] += addend``, exactly (:func:`two_sum`), in place.
+
+    ``total`` holds a high word and a low word per row; the rounding error of
+    adding to the high word is recovered exactly and kept in the low word.
+    """
+    high, low = total.unbind(1)
+    summed, error = two_sum(high, addend)
+    low.add_(error)
     high.copy_(summed)
 
 
