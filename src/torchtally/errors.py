@@ -44,6 +44,7 @@ __all__ = [
     "TorchTallyWarning",
     "TrackerError",
     "UnsupportedObjectError",
+    "UnusedAggregationWarning",
     "WeightError",
 ]
 
@@ -84,6 +85,17 @@ class ScalarWeightWarning(TorchTallyWarning):
     samples of weight 0 (a mean over the valid ones), give their count as the
     batch's weight (``weight=w.sum()``), which says so and silences this.
     Raised once per objective.
+    """
+
+
+class UnusedAggregationWarning(TorchTallyWarning):
+    """An objective's per-name ``aggregation`` names a value it never returned.
+
+    The names it does return then aggregate as the default (a batch-weighted
+    mean): a misspelt ``{'num_corect': 'sum'}`` reports the mean of the batch
+    counts under ``'num_correct'``, not their sum. Warned once per objective,
+    at the first ``compute()`` after an update that still finds such a name,
+    with the names it returned.
     """
 
 

@@ -151,6 +151,10 @@ class WrappedFunction(LossOperand, Objective[Any, Any]):
         return values
 
     @override
+    def _aggregated_names(self) -> tuple[str, ...]:
+        return tuple(self._aggregations)
+
+    @override
     def accumulator_for(self, name: str) -> type[Accumulator]:
         return accumulator_class(
             self._aggregations.get(name, self._default_aggregation), self._owner

@@ -33,7 +33,12 @@ from torchtally._conventions import (
 )
 from torchtally._lazy import lazy
 from torchtally.errors import ComputedBeforeUpdatedWarning, InvalidArgumentError, SyncError
-from torchtally.objectives._holder import checked_accumulator, checked_declared_names, finalized
+from torchtally.objectives._holder import (
+    checked_accumulator,
+    checked_declared_names,
+    finalized,
+    warn_unused_aggregations,
+)
 from torchtally.objectives._hooks import Aggregation, Hooks, OutputT, TargetT
 from torchtally.objectives._ledger import Ledger
 from torchtally.objectives._persistence import STATE_VERSION, Persistence
@@ -84,6 +89,8 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
         >>> worst.compute()
         {'worst': tensor(5.)}
     """
+
+    _checked_aggregations = False  # UnusedAggregationWarning is given once per objective
 
     def __init__(self, *, weight: WeightFn | None = None) -> None:
         if weight is not None and not callable(weight):
@@ -230,6 +237,10 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
                         f"{ledger.label}: compute() called before any update; values are NaN"
                     ),
                     stacklevel=2,
+                )
+            elif not self._checked_aggregations:
+                self._checked_aggregations = warn_unused_aggregations(
+                    ledger.label, self._aggregated_names(), ledger.names
                 )
             ledger.computed = self._finalized(ledger.label, ledger.reduced())
         return {name: value.clone() for name, value in ledger.computed.items()}

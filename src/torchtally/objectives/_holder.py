@@ -13,13 +13,21 @@ call the public hooks and refuse what torchtally cannot use;
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from torchtally.aggregation import Accumulator, accumulator_class
-from torchtally.errors import HookError, InvalidArgumentError, MetricCallError, TorchTallyError
+from torchtally.errors import (
+    HookError,
+    InvalidArgumentError,
+    MetricCallError,
+    TorchTallyError,
+    UnusedAggregationWarning,
+)
 from torchtally.objectives._ledger import Ledger
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "finalized",
     "refuse_contradicting_aggregation",
     "refuse_renamed_hooks",
+    "warn_unused_aggregations",
 ]
 
 
@@ -104,6 +113,37 @@ def finalized(
                 f"{type(name).__name__} {name!r:.60}: {type(value).__name__}"
             )
     return dict(result)
+
+
+def warn_unused_aggregations(label: str, listed: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    """Warn when a per-name aggregation lists names no value was returned under.
+
+    The values returned under other names aggregate as the default mean, so
+    a misspelt name turns a sum of counts into a mean without a word. Called
+    by ``compute()`` once the objective has data (a name listed for values
+    that only some batches return may not have come yet: the message says so).
+
+    Returns:
+        Whether it warned.
+    """
+    unused = [name for name in listed if name not in names]
+    if not unused:
+        return False
+    hints = [
+        f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+        for name in unused
+        for close in [difflib.get_close_matches(name, names, n=1)]
+    ]
+    warnings.warn(
+        UnusedAggregationWarning(
+            f"{label}: its aggregation names {', '.join(hints)}, but no value was returned "
+            f"under that name; the values returned {list(names)} that it does not name are "
+            f"aggregated as the mean. Correct the name (or ignore this if only some batches, "
+            f"none of them yet, return it)"
+        ),
+        stacklevel=3,
+    )
+    return True
 
 
 def refuse_contradicting_aggregation(

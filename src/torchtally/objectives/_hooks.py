@@ -67,6 +67,11 @@ class Hooks(ABC, Generic[OutputT, TargetT]):
             aggregation = aggregation.get(name, "mean")
         return accumulator_class(aggregation, self._label)
 
+    def _aggregated_names(self) -> tuple[str, ...]:
+        """The names a per-name aggregation lists (checked against the names returned)."""
+        aggregation = self.aggregation
+        return tuple(aggregation) if isinstance(aggregation, Mapping) else ()
+
     def finalize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """Turn the aggregated values into the reported ones (default: unchanged).
 

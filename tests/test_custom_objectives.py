@@ -1,0 +1,86 @@
+"""Objectives written by users: subclasses of ``tt.Objective`` and ``tt.wrap`` of dict callables.
+
+Every value is compared with a float64 reference computed here over the
+concatenated batches.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from torch import Tensor
+
+import torchtally as tt
+from torchtally.errors import UnusedAggregationWarning
+
+BATCHES = [
+    (torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0])),
+    (torch.tensor([2.0]), torch.tensor([2.0])),
+]
+
+
+def hits(outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """A count of hits (a batch total) and the batch accuracy."""
+    hit = outputs == targets
+    return {"num_correct": hit.sum(), "accuracy": hit.double().mean()}
+
+
+class MisspeltCounts(tt.Objective[Tensor, Tensor]):
+    aggregation: ClassVar[Any] = {"num_corect": "sum"}  # misspelt: 'num_correct' is the mean
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return hits(outputs, targets)
+
+
+class Counts(tt.Objective[Tensor, Tensor]):
+    aggregation: ClassVar[Any] = {"num_correct": "sum"}
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return hits(outputs, targets)
+
+
+def reference() -> dict[str, float]:
+    outputs = torch.cat([o for o, _ in BATCHES]).double()
+    targets = torch.cat([t for _, t in BATCHES]).double()
+    hit = outputs == targets
+    return {"num_correct": float(hit.sum()), "accuracy": float(hit.double().mean())}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [MisspeltCounts, lambda: tt.wrap(hits, aggregation={"num_corect": "sum"})],
+    ids=["subclass", "wrap"],
+)
+def test_an_aggregation_naming_a_value_never_returned_warns_naming_it(make: Any) -> None:
+    objective = make()
+    for outputs, targets in BATCHES:
+        objective.update(outputs, targets)
+    with pytest.warns(UnusedAggregationWarning) as caught:
+        computed = objective.compute()
+    message = str(caught[0].message)
+    assert "'num_corect'" in message and "'num_correct'" in message, message
+    # the value itself is the default mean of the batch counts, (3 + 1) / 2 = 2 per sample...
+    assert float(computed["num_correct"]) != reference()["num_correct"]
+    with warnings.catch_warnings():  # ... and the warning is given once per objective
+        warnings.simplefilter("error")
+        objective.update(*BATCHES[0])
+        objective.compute()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [Counts, lambda: tt.wrap(hits, aggregation={"num_correct": "sum"})],
+    ids=["subclass", "wrap"],
+)
+def test_a_per_name_aggregation_of_returned_values_is_exact_and_quiet(make: Any) -> None:
+    objective = make()
+    for outputs, targets in BATCHES:
+        objective.update(outputs, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        computed = objective.compute()
+    expected = reference()
+    assert {name: float(value) for name, value in computed.items()} == pytest.approx(expected)
