@@ -84,3 +84,39 @@ def test_a_per_name_aggregation_of_returned_values_is_exact_and_quiet(make: Any)
         computed = objective.compute()
     expected = reference()
     assert {name: float(value) for name, value in computed.items()} == pytest.approx(expected)
+
+
+class Fragile(tt.Objective[Tensor, Tensor]):
+    """Raises for a batch of 2 (a bug of the user's), after a value was computed."""
+
+    aggregation: ClassVar[Any] = {"hits": "sum"}
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"hits": (outputs == targets).sum()}
+        if len(outputs) == 2:
+            raise ValueError("boom")
+        return values
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["alone", "joined"])
+def test_a_calculate_that_raises_is_a_library_error_naming_the_objective(joined: bool) -> None:
+    fragile = Fragile()
+    objective: Any = fragile | tt.Metric(lambda o, t: o, "Mean") if joined else fragile
+    objective.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 3.0]))
+    with pytest.raises(tt.errors.MetricCallError, match=r"Fragile.*calculate.*ValueError: boom"):
+        objective.update(torch.ones(2), torch.ones(2))
+    objective.update(torch.ones(1), torch.ones(1))
+    assert objective.compute()["hits"] == 3  # the refused batch changed nothing
+
+
+class NoSuperInit(tt.Objective[Tensor, Tensor]):
+    def __init__(self, threshold: float) -> None:  # forgets super().__init__()
+        self.threshold = threshold
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        return {"close": ((outputs - targets).abs() < self.threshold).double()}
+
+
+def test_an_init_not_calling_super_is_a_clear_library_error() -> None:
+    with pytest.raises(tt.errors.HookError, match=r"NoSuperInit.*super\(\).__init__\(\)"):
+        NoSuperInit(0.5).update(torch.ones(2), torch.zeros(2))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import torch
 from torch import Tensor
@@ -32,7 +32,12 @@ from torchtally._conventions import (
     values_dict,
 )
 from torchtally._lazy import lazy
-from torchtally.errors import ComputedBeforeUpdatedWarning, InvalidArgumentError, SyncError
+from torchtally.errors import (
+    ComputedBeforeUpdatedWarning,
+    HookError,
+    InvalidArgumentError,
+    SyncError,
+)
 from torchtally.objectives._holder import (
     checked_accumulator,
     checked_declared_names,
@@ -101,6 +106,18 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
             )
         self._weight_fn = weight
         SyncHooks.__init__(self)
+
+    if not TYPE_CHECKING:  # for the checker, a misspelt attribute stays an error
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached when an attribute is missing: nothing on the hot path.
+            if name == "_weight_fn":  # set by Objective.__init__ alone
+                raise HookError(
+                    f"{type(self).__name__}: its __init__ must call super().__init__() (which "
+                    f"sets up the objective: weight=, its place in a sync), before the "
+                    f"objective is used"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @lazy
     def _ledger(self) -> Ledger:

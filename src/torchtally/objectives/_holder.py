@@ -14,6 +14,8 @@ call the public hooks and refuse what torchtally cannot use;
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ __all__ = [
     "checked_accumulator",
     "checked_declared_names",
     "finalized",
+    "guard_calculate",
     "refuse_contradicting_aggregation",
     "refuse_renamed_hooks",
     "warn_unused_aggregations",
@@ -81,6 +84,42 @@ def refuse_renamed_hooks(cls: type) -> None:
                 f"that torchtally does not call (its values would be aggregated as the default "
                 f"mean, silently); {instead}"
             )
+
+
+def guard_calculate(cls: type) -> None:
+    """Make a user class's own ``calculate`` raise the library's error, naming the objective.
+
+    Wrapped once, when the class is defined (torchtally's own classes raise
+    their errors themselves): an error the user's code raises comes as
+    :class:`~torchtally.errors.MetricCallError` naming the objective, with the
+    original chained as ``__cause__``, wherever ``calculate`` is called from
+    (``update``, a loss's ``forward``, a join). Errors of the library pass
+    through. A refused batch changes nothing: nothing is kept before
+    ``calculate`` returns.
+    """
+    calculate = cls.__dict__.get("calculate")
+    if (
+        not inspect.isfunction(calculate)
+        or getattr(calculate, "__isabstractmethod__", False)
+        or getattr(calculate, "_guarded", False)
+        or cls.__module__.partition(".")[0] == "torchtally"
+    ):
+        return
+    user_calculate: Callable[[Any, Any, Any], Any] = calculate
+
+    @functools.wraps(user_calculate)
+    def guarded(self: Any, outputs: Any, targets: Any) -> Any:
+        try:
+            return user_calculate(self, outputs, targets)
+        except TorchTallyError:
+            raise
+        except Exception as error:
+            raise MetricCallError(
+                f"{self._ledger.label}: calculate() raised {type(error).__name__}: {error}"
+            ) from error
+
+    guarded._guarded = True  # type: ignore[attr-defined]
+    setattr(cls, "calculate", guarded)  # noqa: B010 - the hook, replaced on the class
 
 
 def finalized(

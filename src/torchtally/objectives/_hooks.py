@@ -20,7 +20,7 @@ from torch import Tensor
 from typing_extensions import TypeVar
 
 from torchtally.aggregation import Accumulator, accumulator_class
-from torchtally.objectives._holder import refuse_renamed_hooks
+from torchtally.objectives._holder import guard_calculate, refuse_renamed_hooks
 
 __all__ = ["Aggregation", "Hooks", "OutputT", "TargetT"]
 
@@ -49,6 +49,7 @@ class Hooks(ABC, Generic[OutputT, TargetT]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         refuse_renamed_hooks(cls)
+        guard_calculate(cls)
 
     @abstractmethod
     def calculate(self, outputs: OutputT, targets: TargetT) -> dict[str, Tensor]:
