@@ -66,8 +66,32 @@ def agreeing(headers: list[list[int]]) -> bool:
 
 
 def _label(item: Any) -> str:
-    text = repr(item)
+    """How messages name ``item``: its ``repr``, or its class where that would be an address.
+
+    Messages are compared across ranks: an address differs on every process.
+    """
+    default = getattr(type(item), "__repr__", None) is object.__repr__
+    text = type(item).__qualname__ if default else repr(item)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _merged_by(item: Any, gathered: Gathered, padding: Padding | None) -> Any:
+    """``item.sync_merge(gathered, padding)``; an error other than ``SyncError`` as one, naming it.
+
+    The hook merges what every rank received alike, so every rank raises the same.
+
+    Raises:
+        SyncError: the participant raised (a hand-written one's own error chained).
+    """
+    try:
+        return item.sync_merge(gathered, padding)
+    except SyncError:
+        raise
+    except Exception as error:
+        raise SyncError(
+            f"sync_all: {_label(item)}: its sync_merge() raised {type(error).__name__}: {error} "
+            f"(a participant must raise only SyncError); nothing was installed"
+        ) from error
 
 
 class _Exchange:
@@ -248,7 +272,7 @@ class _Exchange:
                 # describes nothing on any rank; it is not handed a list as long as the world.
                 sends = state.meta is not None or bool(state.tensors)
                 states = [rank_parts[index] for rank_parts in per_rank] if sends else []
-            prepared.append(item.sync_merge(Gathered(part, states, blocks), self.padding))
+            prepared.append(_merged_by(item, Gathered(part, states, blocks), self.padding))
         return prepared
 
     def _received(
