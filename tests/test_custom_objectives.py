@@ -120,3 +120,40 @@ class NoSuperInit(tt.Objective[Tensor, Tensor]):
 def test_an_init_not_calling_super_is_a_clear_library_error() -> None:
     with pytest.raises(tt.errors.HookError, match=r"NoSuperInit.*super\(\).__init__\(\)"):
         NoSuperInit(0.5).update(torch.ones(2), torch.zeros(2))
+
+
+class Declared(tt.Objective[Tensor, Tensor]):
+    """Declares its names and says it learns none; a batch of 2 brings one more (a bug)."""
+
+    aggregation: ClassVar[Any] = {"count": "sum"}
+
+    def declared_names(self) -> tuple[str, ...]:
+        return ("mean", "count")
+
+    @property
+    def learns_names(self) -> bool:
+        return False
+
+    def calculate(self, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        values = {"mean": outputs - targets, "count": torch.tensor(len(outputs))}
+        if len(outputs) == 2:
+            values["extra"] = outputs
+        return values
+
+
+def test_a_name_not_declared_by_an_objective_learning_none_is_refused_changing_nothing() -> None:
+    declared = Declared()
+    declared.update(torch.tensor([1.0, 2.0, 6.0]), torch.zeros(3))
+    with pytest.raises(tt.errors.HookError, match=r"Declared.*'extra'.*learns_names"):
+        declared.update(torch.tensor([5.0, 5.0]), torch.zeros(2))
+    assert declared.names == ("mean", "count")
+    declared.update(torch.tensor([3.0]), torch.zeros(1))
+    computed = declared.compute()
+    expected = torch.tensor([1.0, 2.0, 6.0, 3.0], dtype=torch.float64)
+    assert float(computed["mean"]) == pytest.approx(float(expected.mean()))
+    assert int(computed["count"]) == 4
+    restored = Declared()  # its own checkpoint loads
+    restored.load_state_dict(declared.state_dict())
+    assert {n: float(v) for n, v in restored.compute().items()} == pytest.approx(
+        {n: float(v) for n, v in computed.items()}
+    )

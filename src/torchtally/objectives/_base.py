@@ -125,6 +125,7 @@ class Objective(SyncHooks, Persistence, Hooks[OutputT, TargetT]):
         label = self._label()
         ledger = Ledger(label, functools.partial(checked_accumulator, label, self.accumulator_for))
         ledger.add_names(checked_declared_names(label, self.declared_names()))
+        ledger.closed = not self.learns_names
         return ledger
 
     # -- description --------------------------------------------------------------------------

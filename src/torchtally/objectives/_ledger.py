@@ -34,7 +34,13 @@ from torch import Tensor
 
 from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
-from torchtally.errors import CompileError, DeviceMismatchError, InvalidArgumentError, WeightError
+from torchtally.errors import (
+    CompileError,
+    DeviceMismatchError,
+    HookError,
+    InvalidArgumentError,
+    WeightError,
+)
 from torchtally.objectives._fold import fold_now, fold_queued, keep
 from torchtally.objectives._plan import Plan
 from torchtally.objectives._planning import make_plan, plan_key, warn_scalar_weighted
@@ -68,6 +74,7 @@ class Ledger(Rows):
         self._pending = Queue()
         self._recent: Recent | None = None  # the last batches, once running values are asked for
         self.compiled = False  # whether batches were folded inside torch.compile
+        self.closed = False  # no name besides the declared ones (the objective learns none)
 
     # The queue's buffers, sizes and per-sample weights (what tests measure the memory bound on).
     @property
@@ -193,6 +200,12 @@ class Ledger(Rows):
         }
         for name in returned:
             check_name(name, self.label)
+            if self.closed and name not in self.rows:
+                raise HookError(
+                    f"{self.label}: calculate() returned {name!r}, which declared_names() does "
+                    f"not declare {list(self.names)}, and learns_names is False; declare it, "
+                    f"or let learns_names be True"
+                )
         return returned
 
     def _slot(self, plan: Plan, size: int) -> tuple[Tensor, ...]:
@@ -247,6 +260,8 @@ class Ledger(Rows):
             name: as_value_tensor(value, self.label, name) for name, value in values.items()
         }
         if any(name not in self.rows for name in returned):
+            if self.closed:  # new names are known at trace time: says which, outside the graph
+                self._as_tensors(returned)
             _register_outside_graph(self, list(returned))
         plan = self._plan(returned, size)
         self._check_weight(plan, weight)
