@@ -51,8 +51,12 @@ def reference() -> dict[str, float]:
 
 @pytest.mark.parametrize(
     "make",
-    [MisspeltCounts, lambda: tt.wrap(hits, aggregation={"num_corect": "sum"})],
-    ids=["subclass", "wrap"],
+    [
+        MisspeltCounts,
+        lambda: tt.wrap(hits, aggregation={"num_corect": "sum"}),
+        lambda: tt.Metric(lambda o, t: o, "Mean") | MisspeltCounts(),
+    ],
+    ids=["subclass", "wrap", "joined"],
 )
 def test_an_aggregation_naming_a_value_never_returned_warns_naming_it(make: Any) -> None:
     objective = make()

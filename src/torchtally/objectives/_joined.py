@@ -160,6 +160,10 @@ class Joined(JoinedState):
     def accumulator_for(self, name: str) -> type[Accumulator]:
         return self._owner_of(name).accumulator_for(name)
 
+    @override
+    def _aggregated_names(self) -> tuple[str, ...]:
+        return tuple(name for part in self._templates for name in part._aggregated_names())
+
     def _owner_of(self, name: str) -> Objective[Any, Any]:
         """The part that reports ``name`` (for a name not seen yet: the one part learning names)."""
         owner = self._owners.get(name)
