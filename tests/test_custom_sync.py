@@ -72,8 +72,39 @@ def attempt(rank: int, classes: int) -> dict[str, Any]:
     return {"error": error, "counts": counts.compute(), "mean": mean.compute()["Mean"]}
 
 
+class Peaks(ClassCounts):
+    """Sends its float64 counts as the fixed block, which holds bytes (uint8) only."""
+
+    def sync_identity(self) -> dict[str, Any]:
+        return {"kind": "Peaks"}
+
+    def sync_export(self, drop_last: bool) -> SyncState:
+        return SyncState(fixed=self.counts.clone())
+
+    def sync_merge(self, gathered: Gathered, padding: Padding | None) -> Tensor:
+        assert gathered.fixed is not None
+        return gathered.fixed.amax(0)
+
+
+def misdeclared(rank: int) -> dict[str, Any]:
+    peaks = Peaks(2)
+    peaks.counts += torch.tensor([1.5, 300.0], dtype=torch.float64) * (rank + 1)
+    worst = tt.Metric(lambda o, t: o - t, "Worst", aggregation="max")
+    worst.update(torch.tensor(VALUES[rank]), torch.zeros(len(VALUES[rank])))
+    try:
+        tt.sync_all(worst, peaks)
+        error = None
+    except Exception as caught:  # compared in the parent
+        error = (type(caught).__name__, str(caught))
+    return {"error": error, "synced": peaks.synced, "worst": worst.compute()["Worst"]}
+
+
 def scenario(rank: int, world: int) -> dict[str, Any]:
-    return {"agreeing": attempt(rank, 3), "disagreeing": attempt(rank, 3 if rank == 0 else 2)}
+    return {
+        "agreeing": attempt(rank, 3),
+        "disagreeing": attempt(rank, 3 if rank == 0 else 2),
+        "misdeclared": misdeclared(rank),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +136,18 @@ def test_a_participant_whose_merge_raises_is_a_sync_error_naming_it_on_every_ran
         assert torch.equal(record["disagreeing"]["counts"], own.double())
         local = torch.tensor(VALUES[rank], dtype=torch.float64).mean()
         assert float(record["disagreeing"]["mean"]) == pytest.approx(float(local), rel=1e-6)
+
+
+def test_a_participant_sending_a_fixed_block_of_another_dtype_is_refused_on_every_rank(
+    records: list[dict[str, Any]],
+) -> None:
+    """Float64 values in the byte block came back cast to uint8: 600 as 88, 1.5 as 1."""
+    errors = [record["misdeclared"]["error"] for record in records]
+    assert errors[0] == errors[1], errors
+    assert errors[0] is not None, records[0]["misdeclared"]  # it synced the cast bytes
+    kind, message = errors[0]
+    assert kind == "SyncError", errors[0]
+    assert "Peaks" in message and "uint8" in message and "float64" in message, message
+    for rank, record in enumerate(records):  # nothing installed
+        assert record["misdeclared"]["synced"] is None
+        assert float(record["misdeclared"]["worst"]) == max(VALUES[rank])

@@ -75,6 +75,31 @@ def _label(item: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _check_state(state: Any, label: str) -> None:
+    """Refuse a ``SyncState`` whose blocks are not what travels: they would be cast silently.
+
+    Raises:
+        SyncError: not a ``SyncState``, or ``sums`` not 1-d float64, or ``fixed`` not 1-d uint8.
+    """
+    if not isinstance(state, SyncState):
+        raise SyncError(f"{label}: sync_export() must return a SyncState, found {state!r:.60}")
+    for field, dtype in (("sums", torch.float64), ("fixed", torch.uint8)):
+        block = getattr(state, field)
+        if block is not None and (
+            not isinstance(block, Tensor) or block.dtype != dtype or block.ndim != 1
+        ):
+            found = (
+                f"{block.dtype} of shape {tuple(block.shape)}"
+                if isinstance(block, Tensor)
+                else type(block).__name__
+            )
+            raise SyncError(
+                f"{label}: SyncState.{field} must be a 1-d {str(dtype).removeprefix('torch.')} "
+                f"tensor, found {str(found).removeprefix('torch.')} (the exchange carries no "
+                f"other: it would be converted without a word, a float64 block cast to bytes)"
+            )
+
+
 def _merged_by(item: Any, gathered: Gathered, padding: Padding | None) -> Any:
     """``item.sync_merge(gathered, padding)``; an error other than ``SyncError`` as one, naming it.
 
@@ -137,6 +162,8 @@ class _Exchange:
             stamps = [list(item.sync_stamp()) for item in self.participants]
             drop = self.padding is not None and self.padding.drops(self.me)
             self.states = [item.sync_export(drop) for item in self.participants]
+            for state, label in zip(self.states, labels, strict=True):
+                _check_state(state, label)
             sizes = [[_numel(state.sums), _numel(state.fixed)] for state in self.states]
         except Exception as error:
             self.failure = error
