@@ -36,14 +36,17 @@ from torchtally._conventions import Weight, as_value_tensor, check_name
 from torchtally.aggregation import Accumulator, Mean
 from torchtally.errors import (
     CompileError,
-    DeviceMismatchError,
     HookError,
     InvalidArgumentError,
-    WeightError,
 )
 from torchtally.objectives._fold import fold_now, fold_queued, keep
 from torchtally.objectives._plan import Plan
-from torchtally.objectives._planning import make_plan, plan_key, warn_scalar_weighted
+from torchtally.objectives._planning import (
+    check_weight,
+    make_plan,
+    plan_key,
+    warn_scalar_weighted,
+)
 from torchtally.objectives._queue import PENDING_BATCHES, PENDING_ELEMENTS, Queue, Queued
 from torchtally.objectives._rows import Rows
 from torchtally.objectives._running import Recent, batch_means
@@ -175,7 +178,7 @@ class Ledger(Rows):
             return dict(values)
         returned = self._as_tensors(values)
         plan = self._plan_for(returned, size)
-        self._check_weight(plan, weight)
+        check_weight(plan, weight, self.label)
         if plan.scalar_means and weight is not None:
             self._warn_scalar_weights(plan, weight)
         # Everything is checked: from here on the batch is committed.
@@ -191,7 +194,7 @@ class Ledger(Rows):
     def check(self, values: Mapping[str, Any], size: int, weight: Weight) -> None:
         """Raise what :meth:`queue_checked` would raise for this batch, changing nothing."""
         returned = self._as_tensors(values)
-        self._check_weight(self._plan_for(returned, size), weight)
+        check_weight(self._plan_for(returned, size), weight, self.label)
 
     def _as_tensors(self, values: Mapping[str, Any]) -> dict[str, Tensor]:
         """The values as tensors, by checked name."""
@@ -264,7 +267,7 @@ class Ledger(Rows):
                 self._as_tensors(returned)
             _register_outside_graph(self, list(returned))
         plan = self._plan(returned, size)
-        self._check_weight(plan, weight)
+        check_weight(plan, weight, self.label)
         tensors = [value.to(plan.device) for value in returned.values()]
         fold_now(plan, tensors, size, weight)
         keep(plan, tensors, size)
@@ -301,7 +304,7 @@ class Ledger(Rows):
         )
 
     def _weight_fits(self, plan: Plan, weight: Weight) -> bool:
-        """Whether ``weight`` may weigh a batch of ``plan`` (see :meth:`_check_weight`)."""
+        """Whether ``weight`` may weigh a batch of ``plan`` (see :func:`.check_weight`)."""
         if plan.scalar_means:
             self._warn_scalar_weights(plan, weight)
         if plan.scalar_totals or plan.keeps_values:
@@ -313,25 +316,6 @@ class Ledger(Rows):
         if not self.warned_scalar_weights and isinstance(weight, Tensor) and weight.ndim:
             self.warned_scalar_weights = True
             warn_scalar_weighted(plan, self.label)
-
-    def _check_weight(self, plan: Plan, weight: Weight) -> None:
-        """Raise unless ``weight`` may weigh a batch of ``plan``."""
-        if weight is None:
-            return
-        if plan.scalar_totals:
-            raise WeightError(
-                f"{self.label}: a scalar summed value is a batch total and cannot be weighted; "
-                f"return per-sample values to weight them, or leave weight= out"
-            )
-        if plan.keeps_values:
-            raise WeightError(
-                f"{self.label}: a 'cat' aggregation keeps every value as it is and cannot weight "
-                f"them; leave weight= out"
-            )
-        if isinstance(weight, Tensor) and weight.device != plan.device:
-            raise DeviceMismatchError(
-                f"{self.label}: the weight is on {weight.device}, the values on {plan.device}"
-            )
 
     # -- folding ------------------------------------------------------------------------------
 

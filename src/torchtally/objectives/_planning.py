@@ -18,10 +18,15 @@ from torch import Tensor
 
 from torchtally._dtypes import refuse_unheld
 from torchtally.aggregation import Accumulator, Cat
-from torchtally.errors import DeviceMismatchError, ResultShapeError, ScalarWeightWarning
+from torchtally.errors import (
+    DeviceMismatchError,
+    ResultShapeError,
+    ScalarWeightWarning,
+    WeightError,
+)
 from torchtally.objectives._plan import SCALAR, VECTOR, Group, Kept, Part, Plan, Target
 
-__all__ = ["make_plan", "plan_key", "warn_scalar_weighted"]
+__all__ = ["check_weight", "make_plan", "plan_key", "warn_scalar_weighted"]
 
 
 def plan_key(values: Mapping[str, Tensor], size: int) -> Any:
@@ -229,3 +234,23 @@ def _lines(positions: list[int]) -> slice | tuple[int, ...]:
     if positions == list(range(positions[0], positions[0] + len(positions))):
         return slice(positions[0], positions[0] + len(positions))
     return tuple(positions)
+
+
+def check_weight(plan: Plan, weight: Any, label: str) -> None:
+    """Raise unless ``weight`` may weigh a batch of ``plan`` (``label`` names the objective)."""
+    if weight is None:
+        return
+    if plan.scalar_totals:
+        raise WeightError(
+            f"{label}: a scalar summed value is a batch total and cannot be weighted; "
+            f"return per-sample values to weight them, or leave weight= out"
+        )
+    if plan.keeps_values:
+        raise WeightError(
+            f"{label}: a 'cat' aggregation keeps every value as it is and cannot weight "
+            f"them; leave weight= out"
+        )
+    if isinstance(weight, Tensor) and weight.device != plan.device:
+        raise DeviceMismatchError(
+            f"{label}: the weight is on {weight.device}, the values on {plan.device}"
+        )
