@@ -376,25 +376,21 @@ def test_losses_with_foreign_parts_sync_on_two_processes(tmp_path: Path) -> None
         close(joined["TM MAE"], functional.l1_loss(outputs, targets))
 
 
-def test_a_loss_with_a_torchmetrics_component_copies_after_a_training_forward() -> None:
-    """The component's private copy kept the last batch's graph: ``copy()`` raised torch's error."""
-    first, second = batches(seed=3, sizes=(4, 3))
-    loss = tt.Loss(mae, "MAE") + 0.1 * as_loss(from_torchmetrics(torchmetrics.MeanSquaredError()))
-    loss(first[0].clone().requires_grad_(True), first[1]).backward()
-    copies = [loss.copy(), copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))]
-    every = concatenated([first, second])
-    squared = [functional.mse_loss(*pair).expand(len(pair[0])) for pair in (first, second)]
-    combined = (mae(*every) + 0.1 * torch.cat(squared)).mean()
-    for each in (loss, *copies):
-        returned = each(second[0].clone().requires_grad_(True), second[1])
-        close(returned.detach(), mae(*second).mean() + 0.1 * functional.mse_loss(*second))
-        close(each.compute()["Combined Loss"], combined)
-
-
-def test_a_loss_with_a_scaled_torchmetrics_metric_copies_after_a_training_forward() -> None:
-    """``0.1 * metric`` is torchmetrics' CompositionalMetric, whose reset keeps its last value."""
-    first, second = batches(seed=4, sizes=(4, 3))
-    loss = tt.Loss(mae, "MAE") + 0.1 * torchmetrics.MeanSquaredError()
+@pytest.mark.parametrize(
+    ("seed", "component"),
+    [
+        # the component's private copy kept the last batch's graph: copy() raised torch's error
+        (3, lambda: as_loss(from_torchmetrics(torchmetrics.MeanSquaredError()))),
+        # 0.1 * metric is torchmetrics' CompositionalMetric, whose reset keeps its last value
+        (4, lambda: torchmetrics.MeanSquaredError()),
+    ],
+    ids=["adapter component", "scaled torchmetrics metric"],
+)
+def test_a_loss_with_a_torchmetrics_component_copies_after_a_training_forward(
+    seed: int, component: Callable[[], Any]
+) -> None:
+    first, second = batches(seed=seed, sizes=(4, 3))
+    loss = tt.Loss(mae, "MAE") + 0.1 * component()
     loss(first[0].clone().requires_grad_(True), first[1]).backward()
     copies = [loss.copy(), copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))]
     every = concatenated([first, second])
