@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from torchtally._origin import user_stacklevel
 from torchtally.aggregation import Accumulator, accumulator_class
 from torchtally.errors import (
     HookError,
@@ -180,7 +181,7 @@ def warn_unused_aggregations(label: str, listed: tuple[str, ...], names: tuple[s
             f"aggregated as the mean. Correct the name (or ignore this if only some batches, "
             f"none of them yet, return it)"
         ),
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return True
 

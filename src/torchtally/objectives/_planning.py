@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from torchtally._dtypes import refuse_unheld
+from torchtally._origin import user_stacklevel
 from torchtally.aggregation import Accumulator, Cat
 from torchtally.errors import (
     DeviceMismatchError,
@@ -118,7 +119,7 @@ def warn_scalar_weighted(plan: Plan, label: str) -> None:
         f"values (reduction='none') for the weights to apply; if the value already leaves out "
         f"the samples of weight 0, give their count as the batch's weight (weight=w.sum())",
         ScalarWeightWarning,
-        stacklevel=2,
+        stacklevel=user_stacklevel(),
     )
 
 
