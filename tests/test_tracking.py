@@ -677,14 +677,3 @@ def test_a_joined_prefixed_collection_tells_the_direction_of_its_reported_names(
         joined.update(torch.ones(3), targets)
         tracker.update()
     assert tracker.best_epoch == 1 and tracker.best_value == pytest.approx(1.0)  # from epoch 0
-
-
-def test_monitor_mode_refuses_a_bare_name_a_prefixed_collection_never_reports() -> None:
-    # Lightning would look for the logged 'val/Acc': a direction for 'Acc' names nothing logged
-    validation = tt.MetricCollection(
-        Acc=tt.Metric(lambda o, t: (o == t).float(), "Acc", higher_is_better=True),
-        prefix="val/",
-    )
-    assert tt.monitor_mode(validation, "val/Acc") == "max"
-    with pytest.raises(tt.errors.TrackerError, match=r"never reports 'Acc'.*'val/Acc'"):
-        tt.monitor_mode(validation, "Acc")

@@ -72,10 +72,10 @@ def direction(objective: Any, name: str, caller: str, here: str = "") -> bool:
     ``here``: how the caller itself takes a direction (the tracker:
     ``"pass higher_is_better= here"``), offered beside the objective's way.
     """
-    refuse_unreported(objective, name, caller)  # a typo or a bare name: not what it logs
     found = known_direction(objective, name)
     if found is not None:
         return found
+    refuse_unreported(objective, name, caller)  # a typo, not a missing direction
     way = _way_to_a_direction(objective, name)
     if way and here:
         advice = f"{way} (or {here})"
