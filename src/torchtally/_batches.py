@@ -72,15 +72,20 @@ def _refuse_ragged(items: tuple[Any, ...] | list[Any]) -> bool:
     return False
 
 
-def _leading_dim(item: Any) -> tuple[int | None, int | None]:
+def _leading_dim(item: Any, lenient: bool = False) -> tuple[int | None, int | None]:
     """The batch size ``item`` gives, depth first (``None``: no clue), and if it is a guess.
 
     A guess is the common first dimension of a list or tuple of several tensors, which may be
     one tensor per sample whose lengths agree by chance (one box in each image); the second
-    item is then the length of that list (``None``: not a guess).
+    item is then the length of that list (``None``: not a guess). ``lenient`` (how
+    :func:`_check_guess` reads the outputs) passes over a 0-d tensor instead of refusing it (a
+    model's output dict often starts with its 0-d loss), and takes a list of tensors of
+    several first dimensions for no clue.
     """
     if isinstance(item, Tensor):
         if item.ndim == 0:
+            if lenient:
+                return None, None
             raise BatchSizeError("a 0-d tensor has no batch dimension")
         return int(item.shape[0]), None
     guess: int | None = None
@@ -91,11 +96,16 @@ def _leading_dim(item: Any) -> tuple[int | None, int | None]:
         # as the batch; the first tensor inside record 0 would count record 0's boxes.
         if item and all(isinstance(element, Mapping) for element in item):
             return len(item), None
-        guess = len(item) if _refuse_ragged(item) else None
+        try:
+            guess = len(item) if _refuse_ragged(item) else None
+        except BatchSizeError:
+            if lenient:
+                return None, None
+            raise
     else:
         return None, None
     for element in item:
-        size, inner = _leading_dim(element)
+        size, inner = _leading_dim(element, lenient)
         if size is not None:
             return size, inner if guess is None else guess
     return None, None
@@ -159,7 +169,7 @@ def _check_guess(size: int, count: int, outputs: Any, owner: str) -> None:
     Outputs of another size leave the targets' size standing: sequence-first ``(T, B)``
     outputs beside batch-first targets (labels and a mask) are read as before.
     """
-    told = _outputs_batch(outputs)
+    told, _ = _leading_dim(outputs, lenient=True)
     if told == count != size:
         raise BatchSizeError(
             f"{owner}: the targets are a list of {count} tensors of first dimension {size}, "
@@ -169,34 +179,6 @@ def _check_guess(size: int, count: int, outputs: Any, owner: str) -> None:
             f"dimension happens to be {count}, weight=lambda outputs, targets: "
             f"torch.ones(len(targets[0]))"
         )
-
-
-def _outputs_batch(item: Any) -> int | None:
-    """The outputs' batch as :func:`_check_guess` reads it (``None``: no clue).
-
-    As :func:`_leading_dim`, except that a 0-d tensor is passed over rather than refused: a
-    model's output dict often starts with its 0-d loss (``{'loss': ..., 'logits': (B, C)}``),
-    and the next tensor still tells the batch. A list of tensors of several first dimensions
-    (one per sample, or a ``(B, ...)`` tensor beside an ``(L, B, ...)`` one) tells none.
-    """
-    if isinstance(item, Tensor):
-        return int(item.shape[0]) if item.ndim else None
-    if isinstance(item, Mapping):
-        item = item.values()
-    elif isinstance(item, (tuple, list)):
-        if item and all(isinstance(element, Mapping) for element in item):
-            return len(item)
-        try:
-            _refuse_ragged(item)
-        except BatchSizeError:
-            return None
-    else:
-        return None
-    for element in item:
-        size = _outputs_batch(element)
-        if size is not None:
-            return size
-    return None
 
 
 def batch_weight(weight: Any, size: int, owner: str) -> Weight:
