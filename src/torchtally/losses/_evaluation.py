@@ -346,7 +346,7 @@ def batch_value(criterion: Any, weight: Weight) -> Tensor:
         if isinstance(weight, Tensor):
             root = weight.sqrt()
             return mean * (root / root).to(mean.dtype)
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             # No branch on the number, which would add a graph for 0: 0 x inf is NaN, w x inf
             # is inf for any w > 0, and min() keeps its first argument when it is NaN.
             return mean * min(weight * math.inf, 1.0)
