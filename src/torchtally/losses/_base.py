@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
-from typing_extensions import Self, TypeVar, override
+from typing_extensions import Self, override
 
 from torchtally._conventions import WeightFn, call_each, size_and_weight
 from torchtally._lazy import lazy
@@ -34,15 +34,12 @@ from torchtally.formula import Component, Expression
 from torchtally.losses._algebra import COMBINED_NAME
 from torchtally.losses._evaluation import batch_value, criterion, differentiable_weight
 from torchtally.losses._operators import LossAlgebra, builders
-from torchtally.objectives import NamedCallable
+from torchtally.objectives import NamedCallable, OutputT, TargetT
 
 if TYPE_CHECKING:  # for annotations only: it builds on this class
     from torchtally.losses._joined import JoinedLoss
 
 __all__ = ["LossBase"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossBase(LossAlgebra[OutputT, TargetT]):

@@ -13,9 +13,9 @@ also yields the components it combines.
 # ``torchtally.losses.CompositionalLoss``, where ``typing.get_type_hints`` could not resolve
 # string annotations written in this module.
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._conventions import MetricFn, WeightFn, default_name
 from torchtally._criteria import warn_if_self_weighted
@@ -37,12 +37,9 @@ from torchtally.losses._base import LossBase
 from torchtally.losses._criterion import Criterion, CriterionCall
 from torchtally.losses._evaluation import Produced
 from torchtally.losses._operators import builders
-from torchtally.objectives import NamedCallable, is_objective_like
+from torchtally.objectives import NamedCallable, OutputT, TargetT, is_objective_like
 
 __all__ = ["CompositionalLoss"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class CompositionalLoss(LossBase[OutputT, TargetT]):

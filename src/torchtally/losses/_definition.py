@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._conventions import WeightFn, check_name
 from torchtally._lazy import lazy
@@ -34,12 +34,15 @@ from torchtally.formula import (
 )
 from torchtally.losses._algebra import COMBINED_NAME, ComponentTable, check_loss_name
 from torchtally.losses._evaluation import MultiCall, Produced
-from torchtally.objectives import CallableObjective, NamedCallable, merge_named_callables
+from torchtally.objectives import (
+    CallableObjective,
+    NamedCallable,
+    OutputT,
+    TargetT,
+    merge_named_callables,
+)
 
 __all__ = ["LossDefinition"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossDefinition(CallableObjective[OutputT, TargetT]):

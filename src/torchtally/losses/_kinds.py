@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._conventions import (
     MetricFn,
@@ -26,12 +26,10 @@ from torchtally.losses._algebra import (
 )
 from torchtally.losses._base import LossBase
 from torchtally.losses._evaluation import MultiCall, Produced, in_common_dtype
-from torchtally.objectives import NamedCallable
+from torchtally.objectives import NamedCallable, OutputT, TargetT
 
 __all__ = ["DictCall", "DictLoss", "Loss"]
 
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 _MODES = ("loss", "summed", "entries")
 

@@ -21,7 +21,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from typing_extensions import Self, TypeVar
+from typing_extensions import Self
 
 from torchtally._conventions import shared_weight_fn
 from torchtally.errors import FormulaError
@@ -41,6 +41,8 @@ from torchtally.objectives import (
     Metric,
     MetricCollection,
     NamedCallable,
+    OutputT,
+    TargetT,
     is_objective_like,
 )
 
@@ -50,9 +52,6 @@ if TYPE_CHECKING:  # for annotations only: the classes the operators return buil
     from torchtally.losses._joined import JoinedLoss
 
 __all__ = ["Builders", "LossAlgebra", "builders"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class Builders:

@@ -18,20 +18,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._inference import outside_inference_mode
 from torchtally._lazy import lazy
 from torchtally.aggregation import normal_state
 from torchtally.errors import StateDictError
 from torchtally.losses._definition import LossDefinition
-from torchtally.objectives import STATE_VERSION
+from torchtally.objectives import STATE_VERSION, OutputT, TargetT
 from torchtally.sync import callable_identity
 
 __all__ = ["LossState"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class LossState(LossDefinition[OutputT, TargetT]):

@@ -34,6 +34,10 @@ from torchtally.objectives._callables import (
     NamedCallable,
     merge_named_callables,
 )
+
+# The type variables the objectives and the losses are generic in, defined once (not API).
+from torchtally.objectives._hooks import OutputT as OutputT
+from torchtally.objectives._hooks import TargetT as TargetT
 from torchtally.objectives._joined import Joined, is_objective_like, join
 from torchtally.objectives._ledger import PENDING_BATCHES, PENDING_ELEMENTS
 from torchtally.objectives._logged import compute_metrics

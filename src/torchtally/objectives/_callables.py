@@ -17,7 +17,7 @@ from collections.abc import (
 from typing import Any
 
 from torch import Tensor
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._conventions import (
     MetricFn,
@@ -31,6 +31,7 @@ from torchtally.aggregation import Accumulator
 from torchtally.errors import InvalidArgumentError, InvalidNameError
 from torchtally.objectives._base import Objective
 from torchtally.objectives._entries_view import EntriesView
+from torchtally.objectives._hooks import OutputT, TargetT
 from torchtally.objectives._named import (
     CallableObjective,
     NamedCallable,
@@ -45,9 +46,6 @@ __all__ = [
     "NamedCallable",
     "merge_named_callables",
 ]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 class MetricCollection(CallableObjective[OutputT, TargetT], EntriesView):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from typing_extensions import TypeVar, override
+from typing_extensions import override
 
 from torchtally._conventions import (
     MetricFn,
@@ -33,14 +33,12 @@ from torchtally.aggregation import Accumulator, Cat, accumulator_class
 from torchtally.errors import InvalidArgumentError, NameConflictError, ResultTypeError
 from torchtally.objectives._base import Objective
 from torchtally.objectives._holder import refuse_contradicting_aggregation
+from torchtally.objectives._hooks import OutputT, TargetT
 from torchtally.sync import callable_identity
 
 _is_compiling = torch.compiler.is_compiling
 
 __all__ = ["CallableObjective", "NamedCallable", "is_loss", "merge_named_callables"]
-
-OutputT = TypeVar("OutputT", default=Any)
-TargetT = TypeVar("TargetT", default=Any)
 
 
 @dataclass(frozen=True)
